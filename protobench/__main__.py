@@ -1,0 +1,3 @@
+from protobench.cli import app
+
+app(prog_name="protobench")

@@ -1,0 +1,162 @@
+"""The benchmark loop: data -> maps -> protected region -> attack -> metrics -> records."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Iterator
+
+import torch
+
+from protobench import attack, metrics, rng
+from protobench.adapter import PrototypeAdapter
+from protobench.regions import default_margin, protected_mask
+
+PROTOCOLS = {
+    "default": {},  # pgd, clipped to the valid image range
+    "reference": {"attack": "noise", "clip": False},  # what the reference code effectively does (SPEC 6.1)
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Everything that decides the numbers of a run."""
+
+    name: str = "default"  # 'default' or 'reference'
+    attack: str = "pgd"  # 'pgd' or 'noise'
+    select: str = "top-proto"  # 'top-proto' or 'gt-protos'
+    eps: float = 0.4  # L-inf radius, normalized input units
+    step: float = 0.01  # pgd step size
+    steps: int = 40  # pgd steps
+    clip: bool = True  # keep attacked images inside the valid pixel range
+    margin: int | None = None  # px added around each box; None: 10 px at 224, scaled with size
+    seed: int = 0  # seeds the per-image random start and the subset
+
+    @classmethod
+    def make(cls, name: str = "default", **overrides: Any) -> Protocol:
+        """A named protocol with the given fields overridden (None means: keep the protocol's)."""
+        if name not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {name!r}: use {' or '.join(PROTOCOLS)}")
+        proto = replace(cls(name=name), **PROTOCOLS[name])
+        proto = replace(proto, **{k: v for k, v in overrides.items() if v is not None})
+        if proto.attack not in ("pgd", "noise"):
+            raise ValueError(f"unknown attack {proto.attack!r}: use 'pgd' or 'noise'")
+        if proto.select not in ("top-proto", "gt-protos"):
+            raise ValueError(f"unknown selection {proto.select!r}: use 'top-proto' or 'gt-protos'")
+        if proto.eps < 0 or proto.step < 0 or proto.steps < 0:
+            raise ValueError("--eps, --step and --steps must not be negative")
+        return proto
+
+    def resolved(self, size: int) -> dict[str, Any]:
+        """The protocol as recorded in meta.json, with the margin worked out for this image size."""
+        out = asdict(self)
+        out["margin"] = self.margin if self.margin is not None else default_margin(size)
+        return out
+
+
+@contextmanager
+def inference_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients (only the input's), restored afterwards."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P) bool -> prototype indices (B, K) and validity (B, K), K = most attacked in one image."""
+    k = int(attacked.sum(dim=1).max())
+    order = attacked.float().topk(k, dim=1)
+    return order.indices, order.values > 0
+
+
+def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+                   protocol: Protocol) -> dict[str, torch.Tensor]:
+    """Attack one batch and measure it; returns per-image tensors (B,) on the CPU."""
+    size = adapter.info.input_size
+    with torch.no_grad():
+        maps, logits = adapter(x)
+    maps = maps.float().clamp(min=0)  # SPEC 2: metrics see maps clipped at 0
+    act = maps.amax(dim=(2, 3))  # (B, P)
+    in_class = adapter.prototype_class_identity[:, y].t() > 0  # (B, P)
+    attacked, p_star = metrics.select_prototypes(act, in_class, protocol.select)
+    slots, valid = _attacked_slots(attacked)
+    slot_maps = maps.gather(1, slots[..., None, None].expand(-1, -1, *maps.shape[2:]))
+    keep = protected_mask(slot_maps, valid, size, protocol.resolved(size)["margin"])
+
+    weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
+
+    def objective(images: torch.Tensor) -> torch.Tensor:  # mean max-activation of the attacked prototypes
+        return (adapter(images)[0].float().amax(dim=(2, 3)) * weights).sum(dim=1)
+
+    noise = rng.uniform(protocol.seed, ids.to(x.device), tuple(x.shape[1:]), -1.0, 1.0)
+    bounds = attack.image_bounds(adapter.info.mean, adapter.info.std, x.device) if protocol.clip else None
+    steps = protocol.steps if protocol.attack == "pgd" else 0
+    x_adv, zero_steps = attack.pgd(objective, x, keep, noise, eps=protocol.eps, step=protocol.step,
+                                   steps=steps, bounds=bounds)
+    with torch.no_grad():
+        maps_adv, logits_adv = adapter(x_adv)
+    maps_adv = maps_adv.float().clamp(min=0)
+    act_adv = maps_adv.amax(dim=(2, 3))
+    batch = torch.arange(len(x), device=x.device)
+    out = {
+        "pred_before": logits.argmax(dim=1),
+        "pred_after": logits_adv.argmax(dim=1),
+        "proto": p_star,
+        "proto_class": adapter.prototype_class_identity[p_star].argmax(dim=1),
+        "act_before": act[batch, p_star],
+        "act_after": act_adv[batch, p_star],
+        "PAC": metrics.pac(act[batch, p_star], act_adv[batch, p_star]),
+        "PRC": metrics.prc(act, act_adv, p_star, in_class),
+        "PLC": metrics.plc(maps[batch, p_star], maps_adv[batch, p_star], size),
+        "zero_grad_steps": zero_steps,
+        "zero_grad": zero_steps > 0,
+        "protected_frac": 1 - keep.float().mean(dim=(1, 2, 3)),
+    }
+    return {k: v.detach().cpu() for k, v in out.items()}
+
+
+def batch_records(values: dict[str, torch.Tensor], labels: torch.Tensor, ids: torch.Tensor,
+                  paths: list[str]) -> list[dict[str, Any]]:
+    """Per-image tensors -> one flat dict per image (the rows of per_image.csv)."""
+    columns = {k: v.tolist() for k, v in values.items()}
+    rows = []
+    for i, (index, label) in enumerate(zip(ids.tolist(), labels.tolist())):
+        row = {"index": index, "path": paths[index], "label": label}
+        row.update({k: col[i] for k, col in columns.items()})
+        rows.append(row)
+    return rows
+
+
+def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: list[str], protocol: Protocol, *,
+        batch_size: int = 32, workers: int = 0,
+        on_batch: Callable[[list[dict[str, Any]], list[int]], None] | None = None) -> tuple[list[dict], list[int]]:
+    """Evaluate every item of `dataset`; returns (records, indices of undecodable images).
+
+    `on_batch(records, skipped)` is called after each batch (progress, incremental writes).
+    """
+    from protobench.data import collate
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=collate, pin_memory=adapter.device.type == "cuda")
+    records: list[dict] = []
+    skipped: list[int] = []
+    with inference_mode(adapter.model):
+        for x, y, ids, bad in loader:
+            rows = []
+            if x is not None:
+                x, y = x.to(adapter.device, non_blocking=True), y.to(adapter.device)
+                values = evaluate_batch(adapter, x, y, ids, protocol)
+                rows = batch_records(values, y.cpu(), ids, paths)
+            records.extend(rows)
+            skipped.extend(bad)
+            if on_batch is not None:
+                on_batch(rows, bad)
+    return records, skipped

@@ -1,0 +1,19 @@
+"""Errors the CLI turns into one clear line and a non-zero exit code."""
+
+
+class ProtobenchError(Exception):
+    """A user-facing problem: the message says what went wrong and what to do."""
+
+    exit_code = 2
+
+
+class CheckpointError(ProtobenchError):
+    """A checkpoint that cannot be read, is unsafe, or belongs to another model."""
+
+
+class DataError(ProtobenchError):
+    """A dataset that is missing, empty, undecodable or does not fit the model."""
+
+
+class AdapterError(ProtobenchError):
+    """An unknown adapter name or an adapter that cannot be imported."""
