@@ -70,6 +70,33 @@ def inference_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def chunked_forward(adapter: PrototypeAdapter, x: torch.Tensor, chunk: int | None):
+    """adapter(x), computed `chunk` rows at a time with the last chunk zero-padded.
+
+    CPU kernels pick their summation order by batch size, so the same image can get
+    slightly different maps in batches of 1, 3 or 32 (and a sign-gradient attack then
+    drifts apart). With every call at the same size each image's numbers depend only on
+    the image: results are identical whatever --batch-size. None: one call for the batch.
+    """
+    if chunk is None or len(x) == chunk:
+        return adapter(x)
+    maps, logits = [], []
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk]
+        n = len(part)
+        if n < chunk:
+            part = torch.cat([part, part.new_zeros(chunk - n, *part.shape[1:])])
+        m, lg = adapter(part)
+        maps.append(m[:n])
+        logits.append(lg[:n])
+    return torch.cat(maps), torch.cat(logits)
+
+
+def default_chunk(device: torch.device) -> int | None:
+    """Fixed-size model calls on the CPU (reproducible); whole batches on accelerators (fast)."""
+    return 8 if device.type == "cpu" else None
+
+
 def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, P) bool -> prototype indices (B, K) and validity (B, K), K = most attacked in one image."""
     k = int(attacked.sum(dim=1).max())
@@ -78,11 +105,15 @@ def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                   protocol: Protocol) -> dict[str, torch.Tensor]:
+                   protocol: Protocol, chunk: int | None = None) -> dict[str, torch.Tensor]:
     """Attack one batch and measure it; returns per-image tensors (B,) on the CPU."""
     size = adapter.info.input_size
+
+    def forward(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return chunked_forward(adapter, images, chunk)
+
     with torch.no_grad():
-        maps, logits = adapter(x)
+        maps, logits = forward(x)
     maps = maps.float().clamp(min=0)  # SPEC 2: metrics see maps clipped at 0
     act = maps.amax(dim=(2, 3))  # (B, P)
     in_class = adapter.prototype_class_identity[:, y].t() > 0  # (B, P)
@@ -94,7 +125,7 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
     weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
 
     def objective(images: torch.Tensor) -> torch.Tensor:  # mean max-activation of the attacked prototypes
-        return (adapter(images)[0].float().amax(dim=(2, 3)) * weights).sum(dim=1)
+        return (forward(images)[0].float().amax(dim=(2, 3)) * weights).sum(dim=1)
 
     noise = rng.uniform(protocol.seed, ids.to(x.device), tuple(x.shape[1:]), -1.0, 1.0)
     bounds = attack.image_bounds(adapter.info.mean, adapter.info.std, x.device) if protocol.clip else None
@@ -102,7 +133,7 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
     x_adv, zero_steps = attack.pgd(objective, x, keep, noise, eps=protocol.eps, step=protocol.step,
                                    steps=steps, bounds=bounds)
     with torch.no_grad():
-        maps_adv, logits_adv = adapter(x_adv)
+        maps_adv, logits_adv = forward(x_adv)
     maps_adv = maps_adv.float().clamp(min=0)
     act_adv = maps_adv.amax(dim=(2, 3))
     batch = torch.arange(len(x), device=x.device)
@@ -136,11 +167,12 @@ def batch_records(values: dict[str, torch.Tensor], labels: torch.Tensor, ids: to
 
 
 def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: list[str], protocol: Protocol, *,
-        batch_size: int = 32, workers: int = 0,
+        batch_size: int = 32, workers: int = 0, chunk: int | None = None,
         on_batch: Callable[[list[dict[str, Any]], list[int]], None] | None = None) -> tuple[list[dict], list[int]]:
     """Evaluate every item of `dataset`; returns (records, indices of undecodable images).
 
     `on_batch(records, skipped)` is called after each batch (progress, incremental writes).
+    `chunk`: rows per model call (see chunked_forward).
     """
     from protobench.data import collate
 
@@ -153,7 +185,7 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
             rows = []
             if x is not None:
                 x, y = x.to(adapter.device, non_blocking=True), y.to(adapter.device)
-                values = evaluate_batch(adapter, x, y, ids, protocol)
+                values = evaluate_batch(adapter, x, y, ids, protocol, chunk)
                 rows = batch_records(values, y.cpu(), ids, paths)
             records.extend(rows)
             skipped.extend(bad)

@@ -1,0 +1,71 @@
+"""The benchmark loop: batching and seeds never change an image's numbers."""
+
+import pandas as pd
+import pytest
+import torch
+
+from protobench import benchmark
+from protobench.benchmark import Protocol, evaluate_batch, inference_mode
+from protobench.data import ImageFolder
+
+
+def _run(adapter, folder, protocol, batch_size, chunk=8):
+    info = adapter.info
+    ds = ImageFolder(folder, info.input_size, info.mean, info.std)
+    records, skipped = benchmark.run(adapter, ds, ds.paths, protocol, batch_size=batch_size, chunk=chunk)
+    assert skipped == []
+    return pd.DataFrame(records)
+
+
+def test_batched_equals_one_image_at_a_time(tiny_adapter):
+    size = tiny_adapter.info.input_size
+    x, y, ids = torch.randn(7, 3, size, size), torch.tensor([0, 1, 2, 0, 1, 2, 0]), torch.arange(7)
+    protocol = Protocol.make(steps=10)
+    with inference_mode(tiny_adapter.model):
+        batched = evaluate_batch(tiny_adapter, x, y, ids, protocol, chunk=8)
+        single = [evaluate_batch(tiny_adapter, x[i:i + 1], y[i:i + 1], ids[i:i + 1], protocol, chunk=8)
+                  for i in range(7)]
+    for key, value in batched.items():
+        assert torch.equal(value, torch.cat([s[key] for s in single])), key
+
+
+@pytest.mark.parametrize("select", ["top-proto", "gt-protos"])
+def test_same_seed_same_results_whatever_the_batch_size(tiny_adapter, image_folder, select):
+    protocol = Protocol.make(steps=8, select=select, seed=3)
+    runs = [_run(tiny_adapter, image_folder, protocol, bs) for bs in (1, 5, 12)]
+    for other in runs[1:]:
+        pd.testing.assert_frame_equal(runs[0], other)
+
+
+def test_seed_changes_the_random_start(tiny_adapter, image_folder):
+    a = _run(tiny_adapter, image_folder, Protocol.make(attack="noise", seed=1), 4)
+    b = _run(tiny_adapter, image_folder, Protocol.make(attack="noise", seed=2), 4)
+    assert not a["act_after"].equals(b["act_after"])
+    assert a["act_before"].equals(b["act_before"])
+
+
+def test_gt_protos_attacks_the_true_class_prototypes(tiny_adapter, image_folder):
+    df = _run(tiny_adapter, image_folder, Protocol.make(steps=2, select="gt-protos"), 4)
+    assert (df["proto_class"] == df["label"]).all()  # p* is one of the true class's prototypes
+
+
+def test_records_have_every_column(tiny_adapter, image_folder):
+    from protobench.results import PER_IMAGE_COLUMNS
+
+    df = _run(tiny_adapter, image_folder, Protocol.make(steps=2), 4)
+    assert sorted(df.columns) == sorted(PER_IMAGE_COLUMNS)
+    assert len(df) == 12 and df["index"].tolist() == list(range(12))
+    assert df["path"].str.endswith(".png").all()
+
+
+def test_protocols():
+    ref = Protocol.make("reference")
+    assert (ref.attack, ref.clip, ref.eps) == ("noise", False, 0.4)
+    assert Protocol.make("reference", attack="pgd").attack == "pgd"
+    default = Protocol.make()
+    assert (default.attack, default.clip, default.steps, default.step) == ("pgd", True, 40, 0.01)
+    assert default.resolved(224)["margin"] == 10
+    with pytest.raises(ValueError, match="protocol"):
+        Protocol.make("paper")
+    with pytest.raises(ValueError, match="attack"):
+        Protocol.make(attack="fgsm")

@@ -1,0 +1,78 @@
+"""The protected region against hand-computed boxes and a slow per-pixel implementation."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from protobench.regions import default_margin, high_activation_boxes, protected_mask, quantile
+
+
+def test_quantile_matches_numpy_and_torch():
+    x = torch.rand(5, 1000)
+    for q in (0.0, 0.1, 0.5, 0.9, 0.95, 1.0):
+        ours = quantile(x, q)
+        assert torch.allclose(ours, torch.quantile(x, q, dim=1), atol=1e-6)
+        assert np.allclose(ours.numpy(), np.percentile(x.numpy(), 100 * q, axis=1), atol=1e-6)
+
+
+def test_box_by_hand_without_upsampling():
+    # 20x20 map shown at 20x20 (bicubic at scale 1 is the identity); a 5x5 block of ones
+    # is 25 pixels > 5% of 400, so the 95th percentile is 1 and the box is the block.
+    m = torch.zeros(1, 1, 20, 20)
+    m[0, 0, 5:10, 10:15] = 1.0
+    assert high_activation_boxes(m, 20).tolist() == [[[5, 10, 10, 15]]]
+    keep = protected_mask(m, torch.tensor([[True]]), size=20, margin=2)
+    expected = torch.ones(20, 20, dtype=torch.bool)
+    expected[3:12, 8:17] = False  # rows 5-2 .. 10+2 (exclusive), cols 10-2 .. 15+2
+    assert torch.equal(keep[0, 0], expected)
+
+
+def test_box_end_is_clamped_so_last_row_and_column_stay_attackable():
+    m = torch.zeros(1, 1, 20, 20)
+    m[0, 0, 15:20, 15:20] = 1.0
+    keep = protected_mask(m, torch.tensor([[True]]), size=20, margin=2)
+    expected = torch.ones(20, 20, dtype=torch.bool)
+    expected[13:19, 13:19] = False  # end clamped to S - 1 = 19, exclusive, as the reference
+    assert torch.equal(keep[0, 0], expected)
+
+
+def slow_protected_mask(maps, valid, size, margin):
+    """One image and one prototype at a time, pixel by pixel, like the reference code."""
+    b, k = maps.shape[:2]
+    keep = np.ones((b, 1, size, size), dtype=bool)
+    for i in range(b):
+        for j in range(k):
+            if not valid[i, j]:
+                continue
+            up = F.interpolate(maps[i, j][None, None], size=(size, size), mode="bicubic")[0, 0].numpy()
+            thr = np.percentile(up, 95)
+            hot = up >= thr
+            rows = [r for r in range(size) if hot[r].max()]
+            cols = [c for c in range(size) if hot[:, c].max()]
+            y0, y1 = rows[0], rows[-1] + 1
+            x0, x1 = cols[0], cols[-1] + 1
+            for r in range(max(y0 - margin, 0), min(y1 + margin, size - 1)):
+                for c in range(max(x0 - margin, 0), min(x1 + margin, size - 1)):
+                    keep[i, 0, r, c] = False
+    return keep
+
+
+def test_protected_mask_matches_slow_implementation():
+    torch.manual_seed(3)
+    maps = torch.rand(4, 3, 7, 7) ** 3  # peaky maps, several prototypes per image
+    valid = torch.tensor([[True, False, False], [True, True, False], [True, True, True], [False, True, False]])
+    fast = protected_mask(maps, valid, size=56, margin=3)
+    slow = slow_protected_mask(maps, valid, size=56, margin=3)
+    assert np.array_equal(fast.numpy(), slow)
+
+
+def test_no_valid_prototype_protects_nothing():
+    keep = protected_mask(torch.rand(1, 2, 7, 7), torch.tensor([[False, False]]), size=28, margin=2)
+    assert keep.all()
+
+
+def test_default_margin_is_10px_at_224_and_scales():
+    assert default_margin(224) == 10
+    assert default_margin(64) == 3
+    assert default_margin(448) == 20
