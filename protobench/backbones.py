@@ -34,9 +34,14 @@ class ResNetFeatures(nn.Module):
 class VGGFeatures(nn.Module):
     """A torchvision VGG's convolutional part, final max-pool included (7x7 at 224 px)."""
 
+    CONFIGS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
+
     def __init__(self, arch: str):
         super().__init__()
-        self.features = getattr(models, arch)(weights=None).features
+        from torchvision.models.vgg import cfgs, make_layers  # only the conv part: no 100M-weight classifier
+
+        depth, _, bn = arch.partition("_")
+        self.features = make_layers(cfgs[self.CONFIGS[depth]], batch_norm=bool(bn))
         self.out_channels = [m for m in self.features if isinstance(m, nn.Conv2d)][-1].out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

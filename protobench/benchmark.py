@@ -70,8 +70,31 @@ def inference_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def chunked_forward(adapter: PrototypeAdapter, x: torch.Tensor, chunk: int | None):
-    """adapter(x), computed `chunk` rows at a time with the last chunk zero-padded.
+@dataclass(frozen=True)
+class Runtime:
+    """How the model is run: changes speed, never which numbers are asked for."""
+
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for the model; regions and metrics in fp32
+    chunk: int | None = None  # rows per model call; fixed on the CPU for reproducibility (see chunked_forward)
+    channels_last: bool = False  # NHWC inputs, faster convolutions on GPUs
+    compile: bool = False  # torch.compile the adapter's forward
+
+    @classmethod
+    def for_device(cls, device: torch.device, **overrides: Any) -> Runtime:
+        """Defaults per device: fixed chunks of 8 on the CPU; whole batches, channels-last on GPUs."""
+        base = cls(chunk=8) if device.type == "cpu" else cls(channels_last=True)
+        runtime = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        if runtime.precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"unknown precision {runtime.precision!r}: use fp32, bf16 or fp16")
+        return runtime
+
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def chunked_forward(fn: Forward, x: torch.Tensor, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """fn(x), computed `chunk` rows at a time with the last chunk zero-padded.
 
     CPU kernels pick their summation order by batch size, so the same image can get
     slightly different maps in batches of 1, 3 or 32 (and a sign-gradient attack then
@@ -79,22 +102,33 @@ def chunked_forward(adapter: PrototypeAdapter, x: torch.Tensor, chunk: int | Non
     the image: results are identical whatever --batch-size. None: one call for the batch.
     """
     if chunk is None or len(x) == chunk:
-        return adapter(x)
+        return fn(x)
     maps, logits = [], []
     for start in range(0, len(x), chunk):
         part = x[start:start + chunk]
         n = len(part)
         if n < chunk:
             part = torch.cat([part, part.new_zeros(chunk - n, *part.shape[1:])])
-        m, lg = adapter(part)
+        m, lg = fn(part)
         maps.append(m[:n])
         logits.append(lg[:n])
     return torch.cat(maps), torch.cat(logits)
 
 
-def default_chunk(device: torch.device) -> int | None:
-    """Fixed-size model calls on the CPU (reproducible); whole batches on accelerators (fast)."""
-    return 8 if device.type == "cpu" else None
+def model_forward(adapter: PrototypeAdapter, runtime: Runtime) -> Forward:
+    """The adapter's forward with the runtime's precision, memory format, chunking and compilation;
+    maps and logits come back in fp32."""
+    fn: Forward = torch.compile(adapter.forward) if runtime.compile else adapter.forward
+    dtype = AUTOCAST_DTYPES[runtime.precision]
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            maps, logits = chunked_forward(fn, x, runtime.chunk)
+        return maps.float(), logits.float()
+
+    return forward
 
 
 def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,16 +139,16 @@ def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                   protocol: Protocol, chunk: int | None = None) -> dict[str, torch.Tensor]:
-    """Attack one batch and measure it; returns per-image tensors (B,) on the CPU."""
+                   protocol: Protocol, forward: Forward | None = None) -> dict[str, torch.Tensor]:
+    """Attack one batch and measure it; returns per-image tensors (B,) on the CPU.
+
+    `forward` (default: the adapter's, in fp32) runs the model: see model_forward.
+    """
     size = adapter.info.input_size
-
-    def forward(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return chunked_forward(adapter, images, chunk)
-
+    forward = forward or model_forward(adapter, Runtime())
     with torch.no_grad():
         maps, logits = forward(x)
-    maps = maps.float().clamp(min=0)  # SPEC 2: metrics see maps clipped at 0
+    maps = maps.clamp(min=0)  # SPEC 2: metrics see maps clipped at 0
     act = maps.amax(dim=(2, 3))  # (B, P)
     in_class = adapter.prototype_class_identity[:, y].t() > 0  # (B, P)
     attacked, p_star = metrics.select_prototypes(act, in_class, protocol.select)
@@ -125,7 +159,7 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
     weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
 
     def objective(images: torch.Tensor) -> torch.Tensor:  # mean max-activation of the attacked prototypes
-        return (forward(images)[0].float().amax(dim=(2, 3)) * weights).sum(dim=1)
+        return (forward(images)[0].amax(dim=(2, 3)) * weights).sum(dim=1)
 
     noise = rng.uniform(protocol.seed, ids.to(x.device), tuple(x.shape[1:]), -1.0, 1.0)
     bounds = attack.image_bounds(adapter.info.mean, adapter.info.std, x.device) if protocol.clip else None
@@ -134,7 +168,7 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
                                    steps=steps, bounds=bounds)
     with torch.no_grad():
         maps_adv, logits_adv = forward(x_adv)
-    maps_adv = maps_adv.float().clamp(min=0)
+    maps_adv = maps_adv.clamp(min=0)
     act_adv = maps_adv.amax(dim=(2, 3))
     batch = torch.arange(len(x), device=x.device)
     out = {
@@ -167,17 +201,18 @@ def batch_records(values: dict[str, torch.Tensor], labels: torch.Tensor, ids: to
 
 
 def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: list[str], protocol: Protocol, *,
-        batch_size: int = 32, workers: int = 0, chunk: int | None = None,
+        batch_size: int = 32, workers: int = 0, runtime: Runtime | None = None,
         on_batch: Callable[[list[dict[str, Any]], list[int]], None] | None = None) -> tuple[list[dict], list[int]]:
     """Evaluate every item of `dataset`; returns (records, indices of undecodable images).
 
     `on_batch(records, skipped)` is called after each batch (progress, incremental writes).
-    `chunk`: rows per model call (see chunked_forward).
+    `runtime`: how the model is run (default: Runtime.for_device of the adapter's device).
     """
     from protobench.data import collate
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate, pin_memory=adapter.device.type == "cuda")
+    forward = model_forward(adapter, runtime or Runtime.for_device(adapter.device))
     records: list[dict] = []
     skipped: list[int] = []
     with inference_mode(adapter.model):
@@ -185,7 +220,7 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
             rows = []
             if x is not None:
                 x, y = x.to(adapter.device, non_blocking=True), y.to(adapter.device)
-                values = evaluate_batch(adapter, x, y, ids, protocol, chunk)
+                values = evaluate_batch(adapter, x, y, ids, protocol, forward)
                 rows = batch_records(values, y.cpu(), ids, paths)
             records.extend(rows)
             skipped.extend(bad)

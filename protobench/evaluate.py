@@ -99,12 +99,12 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
     subset = Subset(dataset, indices)
 
-    chunk = benchmark.default_chunk(device)
+    runtime = benchmark.Runtime.for_device(device)
     started = time.perf_counter()
     progress.start(len(subset), Path(cfg.ckpt).stem)
     try:
         records, skipped = benchmark.run(adapter, subset, paths, cfg.protocol, batch_size=cfg.batch_size,
-                                         workers=cfg.workers, chunk=chunk, on_batch=progress.update)
+                                         workers=cfg.workers, runtime=runtime, on_batch=progress.update)
     finally:
         progress.stop()
     wall = time.perf_counter() - started
@@ -134,7 +134,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
         "protocol": cfg.protocol.resolved(adapter.info.input_size),
         "seed": cfg.protocol.seed,
         "batch_size": cfg.batch_size,
-        "compute_chunk": chunk,
+        "runtime": runtime.__dict__,
         "device": str(device),
         "wall_time_s": round(wall, 3),
         "images_per_s": round(len(records) / wall, 3) if wall > 0 else None,

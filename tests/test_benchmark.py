@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from protobench import benchmark
-from protobench.benchmark import Protocol, evaluate_batch, inference_mode
+from protobench.benchmark import Protocol, Runtime, evaluate_batch, inference_mode, model_forward
 from protobench.data import ImageFolder
 
 
-def _run(adapter, folder, protocol, batch_size, chunk=8):
+def _run(adapter, folder, protocol, batch_size):
     info = adapter.info
     ds = ImageFolder(folder, info.input_size, info.mean, info.std)
-    records, skipped = benchmark.run(adapter, ds, ds.paths, protocol, batch_size=batch_size, chunk=chunk)
+    records, skipped = benchmark.run(adapter, ds, ds.paths, protocol, batch_size=batch_size)
     assert skipped == []
     return pd.DataFrame(records)
 
@@ -22,8 +22,9 @@ def test_batched_equals_one_image_at_a_time(tiny_adapter):
     x, y, ids = torch.randn(7, 3, size, size), torch.tensor([0, 1, 2, 0, 1, 2, 0]), torch.arange(7)
     protocol = Protocol.make(steps=10)
     with inference_mode(tiny_adapter.model):
-        batched = evaluate_batch(tiny_adapter, x, y, ids, protocol, chunk=8)
-        single = [evaluate_batch(tiny_adapter, x[i:i + 1], y[i:i + 1], ids[i:i + 1], protocol, chunk=8)
+        forward = model_forward(tiny_adapter, Runtime.for_device(torch.device("cpu")))
+        batched = evaluate_batch(tiny_adapter, x, y, ids, protocol, forward)
+        single = [evaluate_batch(tiny_adapter, x[i:i + 1], y[i:i + 1], ids[i:i + 1], protocol, forward)
                   for i in range(7)]
     for key, value in batched.items():
         assert torch.equal(value, torch.cat([s[key] for s in single])), key
