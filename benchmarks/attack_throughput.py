@@ -1,0 +1,182 @@
+"""How fast is protobench's attack, against the model's own speed and the reference's structure?
+
+Measures, in one run, on the same model, batch size, device and precision:
+  (a) protobench   benchmark.run with pgd (regions, attack, metrics, records), in image-steps/s;
+  (b) ideal        a bare loop of forward + input-gradient passes at the same batch size;
+  (c) reference    the reference implementation's structure: one image at a time, the
+                   protected box computed per image on the CPU with numpy, then pgd at batch 1.
+and prints JSON with efficiency = a / b and speedup = a / c.
+
+Images are synthetic (a pool of random images in memory), so the figures are compute, not
+JPEG decoding. Examples:
+  python benchmarks/attack_throughput.py --model demo --device cpu
+  python benchmarks/attack_throughput.py --model resnet34 --device cuda --precision bf16 --batch-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from protobench import attack, rng
+from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
+from protobench.benchmark import Protocol, Runtime, inference_mode, model_forward, run
+
+
+class SyntheticImages(torch.utils.data.Dataset):
+    """`n` items cycling over a pool of random normalized images; labels cycle over the classes."""
+
+    def __init__(self, n: int, size: int, classes: int, pool: int = 64):
+        self.n, self.classes = n, classes
+        self.pool = rng.uniform(0, torch.arange(pool), (3, size, size), -2.0, 2.0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.pool[i % len(self.pool)], i % self.classes, i
+
+
+def build_model(name: str, ckpt: str | None) -> ProtoPNetAdapter:
+    if ckpt:
+        from protobench.adapter import get_adapter
+
+        return get_adapter("protopnet").load(ckpt)
+    if name == "demo":
+        from protobench.demo import demo_checkpoint  # the model shipped with the package
+
+        return ProtoPNetAdapter.load(str(demo_checkpoint()))
+    if name == "resnet34":  # the paper's CUB setting, random weights (timing only)
+        cfg = ProtoPNetConfig(backbone="resnet34", num_classes=200, num_prototypes=2000, prototype_dim=128)
+    elif name == "tiny":
+        cfg = ProtoPNetConfig(backbone="tinycnn", backbone_kwargs={"channels": [32, 64, 128], "convs": 2},
+                              num_classes=6, num_prototypes=12, prototype_dim=32, img_size=64)
+    else:
+        raise SystemExit(f"unknown --model {name!r}: demo, tiny or resnet34")
+    return ProtoPNetAdapter.from_config(cfg, seed=0)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_protobench(adapter, data, protocol, batch_size, runtime, workers) -> float:
+    paths = [f"synthetic/{i}" for i in range(len(data))]
+    start = time.perf_counter()
+    records, _ = run(adapter, data, paths, protocol, batch_size=batch_size, workers=workers, runtime=runtime)
+    sync(adapter.device)
+    assert len(records) == len(data)
+    return time.perf_counter() - start
+
+
+def time_ideal(adapter, data, steps, batch_size, runtime) -> float:
+    """Forward + input-gradient passes only, `steps` per batch, no attack logic at all: the
+    gradient of one prototype's max activation per image, as the attack takes."""
+    forward = model_forward(adapter, runtime)
+    batches = [torch.stack([data[j][0] for j in range(i, min(i + batch_size, len(data)))])
+               for i in range(0, len(data), batch_size)]
+    sync(adapter.device)
+    start = time.perf_counter()
+    with inference_mode(adapter.model):
+        for x in batches:
+            x = x.to(adapter.device, non_blocking=True).requires_grad_(True)
+            rows = torch.arange(len(x), device=x.device)
+            for _ in range(steps):
+                torch.autograd.grad(forward(x)[0][rows, rows % adapter.info.num_prototypes].amax(dim=(1, 2)).sum(), x)
+    sync(adapter.device)
+    return time.perf_counter() - start
+
+
+def reference_box_mask(act_map: np.ndarray, size: int, margin: int) -> np.ndarray:
+    """The reference's per-image box: upsample on the CPU, numpy percentile, row/column scans."""
+    up = F.interpolate(torch.from_numpy(act_map)[None, None], size=(size, size), mode="bicubic")[0, 0].numpy()
+    hot = up >= np.percentile(up, 95)
+    rows = [r for r in range(size) if hot[r].max()]
+    cols = [c for c in range(size) if hot[:, c].max()]
+    mask = np.ones((1, 1, size, size), dtype=np.float32)
+    mask[..., max(rows[0] - margin, 0):min(rows[-1] + 1 + margin, size - 1),
+         max(cols[0] - margin, 0):min(cols[-1] + 1 + margin, size - 1)] = 0
+    return mask
+
+
+def time_reference(adapter, data, protocol, n_images, runtime) -> float:
+    """One image at a time, as the reference does (its attack made real: gradient steps)."""
+    size = adapter.info.input_size
+    margin = protocol.resolved(size)["margin"]
+    forward = model_forward(adapter, runtime)
+    bounds = attack.image_bounds(adapter.info.mean, adapter.info.std, adapter.device)
+    sync(adapter.device)
+    start = time.perf_counter()
+    with inference_mode(adapter.model):
+        for i in range(n_images):
+            x = data[i][0][None].to(adapter.device)
+            with torch.no_grad():
+                maps = forward(x)[0].clamp(min=0).cpu().numpy()
+            proto = int(maps.max(axis=(2, 3)).argmax())
+            keep = torch.from_numpy(reference_box_mask(maps[0, proto], size, margin)).to(adapter.device) > 0
+            noise = rng.uniform(protocol.seed, torch.tensor([i], device=adapter.device), (3, size, size), -1, 1)
+            x_adv, _ = attack.pgd(lambda im: forward(im)[0][:, proto].amax(dim=(1, 2)), x, keep, noise,
+                                  eps=protocol.eps, step=protocol.step, steps=protocol.steps, bounds=bounds)
+            with torch.no_grad():
+                forward(x_adv)
+    sync(adapter.device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="demo", help="demo, tiny or resnet34 (random weights)")
+    parser.add_argument("--ckpt", default=None, help="a protopnet checkpoint instead of --model")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 128 on GPU")
+    parser.add_argument("--images", type=int, default=None, help="images for (a) and (b); default 96 CPU, 1024 GPU")
+    parser.add_argument("--reference-images", type=int, default=None, help="images for (c); default 8 CPU, 64 GPU")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ideal,reference")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    batch = args.batch_size or (128 if gpu else 32)
+    n = args.images or (1024 if gpu else 96)
+    n_ref = args.reference_images or (64 if gpu else 8)
+    torch.manual_seed(0)
+    adapter = build_model(args.model, args.ckpt).to(device)
+    runtime = Runtime.for_device(device, precision=args.precision, compile=args.compile or None,
+                                 channels_last=False if args.no_channels_last else None)
+    protocol = Protocol.make(steps=args.steps)
+    data = SyntheticImages(n, adapter.info.input_size, adapter.info.num_classes)
+
+    warm = SyntheticImages(min(batch, n), adapter.info.input_size, adapter.info.num_classes)
+    time_protobench(adapter, warm, Protocol.make(steps=2), batch, runtime, 0)  # warm-up (and compile)
+    skip = set(args.skip.split(","))
+    t_a = time_protobench(adapter, data, protocol, batch, runtime, args.workers)
+    t_b = None if "ideal" in skip else time_ideal(adapter, data, args.steps, batch, runtime)
+    t_c = None if "reference" in skip else time_reference(adapter, data, protocol, n_ref, runtime)
+    rate = lambda images, t: images * args.steps / t if t else None  # noqa: E731 image-steps per second
+    a, b, c = rate(n, t_a), rate(n, t_b), rate(n_ref, t_c)
+    print(json.dumps({
+        "model": args.ckpt or args.model, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "precision": args.precision, "batch_size": batch,
+        "channels_last": runtime.channels_last, "compile": runtime.compile, "chunk": runtime.chunk,
+        "images": n, "reference_images": n_ref, "steps": args.steps,
+        "protobench_img_steps_per_s": a, "ideal_img_steps_per_s": b, "reference_img_steps_per_s": c,
+        "protobench_wall_s": t_a, "efficiency": a / b if b else None, "speedup": a / c if c else None,
+        "torch": torch.__version__,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
