@@ -41,13 +41,13 @@ def check_out(out: Path, overwrite: bool, resume: bool) -> str:
     if overwrite and resume:
         raise ProtobenchError("--overwrite and --resume contradict each other: choose one")
     current = state(out)
-    stray = [name for name in FINAL if (out / name).exists()]
-    if overwrite or (current == "empty" and not stray):
-        return "empty" if overwrite else current
     if resume:
         if current == "empty":
             raise ProtobenchError(f"nothing to resume in {out} (no {RUN}): run without --resume to start")
         return current
+    stray = [name for name in FINAL if (out / name).exists()]
+    if overwrite or (current == "empty" and not stray):
+        return "empty"
     if current == "partial":
         raise ProtobenchError(f"{out} holds an interrupted run: add --resume to continue it "
                               "or --overwrite to start again")
