@@ -171,18 +171,11 @@ def pair(base: list[Entry], new: list[Entry], notes: list[str]) -> list[tuple[En
 
 def differences(base: dict | None, new: dict | None) -> str:
     """What makes two runs incomparable, in words ('' when nothing; unknown when a meta.json is missing)."""
+    from protobench.resume import describe_differences
+
     if base is None or new is None:
         return "a meta.json is missing, so protocol and dataset are unchecked"
-    keys = [k for k in COMPARABLE if base.get(k) != new.get(k)]
-    return ", ".join(f"{k} {_brief(base.get(k))} vs {_brief(new.get(k))}" for k in keys)
-
-
-def _brief(value: Any) -> str:
-    if isinstance(value, dict) and "sha256" in value:
-        return str(value["sha256"])[:12]
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
+    return describe_differences(base, new, list(COMPARABLE), ("base", "new"))
 
 
 def _error(row: dict[str, Any]) -> str:

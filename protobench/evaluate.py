@@ -237,7 +237,7 @@ def load_results(out: Path) -> dict[str, Any]:
 
     import pandas as pd
 
-    summary = pd.read_csv(out / "summary.csv", float_precision="round_trip").iloc[0].to_dict()
+    summary = pd.read_csv(out / "summary.csv", engine="python").iloc[0].to_dict()  # python float(): exact
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     return {"summary": summary, "meta": meta, "out": str(out)}
 

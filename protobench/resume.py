@@ -78,23 +78,26 @@ def recorded_identity(out: Path) -> dict[str, Any]:
 def check_identity(recorded: dict[str, Any], current: dict[str, Any], out: Path) -> None:
     """--resume continues only the same run: same protocol, checkpoint, dataset, subset, device type."""
     current = json.loads(json.dumps(current, default=str))  # as it would read back from disk
-    differ = [(key, recorded.get(key), current[key]) for key in current if recorded.get(key) != current[key]]
+    differ = describe_differences(recorded, current, list(current))
     if differ:
-        details = "; ".join(f"{k}: recorded {_short(old)}, now {_short(new)}" for k, old, new in _detail(differ))
-        raise ProtobenchError(f"--resume: {out} holds a different run ({details}); "
+        raise ProtobenchError(f"--resume: {out} holds a different run ({differ}); "
                               "rerun with the original options or use --overwrite / another --out")
 
 
-def _detail(differ: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
-    """Name the differing fields inside dicts (protocol.steps, not the whole protocol)."""
-    out = []
-    for key, old, new in differ:
-        if isinstance(old, dict) and isinstance(new, dict):
-            out += [(f"{key}.{k}", old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-                    if old.get(k) != new.get(k)]
+def describe_differences(old: dict[str, Any], new: dict[str, Any], keys: list[str],
+                         labels: tuple[str, str] = ("recorded", "now")) -> str:
+    """'protocol.steps: recorded 2, now 3; ...' for each of `keys` that differs ('' if none);
+    inside dicts, only the sub-keys that differ are named."""
+    parts = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            parts += [(f"{key}.{k}", a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         else:
-            out.append((key, old, new))
-    return out
+            parts.append((key, a, b))
+    return "; ".join(f"{name}: {labels[0]} {_short(a)}, {labels[1]} {_short(b)}" for name, a, b in parts)
 
 
 def _short(value: Any) -> str:
