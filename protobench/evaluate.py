@@ -80,7 +80,8 @@ def load_dataset(data: str, info, kind: str | None = None, split: str | None = N
 
     dataset = open_dataset(data, info, kind, split)
     if len(dataset.classes) != info.num_classes:
-        noun = "class folders" if dataset.kind == "imagefolder" else f"classes ({dataset.kind})"
+        kind = getattr(dataset, "kind", "dataset")
+        noun = "class folders" if kind == "imagefolder" else f"classes ({kind})"
         raise DataError(f"{data} has {len(dataset.classes)} {noun} but the model predicts "
                         f"{info.num_classes} classes: point --data at the dataset the model was trained on")
     return dataset, dataset.paths
@@ -122,9 +123,11 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, device) -> dict[str, Any
         "adapter": cfg.adapter,
         "adapter_options": cfg.adapter_options,
         "checkpoint_sha256": sha256(cfg.ckpt) if Path(cfg.ckpt).is_file() else None,
-        "dataset_kind": dataset.kind,
-        "split": dataset.split,
-        "dataset_fingerprint": dataset_fingerprint(dataset.files, dataset.root),
+        # datasets from other loaders may lack these: ImageList has them all
+        "dataset_kind": getattr(dataset, "kind", None),
+        "split": getattr(dataset, "split", None),
+        "dataset_fingerprint": dataset_fingerprint(getattr(dataset, "files", dataset.paths),
+                                                   getattr(dataset, "root", cfg.data)),
         "limit": cfg.limit,
         "protocol": cfg.protocol.resolved(adapter.info.input_size),
         "device_type": device.type,

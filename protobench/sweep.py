@@ -43,11 +43,15 @@ def unique_names(ckpts: Sequence[str]) -> list[str]:
     return names
 
 
-def check_top(out: Path, overwrite: bool, resume: bool) -> None:
+def check_top(out: Path, names: Sequence[str], overwrite: bool, resume: bool) -> None:
+    """Refuse to mix a new sweep into an earlier or interrupted one in the same directory."""
+    from protobench import resume as runstate
+
     existing = [name for name in TOP_FILES if (out / name).exists()]
+    existing += [f"{name}/" for name in names if runstate.state(out / name) != "empty"]
     if existing and not (overwrite or resume):
-        raise ProtobenchError(f"{out} already holds results ({', '.join(existing)}): pass --overwrite to replace "
-                              "them, --resume to continue, or choose another --out")
+        raise ProtobenchError(f"{out} already holds results ({', '.join(existing)}): pass --resume to continue "
+                              "that run, --overwrite to replace it, or choose another --out")
 
 
 def evaluate_models(cfg: EvaluateConfig, models: Sequence[tuple[str, str]],
@@ -56,9 +60,10 @@ def evaluate_models(cfg: EvaluateConfig, models: Sequence[tuple[str, str]],
     from protobench import resume as runstate
 
     out = Path(cfg.out)
-    check_top(out, cfg.overwrite, cfg.resume)
+    names = unique_names([c for c, _ in models])
+    check_top(out, names, cfg.overwrite, cfg.resume)
     rows, entries = [], []
-    for name, (ckpt, adapter) in zip(unique_names([c for c, _ in models]), models):
+    for name, (ckpt, adapter) in zip(names, models):
         sub = out / name
         sub_cfg = replace(cfg, ckpt=ckpt, adapter=adapter, out=str(sub), name=name,
                           resume=cfg.resume and runstate.state(sub) != "empty")

@@ -167,7 +167,8 @@ def test_undecodable_image_warns_and_strict_stops(tmp_path, tiny_ckpt, image_fol
     assert result.exit_code == 0, result.output
     assert f"skipped an image that does not decode: {bad}" in " ".join(result.stderr.split())
     assert json.loads((tmp_path / "o" / "meta.json").read_text())["skipped_images"] == [str(bad)]
-    strict = run("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "s", "--strict")
+    strict = run("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "s", "--strict",
+                 "--steps", 1)
     errors = [line for line in strict.stderr.splitlines() if line.startswith("error:")]
     assert strict.exit_code == 2 and len(errors) == 1 and "Traceback" not in strict.output
     assert str(bad) in " ".join(strict.stderr.split()) and "--strict" in strict.stderr

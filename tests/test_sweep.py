@@ -93,6 +93,8 @@ def test_an_interrupted_sweep_resumes_to_the_same_tables(tmp_path, tiny_ckpt, im
     assert stopped.exit_code == 130 and "--resume" in stopped.stderr
     monkeypatch.undo()
     assert (cut / "tiny" / "meta.json").exists() and not (cut / "third").exists()
+    rerun = runner.invoke(app, [str(a) for a in ["evaluate", *models, "--out", cut]])
+    assert rerun.exit_code == 2 and "tiny/, other/" in rerun.stderr and "--resume" in rerun.stderr
     resumed = runner.invoke(app, [str(a) for a in ["evaluate", *models, "--out", cut, "--resume"]])
     assert resumed.exit_code == 0, resumed.output
     for name in ("summary.csv", "tiny/per_image.csv", "other/per_image.csv", "third/summary.csv"):
