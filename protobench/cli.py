@@ -76,7 +76,8 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, help="Dataset directory: CUB-200-2011, Stanford Cars or an ImageFolder."),
     dataset: Optional[str] = typer.Option(None, help="cub, cars or imagefolder (default: detected from --data)."),
     split: Optional[str] = typer.Option(None, help="test (default), train, or for CUB all; an ImageFolder has none."),
-    out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, or /models for several)."),
+    out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
+                                                  "or protobench-results/models for several)."),
     protocol: str = typer.Option("default", help="default (pgd, clipped) or reference (the paper's code: noise, no clip)."),
     attack: Optional[str] = typer.Option(None, help="pgd or noise [default: from --protocol]."),
     eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
