@@ -5,6 +5,7 @@ torch is imported inside the commands, so `protobench --help` and `protobench ad
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -69,10 +70,14 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 @app.command()
 def evaluate(
-    adapter: str = typer.Option("protopnet", help="Model family (see `protobench adapters`) or pkg.module:Class."),
-    ckpt: Optional[Path] = typer.Option(None, help="Checkpoint file. Required with --data."),
-    data: Optional[Path] = typer.Option(None, help="ImageFolder directory (DIR/<class>/<image>)."),
-    out: Optional[Path] = typer.Option(None, help="Result directory [default: protobench-results/<ckpt name>]."),
+    adapter: list[str] = typer.Option([], help="Model family (see `protobench adapters`) or pkg.module:Class "
+                                           "(default protopnet); once for all --ckpt, or once per --ckpt in order."),
+    ckpt: list[Path] = typer.Option([], help="Checkpoint file; repeat it to evaluate several models in one run."),
+    data: Optional[Path] = typer.Option(None, help="Dataset directory: CUB-200-2011, Stanford Cars or an ImageFolder."),
+    dataset: Optional[str] = typer.Option(None, help="cub, cars or imagefolder (default: detected from --data)."),
+    split: Optional[str] = typer.Option(None, help="test (default), train, or for CUB all; an ImageFolder has none."),
+    out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
+                                                  "or protobench-results/models for several)."),
     protocol: str = typer.Option("default", help="default (pgd, clipped) or reference (the paper's code: noise, no clip)."),
     attack: Optional[str] = typer.Option(None, help="pgd or noise [default: from --protocol]."),
     eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
@@ -87,6 +92,8 @@ def evaluate(
     seed: int = typer.Option(0, help="Seeds the random start of each image and --limit's subset."),
     limit: Optional[int] = typer.Option(None, help="Evaluate a fixed-seed random subset of N images."),
     overwrite: bool = typer.Option(False, help="Replace results already in --out."),
+    resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same options, same results)."),
+    strict: bool = typer.Option(False, help="Stop at an image that does not decode instead of skipping it."),
     adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
@@ -94,23 +101,106 @@ def evaluate(
     from protobench.evaluate import EvaluateConfig
     from protobench.evaluate import evaluate as run_evaluate
     from protobench.progress import RichProgress
+    from protobench.sweep import evaluate_models, pair_adapters
 
-    if ckpt is None or data is None:
+    if not ckpt or data is None:
         fail("give both --ckpt and --data")
+    models = run_library(pair_adapters, [str(c) for c in ckpt], adapter, "protopnet")
     proto = run_library(Protocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
                         margin=margin, clip=clip, seed=seed)
+    default_out = Path("protobench-results") / (ckpt[0].stem if len(ckpt) == 1 else "models")
     cfg = EvaluateConfig(
-        ckpt=str(ckpt), data=str(data), out=str(out or Path("protobench-results") / ckpt.stem),
-        adapter=adapter, adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
-        device=device, workers=workers, limit=limit, overwrite=overwrite,
+        ckpt=models[0][0], data=str(data), out=str(out or default_out), adapter=models[0][1],
+        adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
+        device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
+        strict=strict, resume=resume,
     )
-    result = run_library(run_evaluate, cfg, RichProgress(err_console))
+    with warnings_to_console():
+        if len(models) > 1:
+            return report_models(run_library(evaluate_models, cfg, models, RichProgress(err_console)))
+        result = run_library(run_evaluate, cfg, RichProgress(err_console))
     summary = result["summary"]
     out_console.print(summary_table(summary))
     if summary["zero_grad_images"]:
         err_console.print(f"[yellow]warning:[/] the pgd gradient was exactly zero on the attackable pixels for "
                           f"{summary['zero_grad_images']} images at some step (see zero_grad in per_image.csv)")
+    if result["meta"]["skipped_images"]:
+        err_console.print(f"[yellow]warning:[/] {len(result['meta']['skipped_images'])} images did not decode and "
+                          "were skipped (listed in meta.json, skipped_images)")
     out_console.print(f"results written to {result['out']}/ (per_image.csv, summary.csv, meta.json)")
+
+
+@contextmanager
+def warnings_to_console():
+    """Library warnings (e.g. a skipped image) as yellow lines, each one shown."""
+    import warnings
+
+    from protobench.errors import DataWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        warnings.showwarning = show
+        yield
+
+
+def report_models(result: dict[str, Any]) -> None:
+    """One line per model; exit 1 when any model failed (its row in summary.csv says why)."""
+    table = Table(title=f"protobench: {len(result['summaries'])} models")
+    for col in ("model", "PLC", "PAC", "PRC", "acc before / after", "AC", "error"):
+        table.add_column(col, justify="left" if col in ("model", "error") else "right")
+    for row in result["summaries"]:
+        if row.get("error"):
+            table.add_row(row["model"], "", "", "", "", "", f"[red]{row['error']}[/]")
+        else:
+            table.add_row(row["model"], *(f"{row[f'{m}_mean']:.2f}" for m in ("PLC", "PAC", "PRC")),
+                          f"{row['acc_before']:.1f} / {row['acc_after']:.1f}", f"{row['AC']:.1f}", "")
+    out_console.print(table)
+    out_console.print(f"results written to {result['out']}/ (summary.csv, meta.json, one folder per model)")
+    if result["failed"]:
+        fail(f"{result['failed']} of {len(result['summaries'])} models failed: see the error column "
+             f"of {result['out']}/summary.csv", 1)
+
+
+@app.command()
+def compare(
+    base: Path = typer.Argument(..., help="Baseline: a result directory or its summary.csv."),
+    new: Path = typer.Argument(..., help="Candidate: a result directory or its summary.csv."),
+    tol: list[str] = typer.Option([], "--tol", help="METRIC=VALUE, absolute (PLC PAC PRC AC acc_before acc_after "
+                                                    "acc); defaults in docs/ci.md."),
+    format: str = typer.Option("table", "--format", help="table or markdown."),
+    force: bool = typer.Option(False, help="Compare runs of different protocols or datasets anyway."),
+) -> None:
+    """Exit 0 if no metric of NEW is worse than BASE by more than its tolerance, 1 if one is, 2 if unusable."""
+    from protobench import compare as cmp
+
+    if format not in ("table", "markdown"):
+        fail(f"unknown --format {format!r}: use table or markdown")
+    tolerances = run_library(cmp.parse_tolerances, tol)
+    table, notes = run_library(cmp.compare, str(base), str(new), tolerances, force)
+    if format == "markdown":
+        print(cmp.to_markdown(table, notes), end="")
+    else:
+        out_console.print(compare_table(table, notes))
+    if cmp.regressions(table):
+        raise typer.Exit(1)
+
+
+def compare_table(table, notes: list[str]) -> Table:
+    from protobench.compare import fmt, regressions
+
+    failed = regressions(table)
+    verdict = f"[red]{failed} regression(s)[/]" if failed else "[green]no regression[/]"
+    out = Table(title=f"protobench compare: {verdict}", caption="\n".join(notes) or None)
+    for col in ("model", "metric", "base", "new", "delta", "tolerance", "status"):
+        out.add_column(col, justify="left" if col in ("model", "metric", "status") else "right")
+    for r in table.to_dict("records"):
+        status = "[red]FAIL[/]" if r["status"] == "FAIL" else r["status"]
+        out.add_row(r["model"], r["metric"], fmt(r["base"]), fmt(r["new"]), fmt(r["delta"], signed=True),
+                    fmt(r["tolerance"]), status)
+    return out
 
 
 @app.command()

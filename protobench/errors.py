@@ -17,3 +17,13 @@ class DataError(ProtobenchError):
 
 class AdapterError(ProtobenchError):
     """An unknown adapter name or an adapter that cannot be imported."""
+
+
+class Interrupted(ProtobenchError):
+    """A run stopped by Ctrl-C; its partial results are kept for --resume."""
+
+    exit_code = 130
+
+
+class DataWarning(UserWarning):
+    """An image skipped because it does not decode (an error under --strict)."""

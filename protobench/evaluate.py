@@ -5,13 +5,14 @@ from __future__ import annotations
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
 from protobench.benchmark import Protocol
-from protobench.errors import DataError, ProtobenchError
+from protobench.errors import DataError, DataWarning, Interrupted, ProtobenchError
 
 RESULT_FILES = ("per_image.csv", "summary.csv", "meta.json")
 
@@ -41,6 +42,13 @@ class EvaluateConfig:
     workers: int = 0
     limit: int | None = None
     overwrite: bool = False
+    dataset: str | None = None  # 'cub', 'cars' or 'imagefolder'; None: detect from the directory
+    split: str | None = None  # None: the layout's test split
+    strict: bool = False  # an undecodable image is an error instead of a skip
+    resume: bool = False  # continue the interrupted run in `out`
+    name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast); see benchmark.Runtime
+    compile: bool = False  # torch.compile the model's forward
 
 
 def resolve_device(name: str):
@@ -56,13 +64,17 @@ def resolve_device(name: str):
         raise ProtobenchError(f"unknown device {name!r}: use auto, cpu or cuda[:N]") from None
 
 
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    existing = [name for name in RESULT_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise ProtobenchError(f"{out} already holds results ({', '.join(existing)}): "
-                              "pass --overwrite to replace them or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise ProtobenchError(f"--out {out} is a file, not a directory")
+def check_out_dir(out: Path, overwrite: bool, resume: bool = False) -> str:
+    """'empty', 'partial' or 'complete' if `out` may be used; a ProtobenchError saying what to do if not."""
+    from protobench import resume as runstate
+
+    return runstate.check_out(out, overwrite, resume)
+
+
+def resolve_runtime(cfg: EvaluateConfig, device):
+    from protobench.benchmark import Runtime
+
+    return Runtime.for_device(device, precision=cfg.precision, compile=cfg.compile or None)
 
 
 def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
@@ -71,78 +83,174 @@ def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
     return get_adapter(name).load(ckpt, **options).to(device)
 
 
-def load_dataset(data: str, info):
-    from protobench.data import ImageFolder
+def load_dataset(data: str, info, kind: str | None = None, split: str | None = None):
+    from protobench.datasets import open_dataset
 
-    dataset = ImageFolder(data, info.input_size, info.mean, info.std)
+    dataset = open_dataset(data, info, kind, split)
     if len(dataset.classes) != info.num_classes:
-        raise DataError(f"{data} has {len(dataset.classes)} class folders but the model predicts "
+        kind = getattr(dataset, "kind", "dataset")
+        noun = "class folders" if kind == "imagefolder" else f"classes ({kind})"
+        raise DataError(f"{data} has {len(dataset.classes)} {noun} but the model predicts "
                         f"{info.num_classes} classes: point --data at the dataset the model was trained on")
     return dataset, dataset.paths
 
 
 def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out."""
-    import pandas as pd
-    import torch
+    """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out.
 
-    from protobench import __version__, benchmark, results
-    from protobench.checkpoint import sha256
-    from protobench.data import Subset, random_subset
+    Per-image results are appended to the partial log every batch, so an interrupted run
+    continues with cfg.resume and ends with the same files as an uninterrupted one.
+    """
+    from protobench import resume as runstate
+    from protobench.data import random_subset
 
-    progress = progress or NoProgress()
     out = Path(cfg.out)
-    check_out_dir(out, cfg.overwrite)
+    status = check_out_dir(out, cfg.overwrite, cfg.resume)
     device = resolve_device(cfg.device)
     adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
-    dataset, paths = load_dataset(cfg.data, adapter.info)
+    dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
-    subset = Subset(dataset, indices)
+    identity = run_identity(cfg, adapter, dataset, device)
+    if status == "empty":
+        runstate.clear(out)
+        runstate.start(out, identity)
+    else:
+        runstate.check_identity(runstate.recorded_identity(out), identity, out)
+        if status == "complete":
+            return load_results(out)
+    timing = _run_remaining(cfg, adapter, dataset, paths, indices, out, progress or NoProgress())
+    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing)
 
-    runtime = benchmark.Runtime.for_device(device)
+
+def run_identity(cfg: EvaluateConfig, adapter, dataset, device) -> dict[str, Any]:
+    """What makes two runs the same run: --resume refuses to continue a run that differs in any of it."""
+    from protobench.checkpoint import sha256
+    from protobench.provenance import dataset_fingerprint
+
+    return {
+        "adapter": cfg.adapter,
+        "adapter_options": cfg.adapter_options,
+        "checkpoint_sha256": sha256(cfg.ckpt) if Path(cfg.ckpt).is_file() else None,
+        # datasets from other loaders may lack these: ImageList has them all
+        "dataset_kind": getattr(dataset, "kind", None),
+        "split": getattr(dataset, "split", None),
+        "dataset_fingerprint": dataset_fingerprint(getattr(dataset, "files", dataset.paths),
+                                                   getattr(dataset, "root", cfg.data)),
+        "limit": cfg.limit,
+        "protocol": cfg.protocol.resolved(adapter.info.input_size),
+        "device_type": device.type,
+        "precision": cfg.precision,  # bf16 numbers differ from fp32 ones: never mixed in one run
+    }
+
+
+def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress) -> tuple[float, int]:
+    """Evaluate the images the partial log lacks, appending each batch; (wall time, images evaluated)."""
+    from protobench import benchmark
+    from protobench import resume as runstate
+    from protobench.data import Subset
+
+    records, skipped = runstate.read_partial(out)
+    report_skipped(skipped, paths, cfg.strict)
+    done = {r["index"] for r in records} | set(skipped)
+    todo = [i for i in indices if i not in done]
+    count = [len(indices) - len(todo), 0]  # images done, of which evaluated now
+
+    def on_batch(rows: list[dict], bad: list[int]) -> None:
+        report_skipped(bad, paths, cfg.strict)
+        log.append(rows, bad)
+        count[0] += len(rows) + len(bad)
+        count[1] += len(rows)
+        progress.update(rows, bad)
+
     started = time.perf_counter()
-    progress.start(len(subset), Path(cfg.ckpt).stem)
+    progress.start(len(todo), model_name(cfg))
     try:
-        records, skipped = benchmark.run(adapter, subset, paths, cfg.protocol, batch_size=cfg.batch_size,
-                                         workers=cfg.workers, runtime=runtime, on_batch=progress.update)
+        with runstate.PartialLog(out) as log:
+            benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, batch_size=cfg.batch_size,
+                          workers=cfg.workers, runtime=resolve_runtime(cfg, adapter.device), on_batch=on_batch)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted after {count[0]} of {len(indices)} images; the partial results in {out} "
+                          "are kept: rerun the same command with --resume to continue") from None
     finally:
         progress.stop()
-    wall = time.perf_counter() - started
-    if not records:
-        raise DataError(f"none of the {len(subset)} images in {cfg.data} could be decoded")
+    return time.perf_counter() - started, count[1]
 
-    model = Path(cfg.ckpt).stem
+
+def report_skipped(indices: list[int], paths: list[str], strict: bool) -> None:
+    """Warn about each undecodable image, or stop on the first one under --strict."""
+    for i in indices:
+        if strict:
+            raise DataError(f"image does not decode: {paths[i]} (fix or remove it, or drop --strict to skip it)")
+        warnings.warn(f"skipped an image that does not decode: {paths[i]}", DataWarning, stacklevel=2)
+
+
+def model_name(cfg: EvaluateConfig) -> str:
+    return cfg.name or Path(cfg.ckpt).stem
+
+
+def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated) -> dict[str, Any]:
+    """Per-image table from the partial log (in subset order), summary, meta; written atomically."""
+    import pandas as pd
+
+    from protobench import resume as runstate
+    from protobench import results
+
+    records, skipped = runstate.read_partial(out)
+    by_index = {r["index"]: r for r in reversed(records)}  # first record of an index wins
+    records = [by_index[i] for i in indices if i in by_index]
+    skipped = sorted(set(skipped) & set(indices))
+    if not records:
+        raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
     per_image = pd.DataFrame(records, columns=results.PER_IMAGE_COLUMNS)
-    summary = results.summarize(per_image, model, cfg.protocol.seed)
-    meta = {
+    summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed)
+    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated)
+    meta["resumed"] = resumed
+    results.write_csv(out / "per_image.csv", per_image)
+    results.write_csv(out / "summary.csv", pd.DataFrame([summary]))
+    results.write_json(out / "meta.json", meta)  # last: its presence marks the run complete
+    runstate.finish(out)
+    return {"summary": summary, "meta": meta, "out": str(out)}
+
+
+def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evaluated) -> dict[str, Any]:
+    import torch
+
+    from protobench import __version__, provenance
+
+    return {
+        **identity,
         "protobench_version": __version__,
+        "git": provenance.git_commit(),
         "torch_version": torch.__version__,
         "torchvision_version": _version("torchvision"),
         "python_version": platform.python_version(),
         "command": " ".join(["protobench", *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "adapter": cfg.adapter,
-        "adapter_options": cfg.adapter_options,
+        "model": model_name(cfg),
         "model_info": adapter.info.__dict__,
         "checkpoint": str(Path(cfg.ckpt).resolve()) if Path(cfg.ckpt).exists() else cfg.ckpt,
-        "checkpoint_sha256": sha256(cfg.ckpt) if Path(cfg.ckpt).is_file() else None,
         "dataset": str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data,
         "dataset_images": len(dataset),
-        "evaluated_images": len(records),
-        "skipped_images": [paths[i] for i in skipped],
-        "limit": cfg.limit,
-        "protocol": cfg.protocol.resolved(adapter.info.input_size),
+        "evaluated_images": n_records,
+        "skipped_images": [dataset.paths[i] for i in skipped],
         "seed": cfg.protocol.seed,
         "batch_size": cfg.batch_size,
-        "runtime": runtime.__dict__,
-        "device": str(device),
-        "wall_time_s": round(wall, 3),
-        "images_per_s": round(len(records) / wall, 3) if wall > 0 else None,
+        "runtime": resolve_runtime(cfg, adapter.device).__dict__,
+        "device": str(adapter.device),
+        **provenance.determinism(),
+        "wall_time_s": round(wall, 3),  # this session's share when resumed
+        "images_per_s": round(evaluated / wall, 3) if wall > 0 else None,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    results.write_csv(out / "per_image.csv", per_image)
-    results.write_csv(out / "summary.csv", pd.DataFrame([summary]))
-    results.write_json(out / "meta.json", meta)
+
+
+def load_results(out: Path) -> dict[str, Any]:
+    """The summary and meta of a complete result directory (what evaluate() returned)."""
+    import json
+
+    import pandas as pd
+
+    summary = pd.read_csv(out / "summary.csv", engine="python").iloc[0].to_dict()  # python float(): exact
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     return {"summary": summary, "meta": meta, "out": str(out)}
 
 

@@ -44,6 +44,13 @@ def summarize(per_image: pd.DataFrame, model: str, seed: int = 0) -> dict[str, A
     return row
 
 
+def error_row(model: str, error: str) -> dict[str, Any]:
+    """The summary row of a model that failed to load or run: every metric NaN, and why."""
+    row: dict[str, Any] = {key: float("nan") for key in summarize(pd.DataFrame(columns=PER_IMAGE_COLUMNS), model)}
+    row.update(model=model, error=error)
+    return row
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a whole file or nothing: a crash leaves the old file (or none), never half of one."""
     path = Path(path)

@@ -1,0 +1,164 @@
+"""Interrupted runs: Ctrl-C and kill -9 leave a valid partial run, and --resume ends where an
+uninterrupted run ends, byte for byte."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_config, write_image_folder
+from protobench import benchmark
+from protobench import resume as runstate
+from protobench.adapters.protopnet import ProtoPNetAdapter
+from protobench.benchmark import Protocol
+from protobench.cli import app
+from protobench.errors import Interrupted, ProtobenchError
+from protobench.evaluate import EvaluateConfig, NoProgress, evaluate
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def same_results(a, b):
+    for name in ("per_image.csv", "summary.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def partial_lines(out):
+    path = out / runstate.PARTIAL
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+class StopAfter(NoProgress):
+    """Progress that presses Ctrl-C after `batches` batches."""
+
+    def __init__(self, batches):
+        self.left = batches
+
+    def update(self, rows, skipped):
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_keeps_a_valid_partial_run_and_resume_completes_it(tiny_ckpt, image_folder, tmp_path):
+    def cfg(out, **kw):
+        options = {"batch_size": 3, "device": "cpu", **kw}
+        return EvaluateConfig(ckpt=tiny_ckpt, data=image_folder, out=str(out), protocol=Protocol.make(steps=4),
+                              **options)
+
+    evaluate(cfg(tmp_path / "full"))
+    with pytest.raises(Interrupted, match="6 of 12 images.*--resume"):
+        evaluate(cfg(tmp_path / "cut"), StopAfter(2))
+    cut = tmp_path / "cut"
+    assert runstate.state(cut) == "partial" and partial_lines(cut) == 6
+    records, skipped = runstate.read_partial(cut)
+    assert [r["index"] for r in records] == list(range(6)) and skipped == []
+    assert not (cut / "meta.json").exists()
+    with pytest.raises(ProtobenchError, match="interrupted run: add --resume"):
+        evaluate(cfg(cut))
+    result = evaluate(cfg(cut, batch_size=5, resume=True))  # another batch size: same numbers on the CPU
+    same_results(tmp_path / "full", cut)
+    assert result["meta"]["resumed"] is True and runstate.state(cut) == "complete"
+    assert not (cut / runstate.PARTIAL).exists() and not (cut / runstate.RUN).exists()
+    again = evaluate(cfg(cut, resume=True))  # resuming a complete run changes nothing
+    assert again["summary"]["PAC_mean"] == pytest.approx(result["summary"]["PAC_mean"])
+
+
+def test_cli_ctrl_c_says_how_to_resume(tiny_ckpt, image_folder, tmp_path, monkeypatch):
+    real = benchmark.evaluate_batch
+    calls = []
+
+    def interrupt_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "evaluate_batch", interrupt_third)
+    out = tmp_path / "o"
+    result = invoke("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", out, "--steps", 2,
+                    "--batch-size", 4)
+    assert result.exit_code == 130
+    message = " ".join(result.stderr.split())
+    assert "interrupted after 8 of 12 images" in message and "--resume" in message
+    assert partial_lines(out) == 8
+
+
+def test_resume_refuses_a_different_run(tiny_ckpt, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    base = ["--data", image_folder, "--out", out, "--limit", 6, "--resume"]
+    monkeypatch.setattr(benchmark, "evaluate_batch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert invoke("evaluate", "--ckpt", tiny_ckpt, *base[:-1], "--steps", 2).exit_code == 130
+    monkeypatch.undo()
+    assert runstate.state(out) == "partial"
+
+    def refused(*args):
+        result = invoke("evaluate", *args)
+        assert result.exit_code == 2 and "holds a different run" in result.stderr, result.output
+        return " ".join(result.stderr.split())
+
+    assert "protocol.steps: recorded 2, now 3" in refused("--ckpt", tiny_ckpt, *base, "--steps", 3)
+    five = ["--data", image_folder, "--out", out, "--limit", 5, "--resume", "--steps", 2]
+    assert "limit: recorded 6, now 5" in refused("--ckpt", tiny_ckpt, *five)
+    other = tmp_path / "other.safetensors"
+    ProtoPNetAdapter.from_config(tiny_config(), seed=1).save(str(other))
+    assert "checkpoint_sha256" in refused("--ckpt", other, *base, "--steps", 2)
+    extra = tmp_path / "data" / "class0" / "extra.png"
+    extra.write_bytes((tmp_path / "data" / "class0" / "img0.png").read_bytes())
+    assert "dataset_fingerprint" in refused("--ckpt", tiny_ckpt, *base, "--steps", 2)
+    extra.unlink()
+    assert invoke("evaluate", "--ckpt", tiny_ckpt, *base, "--steps", 2).exit_code == 0
+    assert "protocol.seed" in refused("--ckpt", tiny_ckpt, *base, "--steps", 2, "--seed", 1)  # complete runs too
+
+
+def test_resume_needs_something_to_resume(tiny_ckpt, image_folder, tmp_path):
+    result = invoke("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "o", "--resume")
+    assert result.exit_code == 2 and "nothing to resume" in result.stderr
+
+
+def test_a_torn_last_line_is_dropped(tmp_path):
+    runstate.start(tmp_path, {"protocol": {}})
+    with runstate.PartialLog(tmp_path) as log:
+        log.append([{"index": 0, "PAC": 1.5}, {"index": 2, "PAC": float("nan")}], [1])
+    whole = (tmp_path / runstate.PARTIAL).read_bytes()
+    with open(tmp_path / runstate.PARTIAL, "ab") as f:
+        f.write(b'{"index": 3, "PA')  # what a kill in the middle of a write leaves
+    records, skipped = runstate.read_partial(tmp_path)
+    assert [r["index"] for r in records] == [0, 2] and skipped == [1]
+    assert records[1]["PAC"] != records[1]["PAC"]  # NaN survives the round trip
+    assert (tmp_path / runstate.PARTIAL).read_bytes() == whole
+
+
+def test_sigkill_mid_run_then_resume_is_identical(tiny_ckpt, tmp_path):
+    data = write_image_folder(tmp_path / "many", classes=3, per_class=12)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    def start(out, *extra):
+        cmd = [sys.executable, "-m", "protobench", "evaluate", "--ckpt", tiny_ckpt, "--data", data, "--out",
+               str(out), "--steps", "20", "--device", "cpu", *extra]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    reference = start(tmp_path / "full", "--batch-size", "4")
+    victim = start(tmp_path / "cut", "--batch-size", "2")
+    deadline = time.monotonic() + 120
+    while partial_lines(tmp_path / "cut") < 6 and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    done = partial_lines(tmp_path / "cut")
+    assert 6 <= done < 36, f"the kill did not land mid-run ({done} of 36 images done)"
+    resumed = start(tmp_path / "cut", "--batch-size", "3", "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()
+    same_results(tmp_path / "full", tmp_path / "cut")
+    meta = json.loads((tmp_path / "cut" / "meta.json").read_text())
+    assert meta["resumed"] is True and meta["evaluated_images"] == 36
