@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Benchmark the spatial alignment of prototype networks' explanations (PLC / PAC / PRC).")
 out_console = Console()
 err_console = Console(stderr=True)
@@ -89,6 +89,8 @@ def evaluate(
     batch_size: int = typer.Option(32, help="Images per batch."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
+    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16: autocast for the model (metrics stay fp32)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
     seed: int = typer.Option(0, help="Seeds the random start of each image and --limit's subset."),
     limit: Optional[int] = typer.Option(None, help="Evaluate a fixed-seed random subset of N images."),
     overwrite: bool = typer.Option(False, help="Replace results already in --out."),
@@ -113,7 +115,7 @@ def evaluate(
         ckpt=models[0][0], data=str(data), out=str(out or default_out), adapter=models[0][1],
         adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
         device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
-        strict=strict, resume=resume,
+        strict=strict, resume=resume, precision=precision, compile=compile,
     )
     with warnings_to_console():
         if len(models) > 1:

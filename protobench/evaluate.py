@@ -107,6 +107,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     out = Path(cfg.out)
     status = check_out_dir(out, cfg.overwrite, cfg.resume)
     device = resolve_device(cfg.device)
+    resolve_runtime(cfg, device)  # a bad --precision fails here, before anything is written
     adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)

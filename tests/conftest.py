@@ -10,6 +10,10 @@ from PIL import Image
 from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
 
 
+# One thread: tiny models gain nothing from two, and a shared machine's cores are not ours.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -137,3 +137,15 @@ def test_bad_option_values(tiny_ckpt, image_folder, tmp_path):
 def test_adapters_lists_protopnet():
     result = invoke("adapters")
     assert result.exit_code == 0 and "protopnet" in result.stdout
+
+
+def test_bf16_precision_runs_and_is_recorded(tiny_ckpt, image_folder, tmp_path):
+    out = tmp_path / "bf16"
+    result = invoke("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", out, "--steps", 2,
+                    "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["runtime"]["precision"] == "bf16" and meta["precision"] == "bf16"
+    assert_one_line_error(invoke("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "x",
+                                 "--precision", "fp8"), "unknown precision")
+    assert not (tmp_path / "x").exists()
