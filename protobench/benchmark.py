@@ -207,27 +207,76 @@ def batch_records(values: dict[str, torch.Tensor], labels: torch.Tensor, ids: to
     return rows
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err)))
+
+
+class Fit:
+    """The largest number of images known to fit in one evaluate_batch call."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+
+
+def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+                     protocol: Protocol, forward: Forward, fit: Fit) -> dict[str, torch.Tensor]:
+    """evaluate_batch in pieces of at most fit.limit images, halving the piece on out-of-memory
+    (never a crash, unless a single image does not fit). Images are independent, so pieces
+    give the same per-image numbers as one call."""
+    import warnings
+
+    from protobench.errors import MemoryWarning
+
+    pieces, start = [], 0
+    while start < len(x):
+        n = min(fit.limit, len(x) - start)
+        try:
+            pieces.append(evaluate_batch(adapter, x[start:start + n], y[start:start + n], ids[start:start + n],
+                                         protocol, forward))
+            start += n
+        except RuntimeError as err:
+            if not is_out_of_memory(err) or n == 1:
+                raise
+            fit.limit = n // 2
+            if x.device.type == "cuda":
+                torch.cuda.empty_cache()
+            warnings.warn(f"{n} images did not fit in memory; continuing with {fit.limit} per step "
+                          f"(pass --batch-size {fit.limit} to skip this search)", MemoryWarning, stacklevel=2)
+    return {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
+
+
+def auto_batch_size(device: torch.device) -> int:
+    """--batch-size auto: 32 on the CPU; 256 on a GPU, halved until it fits (see evaluate_fitting)."""
+    return 32 if device.type == "cpu" else 256
+
+
 def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: list[str], protocol: Protocol, *,
-        batch_size: int = 32, workers: int = 0, runtime: Runtime | None = None,
+        batch_size: int | None = None, workers: int = 0, runtime: Runtime | None = None,
         on_batch: Callable[[list[dict[str, Any]], list[int]], None] | None = None) -> tuple[list[dict], list[int]]:
     """Evaluate every item of `dataset`; returns (records, indices of undecodable images).
 
     `on_batch(records, skipped)` is called after each batch (progress, incremental writes).
-    `runtime`: how the model is run (default: Runtime.for_device of the adapter's device).
+    `batch_size` None: auto_batch_size. `runtime`: how the model is run (default:
+    Runtime.for_device of the adapter's device).
     """
     from protobench.data import collate
 
+    batch_size = batch_size or auto_batch_size(adapter.device)
+    cuda = adapter.device.type == "cuda"
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=collate, pin_memory=adapter.device.type == "cuda")
+                                         collate_fn=collate, pin_memory=cuda, persistent_workers=False,
+                                         prefetch_factor=4 if workers > 0 else None)
     forward = model_forward(adapter, runtime or Runtime.for_device(adapter.device))
+    fit = Fit(batch_size)
     records: list[dict] = []
     skipped: list[int] = []
     with inference_mode(adapter.model):
         for x, y, ids, bad in loader:
             rows = []
             if x is not None:
-                x, y = x.to(adapter.device, non_blocking=True), y.to(adapter.device)
-                values = evaluate_batch(adapter, x, y, ids, protocol, forward)
+                x, y = x.to(adapter.device, non_blocking=True), y.to(adapter.device, non_blocking=True)
+                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit)
                 rows = batch_records(values, y.cpu(), ids, paths)
             records.extend(rows)
             skipped.extend(bad)

@@ -86,9 +86,10 @@ def evaluate(
     select: Optional[str] = typer.Option(None, help="top-proto or gt-protos [top-proto]."),
     margin: Optional[int] = typer.Option(None, help="Pixels around each protected box [10 at 224 px, scaled]."),
     clip: Optional[bool] = typer.Option(None, "--clip/--no-clip", help="Keep attacked images in the valid range."),
-    batch_size: int = typer.Option(32, help="Images per batch."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per batch (default: 32 on CPU; 256 on GPU, "
+                                                        "halved automatically until it fits)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
-    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    workers: Optional[int] = typer.Option(None, help="Image-decoding processes (default: 0 on CPU, up to 8 on GPU)."),
     precision: str = typer.Option("fp32", help="fp32, bf16 or fp16: autocast for the model (metrics stay fp32)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
     seed: int = typer.Option(0, help="Seeds the random start of each image and --limit's subset."),
@@ -119,8 +120,11 @@ def evaluate(
     )
     with warnings_to_console():
         if len(models) > 1:
-            return report_models(run_library(evaluate_models, cfg, models, RichProgress(err_console)))
+            result = run_library(evaluate_models, cfg, models, RichProgress(err_console))
+            return report_models(result) if result is not None else None
         result = run_library(run_evaluate, cfg, RichProgress(err_console))
+    if result is None:  # a torchrun rank other than 0: rank 0 writes and reports
+        return
     summary = result["summary"]
     out_console.print(summary_table(summary))
     if summary["zero_grad_images"]:
@@ -137,13 +141,13 @@ def warnings_to_console():
     """Library warnings (e.g. a skipped image) as yellow lines, each one shown."""
     import warnings
 
-    from protobench.errors import DataWarning
+    from protobench.errors import ProtobenchWarning
 
     def show(message, category, filename, lineno, file=None, line=None):
         err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("always", DataWarning)
+        warnings.simplefilter("always", ProtobenchWarning)
         warnings.showwarning = show
         yield
 

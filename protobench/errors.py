@@ -25,5 +25,13 @@ class Interrupted(ProtobenchError):
     exit_code = 130
 
 
-class DataWarning(UserWarning):
+class ProtobenchWarning(UserWarning):
+    """Something the user should know; the run goes on."""
+
+
+class DataWarning(ProtobenchWarning):
     """An image skipped because it does not decode (an error under --strict)."""
+
+
+class MemoryWarning(ProtobenchWarning):
+    """A batch that did not fit in memory, evaluated in smaller pieces."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -37,9 +38,9 @@ class EvaluateConfig:
     adapter: str = "protopnet"
     adapter_options: dict[str, Any] = field(default_factory=dict)
     protocol: Protocol = field(default_factory=Protocol)
-    batch_size: int = 32
+    batch_size: int | None = None  # None: benchmark.auto_batch_size (32 CPU, 256 GPU with back-off)
     device: str = "auto"
-    workers: int = 0
+    workers: int | None = None  # None: 0 on the CPU, up to 8 decoding processes feeding a GPU
     limit: int | None = None
     overwrite: bool = False
     dataset: str | None = None  # 'cub', 'cars' or 'imagefolder'; None: detect from the directory
@@ -51,9 +52,13 @@ class EvaluateConfig:
     compile: bool = False  # torch.compile the model's forward
 
 
-def resolve_device(name: str):
+def resolve_device(name: str, local_rank: int | None = None):
+    """auto -> cuda if visible, else cpu; under torchrun each local rank takes its own GPU."""
     import torch
 
+    if local_rank is not None and name in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -75,6 +80,18 @@ def resolve_runtime(cfg: EvaluateConfig, device):
     from protobench.benchmark import Runtime
 
     return Runtime.for_device(device, precision=cfg.precision, compile=cfg.compile or None)
+
+
+def batch_size(cfg: EvaluateConfig, device) -> int:
+    from protobench.benchmark import auto_batch_size
+
+    return cfg.batch_size or auto_batch_size(device)
+
+
+def workers(cfg: EvaluateConfig, device) -> int:
+    if cfg.workers is not None:
+        return cfg.workers
+    return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
 
 
 def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
@@ -101,26 +118,36 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     Per-image results are appended to the partial log every batch, so an interrupted run
     continues with cfg.resume and ends with the same files as an uninterrupted one.
     """
+    from protobench import distributed
     from protobench import resume as runstate
     from protobench.data import random_subset
 
     out = Path(cfg.out)
+    world = distributed.world()
+    device = resolve_device(cfg.device, world.local_rank if world.size > 1 else None)
+    distributed.init(world, device)
     status = check_out_dir(out, cfg.overwrite, cfg.resume)
-    device = resolve_device(cfg.device)
     resolve_runtime(cfg, device)  # a bad --precision fails here, before anything is written
     adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
     identity = run_identity(cfg, adapter, dataset, device)
+    distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
     if status == "empty":
-        runstate.clear(out)
-        runstate.start(out, identity)
+        if world.main:
+            runstate.clear(out)
+            runstate.start(out, identity)
     else:
         runstate.check_identity(runstate.recorded_identity(out), identity, out)
         if status == "complete":
-            return load_results(out)
-    timing = _run_remaining(cfg, adapter, dataset, paths, indices, out, progress or NoProgress())
-    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing)
+            return load_results(out) if world.main else None
+    distributed.barrier(world)
+    timing = _run_remaining(cfg, adapter, dataset, paths, indices, out,
+                            (progress or NoProgress()) if world.main else NoProgress(), world)
+    distributed.barrier(world)  # every shard is on disk before rank 0 merges them
+    if not world.main:
+        return None
+    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, world.size)
 
 
 def run_identity(cfg: EvaluateConfig, adapter, dataset, device) -> dict[str, Any]:
@@ -144,8 +171,9 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, device) -> dict[str, Any
     }
 
 
-def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress) -> tuple[float, int]:
-    """Evaluate the images the partial log lacks, appending each batch; (wall time, images evaluated)."""
+def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) -> tuple[float, int]:
+    """Evaluate the images the partial logs lack (this rank's share of them), appending each
+    batch; (wall time, images evaluated)."""
     from protobench import benchmark
     from protobench import resume as runstate
     from protobench.data import Subset
@@ -153,7 +181,7 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress) -> tupl
     records, skipped = runstate.read_partial(out)
     report_skipped(skipped, paths, cfg.strict)
     done = {r["index"] for r in records} | set(skipped)
-    todo = [i for i in indices if i not in done]
+    todo = world.shard([i for i in indices if i not in done])
     count = [len(indices) - len(todo), 0]  # images done, of which evaluated now
 
     def on_batch(rows: list[dict], bad: list[int]) -> None:
@@ -166,9 +194,10 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress) -> tupl
     started = time.perf_counter()
     progress.start(len(todo), model_name(cfg))
     try:
-        with runstate.PartialLog(out) as log:
-            benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, batch_size=cfg.batch_size,
-                          workers=cfg.workers, runtime=resolve_runtime(cfg, adapter.device), on_batch=on_batch)
+        with runstate.PartialLog(out, world.rank) as log:
+            benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, batch_size=batch_size(cfg, adapter.device),
+                          workers=workers(cfg, adapter.device), runtime=resolve_runtime(cfg, adapter.device),
+                          on_batch=on_batch)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {count[0]} of {len(indices)} images; the partial results in {out} "
                           "are kept: rerun the same command with --resume to continue") from None
@@ -189,7 +218,7 @@ def model_name(cfg: EvaluateConfig) -> str:
     return cfg.name or Path(cfg.ckpt).stem
 
 
-def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated) -> dict[str, Any]:
+def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated, processes) -> dict[str, Any]:
     """Per-image table from the partial log (in subset order), summary, meta; written atomically."""
     import pandas as pd
 
@@ -206,6 +235,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated)
     meta["resumed"] = resumed
+    meta["processes"] = processes  # torchrun ranks that shared the images
     results.write_csv(out / "per_image.csv", per_image)
     results.write_csv(out / "summary.csv", pd.DataFrame([summary]))
     results.write_json(out / "meta.json", meta)  # last: its presence marks the run complete
@@ -235,7 +265,8 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
         "evaluated_images": n_records,
         "skipped_images": [dataset.paths[i] for i in skipped],
         "seed": cfg.protocol.seed,
-        "batch_size": cfg.batch_size,
+        "batch_size": batch_size(cfg, adapter.device),
+        "workers": workers(cfg, adapter.device),
         "runtime": resolve_runtime(cfg, adapter.device).__dict__,
         "device": str(adapter.device),
         **provenance.determinism(),

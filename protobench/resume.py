@@ -3,7 +3,8 @@
 A result directory is in one of three states:
 - empty: nothing of ours in it;
 - partial: `run.json` (what the run is: protocol, checkpoint, dataset...) and
-  `per_image.partial.jsonl`, one JSON line per image appended and fsynced every batch;
+  `per_image.partial.jsonl`, one JSON line per image appended and fsynced every batch
+  (under torchrun, rank r > 0 appends to `per_image.partial.rank<r>.jsonl`);
 - complete: `meta.json` exists (it is written last, after per_image.csv and summary.csv).
 
 A kill at any moment leaves at worst a truncated last line, which reading drops: every
@@ -55,15 +56,23 @@ def check_out(out: Path, overwrite: bool, resume: bool) -> str:
                           "pass --overwrite to replace them or choose another --out")
 
 
+def partial_files(out: Path) -> list[Path]:
+    """Every rank's partial log (one file unless the run was sharded by torchrun)."""
+    return sorted(out.glob("per_image.partial*.jsonl"))
+
+
 def clear(out: Path) -> None:
-    for name in (*FINAL, RUN, PARTIAL):
+    for name in (*FINAL, RUN):
         (out / name).unlink(missing_ok=True)
+    for path in partial_files(out):
+        path.unlink()
 
 
 def start(out: Path, identity: dict[str, Any]) -> None:
     """Record what this run is, before its first result."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / PARTIAL).unlink(missing_ok=True)
+    for path in partial_files(out):
+        path.unlink()
     write_json(out / RUN, identity)
 
 
@@ -108,8 +117,9 @@ def _short(value: Any) -> str:
 class PartialLog:
     """Appends per-image records (and skipped indices) to per_image.partial.jsonl, durably."""
 
-    def __init__(self, out: Path):
-        self.file = open(out / PARTIAL, "a", encoding="utf-8")
+    def __init__(self, out: Path, rank: int = 0):
+        name = PARTIAL if rank == 0 else f"per_image.partial.rank{rank}.jsonl"
+        self.file = open(out / name, "a", encoding="utf-8")
 
     def append(self, rows: list[dict[str, Any]], skipped: list[int]) -> None:
         lines = [json.dumps(row) for row in rows] + [json.dumps({"skipped": int(i)}) for i in skipped]
@@ -130,17 +140,21 @@ class PartialLog:
 
 
 def read_partial(out: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """(records, skipped indices) from the complete lines; a torn last line is cut off the file."""
-    path = out / PARTIAL
-    if not path.is_file():
-        return [], []
+    """(records, skipped indices) from the complete lines of every partial log."""
+    records: list[dict[str, Any]] = []
+    skipped: list[int] = []
+    for path in partial_files(out):
+        _read_log(path, records, skipped)
+    return records, skipped
+
+
+def _read_log(path: Path, records: list[dict[str, Any]], skipped: list[int]) -> None:
+    """Append one log's complete lines; a torn last line is cut off the file."""
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end < len(data):
         with open(path, "r+b") as f:  # drop what a kill left half-written
             f.truncate(end)
-    records: list[dict[str, Any]] = []
-    skipped: list[int] = []
     for number, line in enumerate(data[:end].splitlines(), 1):
         try:
             item = json.loads(line)
@@ -150,11 +164,11 @@ def read_partial(out: Path) -> tuple[list[dict[str, Any]], list[int]]:
             skipped.append(int(item["skipped"]))
         else:
             records.append(item)
-    return records, skipped
 
 
 def finish(out: Path) -> None:
     """After the final files are written: the partial state is no longer needed."""
-    for name in (PARTIAL, RUN):
-        (out / name).unlink(missing_ok=True)
+    (out / RUN).unlink(missing_ok=True)
+    for path in partial_files(out):
+        path.unlink()
 

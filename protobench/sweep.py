@@ -55,7 +55,7 @@ def check_top(out: Path, names: Sequence[str], overwrite: bool, resume: bool) ->
 
 
 def evaluate_models(cfg: EvaluateConfig, models: Sequence[tuple[str, str]],
-                    progress: Progress | None = None) -> dict[str, Any]:
+                    progress: Progress | None = None) -> dict[str, Any] | None:
     """Evaluate each (checkpoint, adapter) into cfg.out/<model>/ and write cfg.out/summary.csv and meta.json."""
     from protobench import resume as runstate
 
@@ -71,6 +71,10 @@ def evaluate_models(cfg: EvaluateConfig, models: Sequence[tuple[str, str]],
         row.update(ckpt=ckpt, adapter=adapter)
         rows.append(row)
         entries.append({"model": name, "ckpt": ckpt, "adapter": adapter, "dir": name, "error": row.get("error")})
+    from protobench.distributed import world
+
+    if not world().main:  # under torchrun, rank 0 writes and reports
+        return None
     write_top(out, rows, entries)
     return {"summaries": rows, "out": str(out), "failed": sum(1 for e in entries if e["error"])}
 
@@ -80,7 +84,8 @@ def run_one(cfg: EvaluateConfig, progress: Progress | None) -> dict[str, Any]:
     from protobench.results import error_row
 
     try:
-        return {**evaluate(cfg, progress)["summary"], "error": None}
+        result = evaluate(cfg, progress)
+        return {**(result["summary"] if result else {"model": cfg.name}), "error": None}  # None: not rank 0
     except (Interrupted, KeyboardInterrupt):
         raise
     except ProtobenchError as err:

@@ -70,3 +70,43 @@ def test_protocols():
         Protocol.make("paper")
     with pytest.raises(ValueError, match="attack"):
         Protocol.make(attack="fgsm")
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_numbers(tiny_adapter, image_folder, monkeypatch):
+    from protobench.errors import MemoryWarning
+
+    expected = _run(tiny_adapter, image_folder, Protocol.make(steps=3), 12)
+    real = benchmark.evaluate_batch
+    sizes = []
+
+    def small_memory(adapter, x, *args, **kwargs):  # pretend only 3 images fit at once
+        sizes.append(len(x))
+        if len(x) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(adapter, x, *args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "evaluate_batch", small_memory)
+    with pytest.warns(MemoryWarning, match="continuing with 6"):
+        got = _run(tiny_adapter, image_folder, Protocol.make(steps=3), 12)
+    pd.testing.assert_frame_equal(expected, got)
+    assert sizes[:3] == [12, 6, 3] and max(sizes[3:]) == 3
+
+
+def test_a_single_image_that_does_not_fit_is_an_error(tiny_adapter, image_folder, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    from protobench.errors import MemoryWarning
+
+    monkeypatch.setattr(benchmark, "evaluate_batch", no_memory)
+    with pytest.raises(torch.OutOfMemoryError), pytest.warns(MemoryWarning):
+        _run(tiny_adapter, image_folder, Protocol.make(steps=1), 4)
+
+
+def test_other_errors_are_not_mistaken_for_memory(tiny_adapter, image_folder, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(benchmark, "evaluate_batch", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        _run(tiny_adapter, image_folder, Protocol.make(steps=1), 4)
