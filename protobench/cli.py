@@ -69,7 +69,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 @app.command()
 def evaluate(
-    adapter: str = typer.Option("protopnet", help="Model family (see `protobench adapters`) or pkg.module:Class."),
+    adapter: str = typer.Option("auto", help="Model family (see `protobench adapters`), pkg.module:Class, "
+                                "or auto: tell it from the checkpoint."),
     ckpt: Optional[Path] = typer.Option(None, help="Checkpoint file. Required with --data."),
     data: Optional[Path] = typer.Option(None, help="ImageFolder directory (DIR/<class>/<image>)."),
     out: Optional[Path] = typer.Option(None, help="Result directory [default: protobench-results/<ckpt name>]."),
@@ -111,6 +112,22 @@ def evaluate(
         err_console.print(f"[yellow]warning:[/] the pgd gradient was exactly zero on the attackable pixels for "
                           f"{summary['zero_grad_images']} images at some step (see zero_grad in per_image.csv)")
     out_console.print(f"results written to {result['out']}/ (per_image.csv, summary.csv, meta.json)")
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="Checkpoint to convert: an original repository's file or protobench's."),
+    out: Path = typer.Argument(..., help="Where to write it (*.safetensors)."),
+    adapter: str = typer.Option("auto", help="Model family (see `protobench adapters`) or auto."),
+    adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+) -> None:
+    """Rewrite any supported checkpoint in protobench's safetensors format (no pickle needed again)."""
+    from protobench.convert import convert as run_convert
+
+    result = run_library(run_convert, str(src), str(out), adapter, parse_options(adapter_option), overwrite)
+    out_console.print(f"wrote {result['out']} ({result['adapter']}: {result['num_prototypes']} prototypes, "
+                      f"{result['num_classes']} classes; outputs checked against the original)")
 
 
 @app.command()

@@ -121,7 +121,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
         "python_version": platform.python_version(),
         "command": " ".join(["protobench", *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "adapter": cfg.adapter,
+        "adapter": adapter.name or cfg.adapter,  # the family `auto` chose
         "adapter_options": cfg.adapter_options,
         "model_info": adapter.info.__dict__,
         "checkpoint": str(Path(cfg.ckpt).resolve()) if Path(cfg.ckpt).exists() else cfg.ckpt,
