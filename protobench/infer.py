@@ -32,7 +32,10 @@ def _resnet(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     block = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
     layers = [_count(state, rf"layer{i}\.(\d+)\.conv1\.weight$") for i in range(1, 5)]
     widths = [int(state[f"layer{i}.0.conv1.weight"].shape[0]) for i in range(1, 5)]
-    return {"block": block, "layers": layers, "widths": widths, "stem": int(state["conv1.weight"].shape[0])}
+    # a stage without a shortcut conv keeps the resolution; one with it usually halves it
+    strides = [s if f"layer{i}.0.downsample.0.weight" in state else 1 for i, s in zip(range(1, 5), (1, 2, 2, 2))]
+    return {"block": block, "layers": layers, "widths": widths, "stem": int(state["conv1.weight"].shape[0]),
+            "strides": strides}
 
 
 def _vgg(state: Mapping[str, torch.Tensor], length: int | None) -> dict[str, Any]:
@@ -102,11 +105,11 @@ def backbone_from(state: Mapping[str, torch.Tensor], pickled: Any = None,
     """infer_backbone, refined by the pickled backbone object where there is one.
 
     `strides`: a ResNet's stage strides when the family fixes them (PIP-Net); otherwise the
-    pickled blocks' own strides, else the standard (1, 2, 2, 2).
+    pickled blocks' own strides, else the standard (1, 2, 2, 2) where a stage has a shortcut conv.
     """
     inner = getattr(pickled, "features", None) if pickled is not None else None
     modules = getattr(inner, "__dict__", {}).get("_modules")
     name, kwargs = infer_backbone(state, len(modules) if isinstance(modules, dict) else None)
     if name == "resnet":
-        kwargs["strides"] = strides or (pickled is not None and _pickled_strides(pickled)) or [1, 2, 2, 2]
+        kwargs["strides"] = strides or (pickled is not None and _pickled_strides(pickled)) or kwargs["strides"]
     return name, kwargs

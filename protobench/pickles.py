@@ -203,9 +203,13 @@ def load_pickle(path: str, kind: str) -> Any:
     except pickle.UnpicklingError as err:
         if kind == "zip":  # torch's weights-only unpickler met something it does not build
             raise CheckpointError(f"refusing to load {path}: {_first_sentence(err)}") from None
-        raise CheckpointError(f"{path} is truncated or damaged ({_first_sentence(err)})") from None
+        raise CheckpointError(damaged(path, err)) from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{path} is truncated or damaged ({_first_sentence(err)})") from None
+        raise CheckpointError(damaged(path, err)) from None
+
+
+def damaged(path: str, err: BaseException) -> str:
+    return f"{path} is truncated or damaged ({_first_sentence(err)}): copy or download it again"
 
 
 def _first_sentence(err: BaseException) -> str:
