@@ -29,8 +29,9 @@ from torch import nn
 from protobench.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
 from protobench.backbones import build_backbone
 from protobench.errors import CheckpointError
+from protobench.family import FamilyAdapter, take_options
 from protobench.infer import backbone_from, sub_state
-from protobench.loading import Checkpoint, FamilyAdapter, take_options
+from protobench.loading import Checkpoint
 
 
 @dataclass

@@ -24,7 +24,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # name -> (import path, one-line description); plugins add to it at import time
 BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
-    "auto": ("protobench.loading:AutoAdapter", "tell the family from the checkpoint (the default)"),
+    "auto": ("protobench.family:AutoAdapter", "tell the family from the checkpoint (the default)"),
     "protopnet": ("protobench.adapters.protopnet:ProtoPNetAdapter", "ProtoPNet (Chen et al., NeurIPS 2019)"),
     "tesnet": ("protobench.adapters.tesnet:TesNetAdapter", "TesNet (Wang et al., ICCV 2021)"),
     "protopool": ("protobench.adapters.protopool:ProtoPoolAdapter", "ProtoPool (Rymarczyk et al., ECCV 2022)"),

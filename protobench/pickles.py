@@ -45,6 +45,8 @@ ROOT_CLASSES = {
 _OTHER_CLASSES = {
     "prototree.branch.Branch", "prototree.leaf.Leaf", "prototree.node.Node", "util.l2conv.L2Conv2D",
     "pipnet.pipnet.NonNegLinear",
+    # torch <= 1.3 pickled every module's `_backend` as a call to this function
+    "torch.nn.backends.thnn._get_thnn_function_backend",
     # values checkpoints often carry beside the weights; kept as inert placeholders
     "argparse.Namespace", "numpy.dtype", "numpy.ndarray", "numpy.core.multiarray.scalar",
     "numpy.core.multiarray._reconstruct", "numpy._core.multiarray.scalar", "numpy._core.multiarray._reconstruct",

@@ -124,6 +124,20 @@ class VGGFeaturesW(nn.Module):
         return self.features(x)
 
 
+class OldTorchBackend:
+    """What torch <= 1.3 stored in every module's `_backend`: it pickles as a call to a torch function."""
+
+    def __reduce__(self):
+        from torch.nn.backends import thnn
+
+        return thnn._get_thnn_function_backend, ()
+
+
+def as_old_torch_pickle(net: nn.Module) -> None:
+    for module in net.modules():
+        module.__dict__["_backend"] = OldTorchBackend()
+
+
 def regular_add_on(in_ch, dim):
     return nn.Sequential(nn.Conv2d(in_ch, dim, 1), nn.ReLU(), nn.Conv2d(dim, dim, 1), nn.Sigmoid())
 

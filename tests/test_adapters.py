@@ -5,9 +5,11 @@ import torch
 
 from protobench.adapter import BUILTIN_ADAPTERS, available_adapters, get_adapter
 from protobench.backbones import build_backbone
+from protobench.checkpoint import write_protobench
+from protobench.convert import convert
 from protobench.errors import AdapterError, CheckpointError
 from protobench.infer import infer_backbone
-from protobench.loading import FamilyAdapter
+from protobench.family import FamilyAdapter
 
 FAMILIES = sorted(name for name in BUILTIN_ADAPTERS if name != "auto")
 
@@ -42,6 +44,15 @@ def test_save_load_roundtrip(tmp_path, name):
             for a, b in zip(adapter(x), loaded(x)):
                 assert torch.equal(a, b)
         assert torch.equal(loaded.prototype_class_identity, adapter.prototype_class_identity)
+    result = convert(str(path), str(tmp_path / "again.safetensors"))  # protobench files convert too
+    assert result["adapter"] == name and result["max_abs_diff"] == 0
+
+
+def test_auto_names_a_missing_plugin(tmp_path):
+    path = tmp_path / "m.safetensors"
+    write_protobench(path, "mylab_cosine", {}, {"w": torch.zeros(1)})
+    with pytest.raises(AdapterError, match="written by adapter 'mylab_cosine', which is not installed"):
+        get_adapter("auto").load(str(path))
 
 
 @pytest.mark.parametrize("name", FAMILIES)

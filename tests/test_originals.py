@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from originals import (BottleneckW, PIPNetW, PrototypeChooserW, ResNetFeaturesW, VGGFeaturesW, original_modules,
-                       pipnet_convnext)
+from originals import (BottleneckW, PIPNetW, PrototypeChooserW, ResNetFeaturesW, VGGFeaturesW, as_old_torch_pickle,
+                       original_modules, pipnet_convnext)
 from protobench.adapter import get_adapter
 from protobench.errors import CheckpointError
 
@@ -81,6 +81,8 @@ def write_ppnet(tmp_path, family="protopnet", backbone="resnet", activation="log
             net.num_prototypes, net.prototype_shape = 5, [5, 4, 1, 1]
         if focal:
             net.focal_sim = True  # the interpretability-benchmark fork's attribute
+        if legacy:
+            as_old_torch_pickle(net)  # as torch 1.0-1.3 wrote ProtoPNet's files in 2019
         path = tmp_path / "10push0.7512.pth"
         torch.save(net, path, **({"_use_new_zipfile_serialization": False} if legacy else {}))
     assert_not_importable("model", "models", "resnet_features", "vgg_features")
