@@ -246,7 +246,9 @@ class ProtoTreeW(nn.Module):
 
         def out(node):
             if hasattr(node, "_dist_params"):
-                return torch.softmax(node._dist_params, dim=0).expand(x.shape[0], -1)
+                p = node._dist_params
+                dist = p / p.sum() if node._kontschieder_normalization else torch.softmax(p, dim=0)
+                return dist.expand(x.shape[0], -1)
             ps = s[:, self._out_map[node]][:, None]
             return (1 - ps) * out(node.l) + ps * out(node.r)
 

@@ -264,11 +264,18 @@ def test_pipnet_variant_is_an_option_because_the_weights_cannot_tell(tmp_path):
 # ---------------------------------------------------------------- ProtoTree: whole pickle, _out_map only in it
 
 
-def write_prototree(tmp_path, prune=False):
+def write_prototree(tmp_path, prune=False, kontschieder=False, log_probabilities=False):
     with original_modules(tmp_path / "src", "prototree") as m:
         features = m.ResNet_features(m.BasicBlock, [1, 1, 1, 1], strides=(1, 2, 1, 1))
         tree = m.ProtoTree(m, features, 8, num_classes=3, depth=3 if prune else 2, dim=4, seed=3).eval()
         randomize_batch_norm(tree)
+        for node in tree.modules():  # the --kontschieder_normalization and --log_probabilities flags
+            if hasattr(node, "_log_probabilities"):
+                node._log_probabilities = log_probabilities
+            if hasattr(node, "_dist_params"):
+                node._kontschieder_normalization = kontschieder
+                if kontschieder:  # its leaves hold non-negative counts, not logits
+                    node._dist_params.data.abs_()
         if prune:  # ProtoTree's pruning: node 1's left subtree goes, its right child takes node 1's place
             tree._root.l = tree._root.l.r
         directory = tmp_path / "checkpoints" / "pruned_and_projected"
@@ -289,9 +296,11 @@ def leaves_below(node):
     return [node] if hasattr(node, "_dist_params") else leaves_below(node.l) + leaves_below(node.r)
 
 
-@pytest.mark.parametrize("prune", [False, True])
-def test_prototree_pickle(tmp_path, prune):
-    directory, tree = write_prototree(tmp_path, prune)
+@pytest.mark.parametrize("prune, kontschieder, log_probabilities", [
+    (False, False, False), (True, False, False), (False, True, False), (False, False, True)])
+def test_prototree_pickle(tmp_path, prune, kontschieder, log_probabilities):
+    # log_probabilities changes the arithmetic only (and adds 1e-7 in log(1 - s)): same output
+    directory, tree = write_prototree(tmp_path, prune, kontschieder, log_probabilities)
     adapter = get_adapter("auto").load(str(directory / "model.pth"))
     assert adapter.name == "prototree"
     branches = preorder_branches(tree._root)
@@ -313,3 +322,33 @@ def test_prototree_state_dict_alone_is_refused(tmp_path):
     directory, _ = write_prototree(tmp_path)
     with pytest.raises(CheckpointError, match="node-to-prototype map.*model.pth"):
         get_adapter("auto").load(str(directory / "model_state.pth"))
+
+
+# ---------------------------------------------------------------- full-size architectures (slow)
+
+
+@pytest.mark.slow
+def test_full_size_protopnet_resnet34_and_pipnet_convnext_tiny(tmp_path):
+    """The repositories' CUB configurations at 224 px: ProtoPNet resnet34 (7x7) and PIP-Net convnext_tiny_26 (26x26)."""
+    with original_modules(tmp_path / "src", "protopnet") as m:
+        features = m.ResNet_features(m.BasicBlock, [3, 4, 6, 3], widths=(64, 128, 256, 512))
+        net = m.PPNet(features, 512, (2000, 128, 1, 1), 200, img_size=224).eval()
+        torch.save(net, tmp_path / "ppnet.pth")
+    adapter = get_adapter("auto").load(str(tmp_path / "ppnet.pth"))
+    assert adapter.model.cfg.backbone_kwargs["layers"] == [3, 4, 6, 3] and adapter.info.input_size == 224
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        maps, logits = adapter(x)
+        z = net.latent(x)  # vectorized form of squared_distances, checked against it on the tiny models
+        d = ((z[:, None] - net.prototype_vectors[None, :, :, 0, 0, None, None]) ** 2).sum(dim=2)
+        expected = log_similarity(d.amin(dim=(2, 3))) @ net.last_layer.weight.t()
+    assert maps.shape == (2, 2000, 7, 7) and torch.allclose(logits, expected, rtol=1e-3, atol=1e-3)
+
+    pip = PIPNetW(pipnet_convnext([96, 192, 384, 768], [3, 3, 9, 3], threshold=100), 768, 200).eval()
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in pip.state_dict().items()}}, tmp_path / "net_trained")
+    adapter = get_adapter("auto").load(str(tmp_path / "net_trained"))
+    with torch.no_grad():
+        maps, logits = adapter(x)
+        slow_maps, slow_logits = slow_pipnet(pip, x)
+    assert maps.shape == (2, 768, 26, 26)
+    assert torch.allclose(maps, slow_maps, atol=1e-5) and torch.allclose(logits, slow_logits, rtol=1e-4, atol=1e-4)

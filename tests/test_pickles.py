@@ -1,5 +1,6 @@
 """Safe loading: hostile pickles are refused before anything in them runs; damaged files are named as such."""
 
+import argparse
 import builtins
 import os
 import pickle
@@ -77,7 +78,8 @@ def test_truncated_torch_files(tmp_path, legacy):
 def test_state_dict_files_and_module_prefixes(tmp_path):
     path = tmp_path / "net_trained"
     torch.save({"model_state_dict": {"module.a.weight": torch.ones(2), "module.b": torch.zeros(1)},
-                "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]}}, path)
+                "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]},
+                "args": argparse.Namespace(net="convnext_tiny_26", lr=0.05)}, path)  # kept as an inert stand-in
     ckpt = read_checkpoint(str(path))
     assert sorted(ckpt.tensors) == ["a.weight", "b"] and ckpt.root is None
 
