@@ -99,3 +99,18 @@ def test_standard_backbones_are_recognized():
         assert infer_backbone(build_backbone("densenet121").state_dict())[1]["block_config"] == [6, 12, 24, 16]
         assert infer_backbone(build_backbone("vgg16_bn").state_dict())[1]["cfg"] == [
             64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_benchmark_runs_on_every_family(tmp_path, name):
+    from conftest import write_image_folder
+    from protobench.benchmark import Protocol
+    from protobench.evaluate import EvaluateConfig, evaluate
+
+    path = tmp_path / "m.safetensors"
+    get_adapter(name).tiny(seed=2).save(str(path))
+    data = write_image_folder(tmp_path / "data", classes=3, per_class=1, size=32)
+    cfg = EvaluateConfig(ckpt=str(path), data=data, out=str(tmp_path / "out"), adapter="auto",
+                         protocol=Protocol.make("default", steps=2, select="gt-protos"))
+    summary = evaluate(cfg)["summary"]
+    assert summary["images"] == 3 and all(summary[f"{m}_n"] == 3 for m in ("PAC", "PLC", "PRC"))
