@@ -115,6 +115,8 @@ def check_family(ckpt: Checkpoint, name: str) -> None:
     if name in found:
         return
     if not found:
-        detect_family(ckpt)  # raises "cannot tell"
+        sample = ", ".join(sorted(ckpt.tensors)[:3]) or "none"
+        raise CheckpointError(f"{ckpt.path} does not look like a {FAMILY_NAMES.get(name, name)} checkpoint "
+                              f"(first keys: {sample}); see `protobench adapters` for the families protobench reads")
     holder = f"a {found[0]!r} model" if ckpt.is_protobench else f"a {FAMILY_NAMES.get(found[0], found[0])} checkpoint"
     raise CheckpointError(f"{ckpt.path} holds {holder}, not {name!r}: run with --adapter {found[0]}")

@@ -103,3 +103,14 @@ def test_stand_ins_are_inert_and_keep_only_state():
 ])
 def test_allowlist(name, allowed):
     assert allowed_standin(name) is allowed
+
+
+def test_unknown_weights_are_named(tmp_path):
+    from protobench.adapter import get_adapter
+
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="cannot tell which model family .*conv1.weight"):
+        get_adapter("auto").load(str(path))
+    with pytest.raises(CheckpointError, match="does not look like a PIP-Net checkpoint"):
+        get_adapter("pipnet").load(str(path))
