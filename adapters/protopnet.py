@@ -8,21 +8,28 @@ dicts load unchanged.
     d = relu(conv(z^2, ones) - 2 conv(z, p) + |p|^2)         (B, P, h', w') squared L2
     A = log((d + 1) / (d + eps))  ('log')  or  -d  ('linear')
     logits = last_layer(sim(min_hw d))                        no bias
+    focal (interpretability-benchmark fork): logits = last_layer(sim(min_hw d) - sim(mean_hw d))
+
+`ProtoPNetAdapter.load` reads protobench safetensors and the original repository's
+whole-model pickles (`torch.save(model)` of `model.PPNet`) or state dicts; the pickle
+supplies what the state dict lacks (prototype_class_identity, activation, epsilon, img_size).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protobench.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, PrototypeAdapter, register_adapter
+from protobench.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
 from protobench.backbones import build_backbone
-from protobench.checkpoint import describe_unreadable, load_state, read_protobench, sniff, write_protobench
 from protobench.errors import CheckpointError
+from protobench.family import FamilyAdapter, make_config, take_options
+from protobench.infer import backbone_from, sub_state
+from protobench.loading import Checkpoint
 
 
 @dataclass
@@ -36,19 +43,14 @@ class ProtoPNetConfig:
     activation: str = "log"  # 'log' or 'linear'
     add_on: str = "bottleneck"  # 'bottleneck' or 'regular' (a.k.a. 'shallow')
     epsilon: float = 1e-4
+    focal: bool = False  # the interpretability-benchmark fork's `focal_sim`
     img_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProtoPNetConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise CheckpointError(f"unknown ProtoPNet config fields {sorted(unknown)}: "
-                                  "the checkpoint is from a newer protobench or another family")
-        cfg = cls(**data)
-        cfg.mean, cfg.std = tuple(cfg.mean), tuple(cfg.std)
-        return cfg
+        return make_config(cls, data)
 
 
 def add_on_layers(kind: str, in_ch: int, dim: int) -> nn.Sequential:
@@ -110,8 +112,10 @@ class ProtoPNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.distances(self.conv_features(x))
-        logits = self.last_layer(self.similarity(d.amin(dim=(2, 3))))  # the original's min-pool, then sim
-        return self.similarity(d), logits
+        act = self.similarity(d.amin(dim=(2, 3)))  # the original's min-pool, then sim
+        if self.cfg.focal:
+            act = act - self.similarity(d.mean(dim=(2, 3)))
+        return self.similarity(d), self.last_layer(act)
 
     def set_last_layer_incorrect_connection(self, strength: float = -0.5) -> None:
         """ProtoPNet's last-layer init: 1 to the own class, `strength` to the others."""
@@ -119,40 +123,95 @@ class ProtoPNet(nn.Module):
         self.last_layer.weight.data.copy_(identity_t + strength * (1 - identity_t))
 
 
+
+
+def infer_add_on(add_on: dict[str, torch.Tensor], dim: int) -> str:
+    """Which add-on kind ('regular' or 'bottleneck') has exactly these weight shapes."""
+    shapes = {k: v.shape for k, v in add_on.items()}
+    in_ch = int(add_on["0.weight"].shape[1]) if "0.weight" in add_on else 0
+    for kind in ("regular", "bottleneck"):
+        if {k: v.shape for k, v in add_on_layers(kind, in_ch, dim).state_dict().items()} == shapes:
+            return kind
+    raise CheckpointError(f"the add-on layers ({', '.join(sorted(shapes)[:4])} ...) are neither ProtoPNet's "
+                          "'regular' nor its 'bottleneck' layout")
+
+
+def _pickled(root: Any, name: str, default: Any) -> Any:
+    return default if root is None else root.__dict__.get(name, default)
+
+
+def original_config(ckpt: Checkpoint, img_size: int | None, activation: str | None) -> tuple[ProtoPNetConfig, torch.Tensor]:
+    """Architecture and class identity of an original PPNet/TESNet pickle or state dict."""
+    t, root = ckpt.tensors, ckpt.root
+    if "ones" not in t or "prototype_vectors" not in t:
+        raise CheckpointError(f"{ckpt.path}: no prototype_vectors/ones in the weights")
+    num_prototypes, dim, kh, kw = t["prototype_vectors"].shape
+    if kh != kw:
+        raise CheckpointError(f"{ckpt.path}: {kh}x{kw} prototypes are not supported (square only)")
+    features = _pickled(root, "_modules", {}).get("features")
+    if getattr(features, "__dict__", {}).get("return_prev_layer"):
+        raise CheckpointError(f"{ckpt.path}: backbones with return_prev_layer=True are not supported")
+    backbone, kwargs = backbone_from(sub_state(t, "features."), features)
+    activation = activation or _pickled(root, "prototype_activation_function", "log")
+    if activation not in ("log", "linear"):
+        raise CheckpointError(f"{ckpt.path}: prototype activation {activation!r} is not supported (use log or linear)")
+    cfg = ProtoPNetConfig(
+        backbone=backbone, backbone_kwargs=kwargs, num_classes=int(t["last_layer.weight"].shape[0]),
+        num_prototypes=int(num_prototypes), prototype_dim=int(dim), prototype_size=int(kh), activation=activation,
+        add_on=infer_add_on(sub_state(t, "add_on_layers."), int(dim)),
+        epsilon=float(_pickled(root, "epsilon", 1e-4)), focal=bool(_pickled(root, "focal_sim", False)),
+        img_size=int(img_size or _pickled(root, "img_size", 224)),
+    )
+    identity = _pickled(root, "prototype_class_identity", None)
+    if identity is None:  # a bare state dict: the allocation ProtoPNet's constructor makes
+        try:
+            identity = default_class_identity(cfg.num_prototypes, cfg.num_classes)
+        except ValueError as err:
+            raise CheckpointError(f"{ckpt.path}: {err}; load the whole-model pickle, which records the identity") from None
+    if not isinstance(identity, torch.Tensor) or tuple(identity.shape) != (cfg.num_prototypes, cfg.num_classes):
+        raise CheckpointError(f"{ckpt.path}: prototype_class_identity does not have shape "
+                              f"({cfg.num_prototypes}, {cfg.num_classes})")
+    return cfg, identity.float()
+
+
 @register_adapter("protopnet")
-class ProtoPNetAdapter(PrototypeAdapter):
+class ProtoPNetAdapter(FamilyAdapter):
     """ProtoPNet with any backbone in protobench.backbones; 'log' or 'linear' similarity."""
+
+    config_class = ProtoPNetConfig
+    model_class = ProtoPNet
+    options = {"img_size": None, "activation": None}  # None: from the checkpoint, else the original default
 
     def __init__(self, model: ProtoPNet):
         cfg = model.cfg
-        info = ModelInfo(cfg.img_size, cfg.mean, cfg.std, cfg.num_classes, cfg.num_prototypes, cfg.activation)
+        info = ModelInfo(cfg.img_size, cfg.mean, cfg.std, cfg.num_classes, cfg.num_prototypes, self.similarity_name(cfg))
         super().__init__(model, info, model.prototype_class_identity)
+
+    @staticmethod
+    def similarity_name(cfg: ProtoPNetConfig) -> str:
+        return f"focal-{cfg.activation}" if cfg.focal else cfg.activation
 
     @classmethod
     def from_config(cls, cfg: ProtoPNetConfig, seed: int | None = None) -> ProtoPNetAdapter:
         """A freshly initialized model (random weights from `seed`)."""
         if seed is not None:
             torch.manual_seed(seed)
-        model = ProtoPNet(cfg)
+        model = cls.model_class(cfg)
         model.set_last_layer_incorrect_connection()
         return cls(model)
 
     @classmethod
-    def load(cls, path: str, **options: Any) -> ProtoPNetAdapter:
-        kind = sniff(path)
-        if kind != "safetensors":
-            raise CheckpointError(describe_unreadable(path, kind))
-        adapter, config, tensors = read_protobench(path)
-        if adapter != cls.name:
-            raise CheckpointError(f"{path} holds a {adapter!r} model, not {cls.name!r}: run with --adapter {adapter}")
-        cfg = ProtoPNetConfig.from_dict(config)
-        model = ProtoPNet(cfg, identity=tensors.get("prototype_class_identity"))
-        load_state(model, tensors, path)
-        return cls(model)
+    def tiny(cls, seed: int = 0) -> ProtoPNetAdapter:
+        cfg = ProtoPNetConfig(backbone="tinycnn", backbone_kwargs={"channels": [4, 8, 8]}, num_classes=3,
+                              num_prototypes=6, prototype_dim=4, add_on="regular", img_size=32)
+        with torch.random.fork_rng(devices=[]):
+            return cls.from_config(cfg, seed)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(x)
+    @classmethod
+    def build(cls, cfg: ProtoPNetConfig, tensors: dict[str, torch.Tensor]) -> ProtoPNet:
+        return cls.model_class(cfg, identity=tensors.get("prototype_class_identity"))
 
-    def save(self, path: str, extra: dict[str, str] | None = None) -> None:
-        write_protobench(path, self.name, asdict(self.model.cfg), self.model.state_dict(), extra)
-
+    @classmethod
+    def from_original(cls, ckpt: Checkpoint, **options: Any) -> ProtoPNetAdapter:
+        cfg, identity = original_config(ckpt, **take_options(cls.name, options, cls.options))
+        return cls.from_weights(cfg, {**ckpt.tensors, "prototype_class_identity": identity}, ckpt.path, original=True)

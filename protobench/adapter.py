@@ -24,7 +24,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # name -> (import path, one-line description); plugins add to it at import time
 BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
+    "auto": ("protobench.family:AutoAdapter", "tell the family from the checkpoint (the default)"),
     "protopnet": ("protobench.adapters.protopnet:ProtoPNetAdapter", "ProtoPNet (Chen et al., NeurIPS 2019)"),
+    "tesnet": ("protobench.adapters.tesnet:TesNetAdapter", "TesNet (Wang et al., ICCV 2021)"),
+    "protopool": ("protobench.adapters.protopool:ProtoPoolAdapter", "ProtoPool (Rymarczyk et al., ECCV 2022)"),
+    "pipnet": ("protobench.adapters.pipnet:PIPNetAdapter", "PIP-Net (Nauta et al., CVPR 2023)"),
+    "prototree": ("protobench.adapters.prototree:ProtoTreeAdapter", "ProtoTree (Nauta et al., CVPR 2021)"),
 }
 ENTRY_POINT_GROUP = "protobench.adapters"
 _REGISTERED: dict[str, type] = {}
@@ -127,7 +132,10 @@ def get_adapter(name: str) -> type[PrototypeAdapter]:
     elif name in BUILTIN_ADAPTERS:
         cls = _import(BUILTIN_ADAPTERS[name][0])
     elif name in (eps := _entry_points()):
-        cls = eps[name].load()
+        try:
+            cls = eps[name].load()
+        except Exception as err:  # a plugin's import can fail in any way; say which plugin it was
+            raise AdapterError(f"cannot load plugin adapter {name!r} ({eps[name].value}): {err}") from err
     else:
         known = sorted(available_adapters())
         close = difflib.get_close_matches(name, known, n=1)

@@ -1,47 +1,80 @@
-"""Convolutional feature extractors used by the ProtoPNet family.
+"""Convolutional feature extractors used by the prototype-network families.
 
-Built from torchvision with `weights=None` (the checkpoint supplies the weights; nothing
-is downloaded). Module names mirror the ProtoPNet repository's `*_features` classes so
-that its state dicts load unchanged:
-`features.conv1...layer4` (ResNet), `features.features.N` (VGG), `features.features.*` (DenseNet).
+Built from torchvision parts with random weights (the checkpoint supplies the weights;
+nothing is downloaded). Module names mirror the original repositories' `*_features`
+classes so that their state dicts load unchanged:
+`conv1...layer4` (ResNet), `features.N` (VGG), `features.conv0...norm5` (DenseNet),
+`features.0...7` (ConvNeXt, as torchvision names it).
+
+Each builder takes the few numbers that tell one architecture from another, so the
+standard nets (`resnet34`, `vgg19`, ...) and the tiny test nets share one code path;
+`protobench.infer` reads those numbers back from a state dict.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torchvision import models
+from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.vgg import cfgs as VGG_CFGS
+from torchvision.models.vgg import make_layers
+
+RESNET_PRESETS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]),
+                  "resnet50": ("bottleneck", [3, 4, 6, 3]), "resnet101": ("bottleneck", [3, 4, 23, 3]),
+                  "resnet152": ("bottleneck", [3, 8, 36, 3])}
+VGG_PRESETS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
+DENSENET_PRESETS = {"densenet121": (32, [6, 12, 24, 16], 64), "densenet161": (48, [6, 12, 36, 24], 96),
+                    "densenet169": (32, [6, 12, 32, 32], 64), "densenet201": (32, [6, 12, 48, 32], 64)}
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNetFeatures(nn.Module):
-    """A torchvision ResNet without its pooling and classifier."""
+    """A ResNet without its pooling and classifier: stem, then four stages of blocks.
 
-    def __init__(self, arch: str):
+    `strides` are the four stages' strides: (1, 2, 2, 2) in torchvision and ProtoPNet,
+    (1, 2, 1, 1) in PIP-Net (28x28 maps at 224 px).
+    """
+
+    def __init__(self, block: str = "basic", layers: Sequence[int] = (2, 2, 2, 2),
+                 widths: Sequence[int] = (64, 128, 256, 512), strides: Sequence[int] = (1, 2, 2, 2), stem: int = 64):
         super().__init__()
-        net = getattr(models, arch)(weights=None)
-        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
-            setattr(self, name, getattr(net, name))
-        last = self.layer4[-1]
-        self.out_channels = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+        if block not in BLOCKS:
+            raise ValueError(f"unknown ResNet block {block!r}: use 'basic' or 'bottleneck'")
+        kind = BLOCKS[block]
+        self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        inplanes = stem
+        for i, (planes, count, stride) in enumerate(zip(widths, layers, strides)):
+            setattr(self, f"layer{i + 1}", _resnet_stage(kind, inplanes, planes, count, stride))
+            inplanes = planes * kind.expansion
+        self.out_channels = inplanes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+def _resnet_stage(kind: type, inplanes: int, planes: int, count: int, stride: int) -> nn.Sequential:
+    out = planes * kind.expansion
+    downsample = None
+    if stride != 1 or inplanes != out:  # the shortcut needs a 1x1 conv when shape changes
+        downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+    blocks = [kind(inplanes, planes, stride, downsample)] + [kind(out, planes) for _ in range(1, count)]
+    return nn.Sequential(*blocks)
+
+
 class VGGFeatures(nn.Module):
-    """A torchvision VGG's convolutional part, final max-pool included (7x7 at 224 px)."""
+    """A VGG's convolutional part from its layer list (ints = 3x3 conv widths, 'M' = 2x2 max-pool)."""
 
-    CONFIGS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
-
-    def __init__(self, arch: str):
+    def __init__(self, cfg: Sequence[int | str] = tuple(VGG_CFGS["A"]), batch_norm: bool = False):
         super().__init__()
-        from torchvision.models.vgg import cfgs, make_layers  # only the conv part: no 100M-weight classifier
-
-        depth, _, bn = arch.partition("_")
-        self.features = make_layers(cfgs[self.CONFIGS[depth]], batch_norm=bool(bn))
+        self.features = make_layers(list(cfg), batch_norm)
         self.out_channels = [m for m in self.features if isinstance(m, nn.Conv2d)][-1].out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,13 +82,37 @@ class VGGFeatures(nn.Module):
 
 
 class DenseNetFeatures(nn.Module):
-    """A torchvision DenseNet's features plus the final ReLU ProtoPNet appends (`final_relu`)."""
+    """A DenseNet's features plus the final ReLU ProtoPNet appends (`final_relu`)."""
 
-    def __init__(self, arch: str):
+    def __init__(self, growth_rate: int = 32, block_config: Sequence[int] = (6, 12, 24, 16),
+                 num_init_features: int = 64, bn_size: int = 4):
         super().__init__()
-        self.features = getattr(models, arch)(weights=None).features
+        self.features = models.DenseNet(growth_rate, tuple(block_config), num_init_features, bn_size).features
         self.features.add_module("final_relu", nn.ReLU())
         self.out_channels = self.features.norm5.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class ConvNeXtFeatures(nn.Module):
+    """torchvision's ConvNeXt `features` (no pooling, no classifier).
+
+    `stride1_above`: PIP-Net's change: every stride-2 conv with more input channels than this
+    gets stride 1 (100 gives 26x26 maps for convnext_tiny at 224 px, 300 gives 13x13).
+    """
+
+    def __init__(self, widths: Sequence[int] = (96, 192, 384, 768), depths: Sequence[int] = (3, 3, 9, 3),
+                 stride1_above: int | None = None):
+        super().__init__()
+        nxt = list(widths[1:]) + [None]
+        settings = [CNBlockConfig(w, n, d) for w, n, d in zip(widths, nxt, depths)]
+        self.features = ConvNeXt(settings).features
+        if stride1_above is not None:
+            for conv in self.features.modules():
+                if isinstance(conv, nn.Conv2d) and conv.stride == (2, 2) and conv.in_channels > stride1_above:
+                    conv.stride = (1, 1)
+        self.out_channels = widths[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -84,14 +141,26 @@ class TinyCNN(nn.Module):
         return self.features(x)
 
 
-def _family(cls: type, archs: list[str]) -> dict[str, Callable[..., nn.Module]]:
-    return {arch: (lambda arch=arch: cls(arch)) for arch in archs}
+def _presets() -> dict[str, Callable[[], nn.Module]]:
+    table: dict[str, Callable[[], nn.Module]] = {}
+    for name, (block, layers) in RESNET_PRESETS.items():
+        table[name] = lambda block=block, layers=layers: ResNetFeatures(block, layers)
+    for name, key in VGG_PRESETS.items():
+        for suffix, bn in (("", False), ("_bn", True)):
+            table[name + suffix] = lambda key=key, bn=bn: VGGFeatures(VGG_CFGS[key], bn)
+    for name, (growth, blocks, init) in DENSENET_PRESETS.items():
+        table[name] = lambda growth=growth, blocks=blocks, init=init: DenseNetFeatures(growth, blocks, init)
+    table["convnext_tiny"] = ConvNeXtFeatures
+    return table
 
 
+# named architectures take no arguments; the generic ones take the numbers protobench.infer reads
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    **_family(ResNetFeatures, ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]),
-    **_family(VGGFeatures, [f"vgg{n}{bn}" for n in (11, 13, 16, 19) for bn in ("", "_bn")]),
-    **_family(DenseNetFeatures, ["densenet121", "densenet161", "densenet169", "densenet201"]),
+    **_presets(),
+    "resnet": ResNetFeatures,
+    "vgg": VGGFeatures,
+    "densenet": DenseNetFeatures,
+    "convnext": ConvNeXtFeatures,
     "tinycnn": TinyCNN,
 }
 

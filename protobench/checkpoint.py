@@ -109,7 +109,8 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def load_state(model: Any, tensors: dict[str, Any], path: str) -> None:
+def load_state(model: Any, tensors: dict[str, Any], path: str,
+               what: str = "the architecture in its metadata") -> None:
     """load_state_dict with a one-line error naming what does not fit."""
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
@@ -119,5 +120,5 @@ def load_state(model: Any, tensors: dict[str, Any], path: str) -> None:
         parts = [f"{label} {names[:3]}{' ...' if len(names) > 3 else ''}"
                  for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
                  if names]
-        raise CheckpointError(f"{path}: weights do not fit the architecture in its metadata ({'; '.join(parts)})")
+        raise CheckpointError(f"{path}: weights do not fit {what} ({'; '.join(parts)})")
     model.load_state_dict(tensors)

@@ -70,8 +70,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 @app.command()
 def evaluate(
-    adapter: list[str] = typer.Option([], help="Model family (see `protobench adapters`) or pkg.module:Class "
-                                           "(default protopnet); once for all --ckpt, or once per --ckpt in order."),
+    adapter: list[str] = typer.Option([], help="Model family (see `protobench adapters`), pkg.module:Class, or "
+                                           "auto (default: told from the checkpoint); once for all --ckpt, or "
+                                           "once per --ckpt in order."),
     ckpt: list[Path] = typer.Option([], help="Checkpoint file; repeat it to evaluate several models in one run."),
     data: Optional[Path] = typer.Option(None, help="Dataset directory: CUB-200-2011, Stanford Cars or an ImageFolder."),
     dataset: Optional[str] = typer.Option(None, help="cub, cars or imagefolder (default: detected from --data)."),
@@ -108,7 +109,7 @@ def evaluate(
 
     if not ckpt or data is None:
         fail("give both --ckpt and --data")
-    models = run_library(pair_adapters, [str(c) for c in ckpt], adapter, "protopnet")
+    models = run_library(pair_adapters, [str(c) for c in ckpt], adapter, "auto")
     proto = run_library(Protocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
                         margin=margin, clip=clip, seed=seed)
     default_out = Path("protobench-results") / (ckpt[0].stem if len(ckpt) == 1 else "models")
@@ -207,6 +208,22 @@ def compare_table(table, notes: list[str]) -> Table:
         out.add_row(r["model"], r["metric"], fmt(r["base"]), fmt(r["new"]), fmt(r["delta"], signed=True),
                     fmt(r["tolerance"]), status)
     return out
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="Checkpoint to convert: an original repository's file or protobench's."),
+    out: Path = typer.Argument(..., help="Where to write it (*.safetensors)."),
+    adapter: str = typer.Option("auto", help="Model family (see `protobench adapters`) or auto."),
+    adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+) -> None:
+    """Rewrite any supported checkpoint in protobench's safetensors format (no pickle needed again)."""
+    from protobench.convert import convert as run_convert
+
+    result = run_library(run_convert, str(src), str(out), adapter, parse_options(adapter_option), overwrite)
+    out_console.print(f"wrote {result['out']} ({result['adapter']}: {result['num_prototypes']} prototypes, "
+                      f"{result['num_classes']} classes; outputs checked against the original)")
 
 
 @app.command()

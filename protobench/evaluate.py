@@ -156,7 +156,7 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, device) -> dict[str, Any
     from protobench.provenance import dataset_fingerprint
 
     return {
-        "adapter": cfg.adapter,
+        "adapter": adapter.name or cfg.adapter,  # the family `auto` chose
         "adapter_options": cfg.adapter_options,
         "checkpoint_sha256": sha256(cfg.ckpt) if Path(cfg.ckpt).is_file() else None,
         # datasets from other loaders may lack these: ImageList has them all

@@ -89,7 +89,8 @@ def test_checkpoint_of_another_architecture(tmp_path, image_folder, tiny_adapter
 
     _, config, tensors = read_protobench(path)
     write_protobench(path, "tesnet", config, tensors)
-    result = invoke("evaluate", "--ckpt", path, "--data", image_folder, "--out", tmp_path / "o")
+    result = invoke("evaluate", "--adapter", "protopnet", "--ckpt", path, "--data", image_folder,
+                    "--out", tmp_path / "o")
     assert_one_line_error(result, "'tesnet'", "--adapter tesnet")
 
 

@@ -82,12 +82,14 @@ def test_default_class_identity():
 
 EXPECTED_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
                      "densenet121": 1024, "densenet161": 2208, "densenet169": 1664, "densenet201": 1920,
-                     **{f"vgg{n}{bn}": 512 for n in (11, 13, 16, 19) for bn in ("", "_bn")}, "tinycnn": 128}
+                     **{f"vgg{n}{bn}": 512 for n in (11, 13, 16, 19) for bn in ("", "_bn")}, "tinycnn": 128,
+                     "resnet": 512, "vgg": 512, "densenet": 1024, "convnext": 768, "convnext_tiny": 768}
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_builds_with_the_original_key_layout(name):
-    net = build_backbone(name)
+    with torch.device("meta"):  # shapes and keys only: no time spent initializing weights
+        net = build_backbone(name)
     assert net.out_channels == EXPECTED_CHANNELS[name]
     keys = list(net.state_dict())
     if name.startswith("resnet"):
@@ -96,6 +98,8 @@ def test_every_backbone_builds_with_the_original_key_layout(name):
         assert keys[0] == "features.0.weight"
     elif name.startswith("densenet"):
         assert "features.denseblock1.denselayer1.norm1.weight" in keys and "features.norm5.weight" in keys
+    elif name.startswith("convnext"):
+        assert "features.0.0.weight" in keys and "features.7.2.layer_scale" in keys
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg11", "densenet121"])

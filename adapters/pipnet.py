@@ -1,0 +1,137 @@
+"""PIP-Net (Nauta et al., "PIP-Net: Patch-Based Intuitive Prototypes for Interpretable
+Image Classification", CVPR 2023), reimplemented from its formulas.
+
+Origin: github.com/M-Nauta/PIPNet (no license file). The original saves
+`{'model_state_dict': ..., 'optimizer_..._state_dict': ...}` of an nn.DataParallel
+model (keys `module._net.*`, `module._classification.*`), in files without an extension.
+Its prototypes are the backbone's output channels:
+
+    A = softmax over P of add_on(_net(x))       (B, P, h, w); each location sums to 1
+    pooled = max_hw A, set to 0 where < 0.1     (the original's inference=True, as its evaluation runs)
+    logits = pooled @ relu(W)^T (+ bias)        non-negative scores
+
+The weights cannot tell the backbone's strides: `net` says which PIP-Net variant it was
+(convnext_tiny_26, the default, or convnext_tiny_13; ResNets always use PIP-Net's
+stride-1 stages 3 and 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protobench.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
+from protobench.backbones import build_backbone
+from protobench.errors import AdapterError, CheckpointError
+from protobench.family import FamilyAdapter, take_options
+from protobench.infer import backbone_from, sub_state
+from protobench.loading import Checkpoint
+
+CONVNEXT_VARIANTS = {"convnext_tiny_26": 100, "convnext_tiny_13": 300}  # --net -> stride-1 threshold
+RESNET_STRIDES = [1, 2, 1, 1]  # PIP-Net's copy of resnet_features: no stride in layer3 and layer4
+RELEVANT = 1e-3  # PIP-Net's threshold on relu(W) for "prototype p is relevant to class c"
+
+
+@dataclass
+class PIPNetConfig:
+    backbone: str = "convnext"
+    backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"stride1_above": 100})
+    num_classes: int = 200
+    num_prototypes: int = 768  # P = backbone channels, or num_features with the extra 1x1 conv
+    add_on_conv: bool = False  # the original's --num_features > 0 (a 1x1 conv before the softmax)
+    bias: bool = False  # the original's --bias
+    inference: bool = True  # zero pooled similarities below 0.1, as the original's evaluation does
+    img_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+class NonNegLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).normal_(1.0, 0.1))
+        self.normalization_multiplier = nn.Parameter(torch.full((1,), 2.0))  # unused by forward
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, torch.relu(self.weight), self.bias)
+
+
+class PIPNet(nn.Module):
+    def __init__(self, cfg: PIPNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self._net = build_backbone(cfg.backbone, **dict(cfg.backbone_kwargs))
+        conv = [nn.Conv2d(self._net.out_channels, cfg.num_prototypes, 1)] if cfg.add_on_conv else []
+        self._add_on = nn.Sequential(*conv, nn.Softmax(dim=1))
+        self._classification = NonNegLinear(cfg.num_prototypes, cfg.num_classes, cfg.bias)
+        # the original also registers normalization_multiplier as `_multiplier`; one copy is enough here
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self._add_on(self._net(x))  # (B, P, h, w)
+        pooled = maps.amax(dim=(2, 3))
+        if self.cfg.inference:
+            pooled = torch.where(pooled < 0.1, torch.zeros_like(pooled), pooled)
+        return maps, self._classification(pooled)
+
+
+def _backbone(ckpt: Checkpoint, net: str | None, stride1_above: int | None) -> tuple[str, dict[str, Any]]:
+    name, kwargs = backbone_from(sub_state(ckpt.tensors, "_net."), strides=RESNET_STRIDES)
+    if name == "convnext":
+        if net is not None and net not in CONVNEXT_VARIANTS:
+            raise AdapterError(f"{ckpt.path} has a ConvNeXt backbone; net must be one of {', '.join(CONVNEXT_VARIANTS)}")
+        default = CONVNEXT_VARIANTS[net or "convnext_tiny_26"]
+        kwargs["stride1_above"] = default if stride1_above is None else int(stride1_above)
+    elif net is not None and not net.startswith("resnet"):
+        raise AdapterError(f"{ckpt.path} has a {name} backbone, not {net}")
+    elif name != "resnet":
+        raise CheckpointError(f"{ckpt.path}: PIP-Net has ConvNeXt or ResNet backbones, this one is a {name}")
+    return name, kwargs
+
+
+@register_adapter("pipnet")
+class PIPNetAdapter(FamilyAdapter):
+    """PIP-Net: softmax-over-prototypes maps; class identity = relu(W) where above 1e-3."""
+
+    config_class = PIPNetConfig
+    model_class = PIPNet
+    options = {"img_size": None, "inference": None, "net": None, "stride1_above": None}
+
+    def __init__(self, model: PIPNet):
+        cfg = model.cfg
+        info = ModelInfo(cfg.img_size, cfg.mean, cfg.std, cfg.num_classes, cfg.num_prototypes, "softmax")
+        weight = torch.relu(model._classification.weight.detach()).t()  # (P, C)
+        super().__init__(model, info, torch.where(weight > RELEVANT, weight, torch.zeros_like(weight)))
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> PIPNetAdapter:
+        kwargs = {"widths": [4, 8, 8, 6], "depths": [1, 1, 1, 1], "stride1_above": 6}  # 2x2 maps at 32 px
+        cfg = PIPNetConfig(backbone_kwargs=kwargs, num_classes=3, num_prototypes=6, img_size=32)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(PIPNet(cfg))
+
+    @classmethod
+    def from_protobench(cls, ckpt: Checkpoint, **options: Any) -> PIPNetAdapter:
+        if options.get("net") is not None or options.get("stride1_above") is not None:
+            raise AdapterError(f"{ckpt.path} already records its backbone; net and stride1_above apply to original files")
+        return super().from_protobench(ckpt, **options)
+
+    @classmethod
+    def from_original(cls, ckpt: Checkpoint, **options: Any) -> PIPNetAdapter:
+        opts = take_options(cls.name, options, cls.options)
+        t = ckpt.tensors
+        if "_classification.weight" not in t:
+            raise CheckpointError(f"{ckpt.path}: no _classification.weight in the weights")
+        backbone, kwargs = _backbone(ckpt, opts["net"], opts["stride1_above"])
+        num_classes, num_prototypes = t["_classification.weight"].shape
+        cfg = PIPNetConfig(backbone=backbone, backbone_kwargs=kwargs, num_classes=int(num_classes),
+                           num_prototypes=int(num_prototypes), add_on_conv="_add_on.0.weight" in t,
+                           bias="_classification.bias" in t, img_size=int(opts["img_size"] or 224),
+                           inference=True if opts["inference"] is None else bool(opts["inference"]))
+        t = {k: v for k, v in t.items() if k != "_multiplier"}  # the same parameter as the classifier's
+        return cls.from_weights(cfg, t, ckpt.path, original=True)

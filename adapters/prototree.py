@@ -1,0 +1,207 @@
+"""ProtoTree (Nauta et al., "Neural Prototype Trees for Interpretable Fine-grained Image
+Recognition", CVPR 2021), reimplemented from its formulas.
+
+Origin: github.com/M-Nauta/ProtoTree (MIT). The original saves the whole tree with
+`torch.save(tree)` (`model.pth`); which prototype each decision node uses lives only in
+that pickle (`_out_map`, an arbitrary order fixed at construction), so `model_state.pth`
+alone cannot be read. protobench flattens the tree into index tensors:
+
+    d = sqrt(|conv(z^2, ones) + |p|^2 - 2 conv(z, p)| + 1e-14)    (B, P, h, w), non-squared L2
+    A_k = exp(-d_{proto(k)})                                        one map per live decision node k
+    s_k = exp(-min_hw d_{proto(k)})                                 probability of going right at node k
+    out = sum_leaves (prod of s_k or 1 - s_k along the path) * softmax(leaf params)
+    logits = log(out), computed in log space
+
+Prototype k of the adapter is the k-th decision node in preorder; prototypes that pruning
+cut from the tree are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protobench.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
+from protobench.backbones import build_backbone
+from protobench.errors import CheckpointError
+from protobench.family import FamilyAdapter, take_options
+from protobench.infer import backbone_from, sub_state
+from protobench.loading import Checkpoint
+from protobench.pickles import class_name
+
+STRUCTURE = ("branch_prototype", "branch_children", "branch_index", "leaf_index")
+
+
+@dataclass
+class ProtoTreeConfig:
+    backbone: str = "resnet50"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 200
+    num_features: int = 256  # D, channels after the add-on
+    num_prototypes: int = 511  # rows of prototype_layer (pruned nodes' prototypes included)
+    prototype_size: tuple[int, int] = (1, 1)  # (W1, H1)
+    log_probabilities: bool = False  # the original's --log_probabilities (adds 1e-7 in log(1 - s))
+    kontschieder: bool = False  # leaf distribution = params / sum instead of softmax
+    img_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+class L2Conv(nn.Module):
+    def __init__(self, num_prototypes: int, dim: int, w1: int, h1: int):
+        super().__init__()
+        self.prototype_vectors = nn.Parameter(torch.randn(num_prototypes, dim, w1, h1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        p = self.prototype_vectors
+        d2 = F.conv2d(z**2, torch.ones_like(p)) + (p**2).sum(dim=(1, 2, 3)).view(-1, 1, 1) - 2 * F.conv2d(z, p)
+        return torch.sqrt(d2.abs() + 1e-14)  # (B, P, h, w)
+
+
+def leaf_paths(children: torch.Tensor, num_leaves: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NL, NB) masks of the branches each leaf's path turns left / right at (children: (NB, 2),
+    >= 0 a branch, < 0 the leaf -1 - child)."""
+    left = torch.zeros(num_leaves, len(children))
+    right = torch.zeros(num_leaves, len(children))
+    stack: list[tuple[int, list[tuple[int, int]]]] = [(0, [])]
+    while stack:
+        node, path = stack.pop()
+        for side, child in enumerate(children[node].tolist()):
+            steps = path + [(node, side)]
+            if child >= 0:
+                stack.append((child, steps))
+                continue
+            for branch, turn in steps:
+                (right if turn else left)[-1 - child, branch] = 1
+    return left, right
+
+
+class ProtoTree(nn.Module):
+    def __init__(self, cfg: ProtoTreeConfig, structure: dict[str, torch.Tensor]):
+        super().__init__()
+        self.cfg = cfg
+        self._net = build_backbone(cfg.backbone, **dict(cfg.backbone_kwargs))
+        self._add_on = nn.Sequential(nn.Conv2d(self._net.out_channels, cfg.num_features, 1, bias=False), nn.Sigmoid())
+        self.prototype_layer = L2Conv(cfg.num_prototypes, cfg.num_features, *cfg.prototype_size)
+        for name in STRUCTURE:
+            self.register_buffer(name, structure[name].long())
+        num_leaves = len(self.leaf_index)
+        self.leaf_dist_params = nn.Parameter(torch.zeros(num_leaves, cfg.num_classes))
+        left, right = leaf_paths(self.branch_children, num_leaves)
+        self.register_buffer("path_left", left, persistent=False)
+        self.register_buffer("path_right", right, persistent=False)
+
+    def leaf_log_distribution(self) -> torch.Tensor:
+        params = self.leaf_dist_params
+        if not self.cfg.kontschieder:
+            return F.log_softmax(params, dim=1)
+        ratio = params / params.sum(dim=1, keepdim=True)
+        return torch.log(ratio + 1e-10) if self.cfg.log_probabilities else torch.log(ratio)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.prototype_layer(self._add_on(self._net(x)))[:, self.branch_prototype]  # (B, NB, h, w)
+        min_d = d.amin(dim=(2, 3))
+        log_right = -min_d  # log s
+        shifted = min_d + 1e-7 if self.cfg.log_probabilities else min_d
+        log_left = torch.log(-torch.expm1(-shifted))  # log(1 - s), stable
+        log_path = log_right @ self.path_right.t() + log_left @ self.path_left.t()  # (B, NL)
+        logits = torch.logsumexp(log_path[:, :, None] + self.leaf_log_distribution()[None], dim=1)
+        return torch.exp(-d), logits
+
+    def class_identity(self) -> torch.Tensor:
+        """(NB, C): share of the leaves below each node whose most likely class is c."""
+        below = ((self.path_left + self.path_right) > 0).float()  # (NL, NB)
+        top = F.one_hot(self.leaf_dist_params.argmax(dim=1), self.cfg.num_classes).float()  # (NL, C)
+        return (below.t() @ top) / below.sum(dim=0)[:, None]
+
+
+def _flatten(root: Any, out_map: dict, path: str) -> tuple[dict[str, torch.Tensor], torch.Tensor, Any]:
+    """Preorder walk of the pickled tree -> structure tensors, leaf params (NL, C), first leaf."""
+    branches: list[list[int]] = []
+    protos, indices, leaves, leaf_indices = [], [], [], []
+
+    def visit(node: Any) -> int:  # returns the child code: branch number, or -1 - leaf number
+        name = class_name(node)
+        if name.endswith(".Leaf"):
+            leaves.append(node)
+            leaf_indices.append(int(node.__dict__.get("_index", -1)))
+            return -len(leaves)
+        if not name.endswith(".Branch") or node not in out_map:
+            raise CheckpointError(f"{path}: the tree holds a {name} that is not a mapped Branch or a Leaf")
+        k = len(branches)
+        branches.append([0, 0])
+        protos.append(int(out_map[node]))
+        indices.append(int(node.__dict__.get("_index", -1)))
+        branches[k] = [visit(node._modules["l"]), visit(node._modules["r"])]
+        return k
+
+    visit(root)
+    params = torch.stack([leaf._dist_params.detach() for leaf in leaves])
+    structure = {"branch_prototype": torch.tensor(protos), "branch_children": torch.tensor(branches),
+                 "branch_index": torch.tensor(indices), "leaf_index": torch.tensor(leaf_indices)}
+    return structure, params, leaves[0]
+
+
+@register_adapter("prototree")
+class ProtoTreeAdapter(FamilyAdapter):
+    """ProtoTree: soft decision tree over prototype presence; logits = log of its probabilities."""
+
+    config_class = ProtoTreeConfig
+    model_class = ProtoTree
+
+    def __init__(self, model: ProtoTree):
+        cfg = model.cfg
+        info = ModelInfo(cfg.img_size, cfg.mean, cfg.std, cfg.num_classes, len(model.branch_prototype), "exp-l2")
+        super().__init__(model, info, model.class_identity().detach())
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> ProtoTreeAdapter:
+        """Depth 2: three decision nodes (preorder 0, 1, 4), four leaves."""
+        kwargs = {"block": "basic", "layers": [1, 1, 1, 1], "widths": [4, 4, 8, 8], "stem": 4, "strides": [1, 2, 1, 1]}
+        cfg = ProtoTreeConfig(backbone="resnet", backbone_kwargs=kwargs, num_classes=3, num_features=4,
+                              num_prototypes=3, img_size=32)
+        children = [[1, 2], [-1, -2], [-3, -4]]  # root -> nodes 1 and 4; each has two leaves
+        structure = {"branch_prototype": torch.tensor([2, 0, 1]), "branch_children": torch.tensor(children),
+                     "branch_index": torch.tensor([0, 1, 4]), "leaf_index": torch.tensor([2, 3, 5, 6])}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = ProtoTree(cfg, structure)
+            nn.init.normal_(model.leaf_dist_params, std=2.0)
+        return cls(model)
+
+    @classmethod
+    def build(cls, cfg: ProtoTreeConfig, tensors: dict[str, torch.Tensor]) -> ProtoTree:
+        missing = [name for name in STRUCTURE if name not in tensors]
+        if missing:
+            raise CheckpointError(f"the tree structure ({', '.join(missing)}) is missing from the checkpoint")
+        return ProtoTree(cfg, {name: tensors[name] for name in STRUCTURE})
+
+    @classmethod
+    def from_original(cls, ckpt: Checkpoint, **options: Any) -> ProtoTreeAdapter:
+        opts = take_options(cls.name, options, cls.options)
+        root = ckpt.root
+        if root is None or "_out_map" not in root.__dict__:
+            raise CheckpointError(f"{ckpt.path} has ProtoTree weights but not the tree's node-to-prototype map, "
+                                  "which only the whole-model pickle holds: load model.pth from the same directory")
+        t = ckpt.tensors
+        structure, leaf_params, first_leaf = _flatten(root._root, root.__dict__["_out_map"], ckpt.path)
+        prototypes = t["prototype_layer.prototype_vectors"]
+        add_on = sub_state(t, "_add_on.")
+        if set(add_on) != {"0.weight"}:
+            raise CheckpointError(f"{ckpt.path}: the add-on ({', '.join(sorted(add_on))}) is not one 1x1 conv without bias")
+        backbone, kwargs = backbone_from(sub_state(t, "_net."), root._modules.get("_net"))
+        num_prototypes, dim, w1, h1 = prototypes.shape
+        cfg = ProtoTreeConfig(
+            backbone=backbone, backbone_kwargs=kwargs, num_classes=int(leaf_params.shape[1]), num_features=int(dim),
+            num_prototypes=int(num_prototypes), prototype_size=(int(w1), int(h1)),
+            log_probabilities=bool(root.__dict__.get("_log_probabilities", False)),
+            kontschieder=bool(first_leaf.__dict__.get("_kontschieder_normalization", False)),
+            img_size=int(opts["img_size"] or 224),
+        )
+        state = {k: v for k, v in t.items() if not k.startswith("_root.")}  # the leaves come flattened instead
+        state.update(structure, leaf_dist_params=leaf_params)
+        return cls.from_weights(cfg, state, ckpt.path, original=True)

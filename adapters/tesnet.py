@@ -1,0 +1,37 @@
+"""TesNet (Wang et al., "Interpretable Image Recognition by Constructing Transparent
+Embedding Space", ICCV 2021), reimplemented from its formulas.
+
+Origin: github.com/JackeyWang96/TesNet (no license file; the code is based on ProtoPNet, MIT).
+Its model class `model.TESNet` has ProtoPNet's attributes and state-dict keys, so this
+adapter shares ProtoPNet's architecture code and replaces only the forward:
+
+    z = add_on(features(x))                          (B, D, h, w), after a sigmoid
+    A = conv2d(z, p / |p|)                           (B, P, h, w) projection on the unit basis vectors
+    logits = last_layer(max_hw A)                    no bias, no log activation
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from protobench.adapter import register_adapter
+from protobench.adapters.protopnet import ProtoPNet, ProtoPNetAdapter, ProtoPNetConfig
+
+
+class TesNet(ProtoPNet):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        basis = F.normalize(self.prototype_vectors, p=2, dim=1)  # unit norm over the D channels
+        projection = F.conv2d(self.conv_features(x), basis)  # (B, P, h, w)
+        return projection, self.last_layer(projection.amax(dim=(2, 3)))
+
+
+@register_adapter("tesnet")
+class TesNetAdapter(ProtoPNetAdapter):
+    """TesNet: ProtoPNet's architecture, similarity = projection onto unit-norm prototypes."""
+
+    model_class = TesNet
+
+    @staticmethod
+    def similarity_name(cfg: ProtoPNetConfig) -> str:
+        return "projection"
