@@ -86,7 +86,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_numbers(tiny_adapter, imag
         return real(adapter, x, *args, **kwargs)
 
     monkeypatch.setattr(benchmark, "evaluate_batch", small_memory)
-    with pytest.warns(MemoryWarning, match="continuing with 6"):
+    with pytest.warns(MemoryWarning, match="did not fit"):
         got = _run(tiny_adapter, image_folder, Protocol.make(steps=3), 12)
     pd.testing.assert_frame_equal(expected, got)
     assert sizes[:3] == [12, 6, 3] and max(sizes[3:]) == 3
