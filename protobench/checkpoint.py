@@ -11,11 +11,11 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from protobench.errors import CheckpointError
+from protobench.files import atomic_path
 
 FORMAT_VERSION = "1"
 
@@ -89,16 +89,8 @@ def write_protobench(path: str | os.PathLike, adapter: str, config: dict[str, An
     meta = {"protobench": FORMAT_VERSION, "adapter": adapter, "config": json.dumps(config, sort_keys=True)}
     meta.update(extra or {})
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def sha256(path: str | os.PathLike) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from protobench.files import atomic_write_text
 
 METRICS = ("PLC", "PAC", "PRC")
 PER_IMAGE_COLUMNS = ["index", "path", "label", "pred_before", "pred_after", "proto", "proto_class",
@@ -49,22 +50,6 @@ def error_row(model: str, error: str) -> dict[str, Any]:
     row: dict[str, Any] = {key: float("nan") for key in summarize(pd.DataFrame(columns=PER_IMAGE_COLUMNS), model)}
     row.update(model=model, error=error)
     return row
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a whole file or nothing: a crash leaves the old file (or none), never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
