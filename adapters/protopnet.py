@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protobench import train
 from protobench.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, PrototypeAdapter, register_adapter
 from protobench.backbones import build_backbone
 from protobench.checkpoint import describe_unreadable, load_state, read_protobench, sniff, write_protobench
@@ -152,6 +153,14 @@ class ProtoPNetAdapter(PrototypeAdapter):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(x)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """CE + 0.8 cluster - 0.08 separation + 1e-4 L1, each term and the total as 'loss'."""
+        return train.training_loss(self.model, x, y)
+
+    def push(self, loader) -> list:
+        """Project each prototype onto its nearest training patch of its class (protobench.train.push)."""
+        return train.push(self.model, loader)
 
     def save(self, path: str, extra: dict[str, str] | None = None) -> None:
         write_protobench(path, self.name, asdict(self.model.cfg), self.model.state_dict(), extra)
