@@ -70,8 +70,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
 @app.command()
 def evaluate(
     adapter: str = typer.Option("protopnet", help="Model family (see `protobench adapters`) or pkg.module:Class."),
-    ckpt: Optional[Path] = typer.Option(None, help="Checkpoint file. Required with --data."),
-    data: Optional[Path] = typer.Option(None, help="ImageFolder directory (DIR/<class>/<image>)."),
+    ckpt: Optional[Path] = typer.Option(None, help="Checkpoint file [default: the built-in demo model]."),
+    data: Optional[Path] = typer.Option(None, help="ImageFolder directory (DIR/<class>/<image>), or protoshapes[:train] "
+                                                   "(the demo data) [default: protoshapes]."),
     out: Optional[Path] = typer.Option(None, help="Result directory [default: protobench-results/<ckpt name>]."),
     protocol: str = typer.Option("default", help="default (pgd, clipped) or reference (the paper's code: noise, no clip)."),
     attack: Optional[str] = typer.Option(None, help="pgd or noise [default: from --protocol]."),
@@ -91,12 +92,16 @@ def evaluate(
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
     from protobench.benchmark import Protocol
+    from protobench.demo import DEMO_DATA, demo_checkpoint
     from protobench.evaluate import EvaluateConfig
     from protobench.evaluate import evaluate as run_evaluate
     from protobench.progress import RichProgress
 
+    if ckpt is None and (data is None or str(data).partition(":")[0] == DEMO_DATA):  # the built-in demo
+        ckpt, data = Path(run_library(demo_checkpoint)), data or Path(DEMO_DATA)
+        out = out or Path("protobench-results") / "demo"
     if ckpt is None or data is None:
-        fail("give both --ckpt and --data")
+        fail("give both --ckpt and --data, or neither to run the built-in demo")
     proto = run_library(Protocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
                         margin=margin, clip=clip, seed=seed)
     cfg = EvaluateConfig(
@@ -111,6 +116,23 @@ def evaluate(
         err_console.print(f"[yellow]warning:[/] the pgd gradient was exactly zero on the attackable pixels for "
                           f"{summary['zero_grad_images']} images at some step (see zero_grad in per_image.csv)")
     out_console.print(f"results written to {result['out']}/ (per_image.csv, summary.csv, meta.json)")
+
+
+demo_app = typer.Typer(help="The built-in demo: ProtoShapes data and a small ProtoPNet trained on it.")
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("export")
+def demo_export(
+    directory: Path = typer.Argument(..., help="New or empty directory to write DIR/<class>/<index>.png to."),
+    split: str = typer.Option("test", help="train or test."),
+    n: Optional[int] = typer.Option(None, help="Only the first N images [default: the whole split]."),
+) -> None:
+    """Write ProtoShapes images to disk (ImageFolder layout) to look at them or evaluate them as files."""
+    from protobench.demo.shapes import export
+
+    count = run_library(export, directory, split, n)
+    out_console.print(f"wrote {count} {split} images to {directory}/<class>/")
 
 
 @app.command()

@@ -73,8 +73,12 @@ def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
 
 def load_dataset(data: str, info):
     from protobench.data import ImageFolder
+    from protobench.demo import shapes
 
-    dataset = ImageFolder(data, info.input_size, info.mean, info.std)
+    if shapes.split_of(data) is not None:  # the reserved name of the built-in demo data
+        dataset = shapes.load(data, info.input_size, info.mean, info.std)
+    else:
+        dataset = ImageFolder(data, info.input_size, info.mean, info.std)
     if len(dataset.classes) != info.num_classes:
         raise DataError(f"{data} has {len(dataset.classes)} class folders but the model predicts "
                         f"{info.num_classes} classes: point --data at the dataset the model was trained on")
