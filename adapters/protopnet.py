@@ -211,6 +211,18 @@ class ProtoPNetAdapter(FamilyAdapter):
     def build(cls, cfg: ProtoPNetConfig, tensors: dict[str, torch.Tensor]) -> ProtoPNet:
         return cls.model_class(cfg, identity=tensors.get("prototype_class_identity"))
 
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """CE + 0.8 cluster - 0.08 separation + 1e-4 L1, each term and the total as 'loss'."""
+        from protobench import train
+
+        return train.training_loss(self.model, x, y)
+
+    def push(self, loader) -> list:
+        """Project each prototype onto its nearest training patch of its class (protobench.train.push)."""
+        from protobench import train
+
+        return train.push(self.model, loader)
+
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> ProtoPNetAdapter:
         cfg, identity = original_config(ckpt, **take_options(cls.name, options, cls.options))

@@ -81,6 +81,14 @@ class PrototypeAdapter:
     def device(self) -> torch.device:
         return self.prototype_class_identity.device
 
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The family's own training loss on normalized images and labels: its terms and the total 'loss'."""
+        raise AdapterError(f"adapter {self.name!r} has no training loss: it cannot be trained or fine-tuned")
+
+    def push(self, loader: Any) -> list:
+        """Project prototypes onto training patches of their class; loader yields (x, y, index)."""
+        raise AdapterError(f"adapter {self.name!r} cannot push prototypes onto training patches")
+
     def save(self, path: str, extra: dict[str, str] | None = None) -> None:
         """Write the model in protobench's safetensors format (adapters that can rebuild from it)."""
         raise NotImplementedError(f"adapter {self.name!r} cannot write protobench checkpoints")

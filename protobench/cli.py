@@ -73,8 +73,10 @@ def evaluate(
     adapter: list[str] = typer.Option([], help="Model family (see `protobench adapters`), pkg.module:Class, or "
                                            "auto (default: told from the checkpoint); once for all --ckpt, or "
                                            "once per --ckpt in order."),
-    ckpt: list[Path] = typer.Option([], help="Checkpoint file; repeat it to evaluate several models in one run."),
-    data: Optional[Path] = typer.Option(None, help="Dataset directory: CUB-200-2011, Stanford Cars or an ImageFolder."),
+    ckpt: list[Path] = typer.Option([], help="Checkpoint file; repeat it to evaluate several models in one run "
+                                             "(default: the built-in demo model)."),
+    data: Optional[Path] = typer.Option(None, help="Dataset directory: CUB-200-2011, Stanford Cars or an ImageFolder; "
+                                                   "or protoshapes[:train], the demo data (the default)."),
     dataset: Optional[str] = typer.Option(None, help="cub, cars or imagefolder (default: detected from --data)."),
     split: Optional[str] = typer.Option(None, help="test (default), train, or for CUB all; an ImageFolder has none."),
     out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
@@ -102,13 +104,17 @@ def evaluate(
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
     from protobench.benchmark import Protocol
+    from protobench.demo import DEMO_DATA, demo_checkpoint
     from protobench.evaluate import EvaluateConfig
     from protobench.evaluate import evaluate as run_evaluate
     from protobench.progress import RichProgress
     from protobench.sweep import evaluate_models, pair_adapters
 
+    if not ckpt and (data is None or str(data).partition(":")[0] == DEMO_DATA):  # the built-in demo
+        ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
+        out = out or Path("protobench-results") / "demo"
     if not ckpt or data is None:
-        fail("give both --ckpt and --data")
+        fail("give both --ckpt and --data, or neither to run the built-in demo")
     models = run_library(pair_adapters, [str(c) for c in ckpt], adapter, "auto")
     proto = run_library(Protocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
                         margin=margin, clip=clip, seed=seed)
@@ -224,6 +230,23 @@ def convert(
     result = run_library(run_convert, str(src), str(out), adapter, parse_options(adapter_option), overwrite)
     out_console.print(f"wrote {result['out']} ({result['adapter']}: {result['num_prototypes']} prototypes, "
                       f"{result['num_classes']} classes; outputs checked against the original)")
+
+
+demo_app = typer.Typer(help="The built-in demo: ProtoShapes data and a small ProtoPNet trained on it.")
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("export")
+def demo_export(
+    directory: Path = typer.Argument(..., help="New or empty directory to write DIR/<class>/<index>.png to."),
+    split: str = typer.Option("test", help="train or test."),
+    n: Optional[int] = typer.Option(None, help="Only the first N images [default: the whole split]."),
+) -> None:
+    """Write ProtoShapes images to disk (ImageFolder layout) to look at them or evaluate them as files."""
+    from protobench.demo.shapes import export
+
+    count = run_library(export, directory, split, n)
+    out_console.print(f"wrote {count} {split} images to {directory}/<class>/")
 
 
 @app.command()

@@ -102,8 +102,12 @@ def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
 
 def load_dataset(data: str, info, kind: str | None = None, split: str | None = None):
     from protobench.datasets import open_dataset
+    from protobench.demo import shapes
 
-    dataset = open_dataset(data, info, kind, split)
+    if shapes.split_of(data) is not None:  # the reserved name of the built-in demo data
+        dataset = shapes.load(data, info.input_size, info.mean, info.std)
+    else:
+        dataset = open_dataset(data, info, kind, split)
     if len(dataset.classes) != info.num_classes:
         kind = getattr(dataset, "kind", "dataset")
         noun = "class folders" if kind == "imagefolder" else f"classes ({kind})"

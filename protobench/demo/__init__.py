@@ -1,0 +1,24 @@
+"""The built-in demo: the ProtoShapes dataset and a small ProtoPNet trained on it.
+
+The weights ship inside the package (protoshapes.safetensors, with protoshapes.json
+recording how they were trained: scripts/train_demo.py). No torch import here, so the
+CLI can name the defaults cheaply.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from protobench.errors import CheckpointError
+
+DEMO_DATA = "protoshapes"  # the reserved --data name (protobench.demo.shapes)
+DEMO_CKPT = Path(__file__).with_name("protoshapes.safetensors")
+DEMO_RECORD = Path(__file__).with_name("protoshapes.json")
+
+
+def demo_checkpoint() -> str:
+    """Path of the shipped demo model; a clear error if this installation lacks it."""
+    if not DEMO_CKPT.is_file():
+        raise CheckpointError(f"the demo model is missing from this installation ({DEMO_CKPT}): "
+                              "reinstall protobench, or train it with `python scripts/train_demo.py`")
+    return str(DEMO_CKPT)
