@@ -29,6 +29,7 @@ from protobench.backbones import build_backbone
 from protobench.errors import CheckpointError
 from protobench.family import FamilyAdapter, make_config, take_options
 from protobench.infer import backbone_from, sub_state
+from protobench.layers import full_precision
 from protobench.loading import Checkpoint
 
 
@@ -98,10 +99,11 @@ class ProtoPNet(nn.Module):
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:
         """Squared L2 distance of every patch of z to every prototype: (B, P, h', w')."""
-        p = self.prototype_vectors
-        z2 = F.conv2d(z**2, self.ones)  # (B, P, h', w') patch sums of z^2
-        p2 = (p**2).sum(dim=(1, 2, 3)).view(-1, 1, 1)
-        return F.relu(z2 - 2 * F.conv2d(z, p) + p2)  # clamped: rounding can go negative
+        with full_precision(z):
+            z, p = z.float(), self.prototype_vectors
+            z2 = F.conv2d(z**2, self.ones)  # (B, P, h', w') patch sums of z^2
+            p2 = (p**2).sum(dim=(1, 2, 3)).view(-1, 1, 1)
+            return F.relu(z2 - 2 * F.conv2d(z, p) + p2)  # clamped: rounding can go negative
 
     def similarity(self, d: torch.Tensor) -> torch.Tensor:
         if self.cfg.activation == "log":

@@ -32,6 +32,7 @@ from protobench.errors import CheckpointError
 from protobench.family import FamilyAdapter, take_options
 from protobench.infer import backbone_from, sub_state
 from protobench.loading import Checkpoint
+from protobench.layers import full_precision
 
 
 @dataclass
@@ -81,9 +82,10 @@ class ProtoPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.add_on_layers(self.features(x))
-        p = self.prototype_vectors
-        p2 = (p**2).sum(dim=(1, 2, 3)).view(-1, 1, 1)
-        d = F.relu(F.conv2d(z**2, self.ones) - 2 * F.conv2d(z, p) + p2)  # (B, P, h, w)
+        with full_precision(z):
+            z, p = z.float(), self.prototype_vectors
+            p2 = (p**2).sum(dim=(1, 2, 3)).view(-1, 1, 1)
+            d = F.relu(F.conv2d(z**2, self.ones) - 2 * F.conv2d(z, p) + p2)  # (B, P, h, w)
         avg = d.mean(dim=(2, 3))  # (B, P)
         pp = self.presence()
         mixed_min = torch.einsum("bp,cpn->bcn", d.amin(dim=(2, 3)), pp)

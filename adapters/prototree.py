@@ -32,6 +32,7 @@ from protobench.family import FamilyAdapter, take_options
 from protobench.infer import backbone_from, sub_state
 from protobench.loading import Checkpoint
 from protobench.pickles import class_name
+from protobench.layers import full_precision
 
 STRUCTURE = ("branch_prototype", "branch_children", "branch_index", "leaf_index")
 
@@ -57,9 +58,10 @@ class L2Conv(nn.Module):
         self.prototype_vectors = nn.Parameter(torch.randn(num_prototypes, dim, w1, h1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        p = self.prototype_vectors
-        d2 = F.conv2d(z**2, torch.ones_like(p)) + (p**2).sum(dim=(1, 2, 3)).view(-1, 1, 1) - 2 * F.conv2d(z, p)
-        return torch.sqrt(d2.abs() + 1e-14)  # (B, P, h, w)
+        with full_precision(z):
+            z, p = z.float(), self.prototype_vectors
+            d2 = F.conv2d(z**2, torch.ones_like(p)) + (p**2).sum(dim=(1, 2, 3)).view(-1, 1, 1) - 2 * F.conv2d(z, p)
+            return torch.sqrt(d2.abs() + 1e-14)  # (B, P, h, w)
 
 
 def leaf_paths(children: torch.Tensor, num_leaves: int) -> tuple[torch.Tensor, torch.Tensor]:

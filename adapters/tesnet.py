@@ -17,12 +17,15 @@ import torch.nn.functional as F
 
 from protobench.adapter import register_adapter
 from protobench.adapters.protopnet import ProtoPNet, ProtoPNetAdapter, ProtoPNetConfig
+from protobench.layers import full_precision
 
 
 class TesNet(ProtoPNet):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         basis = F.normalize(self.prototype_vectors, p=2, dim=1)  # unit norm over the D channels
-        projection = F.conv2d(self.conv_features(x), basis)  # (B, P, h, w)
+        z = self.conv_features(x)
+        with full_precision(z):
+            projection = F.conv2d(z.float(), basis)  # (B, P, h, w)
         return projection, self.last_layer(projection.amax(dim=(2, 3)))
 
 

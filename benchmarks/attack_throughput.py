@@ -144,12 +144,13 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: ideal,reference")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of (a), (b), (c); fastest kept")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     batch = args.batch_size or (128 if gpu else 32)
-    n = args.images or (1024 if gpu else 96)
+    n = args.images or (1024 if gpu else 64)
     n_ref = args.reference_images or (64 if gpu else 8)
     torch.manual_seed(0)
     adapter = build_model(args.model, args.ckpt).to(device)
@@ -161,9 +162,14 @@ def main() -> None:
     warm = SyntheticImages(min(batch, n), adapter.info.input_size, adapter.info.num_classes)
     time_protobench(adapter, warm, Protocol.make(steps=2), batch, runtime, 0)  # warm-up (and compile)
     skip = set(args.skip.split(","))
-    t_a = time_protobench(adapter, data, protocol, batch, runtime, args.workers)
-    t_b = None if "ideal" in skip else time_ideal(adapter, data, args.steps, batch, runtime)
-    t_c = None if "reference" in skip else time_reference(adapter, data, protocol, n_ref, runtime)
+    runs: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    for _ in range(args.repeat):  # interleaved rounds; the fastest of each is the least disturbed
+        runs["a"].append(time_protobench(adapter, data, protocol, batch, runtime, args.workers))
+        if "ideal" not in skip:
+            runs["b"].append(time_ideal(adapter, data, args.steps, batch, runtime))
+        if "reference" not in skip:
+            runs["c"].append(time_reference(adapter, data, protocol, n_ref, runtime))
+    t_a, t_b, t_c = (min(runs[k]) if runs[k] else None for k in "abc")
     rate = lambda images, t: images * args.steps / t if t else None  # noqa: E731 image-steps per second
     a, b, c = rate(n, t_a), rate(n, t_b), rate(n_ref, t_c)
     print(json.dumps({
@@ -173,7 +179,7 @@ def main() -> None:
         "channels_last": runtime.channels_last, "compile": runtime.compile, "chunk": runtime.chunk,
         "images": n, "reference_images": n_ref, "steps": args.steps,
         "protobench_img_steps_per_s": a, "ideal_img_steps_per_s": b, "reference_img_steps_per_s": c,
-        "protobench_wall_s": t_a, "efficiency": a / b if b else None, "speedup": a / c if c else None,
+        "protobench_wall_s": t_a, "rounds_s": runs, "efficiency": a / b if b else None, "speedup": a / c if c else None,
         "torch": torch.__version__,
     }, indent=2))
 

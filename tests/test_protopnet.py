@@ -134,3 +134,19 @@ def test_load_rejects_weights_of_another_shape(tmp_path, tiny_adapter):
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(CheckpointError, match="wrong shape"):
         ProtoPNetAdapter.load(str(path))
+
+
+def test_prototype_layer_stays_fp32_under_bf16_autocast():
+    # |z|^2 - 2 z.p + |p|^2 is a small difference of large terms: computed in bf16 it is noise
+    # (measured: mean map error 2.6 on this model, against 0.02 with the layer in fp32).
+    adapter = ProtoPNetAdapter.from_config(tiny_config(prototype_dim=64), seed=0)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        z = adapter.model.conv_features(x)  # prototypes near real patches, as in a trained model
+        patches = z[:, :, 1:3, 1:3].permute(0, 2, 3, 1).reshape(-1, 64)[:6]
+        adapter.model.prototype_vectors.copy_(patches[:, :, None, None] + 0.01 * torch.randn(6, 64, 1, 1))
+        full, _ = adapter(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half, _ = adapter(x)
+    assert half.dtype == torch.float32
+    assert (full - half).abs().mean() < 0.2

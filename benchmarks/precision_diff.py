@@ -1,0 +1,58 @@
+"""How far are bf16 / fp16 results from fp32? Runs `protobench evaluate` on the built-in demo
+(or --ckpt/--data) once per precision and prints JSON: each metric's mean per precision and
+its difference from fp32, plus how often p* and the predictions agree per image.
+
+  python benchmarks/precision_diff.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from protobench.benchmark import Protocol
+from protobench.demo import DEMO_DATA, demo_checkpoint
+from protobench.evaluate import EvaluateConfig, evaluate
+
+METRICS = ("PAC", "PLC", "PRC")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", default=None)
+    parser.add_argument("--data", default=DEMO_DATA)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--precisions", default="fp32,bf16,fp16")
+    args = parser.parse_args()
+
+    frames, summaries = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in args.precisions.split(","):
+            cfg = EvaluateConfig(ckpt=args.ckpt or demo_checkpoint(), data=args.data, out=str(Path(tmp) / precision),
+                                 protocol=Protocol.make(), device=args.device, precision=precision)
+            result = evaluate(cfg)
+            frames[precision] = pd.read_csv(Path(tmp) / precision / "per_image.csv")
+            summaries[precision] = {k: result["summary"][k] for k in
+                                    ("PAC_mean", "PLC_mean", "PRC_mean", "acc_before", "acc_after")}
+            summaries[precision]["wall_time_s"] = result["meta"]["wall_time_s"]
+    base = frames["fp32"]
+    report = {"device": args.device, "images": len(base), "summaries": summaries, "vs_fp32": {}}
+    for precision, frame in frames.items():
+        if precision == "fp32":
+            continue
+        report["vs_fp32"][precision] = {
+            **{f"{m}_mean_diff": float(frame[m].mean() - base[m].mean()) for m in METRICS},
+            **{f"{m}_abs_diff_per_image": float((frame[m] - base[m]).abs().mean()) for m in METRICS},
+            "same_proto": float((frame["proto"] == base["proto"]).mean()),
+            "same_pred_before": float((frame["pred_before"] == base["pred_before"]).mean()),
+            "same_pred_after": float((frame["pred_after"] == base["pred_after"]).mean()),
+        }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
