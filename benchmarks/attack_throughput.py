@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: ideal,reference")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of (a), (b), (c); fastest kept")
+    parser.add_argument("--label", default=None, help="a name for this measurement, copied into the JSON")
+    parser.add_argument("--oneline", action="store_true", help="print the JSON on one line (for .jsonl logs)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -173,7 +175,7 @@ def main() -> None:
     rate = lambda images, t: images * args.steps / t if t else None  # noqa: E731 image-steps per second
     a, b, c = rate(n, t_a), rate(n, t_b), rate(n_ref, t_c)
     print(json.dumps({
-        "model": args.ckpt or args.model, "device": str(device),
+        "label": args.label, "model": args.ckpt or args.model, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "precision": args.precision, "batch_size": batch,
         "channels_last": runtime.channels_last, "compile": runtime.compile, "chunk": runtime.chunk,
@@ -181,7 +183,7 @@ def main() -> None:
         "protobench_img_steps_per_s": a, "ideal_img_steps_per_s": b, "reference_img_steps_per_s": c,
         "protobench_wall_s": t_a, "rounds_s": runs, "efficiency": a / b if b else None, "speedup": a / c if c else None,
         "torch": torch.__version__,
-    }, indent=2))
+    }, indent=None if args.oneline else 2))
 
 
 if __name__ == "__main__":
