@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--model", default="demo", help="demo, tiny or resnet34 (random weights)")
     parser.add_argument("--ckpt", default=None, help="a protopnet checkpoint instead of --model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 128 on GPU")
     parser.add_argument("--images", type=int, default=None, help="images for (a) and (b); default 96 CPU, 1024 GPU")
     parser.add_argument("--reference-images", type=int, default=None, help="images for (c); default 8 CPU, 64 GPU")

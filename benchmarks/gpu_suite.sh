@@ -2,7 +2,7 @@
 # Everything protobench checks on a GPU, in one run, most important first: the GPU tests,
 # attack throughput (ResNet34 ProtoPNet at 224 px, 2000 prototypes, 200 classes, random
 # weights; CUB-sized run of 5,794 images x 40 steps), the demo on the GPU, and bf16/fp16
-# against fp32. Results go to $OUT (default ./gpu-results): gpu_tests.txt, bench.jsonl,
+# against fp32 (true fp32: no TF32). Results go to $OUT (default ./gpu-results): gpu_tests.txt, bench.jsonl,
 # precision.json, env.txt, log.txt.
 #   OUT=/tmp/gpu bash benchmarks/gpu_suite.sh
 set -u
@@ -27,11 +27,12 @@ echo "== gpu tests"
 timeout 150 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$OUT/gpu_tests.txt" 2>&1
 tail -3 "$OUT/gpu_tests.txt"
 R34="--model resnet34 --batch-size 256 --repeat 1"
-step 100 r34-bf16-1024 $R34 --precision bf16 --images 1024 --reference-images 32
-step 100 r34-bf16-cub $R34 --precision bf16 --images 5794 --skip ideal,reference
 step 60 demo-fp32 --model demo --batch-size 256 --repeat 1 --images 1024 --reference-images 64
 echo "== precision"
 timeout 90 $PY benchmarks/precision_diff.py --device cuda > "$OUT/precision.json"
-step 100 r34-fp32-1024 $R34 --precision fp32 --images 1024 --reference-images 32
-step 150 r34-fp32-cub $R34 --precision fp32 --images 5794 --skip ideal,reference
+step 100 r34-bf16-1024 $R34 --precision bf16 --images 1024 --reference-images 32
+step 100 r34-bf16-cub $R34 --precision bf16 --images 5794 --skip ideal,reference
+step 100 r34-tf32-cub $R34 --precision tf32 --images 5794 --skip ideal,reference
+step 120 r34-fp32-1024 $R34 --precision fp32 --images 1024 --reference-images 32
+step 170 r34-fp32-cub $R34 --precision fp32 --images 5794 --skip ideal,reference
 echo "== done"

@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--ckpt", default=None)
     parser.add_argument("--data", default=DEMO_DATA)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--precisions", default="fp32,bf16,fp16")
+    parser.add_argument("--precisions", default="fp32,tf32,bf16,fp16")
     args = parser.parse_args()
 
     frames, summaries = {}, {}

@@ -10,6 +10,7 @@ import torch
 
 from protobench import attack, metrics, rng
 from protobench.adapter import PrototypeAdapter
+from protobench.layers import tf32
 from protobench.regions import default_margin, protected_mask
 
 PROTOCOLS = {
@@ -81,7 +82,7 @@ def inference_mode(model: torch.nn.Module) -> Iterator[None]:
 class Runtime:
     """How the model is run: changes speed, never which numbers are asked for."""
 
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for the model; regions and metrics in fp32
+    precision: str = "fp32"  # fp32 (true: no TF32) | tf32 | bf16 | fp16 (autocast); metrics always fp32
     chunk: int | None = None  # rows per model call; fixed on the CPU for reproducibility (see chunked_forward)
     channels_last: bool = False  # NHWC inputs, faster convolutions on GPUs
     compile: bool = False  # torch.compile the adapter's forward
@@ -92,11 +93,11 @@ class Runtime:
         base = cls(chunk=8) if device.type == "cpu" else cls(channels_last=True)
         runtime = replace(base, **{k: v for k, v in overrides.items() if v is not None})
         if runtime.precision not in AUTOCAST_DTYPES:
-            raise ValueError(f"unknown precision {runtime.precision!r}: use fp32, bf16 or fp16")
+            raise ValueError(f"unknown precision {runtime.precision!r}: use fp32, tf32, bf16 or fp16")
         return runtime
 
 
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -131,7 +132,8 @@ def model_forward(adapter: PrototypeAdapter, runtime: Runtime) -> Forward:
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None), \
+                tf32(runtime.precision == "tf32"):
             maps, logits = chunked_forward(fn, x, runtime.chunk)
         return maps.float(), logits.float()
 

@@ -93,7 +93,8 @@ def evaluate(
                                                         "halved automatically until it fits)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     workers: Optional[int] = typer.Option(None, help="Image-decoding processes (default: 0 on CPU, up to 8 on GPU)."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16: autocast for the model (metrics stay fp32)."),
+    precision: str = typer.Option("fp32", help="fp32 (true fp32), tf32 (faster on GPUs), bf16 or fp16 (autocast); "
+                                               "prototype layers and metrics always run in fp32."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
     seed: int = typer.Option(0, help="Seeds the random start of each image and --limit's subset."),
     limit: Optional[int] = typer.Option(None, help="Evaluate a fixed-seed random subset of N images."),

@@ -48,7 +48,7 @@ class EvaluateConfig:
     strict: bool = False  # an undecodable image is an error instead of a skip
     resume: bool = False  # continue the interrupted run in `out`
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
-    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast); see benchmark.Runtime
+    precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see benchmark.Runtime
     compile: bool = False  # torch.compile the model's forward
 
 

@@ -110,3 +110,17 @@ def test_other_errors_are_not_mistaken_for_memory(tiny_adapter, image_folder, mo
     monkeypatch.setattr(benchmark, "evaluate_batch", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         _run(tiny_adapter, image_folder, Protocol.make(steps=1), 4)
+
+
+def test_tf32_switch_is_scoped():
+    from protobench.layers import tf32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with tf32(False):
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    with tf32(True):
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    assert Runtime.for_device(torch.device("cuda"), precision="tf32").precision == "tf32"
+    with pytest.raises(ValueError, match="tf32"):
+        Runtime.for_device(torch.device("cpu"), precision="fp64")
