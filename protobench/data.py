@@ -28,13 +28,21 @@ def load_image(path: str | os.PathLike, size: int, mean: Sequence[float], std: S
                box: Box | None = None) -> torch.Tensor:
     """Decode, convert to RGB whatever the mode, crop to `box`, squash to size x size (bilinear), normalize."""
     with Image.open(path) as img:
-        img = img.convert("RGB")
+        img = to_rgb(img)
         if box is not None:
             img = img.crop(pixel_box(box, img.size))
         img = img.resize((size, size), Image.BILINEAR)
         arr = np.asarray(img, dtype=np.float32) / 255.0
     x = torch.from_numpy(arr).permute(2, 0, 1)
     return normalize(x, mean, std)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB whatever the mode; 16-bit greyscale is scaled to 8 bits (PIL's own conversion clips it at 255)."""
+    if img.mode in ("I", "I;16", "I;16L", "I;16B"):
+        grey = np.asarray(img, dtype=np.float32) / 65535.0
+        img = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return img.convert("RGB")
 
 
 def pixel_box(box: Box, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
