@@ -147,24 +147,31 @@ def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return order.indices, order.values > 0
 
 
+def protect(adapter: PrototypeAdapter, maps: torch.Tensor, y: torch.Tensor, protocol: Protocol):
+    """Which prototypes to attack, p*, and the pixels the attack may change (SPEC 3.1, 3.2).
+
+    Returns attacked (B, P) bool, p_star (B,), in_class (B, P) bool, keep (B, 1, S, S) bool.
+    """
+    size = adapter.info.input_size
+    in_class = adapter.prototype_class_identity[:, y].t() > 0  # (B, P)
+    attacked, p_star = metrics.select_prototypes(maps.amax(dim=(2, 3)), in_class, protocol.select)
+    slots, valid = _attacked_slots(attacked)
+    slot_maps = maps.gather(1, slots[..., None, None].expand(-1, -1, *maps.shape[2:]))
+    keep = protected_mask(slot_maps, valid, size, protocol.resolved(size)["margin"])
+    return attacked, p_star, in_class, keep
+
+
 def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                    protocol: Protocol, forward: Forward | None = None) -> dict[str, torch.Tensor]:
     """Attack one batch and measure it; returns per-image tensors (B,) on the CPU.
 
     `forward` (default: the adapter's, in fp32) runs the model: see model_forward.
     """
-    size = adapter.info.input_size
     forward = forward or model_forward(adapter, Runtime())
     with torch.no_grad():
         maps, logits = forward(x)
     maps = maps.clamp(min=0)  # SPEC 2: metrics see maps clipped at 0
-    act = maps.amax(dim=(2, 3))  # (B, P)
-    in_class = adapter.prototype_class_identity[:, y].t() > 0  # (B, P)
-    attacked, p_star = metrics.select_prototypes(act, in_class, protocol.select)
-    slots, valid = _attacked_slots(attacked)
-    slot_maps = maps.gather(1, slots[..., None, None].expand(-1, -1, *maps.shape[2:]))
-    keep = protected_mask(slot_maps, valid, size, protocol.resolved(size)["margin"])
-
+    attacked, p_star, in_class, keep = protect(adapter, maps, y, protocol)
     weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
 
     def objective(images: torch.Tensor) -> torch.Tensor:  # mean max-activation of the attacked prototypes
@@ -177,10 +184,21 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
                                    steps=steps, bounds=bounds)
     with torch.no_grad():
         maps_adv, logits_adv = forward(x_adv)
-    maps_adv = maps_adv.clamp(min=0)
-    act_adv = maps_adv.amax(dim=(2, 3))
-    batch = torch.arange(len(x), device=x.device)
-    out = {
+    out = measure(adapter, (maps, logits), (maps_adv.clamp(min=0), logits_adv), p_star, in_class)
+    out.update(zero_grad_steps=zero_steps, zero_grad=zero_steps > 0,
+               protected_frac=1 - keep.float().mean(dim=(1, 2, 3)))
+    return {k: v.detach().cpu() for k, v in out.items()}
+
+
+def measure(adapter: PrototypeAdapter, before: tuple[torch.Tensor, torch.Tensor],
+            after: tuple[torch.Tensor, torch.Tensor], p_star: torch.Tensor,
+            in_class: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image predictions, activations and PAC / PRC / PLC from the clipped maps and logits
+    before and after the attack (SPEC 3.4)."""
+    (maps, logits), (maps_adv, logits_adv) = before, after
+    act, act_adv = maps.amax(dim=(2, 3)), maps_adv.amax(dim=(2, 3))  # (B, P)
+    batch = torch.arange(len(p_star), device=p_star.device)
+    return {
         "pred_before": logits.argmax(dim=1),
         "pred_after": logits_adv.argmax(dim=1),
         "proto": p_star,
@@ -189,12 +207,8 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
         "act_after": act_adv[batch, p_star],
         "PAC": metrics.pac(act[batch, p_star], act_adv[batch, p_star]),
         "PRC": metrics.prc(act, act_adv, p_star, in_class),
-        "PLC": metrics.plc(maps[batch, p_star], maps_adv[batch, p_star], size),
-        "zero_grad_steps": zero_steps,
-        "zero_grad": zero_steps > 0,
-        "protected_frac": 1 - keep.float().mean(dim=(1, 2, 3)),
+        "PLC": metrics.plc(maps[batch, p_star], maps_adv[batch, p_star], adapter.info.input_size),
     }
-    return {k: v.detach().cpu() for k, v in out.items()}
 
 
 def batch_records(values: dict[str, torch.Tensor], labels: torch.Tensor, ids: torch.Tensor,
