@@ -25,11 +25,14 @@ from protobench.compensation import alignment_loss, masking_augmentation
 PHASE_PARTS = {"joint": ("features", "add_on", "prototypes"), "last": ("last_layer",)}
 
 
+DEFAULT_LAMBDA = {False: 10.0, True: 3.0}  # the paper's 10; 3 for the adversarial variant (docs/compensation.md)
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Everything that decides the fine-tuned weights (with the checkpoint, data and device type)."""
 
-    lambda_align: float = 10.0  # weight of the alignment loss (0: the family's loss alone)
+    lambda_align: float | None = None  # weight of the alignment loss (0: the family's loss alone); None: DEFAULT_LAMBDA
     align_loss: str = "l1"  # 'l1' or 'l2'
     adversarial: bool = False  # outside of the mask: sign-gradient perturbation instead of the mean colour
     adv_steps: int = 3  # crafting steps of eps / 2 after a random start
@@ -37,17 +40,21 @@ class TrainSettings:
     mask_aug: bool = True  # SPEC 4.2 masking augmentation
     aug_prob: float = 0.5  # probability per image
     epochs: int = 3  # joint epochs
-    last_epochs: int = 2  # last-layer epochs (after push)
+    last_epochs: int = 5  # last-layer epochs (after push)
     push: bool = True
     lr_features: float = 1e-4
     lr_add_on: float = 3e-3
     lr_prototypes: float = 3e-3
-    lr_last: float = 1e-4
+    lr_last: float = 1e-3  # ProtoPNet's CUB recipe: 1e-4, with 4x more steps (docs/compensation.md)
     weight_decay: float = 1e-3  # backbone and add-on, as ProtoPNet
     step_size: int = 5  # StepLR over the joint epochs
     gamma: float = 0.1
     batch_size: int = 32
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lambda_align is None:
+            object.__setattr__(self, "lambda_align", DEFAULT_LAMBDA[self.adversarial])
 
     def check(self) -> None:
         if self.align_loss not in ("l1", "l2"):

@@ -1,5 +1,6 @@
 """protobench finetune on tiny models: push, bit-identical --resume, the sanity case, the log, errors."""
 
+import json
 import os
 import signal
 import subprocess
@@ -204,6 +205,16 @@ def test_cli_runs_and_prints_before_and_after(tiny_ckpt, image_folder, tmp_path)
     assert f"{before.PAC_mean:.2f}" in row and f"{after.PAC_mean:.2f}" in row
     assert f"{after.PAC_mean - before.PAC_mean:+.2f}" in row
     assert "pushed" in pd.read_csv(out / "train_log.csv").columns
+
+
+def test_adversarial_variant_has_its_own_default_lambda(tiny_ckpt, image_folder, tmp_path):
+    assert TrainSettings().lambda_align == 10.0 and TrainSettings(adversarial=True).lambda_align == 3.0
+    assert TrainSettings(adversarial=True, lambda_align=0.0).lambda_align == 0.0
+    result = invoke("--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "o", "--align-adversarial",
+                    "--epochs", 1, "--last-epochs", 0, "--no-push", "--batch-size", 4)
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "o" / "finetune.json").read_text())["identity"]["settings"]
+    assert settings["lambda_align"] == 3.0 and settings["adversarial"] is True and settings["push"] is False
 
 
 def test_side_by_side_rows():
