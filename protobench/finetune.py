@@ -172,8 +172,8 @@ def train_and_save(cfg: FinetuneConfig, adapter, dataset, out: Path, progress: P
         log = fit(adapter, dataset, cfg.settings, out, progress, state, cfg.workers)
     except KeyboardInterrupt:
         done = len(read_log(out / LOG))
-        raise Interrupted(f"interrupted after {done} finished epochs, saved in {out / STATE}: rerun the same "
-                          "command with --resume to continue") from None
+        where = f"after {done} finished epochs (saved in {out / STATE})" if done else "in the first epoch"
+        raise Interrupted(f"interrupted {where}: rerun the same command with --resume to continue") from None
     finally:
         progress.stop()
     adapter.save(str(out / MODEL), extra={"finetuned_by": "protobench finetune",

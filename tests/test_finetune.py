@@ -248,3 +248,22 @@ def test_family_without_training_support(tmp_path, image_folder, family):
     result = invoke("--ckpt", path, "--data", image_folder, "--out", tmp_path / "o")
     assert_one_line_error(result, f"adapter {family!r} cannot be fine-tuned", "training_loss", "ProtoPNet family")
     assert not (tmp_path / "o").exists()
+
+
+def test_every_command_in_the_compensation_doc_exists():
+    import importlib.util
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("finetune_ablation", root / "scripts" / "finetune_ablation.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    text = ((root / "docs" / "compensation.md").read_text() + (root / "README.md").read_text()).replace("\\\n", " ")
+    found = re.findall(r"protobench (finetune|evaluate)([^\n`]*)", text)
+    assert {name for name, _ in found} == {"finetune", "evaluate"}
+    for name in ("finetune", "evaluate"):
+        help_text = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "300"}).stdout
+        for option in {o for n, args in found if n == name for o in re.findall(r"(--[a-z][a-z-]*)", args)}:
+            assert option in help_text, f"the docs use protobench {name} {option}, which does not exist"
+    for run in re.findall(r"--runs ([a-z0-9 -]+?)\s+--", text)[0].split():
+        assert run in driver.RUNS
