@@ -267,3 +267,19 @@ def test_every_command_in_the_compensation_doc_exists():
             assert option in help_text, f"the docs use protobench {name} {option}, which does not exist"
     for run in re.findall(r"--runs ([a-z0-9 -]+?)\s+--", text)[0].split():
         assert run in driver.RUNS
+
+
+def test_progress_bar_shows_each_loss_term(tiny_ckpt, image_folder, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from protobench.progress import TrainProgress
+
+    stream = io.StringIO()
+    console = Console(file=stream, force_terminal=True, width=200)
+    finetune(config(tiny_ckpt, image_folder, tmp_path / "o", epochs=1), progress=TrainProgress(console))
+    text = stream.getvalue()
+    for needle in ("joint epoch 1/1", "ce ", "cluster ", "separation ", "align ", "loss ", "push: pushed 6",
+                   "last epoch 1/1"):
+        assert needle in text, needle
