@@ -214,10 +214,16 @@ class ProtoPNetAdapter(FamilyAdapter):
         return cls.model_class(cfg, identity=tensors.get("prototype_class_identity"))
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """CE + 0.8 cluster - 0.08 separation + 1e-4 L1, each term and the total as 'loss'."""
+        """CE + 0.8 cluster - 0.08 separation + 1e-4 L1, each term and the total as 'loss',
+        with the pass's 'maps' and 'logits'."""
         from protobench import train
 
         return train.training_loss(self.model, x, y)
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        m = self.model
+        return {"features": list(m.features.parameters()), "add_on": list(m.add_on_layers.parameters()),
+                "prototypes": [m.prototype_vectors], "last_layer": list(m.last_layer.parameters())}
 
     def push(self, loader) -> list:
         """Project each prototype onto its nearest training patch of its class (protobench.train.push)."""

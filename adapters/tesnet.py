@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from protobench.adapter import register_adapter
+from protobench.adapter import PrototypeAdapter, register_adapter
 from protobench.adapters.protopnet import ProtoPNet, ProtoPNetAdapter, ProtoPNetConfig
 from protobench.layers import full_precision
 
@@ -38,3 +38,9 @@ class TesNetAdapter(ProtoPNetAdapter):
     @staticmethod
     def similarity_name(cfg: ProtoPNetConfig) -> str:
         return "projection"
+
+    # TesNet trains with its own losses (orthogonality, subspace separation) and projects prototypes
+    # by projection, not by ProtoPNet's distance: none of ProtoPNet's training hooks apply
+    training_loss = PrototypeAdapter.training_loss
+    push = PrototypeAdapter.push
+    parameter_groups = PrototypeAdapter.parameter_groups

@@ -82,8 +82,17 @@ class PrototypeAdapter:
         return self.prototype_class_identity.device
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The family's own training loss on normalized images and labels: its terms and the total 'loss'."""
-        raise AdapterError(f"adapter {self.name!r} has no training loss: it cannot be trained or fine-tuned")
+        """The family's own training loss on normalized images and labels: its scalar terms and the
+        total 'loss'; optionally the same forward pass's 'maps' (B, P, h, w) and 'logits' (B, C),
+        which `protobench finetune` reuses (first pass of the alignment loss, training accuracy)."""
+        raise AdapterError(f"adapter {self.name!r} has no training loss: it cannot be trained or fine-tuned "
+                           "(protobench finetune supports the ProtoPNet family)")
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The trainable parameters by part, 'features', 'add_on', 'prototypes' and 'last_layer'
+        (each part gets its own learning rate when fine-tuning)."""
+        raise AdapterError(f"adapter {self.name!r} does not say which parameters are its backbone, prototypes "
+                           "and last layer: it cannot be fine-tuned (protobench finetune supports the ProtoPNet family)")
 
     def push(self, loader: Any) -> list:
         """Project prototypes onto training patches of their class; loader yields (x, y, index)."""

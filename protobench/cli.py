@@ -233,6 +233,75 @@ def convert(
                       f"{result['num_classes']} classes; outputs checked against the original)")
 
 
+@app.command()
+def finetune(
+    ckpt: Optional[Path] = typer.Option(None, help="Checkpoint to fine-tune (default: the built-in demo model)."),
+    adapter: str = typer.Option("auto", help="Model family (ProtoPNet family) or auto."),
+    data: Optional[str] = typer.Option(None, help="Training data: a dataset directory (its train split) or "
+                                                  "protoshapes:train (the default, with the demo model)."),
+    dataset: Optional[str] = typer.Option(None, help="cub, cars or imagefolder (default: detected from --data)."),
+    split: Optional[str] = typer.Option(None, help="Split to train on [train]; an ImageFolder has none."),
+    eval_data: Optional[str] = typer.Option(None, help="Evaluate before and after on this data, default protocol "
+                                                       "(default: the demo test split for the demo; none otherwise)."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate before and after fine-tuning."),
+    out: Optional[Path] = typer.Option(None, help="Output directory [protobench-results/finetune-<ckpt name>]."),
+    lambda_align: Optional[float] = typer.Option(None, help="Weight of the alignment loss (0: the family's loss "
+                                                           "only) [10; 3 with --align-adversarial]."),
+    align_loss: str = typer.Option("l1", help="l1 or l2."),
+    mask_aug: bool = typer.Option(True, "--mask-aug/--no-mask-aug", help="Masking augmentation (SPEC 4.2)."),
+    aug_prob: float = typer.Option(0.5, help="Probability of masking an image."),
+    align_adversarial: bool = typer.Option(False, "--align-adversarial", help="Perturb the outside of the mask "
+                                           "adversarially instead of blanking it (docs/compensation.md)."),
+    adv_steps: int = typer.Option(3, help="Sign-gradient steps that craft the adversarial outside."),
+    adv_eps: float = typer.Option(0.4, help="L-inf radius of the adversarial outside (normalized units)."),
+    epochs: int = typer.Option(3, help="Joint epochs (backbone, add-on, prototypes)."),
+    last_epochs: int = typer.Option(5, help="Last-layer epochs after push."),
+    lr_features: float = typer.Option(1e-4, help="Learning rate of the backbone."),
+    lr_add_on: float = typer.Option(3e-3, help="Learning rate of the add-on layers."),
+    lr_prototypes: float = typer.Option(3e-3, help="Learning rate of the prototypes."),
+    lr_last: float = typer.Option(1e-3, help="Learning rate of the last layer."),
+    weight_decay: float = typer.Option(1e-3, help="Adam weight decay of backbone and add-on."),
+    batch_size: int = typer.Option(32, help="Images per training step."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    seed: int = typer.Option(0, help="Seeds the batch order, the augmentation and the alignment draws."),
+    push: bool = typer.Option(True, "--push/--no-push", help="Project prototypes onto training patches."),
+    resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same options)."),
+    overwrite: bool = typer.Option(False, help="Replace the run already in --out."),
+    adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
+) -> None:
+    """Fine-tune a model to align its explanations (alignment loss, masking augmentation, push)."""
+    from protobench.finetune import FinetuneConfig
+    from protobench.finetune import finetune as run_finetune
+    from protobench.progress import RichProgress, TrainProgress
+    from protobench.trainer import TrainSettings
+
+    settings = TrainSettings(
+        lambda_align=lambda_align, align_loss=align_loss, adversarial=align_adversarial, adv_steps=adv_steps,
+        adv_eps=adv_eps, mask_aug=mask_aug, aug_prob=aug_prob, epochs=epochs, last_epochs=last_epochs, push=push,
+        lr_features=lr_features, lr_add_on=lr_add_on, lr_prototypes=lr_prototypes, lr_last=lr_last,
+        weight_decay=weight_decay, batch_size=batch_size, seed=seed)
+    cfg = FinetuneConfig(ckpt=str(ckpt) if ckpt else None, data=data, out=str(out) if out else None, adapter=adapter,
+                         adapter_options=parse_options(adapter_option), dataset=dataset, split=split,
+                         eval_data=eval_data, evaluate=evaluate, settings=settings, device=device, resume=resume,
+                         overwrite=overwrite)
+    with warnings_to_console():
+        result = run_library(run_finetune, cfg, TrainProgress(err_console), RichProgress(err_console))
+    if result["before"] is not None and result["after"] is not None:
+        out_console.print(before_after_table(result["before"], result["after"]))
+    out_console.print(f"wrote {result['model']} (train_log.csv beside it)")
+
+
+def before_after_table(before: dict[str, Any], after: dict[str, Any]) -> Table:
+    from protobench.finetune import side_by_side
+
+    table = Table(title=f"protobench finetune: before and after ({after['images']} images, lower = better aligned)")
+    for col in ("metric", "before", "after", "change"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for label, old, new, change in side_by_side(before, after):
+        table.add_row(label, f"{old:.2f}", f"{new:.2f}", f"{change:+.2f}")
+    return table
+
+
 demo_app = typer.Typer(help="The built-in demo: ProtoShapes data and a small ProtoPNet trained on it.")
 app.add_typer(demo_app, name="demo")
 

@@ -71,7 +71,9 @@ def alignment_loss(maps_fn: MapsFn, x: torch.Tensor, y: torch.Tensor, identity: 
         maps: the first pass's maps of x, if the caller already has them (detached here).
         adversarial: None for the paper's method (outside = 0, the mean colour), or
             {"eps", "steps", "bounds", "crafter"} for the adversarial variant, where
-            `crafter` (default maps_fn) is the maps function used to craft the perturbation.
+            `crafter` (default maps_fn) is the maps function used to craft the perturbation
+            (e.g. the model in eval mode, so crafting leaves batch-norm statistics alone); a
+            crafter other than maps_fn crafts against its own maps of x, not against `maps`.
     """
     size = x.shape[-1]
     protos = pick_class_prototypes(identity, y, generator)
@@ -85,7 +87,11 @@ def alignment_loss(maps_fn: MapsFn, x: torch.Tensor, y: torch.Tensor, identity: 
         x_tilde = (x * m_img).detach()
     else:
         crafter = adversarial.get("crafter", maps_fn)
-        x_tilde = adversarial_outside(crafter, x, m_img, protos, s, m_act, eps=adversarial["eps"],
+        reference = s
+        if crafter is not maps_fn:  # e.g. the model in eval mode: compare it with itself, not with training mode
+            with torch.no_grad():
+                reference = crafter(x)[batch, protos].float()
+        x_tilde = adversarial_outside(crafter, x, m_img, protos, reference, m_act, eps=adversarial["eps"],
                                       steps=adversarial["steps"], generator=generator,
                                       bounds=adversarial.get("bounds"), kind=kind)
     s_tilde = maps_fn(x_tilde)[batch, protos].float()
@@ -117,10 +123,10 @@ def masking_augmentation(x: torch.Tensor, generator: torch.Generator, prob: floa
     fill = randint(0, 3, (b, max_rects))
     used = apply[:, None] & (torch.arange(max_rects, device=dev)[None] < count[:, None])
     fill = torch.where(used, fill, -1)
-    noise = torch.rand(x.shape, generator=generator, device=dev)
     ar = torch.arange(size, device=dev)
     out = x.clone()
     for k in range(max_rects):  # a loop over the (at most 5) rectangle slots, never over images
+        noise = torch.rand(x.shape, generator=generator, device=dev)  # fresh per rectangle, as if drawn one by one
         rows = (ar >= top[:, k, None]) & (ar < (top + h)[:, k, None])  # (B, S)
         cols = (ar >= left[:, k, None]) & (ar < (left + w)[:, k, None])
         inside = (rows[:, :, None] & cols[:, None, :] & used[:, k, None, None])[:, None]  # (B, 1, S, S)

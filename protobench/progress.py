@@ -62,3 +62,38 @@ class RichProgress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+class TrainProgress:
+    """Fine-tuning progress: one bar per epoch with the running mean of each loss term; off a
+    terminal, one plain line per finished epoch."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.bar: Progress | None = None
+
+    def start(self, total: int, description: str) -> None:
+        if self.console.is_terminal:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[terms]}"), TimeRemainingColumn(), console=self.console)
+            self.task = self.bar.add_task(description, total=total, terms="")
+            self.bar.start()
+
+    def update(self, done: int, terms: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, terms=format_terms(terms))
+
+    def end(self, row: dict) -> None:
+        self.stop()
+        label = f"{row['phase']} epoch {row['epoch'] + 1}" if row["phase"] != "push" else "push"
+        values = {k: v for k, v in row.items() if k not in ("phase", "epoch") and isinstance(v, (int, float))}
+        self.console.print(f"{label}: {format_terms(values)}", highlight=False)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def format_terms(terms: dict[str, float]) -> str:
+    return "  ".join(f"{name} {value:.4g}" for name, value in terms.items() if math.isfinite(value))

@@ -46,13 +46,21 @@ def loss_terms(min_d: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, ident
 
 def training_loss(model: ProtoPNet, x: torch.Tensor, y: torch.Tensor,
                   weights: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
-    """One forward pass of `model` on normalized images x and ProtoPNet's loss terms."""
+    """One forward pass of `model` on normalized images x: ProtoPNet's loss terms, plus the
+    pass's similarity 'maps' (B, P, h, w) and 'logits' (B, C) (finetune's alignment loss
+    reuses the maps as its first pass)."""
     d = model.distances(model.conv_features(x))
     min_d = d.amin(dim=(2, 3))
     logits = model.last_layer(model.similarity(min_d))
     p = model.prototype_vectors
     max_dist = float(p.shape[1] * p.shape[2] * p.shape[3])
-    return loss_terms(min_d, logits, y, model.prototype_class_identity, model.last_layer.weight, max_dist, weights)
+    terms = loss_terms(min_d, logits, y, model.prototype_class_identity, model.last_layer.weight, max_dist, weights)
+    return {**terms, "maps": model.similarity(d), "logits": logits}
+
+
+def scalar_terms(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The loss terms of a training_loss result as floats (its 'maps' and 'logits' left out)."""
+    return {name: float(value.detach()) for name, value in terms.items() if value.dim() == 0}
 
 
 @torch.no_grad()
@@ -121,8 +129,8 @@ def _epoch(model: ProtoPNet, loader, optimizer, phase: str, epoch: int, log: Log
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + float(value.detach()) * len(y)
+        for name, value in scalar_terms(terms).items():
+            sums[name] = sums.get(name, 0.0) + value * len(y)
         seen += len(y)
     if log is not None:
         log({"phase": phase, "epoch": epoch, **{name: total / seen for name, total in sums.items()}})

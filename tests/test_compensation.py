@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from protobench.compensation import (activation_masks, alignment_loss, masked_distance, masking_augmentation,
-                                     pick_class_prototypes)
+from protobench.compensation import (activation_masks, adversarial_outside, alignment_loss, masked_distance,
+                                     masking_augmentation, pick_class_prototypes)
 
 
 class PointwiseMaps(nn.Module):
@@ -124,3 +124,38 @@ def test_masking_is_seeded():
     a, _ = masking_augmentation(x, torch.Generator().manual_seed(9))
     b, _ = masking_augmentation(x, torch.Generator().manual_seed(9))
     assert torch.equal(a, b)
+
+
+def test_adversarial_outside_keeps_the_inside_bit_for_bit_and_stays_in_the_ball():
+    model = BlurMaps()
+    x = torch.rand(4, 3, 16, 16) * 2.5 - 1  # valid images: inside the bounds below
+    m_img = torch.zeros(4, 1, 16, 16)
+    m_img[:, :, 4:9, 5:11] = 1  # the activation region: never changed
+    s = model(x)[:, 0].detach()
+    m_act = torch.ones(4, 16, 16)
+    bounds = (torch.full((1, 3, 1, 1), -1.0), torch.full((1, 3, 1, 1), 1.5))
+    out = adversarial_outside(model, x, m_img, torch.zeros(4, dtype=torch.long), s, m_act, eps=0.3, steps=3,
+                              generator=torch.Generator().manual_seed(0), bounds=bounds)
+    inside = m_img.expand_as(x) > 0
+    assert torch.equal(out[inside], x[inside])
+    outside = ~inside
+    assert ((out - x).abs()[outside] <= 0.3 + 1e-6).all()
+    assert (out[outside] >= -1.0).all() and (out[outside] <= 1.5).all()
+    # the steps use the budget: a random start alone moves pixels by eps/2 on average
+    assert (out - x).abs()[outside].mean() > 0.7 * 0.3
+
+
+def test_adversarial_crafter_is_compared_with_its_own_maps_of_x():
+    """A crafter that differs from the training forward (e.g. eval mode) crafts against its own maps of
+    x: with an outside that cannot move the maps, the crafted images stay where the random start put them."""
+    class Shifted(PointwiseMaps):
+        def forward(self, x):
+            return super().forward(x) + 0.5  # a constant offset, as a change of batch-norm statistics gives
+
+    model = PointwiseMaps()
+    crafter = Shifted()
+    crafter.load_state_dict(model.state_dict())
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1])
+    loss = alignment_loss(model, x, y, IDENTITY, torch.Generator().manual_seed(0),
+                          adversarial={"eps": 0.4, "steps": 2, "crafter": crafter})
+    assert loss.item() == 0.0  # pointwise maps: nothing outside the mask reaches the masked map values

@@ -142,3 +142,13 @@ def test_adapters_without_training_support_say_so():
         bare.training_loss(torch.zeros(1, 3, 8, 8), torch.tensor([0]))
     with pytest.raises(AdapterError, match="cannot push"):
         bare.push([])
+
+
+def test_training_loss_returns_the_maps_and_logits_of_its_forward(tiny_adapter):
+    x, y = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        terms = tiny_adapter.training_loss(x, y)  # eval mode: the same batch-norm statistics as adapter(x)
+        maps, logits = tiny_adapter(x)
+    assert torch.allclose(terms["maps"], maps, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(terms["logits"], logits, rtol=1e-5, atol=1e-6)
+    assert terms["ce"].item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)

@@ -1,0 +1,97 @@
+"""The fine-tuning plan with a checkpoint after every epoch, and continuing from one.
+
+checkpoint.pt holds the model's state dict, the optimizer's and the scheduler's, the phase
+the optimizer belongs to, how many plan steps are done and the log so far. It is replaced
+atomically after each step, so a kill at any moment leaves the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from protobench.files import atomic_path
+from protobench.trainer import Progress, TrainSettings, batches, make_optimizer, plan, run_epoch
+
+STATE, LOG = "checkpoint.pt", "train_log.csv"
+
+
+def save_state(path: Path, adapter, optimizer, scheduler, phase: str | None, done: int, log: list[dict]) -> None:
+    state = {"model": adapter.model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+             "scheduler": scheduler.state_dict() if scheduler else None, "phase": phase, "done": done,
+             "log": json.dumps(log)}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path, device) -> dict[str, Any]:
+    from protobench.errors import ProtobenchError
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # a damaged file can fail in many ways inside torch.load
+        raise ProtobenchError(f"cannot read {path} ({err}): use --overwrite to start again") from None
+    state["log"] = json.loads(state["log"])
+    return state
+
+
+def write_log(path: Path, log: list[dict]) -> None:
+    import pandas as pd
+
+    from protobench.results import write_csv
+
+    write_csv(path, pd.DataFrame(log))
+
+
+def fit(adapter, data, s: TrainSettings, out: Path, progress: Progress, state: dict[str, Any] | None = None,
+        workers: int = 0) -> list[dict]:
+    """Run the plan's remaining steps (all of them without `state`), checkpointing after each;
+    returns the log, one row per step. The model ends in eval mode with every parameter trainable."""
+    from protobench.attack import image_bounds
+
+    steps = plan(s)
+    done, log, optimizer, scheduler, current = 0, [], None, None, None
+    if state is not None:
+        adapter.model.load_state_dict(state["model"])
+        done, log = state["done"], state["log"]
+    bounds = image_bounds(adapter.info.mean, adapter.info.std, adapter.device)
+    counts = {phase: sum(p == phase for p, _ in steps) for phase, _ in steps}
+    for k in range(done, len(steps)):
+        phase, epoch = steps[k]
+        started = time.perf_counter()
+        if phase == "push":
+            where = adapter.push(batches(data, list(torch.arange(len(data)).split(s.batch_size)), adapter.device,
+                                         workers))
+            row = {"pushed": sum(w is not None for w in where)}
+        else:
+            if phase != current:
+                optimizer, scheduler = phase_optimizer(adapter, s, phase, state if k == done else None)
+                current = phase
+            row = run_epoch(adapter, data, s, k, phase, optimizer, bounds, progress,
+                            f"{phase} epoch {epoch + 1}/{counts[phase]}", workers)
+            if scheduler is not None:
+                scheduler.step()
+        log.append({"phase": phase, "epoch": epoch, **row, "seconds": round(time.perf_counter() - started, 3)})
+        save_state(out / STATE, adapter, optimizer, scheduler, current, k + 1, log)
+        write_log(out / LOG, log)
+        progress.end(log[-1])
+    for param in adapter.model.parameters():
+        param.requires_grad_(True)
+    adapter.model.eval()
+    return log
+
+
+def phase_optimizer(adapter, s: TrainSettings, phase: str, state: dict[str, Any] | None):
+    """The phase's optimizer (and StepLR for the joint phase), continued from `state` when the
+    checkpoint was taken in the middle of this phase."""
+    optimizer = make_optimizer(adapter, s, phase)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, s.step_size, s.gamma) if phase == "joint" else None
+    if state is not None and state["phase"] == phase:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+    return optimizer, scheduler
