@@ -35,7 +35,7 @@ class EvaluateConfig:
     ckpt: str
     data: str
     out: str
-    adapter: str = "protopnet"
+    adapter: str = "auto"  # a registry name, pkg.module:Class, or auto (told from the checkpoint)
     adapter_options: dict[str, Any] = field(default_factory=dict)
     protocol: Protocol = field(default_factory=Protocol)
     batch_size: int | None = None  # None: benchmark.auto_batch_size (32 CPU, 256 GPU with back-off)
