@@ -48,6 +48,21 @@ def test_undecodable_image_with_markup_in_its_path_is_warned_and_logged(tmp_path
     assert json.loads((out / "meta.json").read_text())["skipped_images"] == [bad]
 
 
+def test_a_batch_is_logged_before_its_warnings_are_printed(tmp_path, tiny_ckpt, image_folder, monkeypatch):
+    """Whatever printing a warning does, the batch is already in the partial log: --resume keeps it."""
+    from protobench import evaluate as ev
+    from protobench import resume as runstate
+
+    (tmp_path / "data" / "class0" / "broken.png").write_bytes(b"no")
+    monkeypatch.setattr(ev, "report_skipped", lambda indices, *a: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if indices else None)
+    out = tmp_path / "o"
+    assert invoke("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", out, "--steps", 1,
+                  "--batch-size", 13).exit_code == 130
+    records, skipped = runstate.read_partial(out)
+    assert len(records) == 12 and len(skipped) == 1
+
+
 def test_model_names_in_tables_and_messages(tmp_path, tiny_ckpt, image_folder):
     marked = tmp_path / "[red]m[-red].safetensors"
     shutil.copy(tiny_ckpt, marked)
