@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from typing import Iterator
 from protobench.errors import OutputError
 
 TRACEBACK_FILE = "protobench-traceback.txt"  # where the CLI saves the traceback of a bug, in --out
+FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: the place is fine, the space is not
 
 
 def _default_mode() -> int:
@@ -27,7 +29,8 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         yield
     except OSError as err:
         reason = err.strerror or str(err) or type(err).__name__
-        raise OutputError(f"cannot write {path}: {reason}; choose a writable location") from None
+        todo = "free some space or choose another location" if err.errno in FULL else "choose a writable location"
+        raise OutputError(f"cannot write {path}: {reason}; {todo}") from None
 
 
 def check_writable_dir(path: str | os.PathLike) -> None:

@@ -82,8 +82,8 @@ def test_a_full_disk_mid_run_keeps_what_was_done(tmp_path, tiny_ckpt, image_fold
 
     monkeypatch.setattr(runstate.os, "fsync", fsync)
     result = invoke(*args, "--out", cut)
-    assert_error_after_progress(result, "cannot write", "No space left on device", "4 of 12 images are kept",
-                                "--resume")
+    assert_error_after_progress(result, "cannot write", "No space left on device", "free some space",
+                                "4 of 12 images are kept", "--resume")
     assert result.exit_code == 2
     monkeypatch.undo()
     assert len(runstate.read_partial(cut)[0]) >= 4  # the first batch is kept
