@@ -2,6 +2,7 @@
 
 import errno
 import os
+import tempfile
 
 import pytest
 import torch
@@ -125,10 +126,7 @@ def test_a_bug_without_an_output_directory_goes_to_a_temporary_file(tmp_path, mo
     from protobench import compare
 
     monkeypatch.setattr(compare, "compare", lambda *a: {}["boom"])
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     result = invoke("compare", tmp_path, tmp_path)
     assert_one_line_error(result, "KeyError", str(tmp_path / "protobench-traceback-"))
     assert result.exit_code == 3
@@ -139,6 +137,7 @@ def test_running_out_of_memory_is_not_called_a_bug(tmp_path, tiny_ckpt, image_fo
     from protobench import evaluate as ev
 
     monkeypatch.setattr(ev, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its traceback file goes here, not to /tmp
     result = invoke("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "o")
     assert_one_line_error(result, "out of memory (MemoryError)", "--batch-size")
     assert result.exit_code == 2
