@@ -8,10 +8,14 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from protobench import attack, metrics, rng
+from protobench import attack, metrics, options, rng
 from protobench.adapter import PrototypeAdapter
 from protobench.layers import tf32
 from protobench.regions import default_margin, protected_mask
+
+# Upper bounds of the attack's options. Normalized images span about 5 units, so a radius of
+# 100 already leaves nothing unreachable, while 1e30 (with --no-clip) overflows the model to NaN.
+MAX_RADIUS, MAX_STEPS, MAX_MARGIN = 100.0, 1_000_000, 100_000
 
 PROTOCOLS = {
     "default": {},  # pgd, clipped to the valid image range
@@ -36,17 +40,22 @@ class Protocol:
     @classmethod
     def make(cls, name: str = "default", **overrides: Any) -> Protocol:
         """A named protocol with the given fields overridden (None means: keep the protocol's)."""
-        if name not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {name!r}: use {' or '.join(PROTOCOLS)}")
+        options.choice("protocol", name, tuple(PROTOCOLS))
         proto = replace(cls(name=name), **PROTOCOLS[name])
         proto = replace(proto, **{k: v for k, v in overrides.items() if v is not None})
-        if proto.attack not in ("pgd", "noise"):
-            raise ValueError(f"unknown attack {proto.attack!r}: use 'pgd' or 'noise'")
-        if proto.select not in ("top-proto", "gt-protos"):
-            raise ValueError(f"unknown selection {proto.select!r}: use 'top-proto' or 'gt-protos'")
-        if proto.eps < 0 or proto.step < 0 or proto.steps < 0:
-            raise ValueError("--eps, --step and --steps must not be negative")
+        proto.check()
         return proto
+
+    def check(self) -> None:
+        """OptionError unless every field is in its range (a NaN eps would make every PAC NaN)."""
+        options.choice("protocol", self.name, tuple(PROTOCOLS))
+        options.choice("attack", self.attack, ("pgd", "noise"))
+        options.choice("selection", self.select, ("top-proto", "gt-protos"))
+        options.number("--eps", self.eps, 0, MAX_RADIUS)
+        options.number("--step", self.step, 0, MAX_RADIUS)
+        options.integer("--steps", self.steps, 0, MAX_STEPS)
+        options.optional_integer("--margin", self.margin, 0, MAX_MARGIN)
+        options.integer("--seed", self.seed, 0, options.SEED_MAX)
 
     def resolved(self, size: int) -> dict[str, Any]:
         """The protocol as recorded in meta.json, with the margin worked out for this image size."""
@@ -92,8 +101,7 @@ class Runtime:
         """Defaults per device: fixed chunks of 8 on the CPU; whole batches, channels-last on GPUs."""
         base = cls(chunk=8) if device.type == "cpu" else cls(channels_last=True)
         runtime = replace(base, **{k: v for k, v in overrides.items() if v is not None})
-        if runtime.precision not in AUTOCAST_DTYPES:
-            raise ValueError(f"unknown precision {runtime.precision!r}: use fp32, tf32, bf16 or fp16")
+        options.choice("precision", runtime.precision, tuple(AUTOCAST_DTYPES))
         return runtime
 
 

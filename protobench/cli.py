@@ -5,37 +5,18 @@ torch is imported inside the commands, so `protobench --help` and `protobench ad
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
+
+from protobench.console import err_console, fail, line, out_console, run_library, say, warnings_to_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="Benchmark the spatial alignment of prototype networks' explanations (PLC / PAC / PRC).")
-out_console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def run_library(fn, *args, **kwargs):
-    """Call into the library; turn its user-facing errors into one red line and an exit code."""
-    from protobench.errors import ProtobenchError
-
-    try:
-        return fn(*args, **kwargs)
-    except ProtobenchError as err:
-        fail(str(err), err.exit_code)
-    except ValueError as err:  # bad option values found by the library
-        fail(str(err))
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
+                  help="Benchmark the spatial alignment of prototype networks' explanations (PLC / PAC / PRC). "
+                       "Exit codes: 0 done; 1 the run finished but a model failed or compare found a "
+                       "regression; 2 bad input, option or output location; 3 a bug (traceback saved to a "
+                       "file); 130 interrupted.")
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -49,23 +30,9 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
             fail(f"--adapter-option wants key=value, got {pair!r}")
         try:
             options[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             options[key] = value
     return options
-
-
-def summary_table(summary: dict[str, Any]) -> Table:
-    table = Table(title=f"protobench: {summary['model']} ({summary['images']} images)")
-    for col in ("metric", "mean", "std", "95% CI", "n"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for name, label in (("PLC", "PLC (location change, %)"), ("PAC", "PAC (activation change, %)"),
-                        ("PRC", "PRC (rank change)")):
-        table.add_row(label, f"{summary[f'{name}_mean']:.2f}", f"{summary[f'{name}_std']:.2f}",
-                      f"[{summary[f'{name}_ci_low']:.2f}, {summary[f'{name}_ci_high']:.2f}]",
-                      str(summary[f"{name}_n"]))
-    table.add_row("accuracy before / after (%)", f"{summary['acc_before']:.1f} / {summary['acc_after']:.1f}", "", "", "")
-    table.add_row("AC (accuracy change, points)", f"{summary['AC']:.1f}", "", "", "")
-    return table
 
 
 @app.command()
@@ -109,16 +76,17 @@ def evaluate(
     from protobench.evaluate import EvaluateConfig
     from protobench.evaluate import evaluate as run_evaluate
     from protobench.progress import RichProgress
+    from protobench.report import summary_table
     from protobench.sweep import evaluate_models, pair_adapters
 
+    proto = run_library(Protocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
+                        margin=margin, clip=clip, seed=seed)
     if not ckpt and (data is None or str(data).partition(":")[0] == DEMO_DATA):  # the built-in demo
         ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
         out = out or Path("protobench-results") / "demo"
     if not ckpt or data is None:
         fail("give both --ckpt and --data, or neither to run the built-in demo")
     models = run_library(pair_adapters, [str(c) for c in ckpt], adapter, "auto")
-    proto = run_library(Protocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
-                        margin=margin, clip=clip, seed=seed)
     default_out = Path("protobench-results") / (ckpt[0].stem if len(ckpt) == 1 else "models")
     cfg = EvaluateConfig(
         ckpt=models[0][0], data=str(data), out=str(out or default_out), adapter=models[0][1],
@@ -128,51 +96,28 @@ def evaluate(
     )
     with warnings_to_console():
         if len(models) > 1:
-            result = run_library(evaluate_models, cfg, models, RichProgress(err_console))
+            result = run_library(evaluate_models, cfg, models, RichProgress(err_console), trace_dir=cfg.out)
             return report_models(result) if result is not None else None
-        result = run_library(run_evaluate, cfg, RichProgress(err_console))
+        result = run_library(run_evaluate, cfg, RichProgress(err_console), trace_dir=cfg.out)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
     summary = result["summary"]
     out_console.print(summary_table(summary))
     if summary["zero_grad_images"]:
-        err_console.print(f"[yellow]warning:[/] the pgd gradient was exactly zero on the attackable pixels for "
-                          f"{summary['zero_grad_images']} images at some step (see zero_grad in per_image.csv)")
-    if result["meta"]["skipped_images"]:
-        err_console.print(f"[yellow]warning:[/] {len(result['meta']['skipped_images'])} images did not decode and "
-                          "were skipped (listed in meta.json, skipped_images)")
-    out_console.print(f"results written to {result['out']}/ (per_image.csv, summary.csv, meta.json)")
-
-
-@contextmanager
-def warnings_to_console():
-    """Library warnings (e.g. a skipped image) as yellow lines, each one shown."""
-    import warnings
-
-    from protobench.errors import ProtobenchWarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", ProtobenchWarning)
-        warnings.showwarning = show
-        yield
+        line("warning", "yellow", f"the pgd gradient was exactly zero on the attackable pixels for "
+                                  f"{summary['zero_grad_images']} images at some step (see zero_grad in per_image.csv)")
+    if result["meta"].get("skipped_images"):
+        line("warning", "yellow", f"{len(result['meta']['skipped_images'])} images did not decode and were skipped "
+                                  "(listed in meta.json, skipped_images)")
+    say(f"results written to {result['out']}/ (per_image.csv, summary.csv, meta.json)")
 
 
 def report_models(result: dict[str, Any]) -> None:
     """One line per model; exit 1 when any model failed (its row in summary.csv says why)."""
-    table = Table(title=f"protobench: {len(result['summaries'])} models")
-    for col in ("model", "PLC", "PAC", "PRC", "acc before / after", "AC", "error"):
-        table.add_column(col, justify="left" if col in ("model", "error") else "right")
-    for row in result["summaries"]:
-        if row.get("error"):
-            table.add_row(row["model"], "", "", "", "", "", f"[red]{row['error']}[/]")
-        else:
-            table.add_row(row["model"], *(f"{row[f'{m}_mean']:.2f}" for m in ("PLC", "PAC", "PRC")),
-                          f"{row['acc_before']:.1f} / {row['acc_after']:.1f}", f"{row['AC']:.1f}", "")
-    out_console.print(table)
-    out_console.print(f"results written to {result['out']}/ (summary.csv, meta.json, one folder per model)")
+    from protobench.report import models_table
+
+    out_console.print(models_table(result["summaries"]))
+    say(f"results written to {result['out']}/ (summary.csv, meta.json, one folder per model)")
     if result["failed"]:
         fail(f"{result['failed']} of {len(result['summaries'])} models failed: see the error column "
              f"of {result['out']}/summary.csv", 1)
@@ -189,32 +134,19 @@ def compare(
 ) -> None:
     """Exit 0 if no metric of NEW is worse than BASE by more than its tolerance, 1 if one is, 2 if unusable."""
     from protobench import compare as cmp
+    from protobench.report import compare_table
 
     if format not in ("table", "markdown"):
         fail(f"unknown --format {format!r}: use table or markdown")
     tolerances = run_library(cmp.parse_tolerances, tol)
     table, notes = run_library(cmp.compare, str(base), str(new), tolerances, force)
     if format == "markdown":
-        print(cmp.to_markdown(table, notes), end="")
+        text = cmp.to_markdown(table, notes)
+        print(text.encode("utf-8", "backslashreplace").decode("utf-8"), end="")
     else:
         out_console.print(compare_table(table, notes))
     if cmp.regressions(table):
         raise typer.Exit(1)
-
-
-def compare_table(table, notes: list[str]) -> Table:
-    from protobench.compare import fmt, regressions
-
-    failed = regressions(table)
-    verdict = f"[red]{failed} regression(s)[/]" if failed else "[green]no regression[/]"
-    out = Table(title=f"protobench compare: {verdict}", caption="\n".join(notes) or None)
-    for col in ("model", "metric", "base", "new", "delta", "tolerance", "status"):
-        out.add_column(col, justify="left" if col in ("model", "metric", "status") else "right")
-    for r in table.to_dict("records"):
-        status = "[red]FAIL[/]" if r["status"] == "FAIL" else r["status"]
-        out.add_row(r["model"], r["metric"], fmt(r["base"]), fmt(r["new"]), fmt(r["delta"], signed=True),
-                    fmt(r["tolerance"]), status)
-    return out
 
 
 @app.command()
@@ -229,8 +161,8 @@ def convert(
     from protobench.convert import convert as run_convert
 
     result = run_library(run_convert, str(src), str(out), adapter, parse_options(adapter_option), overwrite)
-    out_console.print(f"wrote {result['out']} ({result['adapter']}: {result['num_prototypes']} prototypes, "
-                      f"{result['num_classes']} classes; outputs checked against the original)")
+    say(f"wrote {result['out']} ({result['adapter']}: {result['num_prototypes']} prototypes, "
+        f"{result['num_classes']} classes; outputs checked against the original)")
 
 
 @app.command()
@@ -285,21 +217,13 @@ def finetune(
                          eval_data=eval_data, evaluate=evaluate, settings=settings, device=device, resume=resume,
                          overwrite=overwrite)
     with warnings_to_console():
-        result = run_library(run_finetune, cfg, TrainProgress(err_console), RichProgress(err_console))
+        result = run_library(run_finetune, cfg, TrainProgress(err_console), RichProgress(err_console),
+                             trace_dir=out)
     if result["before"] is not None and result["after"] is not None:
+        from protobench.report import before_after_table
+
         out_console.print(before_after_table(result["before"], result["after"]))
-    out_console.print(f"wrote {result['model']} (train_log.csv beside it)")
-
-
-def before_after_table(before: dict[str, Any], after: dict[str, Any]) -> Table:
-    from protobench.finetune import side_by_side
-
-    table = Table(title=f"protobench finetune: before and after ({after['images']} images, lower = better aligned)")
-    for col in ("metric", "before", "after", "change"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for label, old, new, change in side_by_side(before, after):
-        table.add_row(label, f"{old:.2f}", f"{new:.2f}", f"{change:+.2f}")
-    return table
+    say(f"wrote {result['model']} (train_log.csv beside it)")
 
 
 demo_app = typer.Typer(help="The built-in demo: ProtoShapes data and a small ProtoPNet trained on it.")
@@ -314,22 +238,26 @@ def demo_export(
 ) -> None:
     """Write ProtoShapes images to disk (ImageFolder layout) to look at them or evaluate them as files."""
     from protobench.demo.shapes import export
+    from protobench.files import writing
 
-    count = run_library(export, directory, split, n)
-    out_console.print(f"wrote {count} {split} images to {directory}/<class>/")
+    if n is not None and n < 1:
+        fail(f"--n must be a whole number >= 1, got {n}")
+
+    def write() -> int:
+        with writing(directory):
+            return export(directory, split, n)
+
+    count = run_library(write)
+    say(f"wrote {count} {split} images to {directory}/<class>/")
 
 
 @app.command()
 def adapters() -> None:
     """List the model families protobench can load."""
     from protobench.adapter import available_adapters
+    from protobench.report import adapters_table
 
-    table = Table(title="adapters")
-    table.add_column("name")
-    table.add_column("family")
-    for name, desc in sorted(available_adapters().items()):
-        table.add_row(name, desc)
-    out_console.print(table)
+    out_console.print(adapters_table(run_library(available_adapters)))
 
 
 def main() -> None:

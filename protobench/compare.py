@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from protobench.errors import ProtobenchError
+from protobench.errors import OptionError, ProtobenchError
+from protobench.resume import json_kind
 
 # metric name -> (summary.csv column, default tolerance, higher is worse)
 METRICS: dict[str, tuple[str, float, bool]] = {
@@ -29,6 +30,7 @@ METRICS: dict[str, tuple[str, float, bool]] = {
 }
 COMPARABLE = ("protocol", "dataset_fingerprint", "dataset_kind", "split", "limit")
 TABLE_COLUMNS = ["model", "metric", "base", "new", "delta", "tolerance", "status"]
+MAX_INPUT_BYTES = 64 * 2**20  # a summary of thousands of models is under 5 MiB; refuse to load a huge file
 
 
 class NotComparable(ProtobenchError):
@@ -52,13 +54,13 @@ def parse_tolerances(pairs: Sequence[str]) -> dict[str, float]:
         name, sep, value = pair.partition("=")
         names = ["acc_before", "acc_after"] if name == "acc" else [name]
         if not sep or any(n not in METRICS for n in names):
-            raise ValueError(f"--tol wants METRIC=VALUE with METRIC one of {', '.join(METRICS)}, acc; got {pair!r}")
+            raise OptionError(f"--tol wants METRIC=VALUE with METRIC one of {', '.join(METRICS)}, acc; got {pair!r}")
         try:
             number = float(value)
         except ValueError:
-            raise ValueError(f"--tol {pair!r}: {value!r} is not a number") from None
-        if not number >= 0:
-            raise ValueError(f"--tol {pair!r}: a tolerance must be zero or positive")
+            raise OptionError(f"--tol {pair!r}: {value!r} is not a number") from None
+        if not (math.isfinite(number) and number >= 0):
+            raise OptionError(f"--tol {pair!r}: a tolerance must be a finite number, zero or positive")
         tol.update({n: number for n in names})
     return tol
 
@@ -83,10 +85,12 @@ def compare_rows(model: str, base: dict[str, Any], new: dict[str, Any], tol: dic
 
 
 def _number(value: Any) -> float:
+    """A metric value; NaN when it is missing, not a number, or infinite (no metric can be)."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return float("nan")
+    return number if math.isfinite(number) else float("nan")
 
 
 def compare(base_path: str, new_path: str, tolerances: dict[str, float],
@@ -120,10 +124,11 @@ def load(path: str, force: bool) -> list[Entry]:
     summary_path = p / "summary.csv" if p.is_dir() else p
     if not summary_path.is_file():
         raise NotComparable(f"{path}: no such result directory or summary CSV")
+    _check_size(summary_path)
     try:
         frame = pd.read_csv(summary_path)
     except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise NotComparable(f"{summary_path} is not a readable CSV ({err})") from err
+        raise NotComparable(f"{summary_path} is not a readable CSV ({' '.join(str(err).split())})") from None
     missing = [c for c in ["model", *(col for col, _, _ in METRICS.values())] if c not in frame.columns]
     if missing or frame.empty:
         raise NotComparable(f"{summary_path} is not a protobench summary (empty, or no {', '.join(missing)} column)")
@@ -131,6 +136,11 @@ def load(path: str, force: bool) -> list[Entry]:
     if meta is None and not force:
         raise NotComparable(f"no meta.json beside {summary_path}: cannot check that both runs used the same "
                             "protocol and dataset; pass --force to compare anyway")
+    counts = frame["model"].astype(str).value_counts()
+    repeated = sorted(counts[counts > 1].index)
+    if repeated:
+        raise NotComparable(f"{summary_path} names a model more than once ({', '.join(repeated[:3])}): "
+                            "not a protobench summary")
     entries = []
     for row in frame.to_dict("records"):
         model = str(row["model"])
@@ -142,17 +152,34 @@ def _model_meta(meta: dict | None, model: str, root: Path, rows: int) -> dict | 
     """A multi-model run keeps each model's meta.json in its folder; a single run has one beside the CSV."""
     if meta is None or "models" not in meta:
         return meta if rows == 1 else None
-    folder = next((m.get("dir", model) for m in meta["models"] if m.get("model") == model), model)
+    models = meta["models"]
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise NotComparable(f"{root / 'meta.json'}: 'models' is not a list of objects (damaged file)")
+    folder = next((m.get("dir", model) for m in models if m.get("model") == model), model)
+    if not isinstance(folder, str) or Path(folder).name != folder or folder in ("", ".", ".."):
+        raise NotComparable(f"{root / 'meta.json'}: {folder!r} is not a model folder name (damaged file)")
     return _read_json(root / folder / "meta.json")
 
 
 def _read_json(path: Path) -> dict | None:
+    """A meta.json as a dict; None if there is none; NotComparable if it is damaged or not an object."""
     if not path.is_file():
         return None
+    _check_size(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise NotComparable(f"{path} is not readable JSON ({err})") from err
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise NotComparable(f"{path} is not readable JSON ({type(err).__name__})") from None
+    if not isinstance(data, dict):
+        raise NotComparable(f"{path} is not a protobench meta.json (a JSON {json_kind(data)}, not an object)")
+    return data
+
+
+def _check_size(path: Path) -> None:
+    size = path.stat().st_size
+    if size > MAX_INPUT_BYTES:
+        raise NotComparable(f"{path} is {size / 2**20:.0f} MiB: not a protobench result file "
+                            f"(they are under {MAX_INPUT_BYTES // 2**20} MiB)")
 
 
 def pair(base: list[Entry], new: list[Entry], notes: list[str]) -> list[tuple[Entry, Entry]]:
@@ -192,10 +219,15 @@ def to_markdown(table: pd.DataFrame, notes: list[str]) -> str:
              "|---|---|---:|---:|---:|---:|---|"]
     for r in table.to_dict("records"):
         status = "**FAIL**" if r["status"] == "FAIL" else r["status"]
-        lines.append(f"| {r['model']} | {r['metric']} | {fmt(r['base'])} | {fmt(r['new'])} | "
+        lines.append(f"| {_cell(r['model'])} | {r['metric']} | {fmt(r['base'])} | {fmt(r['new'])} | "
                      f"{fmt(r['delta'], signed=True)} | {fmt(r['tolerance'])} | {status} |")
-    lines += [""] + [f"- {note}" for note in notes] if notes else []
+    lines += [""] + [f"- {' '.join(note.split())}" for note in notes] if notes else []
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: Any) -> str:
+    """A model name as one markdown table cell: a '|' or a line break would split the table."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def fmt(value: float, signed: bool = False) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from protobench.errors import ProtobenchError
+from protobench.errors import OutputError, ProtobenchError
 
 
 def _outputs_match(first, second, size: int) -> float:
@@ -26,22 +26,26 @@ def convert(src: str, dst: str, adapter: str = "auto", options: dict[str, Any] |
     """Load `src` with `adapter` (default: detect the family) and write it to `dst` (*.safetensors)."""
     from protobench.adapter import get_adapter
     from protobench.checkpoint import sha256
+    from protobench.files import atomic_path, check_writable_dir
 
     out = Path(dst)
     if out.suffix != ".safetensors":
-        raise ProtobenchError(f"the output {dst} must end in .safetensors")
+        raise OutputError(f"the output {dst} must end in .safetensors")
+    if out.is_dir():
+        raise OutputError(f"the output {dst} is a directory: give a file name ending in .safetensors")
     if out.exists() and not overwrite:
-        raise ProtobenchError(f"{dst} already exists: pass --overwrite to replace it")
+        raise OutputError(f"{dst} already exists: pass --overwrite to replace it")
+    check_writable_dir(out.parent)  # before the (possibly slow) load
     model = get_adapter(adapter).load(src, **(options or {}))
-    try:
-        model.save(str(out), extra={"source": Path(src).name, "source_sha256": sha256(src)})
-    except NotImplementedError as err:
-        raise ProtobenchError(f"adapter {model.name or adapter!r} cannot write protobench checkpoints ({err})") from None
-    copy = type(model).load(str(out))
-    diff = _outputs_match(model, copy, model.info.input_size)
-    if diff > 1e-5:
-        out.unlink()
-        raise ProtobenchError(f"the converted model's outputs differ from the original's by {diff:.3g}; "
-                              f"nothing was written (please report this with the {model.name!r} checkpoint)")
+    with atomic_path(out) as tmp:  # OUT (even when it is SRC) is replaced only by a checked copy
+        try:
+            model.save(tmp, extra={"source": Path(src).name, "source_sha256": sha256(src)})
+        except NotImplementedError as err:
+            raise ProtobenchError(f"adapter {model.name or adapter!r} cannot write protobench checkpoints "
+                                  f"({err})") from None
+        diff = _outputs_match(model, type(model).load(tmp), model.info.input_size)
+        if diff > 1e-5:
+            raise ProtobenchError(f"the converted model's outputs differ from the original's by {diff:.3g}; "
+                                  f"nothing was written (please report this with the {model.name!r} checkpoint)")
     return {"out": str(out), "adapter": model.name, "num_classes": model.info.num_classes,
             "num_prototypes": model.info.num_prototypes, "max_abs_diff": diff}

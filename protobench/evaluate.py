@@ -12,8 +12,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
-from protobench.benchmark import Protocol
-from protobench.errors import DataError, DataWarning, Interrupted, ProtobenchError
+from protobench import options
+from protobench.benchmark import AUTOCAST_DTYPES, Protocol
+from protobench.devices import check_device_name, resolve_device
+from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
+
+MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
 
 RESULT_FILES = ("per_image.csv", "summary.csv", "meta.json")
 
@@ -51,29 +55,14 @@ class EvaluateConfig:
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see benchmark.Runtime
     compile: bool = False  # torch.compile the model's forward
 
-
-def resolve_device(name: str, local_rank: int | None = None):
-    """auto -> cuda if visible, else cpu; under torchrun each local rank takes its own GPU."""
-    import torch
-
-    if local_rank is not None and name in ("auto", "cuda") and torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ProtobenchError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ProtobenchError(f"unknown device {name!r}: use auto, cpu or cuda[:N]") from None
-
-
-def check_out_dir(out: Path, overwrite: bool, resume: bool = False) -> str:
-    """'empty', 'partial' or 'complete' if `out` may be used; a ProtobenchError saying what to do if not."""
-    from protobench import resume as runstate
-
-    return runstate.check_out(out, overwrite, resume)
+    def check(self) -> None:
+        """OptionError for any option out of its range: before the output directory is touched."""
+        self.protocol.check()
+        check_device_name(self.device)
+        options.optional_integer("--batch-size", self.batch_size, 1, MAX_BATCH)
+        options.optional_integer("--workers", self.workers, 0, MAX_WORKERS)
+        options.optional_integer("--limit", self.limit, 1)
+        options.choice("precision", self.precision, tuple(AUTOCAST_DTYPES))
 
 
 def resolve_runtime(cfg: EvaluateConfig, device):
@@ -85,7 +74,7 @@ def resolve_runtime(cfg: EvaluateConfig, device):
 def batch_size(cfg: EvaluateConfig, device) -> int:
     from protobench.benchmark import auto_batch_size
 
-    return cfg.batch_size or auto_batch_size(device)
+    return cfg.batch_size if cfg.batch_size is not None else auto_batch_size(device)
 
 
 def workers(cfg: EvaluateConfig, device) -> int:
@@ -122,17 +111,21 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     Per-image results are appended to the partial log every batch, so an interrupted run
     continues with cfg.resume and ends with the same files as an uninterrupted one.
     """
-    from protobench import distributed
+    from protobench import distributed, files
     from protobench import resume as runstate
     from protobench.data import random_subset
 
+    cfg.check()
     out = Path(cfg.out)
     world = distributed.world()
     device = resolve_device(cfg.device, world.local_rank if world.size > 1 else None)
     distributed.init(world, device)
-    status = check_out_dir(out, cfg.overwrite, cfg.resume)
-    resolve_runtime(cfg, device)  # a bad --precision fails here, before anything is written
+    status = runstate.check_out(out, cfg.overwrite, cfg.resume)  # 'empty', 'partial' or 'complete'
+    if cfg.resume and status == "empty" and world.main:  # e.g. a CI job that always passes --resume
+        warnings.warn(f"nothing to resume in {out}: starting a fresh run", Notice, stacklevel=2)
+    files.check_writable_dir(out)
     adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
+    check_selection(cfg.protocol, adapter)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
     identity = run_identity(cfg, adapter, dataset, device)
@@ -144,7 +137,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     else:
         runstate.check_identity(runstate.recorded_identity(out), identity, out)
         if status == "complete":
-            return load_results(out) if world.main else None
+            return runstate.load_finished(out) if world.main else None
     distributed.barrier(world)
     timing = _run_remaining(cfg, adapter, dataset, paths, indices, out,
                             (progress or NoProgress()) if world.main else NoProgress(), world)
@@ -152,6 +145,13 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     if not world.main:
         return None
     return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, world.size)
+
+
+def check_selection(protocol: Protocol, adapter) -> None:
+    """gt-protos needs prototypes of every class; found now rather than at the first batch."""
+    if protocol.select == "gt-protos" and bool((adapter.prototype_class_identity.sum(dim=0) <= 0).any()):
+        raise OptionError("--select gt-protos: some of the model's classes have no prototypes; "
+                          "use --select top-proto")
 
 
 def run_identity(cfg: EvaluateConfig, adapter, dataset, device) -> dict[str, Any]:
@@ -183,16 +183,19 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) 
     from protobench.data import Subset
 
     records, skipped = runstate.read_partial(out)
-    report_skipped(skipped, paths, cfg.strict)
     done = {r["index"] for r in records} | set(skipped)
+    if done and max(done) >= len(paths):
+        raise ProtobenchError(f"{out}: the partial log names images the dataset does not have (damaged): "
+                              "use --overwrite to start again")
+    report_skipped(skipped, paths, cfg.strict)
     todo = world.shard([i for i in indices if i not in done])
     count = [len(indices) - len(todo), 0]  # images done, of which evaluated now
 
     def on_batch(rows: list[dict], bad: list[int]) -> None:
-        report_skipped(bad, paths, cfg.strict)
-        log.append(rows, bad)
+        log.append(rows, bad)  # first: whatever happens next, this batch is kept
         count[0] += len(rows) + len(bad)
         count[1] += len(rows)
+        report_skipped(bad, paths, cfg.strict)
         progress.update(rows, bad)
 
     started = time.perf_counter()
@@ -205,6 +208,9 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) 
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {count[0]} of {len(indices)} images; the partial results in {out} "
                           "are kept: rerun the same command with --resume to continue") from None
+    except OutputError as err:  # e.g. the disk filled up: what is on disk is still a valid partial run
+        raise OutputError(f"{err} ({count[0]} of {len(indices)} images are kept in {out}: "
+                          "rerun with --resume once it can be written)") from None
     finally:
         progress.stop()
     return time.perf_counter() - started, count[1]
@@ -240,10 +246,14 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated)
     meta["resumed"] = resumed
     meta["processes"] = processes  # torchrun ranks that shared the images
-    results.write_csv(out / "per_image.csv", per_image)
-    results.write_csv(out / "summary.csv", pd.DataFrame([summary]))
-    results.write_json(out / "meta.json", meta)  # last: its presence marks the run complete
-    runstate.finish(out)
+    try:
+        results.write_csv(out / "per_image.csv", per_image)
+        results.write_csv(out / "summary.csv", pd.DataFrame([summary]))
+        results.write_json(out / "meta.json", meta)  # last: its presence marks the run complete
+        runstate.finish(out)
+    except OutputError as err:  # the partial log is untouched until meta.json is written
+        raise OutputError(f"{err} (every image's result is kept in {out}: rerun with --resume once it can be "
+                          "written)") from None
     return {"summary": summary, "meta": meta, "out": str(out)}
 
 
@@ -277,17 +287,6 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
         "wall_time_s": round(wall, 3),  # this session's share when resumed
         "images_per_s": round(evaluated / wall, 3) if wall > 0 else None,
     }
-
-
-def load_results(out: Path) -> dict[str, Any]:
-    """The summary and meta of a complete result directory (what evaluate() returned)."""
-    import json
-
-    import pandas as pd
-
-    summary = pd.read_csv(out / "summary.csv", engine="python").iloc[0].to_dict()  # python float(): exact
-    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-    return {"summary": summary, "meta": meta, "out": str(out)}
 
 
 def _version(package: str) -> str | None:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from protobench.errors import AdapterError, Interrupted, ProtobenchError
+from protobench import options
+from protobench.errors import AdapterError, Interrupted, Notice, OptionError, ProtobenchError
 from protobench.finetune_state import LOG, STATE
-from protobench.trainer import NoProgress, Progress, TrainSettings
+from protobench.trainer import TUNABLE, NoProgress, NonFinite, Progress, TrainSettings
 
 DEMO_TRAIN, DEMO_TEST = "protoshapes:train", "protoshapes:test"
 META, MODEL = "finetune.json", "model.safetensors"
@@ -42,6 +44,15 @@ class FinetuneConfig:
     workers: int = 0  # image-decoding processes when the training set is too large to keep in memory
     resume: bool = False
     overwrite: bool = False
+
+    def check(self) -> None:
+        """OptionError for any option out of its range, before anything is loaded or written."""
+        from protobench.devices import check_device_name
+        from protobench.evaluate import MAX_WORKERS
+
+        self.settings.check()
+        check_device_name(self.device)
+        options.integer("workers", self.workers, 0, MAX_WORKERS)
 
     def resolved(self) -> FinetuneConfig:
         """Defaults filled in: the demo model and data, the output directory, the evaluation data."""
@@ -67,34 +78,45 @@ def check_out(out: Path, overwrite: bool, resume: bool) -> bool:
         raise ProtobenchError("--overwrite and --resume contradict each other: choose one")
     if out.exists() and not out.is_dir():
         raise ProtobenchError(f"--out {out} is a file, not a directory")
-    if resume:
-        if not (out / META).is_file():
-            raise ProtobenchError(f"nothing to resume in {out} (no {META}): run without --resume to start")
+    if resume and (out / META).is_file():
         return True
     present = [name for name in OURS if (out / name).exists()]
+    if present and resume and not overwrite:
+        raise ProtobenchError(f"nothing to resume in {out} (no {META}, but {', '.join(present)}): "
+                              "pass --overwrite to start again or choose another --out")
     if present and not overwrite:
         raise ProtobenchError(f"{out} already holds a fine-tuning run ({', '.join(present)}): add --resume to "
                               "continue it, --overwrite to start again, or choose another --out")
-    if overwrite:
-        from protobench import resume as runstate
-
-        for name in (META, STATE, LOG, MODEL):
-            (out / name).unlink(missing_ok=True)
-        for name in ("before", "after"):
-            if (out / name).is_dir():
-                runstate.clear(out / name)
+    if resume:  # e.g. a CI job that always passes --resume
+        warnings.warn(f"nothing to resume in {out}: starting a fresh run", Notice, stacklevel=2)
     return False
 
 
-def check_trainable(adapter, push: bool) -> None:
-    """A one-line error for families protobench cannot fine-tune (before any work is done)."""
+def clear_previous(out: Path) -> None:
+    """--overwrite: remove the earlier run, once the new one has passed every check."""
+    from protobench import resume as runstate
+    from protobench.files import writing
+
+    with writing(out):
+        for name in (META, STATE, LOG, MODEL):
+            (out / name).unlink(missing_ok=True)
+    for name in ("before", "after"):
+        if (out / name).is_dir():
+            runstate.clear(out / name)
+
+
+def check_trainable(adapter, settings: TrainSettings) -> None:
+    """A one-line error for families or models protobench cannot fine-tune (before any work is done)."""
     from protobench.adapter import PrototypeAdapter
 
-    needed = ("training_loss", "parameter_groups") + (("push",) if push else ())
+    needed = ("training_loss", "parameter_groups") + (("push",) if settings.push else ())
     missing = [hook for hook in needed if getattr(type(adapter), hook) is getattr(PrototypeAdapter, hook)]
     if missing:
         raise AdapterError(f"adapter {adapter.name!r} cannot be fine-tuned (it has no {' / '.join(missing)}): "
                            "protobench finetune supports the ProtoPNet family (--adapter protopnet)")
+    if settings.lambda_align > 0 and bool((adapter.prototype_class_identity.sum(dim=0) <= 0).any()):
+        raise OptionError("some of the model's classes have no prototypes, and the alignment loss needs one per "
+                          "class: pass --lambda-align 0")
 
 
 def run_identity(cfg: FinetuneConfig, adapter, dataset, device) -> dict[str, Any]:
@@ -115,33 +137,46 @@ def run_identity(cfg: FinetuneConfig, adapter, dataset, device) -> dict[str, Any
 
 
 def start_or_check(out: Path, identity: dict[str, Any], resuming: bool) -> None:
-    from protobench.resume import describe_differences
+    """Record a new run, or check that --resume continues the same one. A run stopped by
+    non-finite values may continue with other TUNABLE settings (lower learning rates)."""
+    from protobench.resume import describe_differences, read_json_object
     from protobench.results import write_json
 
     if not resuming:
         write_json(out / META, {"identity": identity, "status": "running"})
         return
-    try:
-        recorded = json.loads((out / META).read_text(encoding="utf-8"))["identity"]
-    except (OSError, ValueError, KeyError) as err:
-        raise ProtobenchError(f"cannot read {out / META} ({err}): use --overwrite to start again") from None
-    differ = describe_differences(recorded, json.loads(json.dumps(identity)), list(identity))
+    meta = read_json_object(out / META)
+    recorded, current = meta.get("identity"), json.loads(json.dumps(identity))
+    settings = recorded.get("settings") if isinstance(recorded, dict) else None
+    if not isinstance(settings, dict):
+        raise ProtobenchError(f"{out / META} is damaged (no identity): use --overwrite to start again")
+    tunable = [k for k in TUNABLE if k in settings] if meta.get("status") == "stopped" else []
+    relaxed = {**recorded, "settings": {**settings, **{k: current["settings"][k] for k in tunable}}}
+    differ = describe_differences(relaxed, current, list(current))
     if differ:
         raise ProtobenchError(f"--resume: {out} holds a different fine-tuning run ({differ}); "
                               "rerun with the original options or use --overwrite / another --out")
+    changed = {k: current["settings"][k] for k in tunable if settings[k] != current["settings"][k]}
+    if changed:  # the record says which settings the finished model was trained with, and from when
+        retuned = [*meta.get("retuned", []), {"after_steps": len(read_log(out / LOG)), "settings": changed}]
+        write_json(out / META, {**meta, "identity": current, "status": "running", "retuned": retuned})
 
 
 def finetune(cfg: FinetuneConfig, progress: Progress | None = None, eval_progress=None) -> dict[str, Any]:
     """Fine-tune cfg.ckpt on cfg.data and write OUT (see the module docstring); evaluate before
     and after when there is evaluation data. Returns the paths, the log and both summaries."""
     from protobench.evaluate import resolve_device
+    from protobench.files import check_writable_dir
 
+    cfg.check()
     cfg = cfg.resolved()
-    cfg.settings.check()
     out = Path(cfg.out)
-    resuming = check_out(out, cfg.overwrite, cfg.resume)
     device = resolve_device(cfg.device)
+    resuming = check_out(out, cfg.overwrite, cfg.resume)
+    check_writable_dir(out)
     adapter, dataset = load_for_training(cfg, device)
+    if cfg.overwrite:
+        clear_previous(out)
     start_or_check(out, run_identity(cfg, adapter, dataset, device), resuming)
     before = evaluate_model(cfg, cfg.ckpt, cfg.adapter, out / "before", "before", eval_progress)
     if not (out / MODEL).is_file():
@@ -156,7 +191,7 @@ def load_for_training(cfg: FinetuneConfig, device):
     from protobench.finetune_data import in_memory, train_split
 
     adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
-    check_trainable(adapter, cfg.settings.push)
+    check_trainable(adapter, cfg.settings)
     dataset, _ = load_dataset(cfg.data, adapter.info, cfg.dataset, train_split(cfg.data, cfg.dataset, cfg.split))
     return adapter, in_memory(dataset)
 
@@ -165,24 +200,34 @@ def train_and_save(cfg: FinetuneConfig, adapter, dataset, out: Path, progress: P
     """The training plan from the last checkpoint (if any), then the model file and the record."""
     from protobench import __version__
     from protobench.finetune_state import fit, load_state
+    from protobench.resume import read_json_object
     from protobench.results import write_json
 
     state = load_state(out / STATE, adapter.device) if (out / STATE).is_file() else None
     try:
         log = fit(adapter, dataset, cfg.settings, out, progress, state, cfg.workers)
     except KeyboardInterrupt:
-        done = len(read_log(out / LOG))
-        where = f"after {done} finished epochs (saved in {out / STATE})" if done else "in the first epoch"
-        raise Interrupted(f"interrupted {where}: rerun the same command with --resume to continue") from None
+        raise Interrupted(f"interrupted {kept(out)}: rerun the same command with --resume to continue") from None
+    except NonFinite as err:
+        write_json(out / META, {**read_json_object(out / META), "status": "stopped", "stopped_because": str(err)})
+        raise NonFinite(f"fine-tuning stopped {kept(out)}: {err}, and no model was written; lower the learning "
+                        "rates (--lr-features, --lr-add-on, --lr-prototypes, --lr-last) or --lambda-align and "
+                        "rerun with --resume to continue from there") from None
     finally:
         progress.stop()
     adapter.save(str(out / MODEL), extra={"finetuned_by": "protobench finetune",
                                           "finetune_settings": json.dumps(cfg.settings.as_dict(), sort_keys=True)})
-    meta = json.loads((out / META).read_text(encoding="utf-8"))
+    meta = read_json_object(out / META)
     write_json(out / META, {**meta, "status": "complete", "protobench_version": __version__,
                             "train_seconds": round(sum(row["seconds"] for row in log), 3),
                             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     (out / STATE).unlink(missing_ok=True)
+
+
+def kept(out: Path) -> str:
+    """Where the run stopped, for the message: what --resume continues from."""
+    done = len(read_log(out / LOG))
+    return f"after {done} finished epochs (saved in {out / STATE})" if done else "in the first epoch"
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

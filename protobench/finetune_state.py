@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from protobench.files import atomic_path
-from protobench.trainer import Progress, TrainSettings, batches, make_optimizer, plan, run_epoch
+from protobench.trainer import (PHASE_PARTS, Progress, TrainSettings, batches, check_finite, make_optimizer, plan,
+                                run_epoch)
 
 STATE, LOG = "checkpoint.pt", "train_log.csv"
 
@@ -75,6 +76,7 @@ def fit(adapter, data, s: TrainSettings, out: Path, progress: Progress, state: d
                             f"{phase} epoch {epoch + 1}/{counts[phase]}", workers)
             if scheduler is not None:
                 scheduler.step()
+        check_finite(adapter, f"{phase} epoch {epoch + 1}" if phase != "push" else "push")
         log.append({"phase": phase, "epoch": epoch, **row, "seconds": round(time.perf_counter() - started, 3)})
         save_state(out / STATE, adapter, optimizer, scheduler, current, k + 1, log)
         write_log(out / LOG, log)
@@ -94,4 +96,21 @@ def phase_optimizer(adapter, s: TrainSettings, phase: str, state: dict[str, Any]
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
+        apply_changed_rates(optimizer, scheduler, s, phase)
     return optimizer, scheduler
+
+
+def apply_changed_rates(optimizer, scheduler, s: TrainSettings, phase: str) -> None:
+    """After a stop on non-finite values, --resume may lower the learning rates: the saved
+    optimizer state holds the old ones. Groups whose rate did not change are left exactly as
+    saved (a plain resume stays bit-identical)."""
+    lr = {"features": s.lr_features, "add_on": s.lr_add_on, "prototypes": s.lr_prototypes, "last_layer": s.lr_last}
+    decay = {"features": s.weight_decay, "add_on": s.weight_decay}
+    for i, (part, group) in enumerate(zip(PHASE_PARTS[phase], optimizer.param_groups)):
+        group["weight_decay"] = decay.get(part, 0.0)
+        base = group.get("initial_lr", group["lr"])  # StepLR keeps the base rate in initial_lr
+        if base == lr[part]:
+            continue
+        group["lr"] = lr[part] * (s.gamma ** (scheduler.last_epoch // s.step_size) if scheduler else 1.0)
+        if scheduler is not None:
+            group["initial_lr"] = scheduler.base_lrs[i] = lr[part]

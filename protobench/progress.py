@@ -1,4 +1,7 @@
-"""Progress for long runs: a Rich bar on a terminal, plain lines elsewhere (CI logs, pipes)."""
+"""Progress for long runs: a Rich bar on a terminal, plain lines elsewhere (CI logs, pipes).
+
+Descriptions (model names) and loss-term names are printed literally, never as rich markup.
+"""
 
 from __future__ import annotations
 
@@ -37,13 +40,13 @@ class RichProgress:
         self.pac = RunningMean()
         self.t0 = self.last = time.perf_counter()
         if self.console.is_terminal:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]} img/s  mean PAC {task.fields[pac]}"),
                                 TimeRemainingColumn(), console=self.console, transient=False)
             self.task = self.bar.add_task(description, total=total, rate="-", pac="-")
             self.bar.start()
         else:
-            self.console.print(f"{description}: {total} images")
+            self.console.print(f"{description}: {total} images", markup=False, highlight=False)
 
     def update(self, rows: list[dict], skipped: list[int]) -> None:
         self.done += len(rows) + len(skipped)
@@ -56,7 +59,7 @@ class RichProgress:
             self.last = now
             eta = (self.total - self.done) / rate if rate > 0 else float("nan")
             self.console.print(f"{self.description}: {self.done}/{self.total} images, {rate:.1f} img/s, "
-                               f"mean PAC {self.pac.value:.2f}, ETA {eta:.0f} s")
+                               f"mean PAC {self.pac.value:.2f}, ETA {eta:.0f} s", markup=False, highlight=False)
 
     def stop(self) -> None:
         if self.bar is not None:
@@ -74,8 +77,9 @@ class TrainProgress:
 
     def start(self, total: int, description: str) -> None:
         if self.console.is_terminal:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[terms]}"), TimeRemainingColumn(), console=self.console)
+            self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[terms]}", markup=False), TimeRemainingColumn(),
+                                console=self.console)
             self.task = self.bar.add_task(description, total=total, terms="")
             self.bar.start()
 
@@ -87,7 +91,7 @@ class TrainProgress:
         self.stop()
         label = f"{row['phase']} epoch {row['epoch'] + 1}" if row["phase"] != "push" else "push"
         values = {k: v for k, v in row.items() if k not in ("phase", "epoch") and isinstance(v, (int, float))}
-        self.console.print(f"{label}: {format_terms(values)}", highlight=False)
+        self.console.print(f"{label}: {format_terms(values)}", markup=False, highlight=False)
 
     def stop(self) -> None:
         if self.bar is not None:

@@ -12,20 +12,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Protocol
 
 import torch
 
+from protobench import options
 from protobench.adapter import PrototypeAdapter
-from protobench.benchmark import inference_mode
+from protobench.benchmark import MAX_RADIUS, inference_mode
 from protobench.compensation import alignment_loss, masking_augmentation
+from protobench.errors import ProtobenchError
 
 PHASE_PARTS = {"joint": ("features", "add_on", "prototypes"), "last": ("last_layer",)}
 
 
 DEFAULT_LAMBDA = {False: 10.0, True: 3.0}  # the paper's 10; 3 for the adversarial variant (docs/compensation.md)
+MAX_EPOCHS, MAX_BATCH = 100_000, 65536
+# what a run stopped by non-finite values may change on --resume: the step sizes that made it diverge
+TUNABLE = ("lr_features", "lr_add_on", "lr_prototypes", "lr_last", "weight_decay", "lambda_align")
+
+
+class NonFinite(ProtobenchError):
+    """The loss or a weight became inf or NaN: training stops before the damage is saved."""
 
 
 @dataclass(frozen=True)
@@ -57,14 +67,20 @@ class TrainSettings:
             object.__setattr__(self, "lambda_align", DEFAULT_LAMBDA[self.adversarial])
 
     def check(self) -> None:
-        if self.align_loss not in ("l1", "l2"):
-            raise ValueError(f"unknown --align-loss {self.align_loss!r}: use l1 or l2")
-        if self.lambda_align < 0 or self.adv_eps < 0 or self.adv_steps < 0:
-            raise ValueError("--lambda-align, --adv-eps and --adv-steps must not be negative")
-        if not 0 <= self.aug_prob <= 1:
-            raise ValueError(f"--aug-prob must be in [0, 1], got {self.aug_prob}")
-        if self.epochs < 0 or self.last_epochs < 0 or self.batch_size < 2:
-            raise ValueError("--epochs and --last-epochs must not be negative, and --batch-size must be at least 2")
+        """OptionError for any setting out of its range, before anything is loaded or written."""
+        options.choice("--align-loss", self.align_loss, ("l1", "l2"))
+        options.number("--lambda-align", self.lambda_align, 0)
+        options.integer("--adv-steps", self.adv_steps, 0, 1000)
+        options.number("--adv-eps", self.adv_eps, 0, MAX_RADIUS)
+        options.number("--aug-prob", self.aug_prob, 0, 1)
+        options.integer("--epochs", self.epochs, 0, MAX_EPOCHS)
+        options.integer("--last-epochs", self.last_epochs, 0, MAX_EPOCHS)
+        for name in ("lr_features", "lr_add_on", "lr_prototypes", "lr_last", "weight_decay"):
+            options.number(f"--{name.replace('_', '-')}", getattr(self, name), 0)
+        options.integer("step_size", self.step_size, 1)
+        options.number("gamma", self.gamma, 0)
+        options.integer("--batch-size", self.batch_size, 2, MAX_BATCH)  # batch norm cannot train on 1 image
+        options.integer("--seed", self.seed, 0, options.SEED_MAX)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,10 +209,12 @@ def train_step(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, s: T
         align = alignment_term(adapter, x, y, s, gen, terms.get("maps"), bounds)
         total = total + s.lambda_align * align
         row["align"] = float(align.detach())
+    row["loss"] = float(total.detach())
+    if not math.isfinite(row["loss"]):  # before the step: an inf / NaN gradient would spoil every weight
+        raise NonFinite(f"the loss became {row['loss']}")
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
-    row["loss"] = float(total.detach())
     if "logits" in terms:
         row["acc"] = 100.0 * float((terms["logits"].argmax(dim=1) == y).float().mean())
     return row
@@ -213,9 +231,19 @@ def run_epoch(adapter: PrototypeAdapter, data, s: TrainSettings, step: int, phas
     progress.start(len(positions), description or f"{phase} (step {step})")
     for b, (x, y, _) in enumerate(batches(data, positions, adapter.device, workers)):
         gen = generator(s.seed, "batch", step, b, device=adapter.device)
-        row = train_step(adapter, x, y, s, phase, gen, optimizer, bounds)
+        try:
+            row = train_step(adapter, x, y, s, phase, gen, optimizer, bounds)
+        except NonFinite as err:
+            raise NonFinite(f"{err} at batch {b + 1} of {description or phase}") from None
         for name, value in row.items():
             sums[name] = sums.get(name, 0.0) + value * len(y)
         seen += len(y)
         progress.update(b + 1, {name: total / seen for name, total in sums.items()})
     return {name: total / max(seen, 1) for name, total in sums.items()}
+
+
+def check_finite(adapter: PrototypeAdapter, where: str) -> None:
+    """NonFinite if a weight or buffer is inf / NaN (checked before each epoch checkpoint is saved)."""
+    for name, tensor in adapter.model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFinite(f"{name} became non-finite in {where}")

@@ -60,7 +60,8 @@ def test_tolerances():
     tol = parse_tolerances(["PAC=2.5", "PLC=2", "acc=0.25"])
     assert (tol["PAC"], tol["PLC"], tol["acc_before"], tol["acc_after"], tol["PRC"]) == (2.5, 2.0, 0.25, 0.25, 0.5)
     for bad, needle in (("PAX=1", "METRIC=VALUE"), ("PAC", "METRIC=VALUE"), ("PAC=lots", "not a number"),
-                        ("PAC=-1", "zero or positive"), ("PAC=nan", "zero or positive")):
+                        ("PAC=-1", "zero or positive"), ("PAC=nan", "zero or positive"),
+                        ("PAC=inf", "finite number")):
         with pytest.raises(ValueError, match=needle):
             parse_tolerances([bad])
 
@@ -151,3 +152,57 @@ def test_compare_real_runs(tmp_path, tiny_ckpt, image_folder):
     assert same.exit_code == 0 and same.stdout.count("| +0.00 |") == 6
     assert compare(tmp_path / "a", tmp_path / "c").exit_code == 2
     assert not math.isnan(pd.read_csv(tmp_path / "a" / "summary.csv").loc[0, "PAC_mean"])
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '"text"', "null", "42", "[" * 100000, '{"models": 5}',
+                                  '{"models": ["a"]}', '{"models": [{"model": "m", "dir": "../../etc"}]}',
+                                  '{"models": [{"model": "m", "dir": 7}]}'])
+def test_a_meta_json_that_is_not_a_result_record_exits_2(tmp_path, meta):
+    base = write(tmp_path / "base", [{}])
+    new = write(tmp_path / "new", [{}], meta=None)
+    (new / "meta.json").write_text(meta)
+    for args in ((base, new), (new, base), (base, new, "--force")):
+        result = compare(*args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and "meta.json" in result.stderr
+
+
+@pytest.mark.parametrize("csv", [
+    "model,images,PLC_mean,PAC_mean,PRC_mean,AC,acc_before,acc_after\nm,1,x,y,z,,[],{}\n",  # not numbers
+    "model,images,PLC_mean,PAC_mean,PRC_mean,AC,acc_before,acc_after\n,1,inf,-inf,1e999,nan,1,1\n",  # no name, inf
+    "model,images,PLC_mean,PAC_mean,PRC_mean,AC,acc_before,acc_after\n\"a\nb\",1,1,1,1,1,1,1\n",  # newline in a name
+])
+def test_odd_summary_values_never_pass_silently(tmp_path, csv):
+    base = write(tmp_path / "base", [{}])
+    new = write(tmp_path / "new", [{}])
+    (new / "summary.csv").write_text(csv)
+    result = compare(base, new, "--format", "markdown")
+    assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
+    if result.exit_code == 1:  # metrics that are not finite numbers are undefined now: they fail
+        assert "**FAIL**" in result.stdout
+
+
+def test_repeated_models_and_huge_files_exit_2(tmp_path, monkeypatch):
+    from protobench import compare as cmp
+
+    base = write(tmp_path / "base", [{"model": "a"}, {"model": "a"}])
+    result = compare(base, base)
+    assert result.exit_code == 2 and "more than once" in result.stderr
+    new = write(tmp_path / "new", [{}])
+    monkeypatch.setattr(cmp, "MAX_INPUT_BYTES", 100)
+    result = compare(new, new)
+    assert result.exit_code == 2 and "MiB" in result.stderr
+
+
+def test_markdown_cells_keep_the_table_intact(tmp_path):
+    metas = {"a": META, "b": META}
+    rows = [{"model": "x|y"}, {"model": "two\nlines"}]
+    base = write(tmp_path / "base", rows, per_model_meta=metas)
+    top = json.loads((base / "meta.json").read_text())
+    top["models"] = [{"model": "x|y", "dir": "a"}, {"model": "two\nlines", "dir": "b"}]
+    (base / "meta.json").write_text(json.dumps(top))
+    result = compare(base, base, "--format", "markdown")
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 12 and all(line.count(" | ") == 6 for line in table)
+    assert "| x\\|y | PLC |" in result.stdout and "| two lines | PLC |" in result.stdout

@@ -23,7 +23,7 @@ from protobench.errors import Interrupted
 from protobench.evaluate import load_dataset
 from protobench.finetune import FinetuneConfig, finetune, side_by_side
 from protobench.finetune_data import in_memory
-from protobench.trainer import TrainSettings, alignment_term, epoch_order
+from protobench.trainer import NonFinite, TrainSettings, alignment_term, epoch_order
 from test_cli import assert_one_line_error
 from test_train import assert_prototypes_are_patches
 
@@ -228,7 +228,8 @@ def test_side_by_side_rows():
 def test_cli_errors(tiny_ckpt, image_folder, tmp_path):
     base = ["--ckpt", tiny_ckpt, "--data", image_folder, "--epochs", 1, "--last-epochs", 0, "--batch-size", 4]
     assert_one_line_error(invoke(*base, "--adapter", "protopnt", "--out", tmp_path / "a"), "Did you mean 'protopnet'")
-    assert_one_line_error(invoke(*base, "--out", tmp_path / "a", "--resume"), "nothing to resume")
+    fresh = invoke(*base, "--out", tmp_path / "a", "--resume")  # nothing to resume: a fresh run, and a note
+    assert fresh.exit_code == 0 and f"note: nothing to resume in {tmp_path / 'a'}" in fresh.stderr, fresh.output
     assert_one_line_error(invoke(*base, "--align-loss", "l3", "--out", tmp_path / "a"), "l1 or l2")
     assert_one_line_error(invoke("--ckpt", tiny_ckpt, "--out", tmp_path / "a"), "give --data")
     assert invoke(*base, "--out", tmp_path / "o").exit_code == 0
@@ -283,3 +284,80 @@ def test_progress_bar_shows_each_loss_term(tiny_ckpt, image_folder, tmp_path):
     for needle in ("joint epoch 1/1", "ce ", "cluster ", "separation ", "align ", "loss ", "push: pushed 6",
                    "last epoch 1/1"):
         assert needle in text, needle
+
+
+def poison_loss(monkeypatch, at_call):
+    """The family's loss turns NaN at its `at_call`-th evaluation (as a diverging run's would)."""
+    real, calls = ProtoPNetAdapter.training_loss, []
+
+    def poisoned(self, x, y):
+        terms = real(self, x, y)
+        calls.append(1)
+        return {**terms, "loss": terms["loss"] * float("nan")} if len(calls) == at_call else terms
+
+    monkeypatch.setattr(ProtoPNetAdapter, "training_loss", poisoned)
+
+
+def test_a_non_finite_loss_stops_keeping_the_last_good_epoch(tiny_ckpt, image_folder, tmp_path, monkeypatch):
+    finetune(config(tiny_ckpt, image_folder, tmp_path / "whole"))
+    cut = config(tiny_ckpt, image_folder, tmp_path / "cut")
+    poison_loss(monkeypatch, at_call=4)  # 12 images in batches of 4: the first batch of joint epoch 2
+    with pytest.raises(NonFinite, match="after 1 finished epochs.*loss became nan at batch 1 of joint epoch 2/2.*"
+                                        "--lr-prototypes.*--resume"):
+        finetune(cut)
+    monkeypatch.undo()
+    out = tmp_path / "cut"
+    assert not (out / "model.safetensors").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["done"] == 1
+    assert json.loads((out / "finetune.json").read_text())["status"] == "stopped"
+    finetune(replace(cut, resume=True))  # the same settings continue from the kept epoch
+    assert_same_weights(weights(tmp_path / "whole"), weights(out))
+
+
+def test_a_stopped_run_may_resume_with_lower_learning_rates(tiny_ckpt, image_folder, tmp_path):
+    base = ["--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "o", "--epochs", 2, "--last-epochs", 1,
+            "--batch-size", 4]
+    result = invoke(*base, "--lr-prototypes", "1e30", "--lr-add-on", "1e30")
+    assert_one_line_error(result, "fine-tuning stopped", "no model was written", "--resume")
+    assert result.exit_code == 2 and not (tmp_path / "o" / "model.safetensors").exists()
+    assert_one_line_error(invoke(*base, "--resume", "--seed", 5), "different fine-tuning run", "settings.seed")
+    assert invoke(*base, "--resume").exit_code == 0
+    record = json.loads((tmp_path / "o" / "finetune.json").read_text())
+    assert record["status"] == "complete" and record["identity"]["settings"]["lr_prototypes"] == 3e-3
+    assert record["retuned"][0]["settings"] == {"lr_add_on": 3e-3, "lr_prototypes": 3e-3}
+    model = ProtoPNetAdapter.load(str(tmp_path / "o" / "model.safetensors"))
+    assert all(torch.isfinite(p).all() for p in model.model.parameters())
+
+
+def test_lowered_rates_replace_the_saved_ones_and_only_those(tiny_adapter):
+    from protobench.finetune_state import phase_optimizer
+
+    s = TrainSettings(step_size=1, gamma=0.5)
+    optimizer, scheduler = phase_optimizer(tiny_adapter, s, "joint", None)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    saved = {"phase": "joint", "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    lowered = replace(s, lr_prototypes=1e-5)
+    optimizer, scheduler = phase_optimizer(tiny_adapter, lowered, "joint", saved)
+    lrs = [group["lr"] for group in optimizer.param_groups]  # features, add_on, prototypes
+    assert lrs == [s.lr_features * 0.5 * 0.5, s.lr_add_on * 0.5 * 0.5, 1e-5 * 0.25]
+    scheduler.step()
+    assert optimizer.param_groups[2]["lr"] == 1e-5 * 0.125
+
+
+def test_a_weight_that_becomes_non_finite_is_named(tiny_adapter):
+    from protobench.trainer import check_finite
+
+    check_finite(tiny_adapter, "joint epoch 1")
+    with torch.no_grad():
+        tiny_adapter.model.prototype_vectors[0, 0] = float("inf")
+    with pytest.raises(NonFinite, match="prototype_vectors became non-finite in joint epoch 1"):
+        check_finite(tiny_adapter, "joint epoch 1")
+
+
+def test_overwrite_removes_the_earlier_run_only_once_the_new_one_is_accepted(tiny_ckpt, image_folder, tmp_path):
+    base = ["--data", image_folder, "--out", tmp_path / "o", "--epochs", 1, "--last-epochs", 0, "--batch-size", 4]
+    assert invoke("--ckpt", tiny_ckpt, *base).exit_code == 0
+    assert_one_line_error(invoke("--ckpt", tmp_path / "missing.pt", *base, "--overwrite"), "not found")
+    assert (tmp_path / "o" / "model.safetensors").is_file()

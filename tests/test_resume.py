@@ -120,9 +120,66 @@ def test_resume_refuses_a_different_run(tiny_ckpt, image_folder, tmp_path, monke
     assert "protocol.seed" in refused("--ckpt", tiny_ckpt, *base, "--steps", 2, "--seed", 1)  # complete runs too
 
 
-def test_resume_needs_something_to_resume(tiny_ckpt, image_folder, tmp_path):
-    result = invoke("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "o", "--resume")
-    assert result.exit_code == 2 and "nothing to resume" in result.stderr
+def test_resume_with_nothing_to_resume_starts_a_fresh_run(tiny_ckpt, image_folder, tmp_path):
+    """A CI job that always passes --resume (to survive preemption) must pass on its first run."""
+    args = ["evaluate", "--data", image_folder, "--steps", 1, "--limit", 4]
+    result = invoke(*args, "--ckpt", tiny_ckpt, "--out", tmp_path / "o", "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"note: nothing to resume in {tmp_path / 'o'}: starting a fresh run" in result.stderr
+    assert runstate.state(tmp_path / "o") == "complete"
+    many = invoke(*args, "--ckpt", tiny_ckpt, "--ckpt", tiny_ckpt, "--out", tmp_path / "m", "--resume")
+    assert many.exit_code == 0 and many.stderr.count("note: nothing to resume") == 1, many.output
+    assert runstate.state(tmp_path / "m" / "tiny-2") == "complete"
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "summary.csv").write_text("model\nx\n")  # results, but no run of ours to continue
+    stray = invoke(*args, "--ckpt", tiny_ckpt, "--out", tmp_path / "stray", "--resume")
+    assert stray.exit_code == 2 and "nothing to resume" in stray.stderr and "--overwrite" in stray.stderr
+
+
+def test_resume_rebuilds_a_deleted_summary(tiny_ckpt, image_folder, tmp_path):
+    args = ["evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "o", "--steps", 2]
+    assert invoke(*args).exit_code == 0
+    original = (tmp_path / "o" / "summary.csv").read_bytes()
+    (tmp_path / "o" / "summary.csv").unlink()
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "summary.csv was missing: rebuilt it from per_image.csv" in " ".join(result.stderr.split())
+    assert (tmp_path / "o" / "summary.csv").read_bytes() == original
+    assert "PAC (activation change, %)" in result.stdout
+
+
+def test_resume_of_a_run_without_per_image_csv_says_what_to_do(tiny_ckpt, image_folder, tmp_path):
+    args = ["evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "o", "--steps", 1]
+    assert invoke(*args).exit_code == 0
+    (tmp_path / "o" / "per_image.csv").unlink()
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "per_image.csv is missing" in result.stderr and "--overwrite" in result.stderr
+    (tmp_path / "o" / "summary.csv").write_text("model,images\ntiny,twelve\n")
+    (tmp_path / "o" / "per_image.csv").write_text("index\n0\n")
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 2 and "is damaged" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["[1, 2]", "null", '"text"', "[" * 100000])
+def test_damaged_run_records_are_one_line_errors(tiny_ckpt, image_folder, tmp_path, damage):
+    args = ["evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "o", "--steps", 1]
+    assert invoke(*args).exit_code == 0
+    (tmp_path / "o" / "meta.json").write_text(damage)
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 2 and "meta.json" in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("line", ['5', '"x"', '{"skipped": "a"}', '{"index": -1}', '{"index": 99999}', "[]"])
+def test_damaged_partial_log_lines_are_one_line_errors(tiny_ckpt, image_folder, tmp_path, monkeypatch, line):
+    out = tmp_path / "o"
+    args = ["evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", out, "--steps", 1]
+    monkeypatch.setattr(benchmark, "evaluate_batch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert invoke(*args).exit_code == 130
+    monkeypatch.undo()
+    (out / runstate.PARTIAL).write_text(line + "\n")
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 2 and "damaged" in result.stderr and "Traceback" not in result.output
 
 
 def test_a_torn_last_line_is_dropped(tmp_path):

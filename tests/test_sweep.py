@@ -34,6 +34,43 @@ def test_unique_names():
         ["best", "best-2", "c", "best-3"]
 
 
+def test_names_stay_unique_after_numbering_and_ignoring_case():
+    assert unique_names(["a/best.pt", "b/best.pt", "c/best-2.pt"]) == ["best", "best-2", "best-2-2"]
+    assert unique_names(["c/best-2.pt", "a/best.pt", "b/best.pt"]) == ["best-2", "best", "best-3"]
+    assert unique_names(["x/Model.pt", "y/model.pt"]) == ["Model", "model-2"]  # one folder on macOS / Windows
+
+
+def test_names_are_safe_folder_names():
+    names = unique_names(["meta.json.pt", "summary.csv.pt", "per_image.csv.pt", "run.json.pt", "..pt", "...pt",
+                          ".hidden.pt", "a\\b.pt", "new\nline.pt", b"\xff\xfe.pt".decode("utf-8", "surrogateescape"),
+                          "x" * 250 + ".pt"])
+    assert names[:4] == ["meta.json-2", "summary.csv-2", "per_image.csv-2", "run.json-2"]
+    assert names[4:9] == ["model", "model-2", "hidden", "a_b", "new_line"]
+    assert names[9] == "\ufffd\ufffd" and names[10] == "x" * 200
+    assert len(set(names)) == len(names)
+
+
+def test_colliding_checkpoint_names_keep_every_model(tmp_path, tiny_ckpt, image_folder):
+    paths = []
+    for i, rel in enumerate(["a/best.pt", "b/best.pt", "c/best-2.pt", "meta.json.pt"]):
+        path = tmp_path / rel
+        path.parent.mkdir(exist_ok=True)
+        ProtoPNetAdapter.from_config(tiny_config(), seed=i).save(str(path.with_suffix(".safetensors")))
+        path.with_suffix(".safetensors").rename(path)
+        paths += ["--ckpt", path]
+    out = tmp_path / "o"
+    args = ["evaluate", *paths, "--adapter", "protopnet", "--data", image_folder, "--steps", 1, "--limit", 2,
+            "--out", out]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["model"].tolist() == ["best", "best-2", "best-2-2", "meta.json-2"]
+    assert summary["PAC_mean"].nunique() == 4  # four different models, none replaced by another
+    assert json.loads((out / "meta.json").read_text())["models"][3]["dir"] == "meta.json-2"
+    for name in summary["model"]:
+        assert json.loads((out / name / "meta.json").read_text())["model"] == name
+
+
 def test_several_models_one_broken(tmp_path, tiny_ckpt, image_folder):
     other = tmp_path / "other.safetensors"
     ProtoPNetAdapter.from_config(tiny_config(), seed=1).save(str(other))
@@ -99,3 +136,21 @@ def test_an_interrupted_sweep_resumes_to_the_same_tables(tmp_path, tiny_ckpt, im
     assert resumed.exit_code == 0, resumed.output
     for name in ("summary.csv", "tiny/per_image.csv", "other/per_image.csv", "third/summary.csv"):
         assert (full / name).read_bytes() == (cut / name).read_bytes(), name
+
+
+class BuggyAdapter(ProtoPNetAdapter):
+    """Loads fine, then fails as a bug would."""
+
+    def forward(self, x):
+        return {}["maps"]
+
+
+def test_a_bug_in_one_model_keeps_its_traceback(tmp_path, tiny_ckpt, image_folder):
+    out = tmp_path / "o"
+    result = runner.invoke(app, [str(a) for a in [
+        "evaluate", "--ckpt", tiny_ckpt, "--ckpt", tiny_ckpt, "--adapter", "protopnet",
+        "--adapter", "test_sweep:BuggyAdapter", "--data", image_folder, "--steps", 1, "--limit", 2, "--out", out]])
+    assert result.exit_code == 1, result.output
+    error = pd.read_csv(out / "summary.csv").loc[1, "error"]
+    assert error.startswith("KeyError: 'maps' (a bug in protobench") and str(out / "tiny-2") in error
+    assert "in forward" in (out / "tiny-2" / "protobench-traceback.txt").read_text()
