@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from protobench.data import ImageFolder, ImageList
+from protobench.data import MAX_IMAGE_PIXELS, ImageFolder, ImageList
 from protobench.errors import DataError
 
 KINDS = ("cub", "cars", "imagefolder")
@@ -29,11 +29,13 @@ CARS_SPLITS = {  # split -> (annotation files to try, in order; image folder)
 }
 
 
-def open_dataset(spec: str, info: Any, kind: str | None = None, split: str | None = None) -> ImageList:
+def open_dataset(spec: str, info: Any, kind: str | None = None, split: str | None = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> ImageList:
     """The dataset at directory `spec` in the model's input format (info: ModelInfo).
 
     kind: 'cub', 'cars' or 'imagefolder' (None: detect). split: 'test' (default), 'train'
-    or, for CUB, 'all'; ImageFolder has no splits.
+    or, for CUB, 'all'; ImageFolder has no splits. max_pixels: images larger than this are
+    skipped unread (0: no limit).
     """
     root = Path(spec)
     if not root.exists():
@@ -45,8 +47,8 @@ def open_dataset(spec: str, info: Any, kind: str | None = None, split: str | Non
     if kind == "imagefolder":
         if split is not None:
             raise DataError("an ImageFolder has no splits: drop --split and point --data at the split's folder")
-        return ImageFolder(root, *args)
-    return READERS[kind](root, split or "test", *args)
+        return ImageFolder(root, *args, max_pixels=max_pixels)
+    return READERS[kind](root, split or "test", *args, max_pixels=max_pixels)
 
 
 def detect(root: Path) -> tuple[str, Path]:
@@ -93,7 +95,7 @@ def read_table(path: Path, columns: int) -> dict[int, list[str]]:
     return table
 
 
-def open_cub(root: Path, split: str, size: int, mean, std) -> ImageList:
+def open_cub(root: Path, split: str, size: int, mean, std, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageList:
     """CUB-200-2011 from its archive layout, each image cropped to its bounding box."""
     if split not in ("test", "train", "all"):
         raise DataError(f"unknown --split {split!r} for CUB: use test, train or all")
@@ -113,7 +115,8 @@ def open_cub(root: Path, split: str, size: int, mean, std) -> ImageList:
     xywh = [tuple(_floats(_field(boxes, i, "bounding_boxes.txt"), "bounding_boxes.txt", i)) for i in ids]
     crops = [(x, y, x + w, y + h) for x, y, w, h in xywh]
     return ImageList(root, paths, targets, [class_table[c][0] for c in class_ids], size, mean, std, boxes=crops,
-                     annotations=[str(root / name) for name in CUB_FILES], kind="cub", split=split)
+                     annotations=[str(root / name) for name in CUB_FILES], kind="cub", split=split,
+                     max_pixels=max_pixels)
 
 
 def _field(table: dict[int, list[str]], image_id: int, name: str) -> list[str]:
@@ -136,7 +139,7 @@ def _floats(values: list[str], name: str, image_id: int) -> list[float]:
         raise DataError(f"{name}: image {image_id} has a non-numeric box {values}") from None
 
 
-def open_cars(root: Path, split: str, size: int, mean, std) -> ImageList:
+def open_cars(root: Path, split: str, size: int, mean, std, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageList:
     """Stanford Cars from its devkit annotations, each image cropped to its bounding box."""
     if split not in CARS_SPLITS:
         raise DataError(f"unknown --split {split!r} for Stanford Cars: use test or train")
@@ -155,7 +158,8 @@ def open_cars(root: Path, split: str, size: int, mean, std) -> ImageList:
         targets.append(int(label) - 1)
         crops.append((x1 - 1, y1 - 1, x2, y2))  # 1-based inclusive -> 0-based, right/bottom exclusive
     return ImageList(root, paths, targets, classes, size, mean, std, boxes=crops,
-                     annotations=[str(root / CARS_META), str(annos_path)], kind="cars", split=split)
+                     annotations=[str(root / CARS_META), str(annos_path)], kind="cars", split=split,
+                     max_pixels=max_pixels)
 
 
 def _loadmat(path: Path, key: str):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
 from protobench.benchmark import Protocol
+from protobench.data import MAX_IMAGE_PIXELS
 from protobench.errors import DataError, DataWarning, Interrupted, ProtobenchError
 
 RESULT_FILES = ("per_image.csv", "summary.csv", "meta.json")
@@ -46,6 +47,7 @@ class EvaluateConfig:
     dataset: str | None = None  # 'cub', 'cars' or 'imagefolder'; None: detect from the directory
     split: str | None = None  # None: the layout's test split
     strict: bool = False  # an undecodable image is an error instead of a skip
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are skipped unread (0: no limit)
     resume: bool = False  # continue the interrupted run in `out`
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see benchmark.Runtime
@@ -100,14 +102,15 @@ def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
     return get_adapter(name).load(ckpt, **options).to(device)
 
 
-def load_dataset(data: str, info, kind: str | None = None, split: str | None = None):
+def load_dataset(data: str, info, kind: str | None = None, split: str | None = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS):
     from protobench.datasets import open_dataset
     from protobench.demo import shapes
 
     if shapes.split_of(data) is not None:  # the reserved name of the built-in demo data
         dataset = shapes.load(data, info.input_size, info.mean, info.std)
     else:
-        dataset = open_dataset(data, info, kind, split)
+        dataset = open_dataset(data, info, kind, split, max_pixels)
     if len(dataset.classes) != info.num_classes:
         kind = getattr(dataset, "kind", "dataset")
         noun = "class folders" if kind == "imagefolder" else f"classes ({kind})"
@@ -133,7 +136,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     status = check_out_dir(out, cfg.overwrite, cfg.resume)
     resolve_runtime(cfg, device)  # a bad --precision fails here, before anything is written
     adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
-    dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split)
+    dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
     identity = run_identity(cfg, adapter, dataset, device)
     distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
@@ -183,13 +186,13 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) 
     from protobench.data import Subset
 
     records, skipped = runstate.read_partial(out)
-    report_skipped(skipped, paths, cfg.strict)
+    report_skipped(skipped, dataset, cfg.strict)
     done = {r["index"] for r in records} | set(skipped)
     todo = world.shard([i for i in indices if i not in done])
     count = [len(indices) - len(todo), 0]  # images done, of which evaluated now
 
     def on_batch(rows: list[dict], bad: list[int]) -> None:
-        report_skipped(bad, paths, cfg.strict)
+        report_skipped(bad, dataset, cfg.strict)
         log.append(rows, bad)
         count[0] += len(rows) + len(bad)
         count[1] += len(rows)
@@ -210,12 +213,15 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) 
     return time.perf_counter() - started, count[1]
 
 
-def report_skipped(indices: list[int], paths: list[str], strict: bool) -> None:
-    """Warn about each undecodable image, or stop on the first one under --strict."""
+def report_skipped(indices: list[int], dataset, strict: bool) -> None:
+    """Warn about each unusable image and why, or stop on the first one under --strict."""
+    from protobench.data import skip_reason
+
     for i in indices:
         if strict:
-            raise DataError(f"image does not decode: {paths[i]} (fix or remove it, or drop --strict to skip it)")
-        warnings.warn(f"skipped an image that does not decode: {paths[i]}", DataWarning, stacklevel=2)
+            raise DataError(f"cannot use image {skip_reason(dataset, i)} (fix or remove it, or drop --strict "
+                            "to skip it)")
+        warnings.warn(f"skipped image {skip_reason(dataset, i)}", DataWarning, stacklevel=2)
 
 
 def model_name(cfg: EvaluateConfig) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from protobench.data import MAX_IMAGE_PIXELS
 from protobench.errors import AdapterError, Interrupted, ProtobenchError
 from protobench.finetune_state import LOG, STATE
 from protobench.trainer import NoProgress, Progress, TrainSettings
@@ -40,6 +41,7 @@ class FinetuneConfig:
     settings: TrainSettings = field(default_factory=TrainSettings)
     device: str = "auto"
     workers: int = 0  # image-decoding processes when the training set is too large to keep in memory
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are skipped unread (0: no limit)
     resume: bool = False
     overwrite: bool = False
 
@@ -157,7 +159,8 @@ def load_for_training(cfg: FinetuneConfig, device):
 
     adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
     check_trainable(adapter, cfg.settings.push)
-    dataset, _ = load_dataset(cfg.data, adapter.info, cfg.dataset, train_split(cfg.data, cfg.dataset, cfg.split))
+    dataset, _ = load_dataset(cfg.data, adapter.info, cfg.dataset, train_split(cfg.data, cfg.dataset, cfg.split),
+                              cfg.max_image_pixels)
     return adapter, in_memory(dataset)
 
 
@@ -205,7 +208,8 @@ def evaluate_model(cfg: FinetuneConfig, ckpt: str, adapter: str, out: Path, name
     resume = out.is_dir() and runstate.state(out) != "empty"
     result = evaluate(EvaluateConfig(ckpt=ckpt, data=cfg.eval_data, out=str(out), adapter=adapter,
                                      adapter_options=cfg.adapter_options if adapter != "auto" else {},
-                                     protocol=Protocol(), device=cfg.device, resume=resume, name=name), progress)
+                                     protocol=Protocol(), device=cfg.device, resume=resume, name=name,
+                                     max_image_pixels=cfg.max_image_pixels), progress)
     return result["summary"]
 
 
