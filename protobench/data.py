@@ -154,6 +154,8 @@ class ImageList(torch.utils.data.Dataset):
         self.files = [*self.paths, *annotations]
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
         self.max_pixels = check_max_pixels(max_pixels)
+        for path in self.paths:
+            check_utf8(path)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -208,6 +210,16 @@ def check_max_pixels(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise DataError(f"--max-image-pixels must be 0 (no limit) or a positive number of pixels, got {value!r}")
     return value
+
+
+def check_utf8(path: str) -> None:
+    """A DataError for a file name that is not UTF-8 (Python holds its bytes as surrogates):
+    the result files are UTF-8, and writing the name there would fail at the end of the run."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"the file name {os.fsencode(path)!r} is not UTF-8: rename it (e.g. with convmv) "
+                        "so that results can name it") from None
 
 
 def skip_reason(dataset, index: int) -> str:

@@ -239,6 +239,20 @@ def test_training_data_none_usable(tmp_path):
         in_memory(ds)
 
 
+def test_a_file_name_that_is_not_utf8_is_refused_up_front(tmp_path):
+    """Python holds such a name as surrogates; writing it to per_image.csv failed after the whole run."""
+    from protobench.data import ImageFolder
+
+    (tmp_path / "data" / "class0").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "data" / "class0" / "ok.png")
+    with open(os.fsencode(tmp_path / "data" / "class0") + b"/caf\xe9.png", "wb") as f:
+        f.write(encoded(Image.new("RGB", (4, 4)), "PNG"))
+    with pytest.raises(DataError) as err:
+        ImageFolder(tmp_path / "data", 4, MEAN, STD)
+    assert str(err.value).startswith("the file name b'/") and str(err.value).endswith(
+        "/class0/caf\\xe9.png' is not UTF-8: rename it (e.g. with convmv) so that results can name it")
+
+
 def test_evaluate_and_finetune_take_the_limit(tmp_path, tiny_ckpt, image_folder):
     """The folder's images are 40 x 40 = 1600 pixels; one more is 50 x 40 = 2000."""
     from typer.testing import CliRunner
