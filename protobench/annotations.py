@@ -46,11 +46,14 @@ def annotation_text(path: Path) -> str:
         raise DataError(f"missing annotation file {path}: is the dataset unpacked whole?")
     if not path.is_file():
         raise DataError(f"{path} is not a file: the annotation file must be a plain text file")
-    size = path.stat().st_size
-    if size > ANNOTATION_BYTES:
-        raise DataError(f"{path} is {size / 2**20:.0f} MiB, more than an annotation file may be "
-                        f"({ANNOTATION_BYTES >> 20} MiB): is it the dataset's own file?")
-    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, as Windows editors write
+    try:
+        size = path.stat().st_size
+        if size > ANNOTATION_BYTES:
+            raise DataError(f"{path} is {size / 2**20:.0f} MiB, more than an annotation file may be "
+                            f"({ANNOTATION_BYTES >> 20} MiB): is it the dataset's own file?")
+        data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, as Windows editors write
+    except OSError as err:  # permissions, a disk error, a file removed meanwhile
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -191,19 +191,28 @@ class ImageFolder(ImageList):
             raise DataError(f"data directory not found: {root}")
         if not root.is_dir():
             raise DataError(f"--data must be a directory of class folders, got a file: {root}")
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not classes:
-            raise DataError(f"no class folders in {root}: expected {root}/<class>/<image> (ImageFolder layout)")
-        paths: list[str] = []
-        labels: list[int] = []
-        for label, name in enumerate(classes):
-            for path in sorted((root / name).rglob("*")):
-                if path.suffix.lower() in IMG_EXTENSIONS and path.is_file():
-                    paths.append(str(path))
-                    labels.append(label)
+        try:
+            classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+            if not classes:
+                raise DataError(f"no class folders in {root}: expected {root}/<class>/<image> (ImageFolder layout)")
+            paths, labels = _image_files(root, classes)
+        except OSError as err:  # a folder that cannot be listed
+            raise DataError(f"cannot list {err.filename or root}: {err.strerror or err}") from None
         if not paths:
             raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) under the class folders of {root}")
         super().__init__(root, paths, labels, classes, size, mean, std, kind="imagefolder", max_pixels=max_pixels)
+
+
+def _image_files(root: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+    """Every file with an image extension under each class folder (recursively, sorted), and its label."""
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if path.suffix.lower() in IMG_EXTENSIONS and path.is_file():
+                paths.append(str(path))
+                labels.append(label)
+    return paths, labels
 
 
 def check_max_pixels(value: int) -> int:

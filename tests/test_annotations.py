@@ -251,3 +251,20 @@ def test_a_missing_image_folder_is_one_error(cub, cars):
     shutil.rmtree(cars / "cars_test")
     with pytest.raises(DataError, match="cars_test is not a folder of images"):
         open_dataset(str(cars), info(3))
+
+
+def test_files_that_cannot_be_read_are_one_error(cub, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "folder", classes=2, per_class=1)
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    one_line_error(cub, f"cannot read {cub / 'images.txt'}: Permission denied")
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(DataError, match=f"cannot list {folder}: Permission denied"):
+        open_dataset(folder, info())
