@@ -2,6 +2,7 @@
 (or annotation), never a traceback, never a file outside the dataset, never a memory blow-up."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -268,3 +269,73 @@ def test_files_that_cannot_be_read_are_one_error(cub, tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "iterdir", refuse)
     with pytest.raises(DataError, match=f"cannot list {folder}: Permission denied"):
         open_dataset(folder, info())
+
+
+@pytest.mark.parametrize("find, patch, why", [
+    # a uint16 value stored as a small element (type 4, 2 bytes): an unknown type instead
+    (b"\x04\x00\x02\x00", b"\x04\x06\x02\x00", "a data element of type 1540"),
+    # the array flags of a uint16 field (miUINT32, 8 bytes, class 11): the complex flag, with no imaginary part
+    (b"\x06\x00\x00\x00\x08\x00\x00\x00\x0b\x00\x00\x00", b"\x06\x00\x00\x00\x08\x00\x00\x00\x0b\x08\x00\x00",
+     "an array with 1 data part(s) where its flags say 2"),
+])
+def test_cars_mat_files_that_crash_scipy_are_refused(cars, find, patch, why):
+    """Each one-byte change made scipy's compiled reader crash the interpreter (a segmentation fault)."""
+    path = cars / "cars_test_annos_withlabels.mat"
+    content = path.read_bytes()
+    assert find in content
+    path.write_bytes(content.replace(find, patch, 1))
+    with pytest.raises(DataError, match=re.escape(f"is not a MATLAB file protobench can read safely ({why}")):
+        open_dataset(str(cars), info(3))
+
+
+def mutations(content: bytes, count: int, seed: int):
+    """`count` damaged copies of `content` (fixed seed): bytes changed, cut short, or lines repeated."""
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        damaged = bytearray(content)
+        if k % 3 == 0:
+            for _ in range(int(rng.integers(1, 4))):
+                damaged[int(rng.integers(len(damaged)))] = int(rng.integers(0, 256))
+        elif k % 3 == 1:
+            damaged = damaged[: int(rng.integers(0, len(damaged) + 1))]
+        else:
+            lines = bytes(damaged).split(b"\n")
+            lines.insert(int(rng.integers(len(lines))), lines[int(rng.integers(len(lines)))])
+            damaged = bytearray(b"\n".join(lines))
+        yield bytes(damaged)
+
+
+def assert_only_data_errors(root, classes: int, split: str) -> None:
+    try:
+        ds = open_dataset(str(root), info(classes), split=split)
+    except DataError as err:
+        assert "\n" not in str(err)
+        return
+    for i in range(len(ds)):
+        if ds[i][0] is None:
+            assert ds.why_skipped(i)
+
+
+@pytest.mark.parametrize("name", ["images.txt", "image_class_labels.txt", "train_test_split.txt",
+                                  "bounding_boxes.txt", "classes.txt"])
+def test_damaged_cub_files_give_data_errors_only(cub, name):
+    original = (cub / name).read_bytes()
+    for content in mutations(original, 60, seed=len(name)):
+        (cub / name).write_bytes(content)
+        assert_only_data_errors(cub, 2, "all")
+
+
+@pytest.mark.parametrize("name, compressed", [("cars_test_annos_withlabels.mat", False),
+                                              ("cars_test_annos_withlabels.mat", True),
+                                              ("devkit/cars_meta.mat", False)])
+def test_damaged_cars_files_give_data_errors_only(cars, name, compressed):
+    """Also a guard against scipy crashes: a damaged .mat once took the interpreter down."""
+    from scipy.io import loadmat, savemat
+
+    if compressed:
+        variables = {k: v for k, v in loadmat(str(cars / name)).items() if not k.startswith("__")}
+        savemat(cars / name, variables, do_compression=True)
+    original = (cars / name).read_bytes()
+    for content in mutations(original, 150, seed=int(compressed)):
+        (cars / name).write_bytes(content)
+        assert_only_data_errors(cars, 3, "test")
