@@ -44,18 +44,39 @@ def load_image(path: str | os.PathLike, size: int, mean: Sequence[float], std: S
 
 def decode(path: str | os.PathLike, size: int, box: Box | None, max_pixels: int) -> np.ndarray:
     """(size, size, 3) float32 in 0..1; every way a file can fail becomes Unusable with a reason."""
+    with _as_unusable(max_pixels), opened(path, max_pixels) as img, _pil_limit(max_pixels):
+        ImageOps.exif_transpose(img, in_place=True)  # decodes; PIL's own checks now use our limit
+        check_pixels(img.size, max_pixels)  # some formats (ICO, ICNS) pick their size on load
+        if box is not None:
+            img = img.crop(pixel_box(box, img.size))
+        img = to_rgb(img).resize((size, size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def probe(path: str | os.PathLike, max_pixels: int) -> None:
+    """Unusable for what the header alone shows (not a file, not an image, no pixels, too large)."""
+    with _as_unusable(max_pixels), opened(path, max_pixels):
+        pass
+
+
+def opened(path: str | os.PathLike, max_pixels: int) -> Image.Image:
+    """The image at `path`, its header read and its size checked, its pixels not yet decoded."""
+    check_file(path)
+    with _pil_limit(None):  # the header only: check_pixels names the size and the option
+        img = Image.open(path)
     try:
-        check_file(path)
-        with _pil_limit(None):  # the header only: our own check below names the size and the option
-            img = Image.open(path)
-        with img, _pil_limit(max_pixels):
-            check_pixels(img.size, max_pixels)
-            ImageOps.exif_transpose(img, in_place=True)  # decodes; PIL's own checks now use our limit
-            check_pixels(img.size, max_pixels)  # some formats (ICO, ICNS) pick their size on load
-            if box is not None:
-                img = img.crop(pixel_box(box, img.size))
-            img = to_rgb(img).resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.float32) / 255.0
+        check_pixels(img.size, max_pixels)
+    except Unusable:
+        img.close()
+        raise
+    return img
+
+
+@contextmanager
+def _as_unusable(max_pixels: int) -> Iterator[None]:
+    """Every error reading an image as Unusable, with a reason."""
+    try:
+        yield
     except Unusable:
         raise
     except FileNotFoundError:
@@ -170,6 +191,10 @@ class ImageList(torch.utils.data.Dataset):
     def load(self, index: int) -> torch.Tensor:
         box = self.boxes[index] if self.boxes is not None else None
         return load_image(self.paths[index], self.size, self.mean, self.std, box, self.max_pixels)
+
+    def probe(self, index: int) -> None:
+        """Unusable if image `index`'s header already shows it cannot be used (no decoding)."""
+        probe(self.paths[index], self.max_pixels)
 
     def why_skipped(self, index: int) -> str:
         """Why image `index` is unusable, found again (cheap: header checks come first); the

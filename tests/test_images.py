@@ -47,6 +47,13 @@ def test_a_header_over_the_limit_is_refused_before_decoding(tmp_path):
     assert "13300 x 13300 pixels (176.9 megapixels), over --max-image-pixels 50000000" in str(err.value)
 
 
+@pytest.mark.parametrize("size", [(0, 16), (16, 0)])
+def test_an_image_without_pixels_is_unusable(size):
+    # PIL's common plugins refuse such headers themselves; the check stands for the others
+    with pytest.raises(Unusable, match=f"the image has no pixels \\({size[0]} x {size[1]}\\)"):
+        data.check_pixels(size, 0)
+
+
 def test_the_limit_is_the_users_not_pils(tmp_path, monkeypatch):
     path = tmp_path / "img.png"
     Image.new("RGB", (30, 20), (10, 20, 30)).save(path)  # 600 pixels
@@ -280,3 +287,20 @@ def test_evaluate_and_finetune_take_the_limit(tmp_path, tiny_ckpt, image_folder)
                                "--epochs", "1", "--last-epochs", "0", "--no-push", "--max-image-pixels", "1999"])
     assert tune.exit_code == 0, tune.output
     assert f"skipped training image {big}: the image is 50 x 40 pixels" in " ".join(tune.stderr.split())
+
+
+def test_training_data_too_large_for_memory_is_screened_by_header(tmp_path):
+    """Over the memory budget the images are decoded each epoch: what the headers show unusable
+    is left out up front, with the same warnings; the rest keep their dataset index."""
+    files = {"bad.png": b"broken",
+             "ok.png": encoded(Image.new("RGB", (10, 10), (0, 255, 0)), "PNG"),
+             "big.png": encoded(Image.new("RGB", (12, 10)), "PNG"),  # 120 pixels: over the limit of 100
+             "ok2.png": encoded(Image.new("RGB", (10, 10), (0, 0, 255)), "PNG")}
+    ds = image_list(tmp_path, files, max_pixels=100)
+    with pytest.warns(DataWarning) as caught:
+        training = in_memory(ds, budget=1)
+    assert [training[i][2] for i in range(len(training))] == [1, 3]
+    assert torch.allclose(training[1][0][2], torch.ones(8, 8))  # ok2.png: blue
+    assert [str(w.message).split(":")[0] for w in caught] == [
+        f"skipped training image {tmp_path / 'bad.png'}", f"skipped training image {tmp_path / 'big.png'}"]
+    assert "12 x 10 pixels" in str(caught[1].message)
