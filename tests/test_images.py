@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from datasets_fixtures import png_bytes
-from protobench import data
+from protobench import images
 from protobench.data import MAX_IMAGE_PIXELS, ImageList, Unusable, load_image
 from protobench.errors import DataError, DataWarning
 from protobench.finetune_data import in_memory
@@ -51,7 +51,7 @@ def test_a_header_over_the_limit_is_refused_before_decoding(tmp_path):
 def test_an_image_without_pixels_is_unusable(size):
     # PIL's common plugins refuse such headers themselves; the check stands for the others
     with pytest.raises(Unusable, match=f"the image has no pixels \\({size[0]} x {size[1]}\\)"):
-        data.check_pixels(size, 0)
+        images.check_pixels(size, 0)
 
 
 def test_the_limit_is_the_users_not_pils(tmp_path, monkeypatch):
@@ -97,7 +97,7 @@ def test_pils_own_bomb_checks_end_as_unusable(tmp_path, monkeypatch, raise_it):
     """PIL checks sizes again while it decodes (GIF frames, TIFF tiles...): its error, and its
     warning (which alone would let the decode go on), become an unusable image too."""
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
-    monkeypatch.setattr(data.ImageOps, "exif_transpose", lambda img, in_place: raise_it())
+    monkeypatch.setattr(images.ImageOps, "exif_transpose", lambda img, in_place: raise_it())
     with pytest.raises(Unusable, match="over --max-image-pixels 50000000"):
         load_image(tmp_path / "a.png", 4, MEAN, STD)
 
