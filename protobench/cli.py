@@ -35,6 +35,10 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
+MAX_PIXELS = 50_000_000  # protobench.data.MAX_IMAGE_PIXELS, written out: that module imports torch
+MAX_PIXELS_HELP = "Skip images with more pixels than this (read from the header, before decoding); 0: no limit."
+
+
 @app.command()
 def evaluate(
     adapter: list[str] = typer.Option([], help="Model family (see `protobench adapters`), pkg.module:Class, or "
@@ -68,6 +72,7 @@ def evaluate(
     overwrite: bool = typer.Option(False, help="Replace results already in --out."),
     resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same options, same results)."),
     strict: bool = typer.Option(False, help="Stop at an image that does not decode instead of skipping it."),
+    max_image_pixels: int = typer.Option(MAX_PIXELS, help=MAX_PIXELS_HELP),
     adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
@@ -93,6 +98,7 @@ def evaluate(
         adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
         device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
         strict=strict, resume=resume, precision=precision, compile=compile,
+        max_image_pixels=max_image_pixels,
     )
     with warnings_to_console():
         if len(models) > 1:
@@ -107,8 +113,8 @@ def evaluate(
         line("warning", "yellow", f"the pgd gradient was exactly zero on the attackable pixels for "
                                   f"{summary['zero_grad_images']} images at some step (see zero_grad in per_image.csv)")
     if result["meta"].get("skipped_images"):
-        line("warning", "yellow", f"{len(result['meta']['skipped_images'])} images did not decode and were skipped "
-                                  "(listed in meta.json, skipped_images)")
+        line("warning", "yellow", f"{len(result['meta']['skipped_images'])} images could not be used and were skipped "
+                                  "(the warnings above say why; listed in meta.json, skipped_images)")
     say(f"results written to {result['out']}/ (per_image.csv, summary.csv, meta.json)")
 
 
@@ -199,6 +205,7 @@ def finetune(
     push: bool = typer.Option(True, "--push/--no-push", help="Project prototypes onto training patches."),
     resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same options)."),
     overwrite: bool = typer.Option(False, help="Replace the run already in --out."),
+    max_image_pixels: int = typer.Option(MAX_PIXELS, help=MAX_PIXELS_HELP),
     adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
 ) -> None:
     """Fine-tune a model to align its explanations (alignment loss, masking augmentation, push)."""
@@ -215,7 +222,7 @@ def finetune(
     cfg = FinetuneConfig(ckpt=str(ckpt) if ckpt else None, data=data, out=str(out) if out else None, adapter=adapter,
                          adapter_options=parse_options(adapter_option), dataset=dataset, split=split,
                          eval_data=eval_data, evaluate=evaluate, settings=settings, device=device, resume=resume,
-                         overwrite=overwrite)
+                         overwrite=overwrite, max_image_pixels=max_image_pixels)
     with warnings_to_console():
         result = run_library(run_finetune, cfg, TrainProgress(err_console), RichProgress(err_console),
                              trace_dir=out)

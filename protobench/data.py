@@ -1,65 +1,25 @@
 """Datasets for the benchmark: every item is (image (3, S, S) normalized, label, index).
 
-An image that does not decode comes back as None and the loader drops it (the caller
-counts it), so one bad file never ends a run. Dataset layouts (CUB, Cars, ImageFolder)
-are read in protobench.datasets; all of them end up as an ImageList.
+An image protobench cannot use (it does not decode, is over the pixel limit, or its box
+misses it: protobench.images) comes back as None and the loader drops it (the caller counts
+it and asks `why_skipped` for the reason), so one bad file never ends a run. Dataset layouts
+(CUB, Cars, ImageFolder) are read in protobench.datasets; all of them end up as an ImageList.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from protobench.errors import DataError
+from protobench.images import (  # noqa: F401 - normalize, pixel_box: re-exported, others import them from here
+    MAX_IMAGE_PIXELS, Box, Unusable, load_image, normalize, pixel_box, probe)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-Box = tuple[float, float, float, float]  # (left, top, right, bottom) in pixels, 0-based, right/bottom exclusive
-
-
-def load_image(path: str | os.PathLike, size: int, mean: Sequence[float], std: Sequence[float],
-               box: Box | None = None) -> torch.Tensor:
-    """Decode, convert to RGB whatever the mode, crop to `box`, squash to size x size (bilinear), normalize."""
-    with Image.open(path) as img:
-        img = to_rgb(img)
-        if box is not None:
-            img = img.crop(pixel_box(box, img.size))
-        img = img.resize((size, size), Image.BILINEAR)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-    x = torch.from_numpy(arr).permute(2, 0, 1)
-    return normalize(x, mean, std)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB whatever the mode; 16-bit greyscale is scaled to 8 bits (PIL's own conversion clips it at 255)."""
-    if img.mode in ("I", "I;16", "I;16L", "I;16B"):
-        grey = np.asarray(img, dtype=np.float32) / 65535.0
-        img = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    return img.convert("RGB")
-
-
-def pixel_box(box: Box, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The whole pixels that a (possibly fractional) box touches, clamped to the image; never empty."""
-    width, height = image_size
-    left = min(max(math.floor(box[0]), 0), width - 1)
-    top = min(max(math.floor(box[1]), 0), height - 1)
-    right = max(min(math.ceil(box[2]), width), left + 1)
-    bottom = max(min(math.ceil(box[3]), height), top + 1)
-    return left, top, right, bottom
-
-
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(..., 3, H, W) pixels in 0..1 -> the model's normalized space."""
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x - m) / s
 
 
 class ImageList(torch.utils.data.Dataset):
@@ -70,47 +30,99 @@ class ImageList(torch.utils.data.Dataset):
 
     def __init__(self, root: str | os.PathLike, paths: Sequence[str], labels: Sequence[int], classes: Sequence[str],
                  size: int, mean: Sequence[float], std: Sequence[float], boxes: Sequence[Box] | None = None,
-                 annotations: Sequence[str] = (), kind: str = "images", split: str | None = None):
+                 annotations: Sequence[str] = (), kind: str = "images", split: str | None = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS):
         self.root, self.kind, self.split = Path(root), kind, split
         self.paths, self.labels, self.classes = list(paths), list(labels), list(classes)
         self.boxes = list(boxes) if boxes is not None else None
         self.files = [*self.paths, *annotations]
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+        self.max_pixels = check_max_pixels(max_pixels)
+        for path in self.paths:
+            check_utf8(path)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, int]:
-        box = self.boxes[index] if self.boxes is not None else None
         try:
-            x = load_image(self.paths[index], self.size, self.mean, self.std, box)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
-            x = None  # dropped by collate(); the runner records it as skipped
+            x = self.load(index)
+        except Unusable:
+            x = None  # dropped by collate(); the runner records it as skipped and asks why_skipped
         return x, self.labels[index], index
+
+    def load(self, index: int) -> torch.Tensor:
+        box = self.boxes[index] if self.boxes is not None else None
+        return load_image(self.paths[index], self.size, self.mean, self.std, box, self.max_pixels)
+
+    def probe(self, index: int) -> None:
+        """Unusable if image `index`'s header already shows it cannot be used (no decoding)."""
+        probe(self.paths[index], self.max_pixels)
+
+    def why_skipped(self, index: int) -> str:
+        """Why image `index` is unusable, found again (cheap: header checks come first); the
+        reason is not carried from the decoding processes."""
+        try:
+            self.load(index)
+        except Unusable as err:
+            return str(err)
+        return "the image did not decode, but did when read again (a file changing under the run?)"
 
 
 class ImageFolder(ImageList):
     """DIR/<class>/<image>: classes are the sorted folder names, as torchvision's ImageFolder."""
 
-    def __init__(self, root: str | os.PathLike, size: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, root: str | os.PathLike, size: int, mean: Sequence[float], std: Sequence[float],
+                 max_pixels: int = MAX_IMAGE_PIXELS):
         root = Path(root)
         if not root.exists():
             raise DataError(f"data directory not found: {root}")
         if not root.is_dir():
             raise DataError(f"--data must be a directory of class folders, got a file: {root}")
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not classes:
-            raise DataError(f"no class folders in {root}: expected {root}/<class>/<image> (ImageFolder layout)")
-        paths: list[str] = []
-        labels: list[int] = []
-        for label, name in enumerate(classes):
-            for path in sorted((root / name).rglob("*")):
-                if path.suffix.lower() in IMG_EXTENSIONS and path.is_file():
-                    paths.append(str(path))
-                    labels.append(label)
+        try:
+            classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+            if not classes:
+                raise DataError(f"no class folders in {root}: expected {root}/<class>/<image> (ImageFolder layout)")
+            paths, labels = _image_files(root, classes)
+        except OSError as err:  # a folder that cannot be listed
+            raise DataError(f"cannot list {err.filename or root}: {err.strerror or err}") from None
         if not paths:
             raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) under the class folders of {root}")
-        super().__init__(root, paths, labels, classes, size, mean, std, kind="imagefolder")
+        super().__init__(root, paths, labels, classes, size, mean, std, kind="imagefolder", max_pixels=max_pixels)
+
+
+def _image_files(root: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+    """Every file with an image extension under each class folder (recursively, sorted), and its label."""
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if path.suffix.lower() in IMG_EXTENSIONS and path.is_file():
+                paths.append(str(path))
+                labels.append(label)
+    return paths, labels
+
+
+def check_max_pixels(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(f"--max-image-pixels must be 0 (no limit) or a positive number of pixels, got {value!r}")
+    return value
+
+
+def check_utf8(path: str) -> None:
+    """A DataError for a file name that is not UTF-8 (Python holds its bytes as surrogates):
+    the result files are UTF-8, and writing the name there would fail at the end of the run."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"the file name {os.fsencode(path)!r} is not UTF-8: rename it (e.g. with convmv) "
+                        "so that results can name it") from None
+
+
+def skip_reason(dataset, index: int) -> str:
+    """`path: reason` for an item the loader dropped, for warnings and --strict errors."""
+    why = getattr(dataset, "why_skipped", None)
+    return f"{dataset.paths[index]}: {why(index) if why else 'the image does not decode'}"
 
 
 class Subset(torch.utils.data.Dataset):

@@ -14,6 +14,7 @@ from typing import Any, Protocol as TypingProtocol
 
 from protobench import options
 from protobench.benchmark import AUTOCAST_DTYPES, Protocol
+from protobench.data import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.devices import check_device_name, resolve_device
 from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
 
@@ -50,6 +51,7 @@ class EvaluateConfig:
     dataset: str | None = None  # 'cub', 'cars' or 'imagefolder'; None: detect from the directory
     split: str | None = None  # None: the layout's test split
     strict: bool = False  # an undecodable image is an error instead of a skip
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are skipped unread (0: no limit)
     resume: bool = False  # continue the interrupted run in `out`
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see benchmark.Runtime
@@ -62,6 +64,7 @@ class EvaluateConfig:
         options.optional_integer("--batch-size", self.batch_size, 1, MAX_BATCH)
         options.optional_integer("--workers", self.workers, 0, MAX_WORKERS)
         options.optional_integer("--limit", self.limit, 1)
+        check_max_pixels(self.max_image_pixels)
         options.choice("precision", self.precision, tuple(AUTOCAST_DTYPES))
 
 
@@ -89,14 +92,15 @@ def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
     return get_adapter(name).load(ckpt, **options).to(device)
 
 
-def load_dataset(data: str, info, kind: str | None = None, split: str | None = None):
+def load_dataset(data: str, info, kind: str | None = None, split: str | None = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS):
     from protobench.datasets import open_dataset
     from protobench.demo import shapes
 
     if shapes.split_of(data) is not None:  # the reserved name of the built-in demo data
         dataset = shapes.load(data, info.input_size, info.mean, info.std)
     else:
-        dataset = open_dataset(data, info, kind, split)
+        dataset = open_dataset(data, info, kind, split, max_pixels)
     if len(dataset.classes) != info.num_classes:
         kind = getattr(dataset, "kind", "dataset")
         noun = "class folders" if kind == "imagefolder" else f"classes ({kind})"
@@ -126,7 +130,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     files.check_writable_dir(out)
     adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
     check_selection(cfg.protocol, adapter)
-    dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split)
+    dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
     identity = run_identity(cfg, adapter, dataset, device)
     distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
@@ -172,6 +176,7 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, device) -> dict[str, Any
         "protocol": cfg.protocol.resolved(adapter.info.input_size),
         "device_type": device.type,
         "precision": cfg.precision,  # bf16 numbers differ from fp32 ones: never mixed in one run
+        "max_image_pixels": cfg.max_image_pixels,  # decides which images are skipped
     }
 
 
@@ -187,7 +192,7 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) 
     if done and max(done) >= len(paths):
         raise ProtobenchError(f"{out}: the partial log names images the dataset does not have (damaged): "
                               "use --overwrite to start again")
-    report_skipped(skipped, paths, cfg.strict)
+    report_skipped(skipped, dataset, cfg.strict)
     todo = world.shard([i for i in indices if i not in done])
     count = [len(indices) - len(todo), 0]  # images done, of which evaluated now
 
@@ -195,7 +200,7 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) 
         log.append(rows, bad)  # first: whatever happens next, this batch is kept
         count[0] += len(rows) + len(bad)
         count[1] += len(rows)
-        report_skipped(bad, paths, cfg.strict)
+        report_skipped(bad, dataset, cfg.strict)
         progress.update(rows, bad)
 
     started = time.perf_counter()
@@ -216,12 +221,15 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) 
     return time.perf_counter() - started, count[1]
 
 
-def report_skipped(indices: list[int], paths: list[str], strict: bool) -> None:
-    """Warn about each undecodable image, or stop on the first one under --strict."""
+def report_skipped(indices: list[int], dataset, strict: bool) -> None:
+    """Warn about each unusable image and why, or stop on the first one under --strict."""
+    from protobench.data import skip_reason
+
     for i in indices:
         if strict:
-            raise DataError(f"image does not decode: {paths[i]} (fix or remove it, or drop --strict to skip it)")
-        warnings.warn(f"skipped an image that does not decode: {paths[i]}", DataWarning, stacklevel=2)
+            raise DataError(f"cannot use image {skip_reason(dataset, i)} (fix or remove it, or drop --strict "
+                            "to skip it)")
+        warnings.warn(f"skipped image {skip_reason(dataset, i)}", DataWarning, stacklevel=2)
 
 
 def model_name(cfg: EvaluateConfig) -> str:

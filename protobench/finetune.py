@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from protobench import options
+from protobench.data import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.errors import AdapterError, Interrupted, Notice, OptionError, ProtobenchError
 from protobench.finetune_state import LOG, STATE
 from protobench.trainer import TUNABLE, NoProgress, NonFinite, Progress, TrainSettings
@@ -42,6 +43,7 @@ class FinetuneConfig:
     settings: TrainSettings = field(default_factory=TrainSettings)
     device: str = "auto"
     workers: int = 0  # image-decoding processes when the training set is too large to keep in memory
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are skipped unread (0: no limit)
     resume: bool = False
     overwrite: bool = False
 
@@ -53,6 +55,7 @@ class FinetuneConfig:
         self.settings.check()
         check_device_name(self.device)
         options.integer("workers", self.workers, 0, MAX_WORKERS)
+        check_max_pixels(self.max_image_pixels)
 
     def resolved(self) -> FinetuneConfig:
         """Defaults filled in: the demo model and data, the output directory, the evaluation data."""
@@ -192,7 +195,8 @@ def load_for_training(cfg: FinetuneConfig, device):
 
     adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
     check_trainable(adapter, cfg.settings)
-    dataset, _ = load_dataset(cfg.data, adapter.info, cfg.dataset, train_split(cfg.data, cfg.dataset, cfg.split))
+    dataset, _ = load_dataset(cfg.data, adapter.info, cfg.dataset, train_split(cfg.data, cfg.dataset, cfg.split),
+                              cfg.max_image_pixels)
     return adapter, in_memory(dataset)
 
 
@@ -250,7 +254,8 @@ def evaluate_model(cfg: FinetuneConfig, ckpt: str, adapter: str, out: Path, name
     resume = out.is_dir() and runstate.state(out) != "empty"
     result = evaluate(EvaluateConfig(ckpt=ckpt, data=cfg.eval_data, out=str(out), adapter=adapter,
                                      adapter_options=cfg.adapter_options if adapter != "auto" else {},
-                                     protocol=Protocol(), device=cfg.device, resume=resume, name=name), progress)
+                                     protocol=Protocol(), device=cfg.device, resume=resume, name=name,
+                                     max_image_pixels=cfg.max_image_pixels), progress)
     return result["summary"]
 
 

@@ -13,7 +13,7 @@ from datasets_fixtures import write_cars, write_cub
 from protobench.adapter import ModelInfo
 from protobench.adapters.protopnet import ProtoPNetAdapter
 from protobench.cli import app
-from protobench.data import pixel_box
+from protobench.data import Unusable, pixel_box
 from protobench.datasets import detect, open_dataset
 from protobench.errors import DataError
 from protobench.provenance import dataset_fingerprint
@@ -47,7 +47,14 @@ def test_pixel_box_by_hand():
     assert pixel_box((2.5, 4.2, 10.5, 12.2), (20, 16)) == (2, 4, 11, 13)  # every pixel the box touches
     assert pixel_box((15.0, 10.0, 45.0, 40.0), (20, 16)) == (15, 10, 20, 16)  # clamped to the image
     assert pixel_box((-4.0, -1.0, 3.0, 2.0), (20, 16)) == (0, 0, 3, 2)
-    assert pixel_box((25.0, 3.0, 25.0, 3.0), (20, 16)) == (19, 3, 20, 4)  # never empty
+    assert pixel_box((19.5, 3.0, 19.5, 3.0), (20, 16)) == (19, 3, 20, 4)  # never empty
+
+
+@pytest.mark.parametrize("box", [(25.0, 3.0, 30.0, 9.0), (3.0, 16.0, 9.0, 20.0), (-9.0, 3.0, 0.0, 9.0),
+                                 (3.0, -9.0, 9.0, 0.0)])
+def test_a_box_outside_the_image_is_unusable_not_an_edge_pixel(box):
+    with pytest.raises(Unusable, match="lies outside the 20 x 16 image"):
+        pixel_box(box, (20, 16))
 
 
 def test_cub_test_split_is_cropped_to_its_boxes(cub):
@@ -165,7 +172,8 @@ def test_undecodable_image_warns_and_strict_stops(tmp_path, tiny_ckpt, image_fol
     bad.write_bytes(b"not a png")
     result = run("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "o", "--steps", 1)
     assert result.exit_code == 0, result.output
-    assert f"skipped an image that does not decode: {bad}" in " ".join(result.stderr.split())
+    assert (f"skipped image {bad}: the image does not decode (UnidentifiedImageError: cannot identify image file"
+            in " ".join(result.stderr.split()))
     assert json.loads((tmp_path / "o" / "meta.json").read_text())["skipped_images"] == [str(bad)]
     strict = run("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "s", "--strict",
                  "--steps", 1)

@@ -141,15 +141,3 @@ def test_running_out_of_memory_is_not_called_a_bug(tmp_path, tiny_ckpt, image_fo
     result = invoke("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "o")
     assert_one_line_error(result, "out of memory (MemoryError)", "--batch-size")
     assert result.exit_code == 2
-
-
-def test_file_names_that_are_not_utf8_are_written_escaped(tmp_path, tiny_ckpt):
-    from conftest import write_image_folder
-
-    root = write_image_folder(tmp_path / "data")
-    os.rename(os.path.join(root, "class0", "img0.png"), os.path.join(os.fsencode(root), b"class0", b"\xff.png"))
-    out = tmp_path / "o"
-    result = invoke("evaluate", "--ckpt", tiny_ckpt, "--data", root, "--out", out, "--steps", 1)
-    assert result.exit_code == 0, result.output
-    text = (out / "per_image.csv").read_text(encoding="utf-8")  # valid UTF-8
-    assert "class0/\\udcff.png" in text
