@@ -25,7 +25,7 @@ import torch
 
 from protobench.errors import CheckpointError
 from protobench.limits import limit, short
-from protobench.torchfile import NotTorchFile, Oversized, Refused, read_torch_file
+from protobench.torchfile import BigEndian, NotTorchFile, Oversized, Refused, read_torch_file
 from protobench.torchnames import CALLABLE_IDS, TORCH_NAMES
 
 _BACKBONE_CLASSES = {
@@ -148,6 +148,10 @@ def _resolve(module: str, name: str) -> Any:
 # ---------------------------------------------------------------- the unpickler
 
 
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
 def _cost(value: Any) -> int:
     """Rough bytes a call or BUILD spends copying `value` (memo references make copies cheap to ask for)."""
     if isinstance(value, (str, bytes)):
@@ -201,8 +205,8 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._charge(*(state if isinstance(state, tuple) else (state,)))
         if isinstance(inst, StandIn):
             inst.__setstate__(state)
-        elif type(inst) is collections.OrderedDict and isinstance(state, dict):  # a state dict's `_metadata`
-            inst.__dict__.update({str(k): v for k, v in state.items()})
+        elif type(inst) is collections.OrderedDict and isinstance(state, dict) and all(map(_is_str, state)):
+            inst.__dict__.update(state)  # a state dict's `_metadata` attribute
         else:
             raise Refused(f"sets the state of a {type(inst).__name__}, which torch.save never does")
 
@@ -277,6 +281,9 @@ def load_pickle(path: str, kind: str, f: Any) -> Any:
                               "or made to exhaust memory") from None
     except NotTorchFile as err:
         raise CheckpointError(f"{path} is {err}: protobench reads torch.save checkpoints") from None
+    except BigEndian:
+        raise CheckpointError(f"{path} was written on a big-endian machine, which protobench does not read: "
+                              "save it again on a little-endian one (x86, ARM)") from None
     except MemoryError:
         raise CheckpointError(f"{path} does not fit in memory while unpickling") from None
     except Exception as err:  # anything else the file's bytes provoke: they are not a valid checkpoint

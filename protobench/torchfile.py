@@ -45,6 +45,10 @@ class NotTorchFile(pickle.UnpicklingError):
     """A pickle, but not one torch.save wrote."""
 
 
+class BigEndian(pickle.UnpicklingError):
+    """A checkpoint written on a big-endian machine (its storages' bytes would need swapping)."""
+
+
 @dataclass(frozen=True)
 class StorageType:
     """What a pickled storage class name (`torch.FloatStorage`) stands for: its dtype, nothing callable."""
@@ -145,8 +149,9 @@ def read_zip(f: io.BufferedReader, size: int, unpickle: Unpickle) -> Any:
     if len(pickles) != 1:
         raise NotTorchFile("a zip archive without torch.save's data.pkl")
     root = pickles[0][: -len("data.pkl")]
-    if root + "byteorder" in members and bytes(_member(f, size, members[root + "byteorder"])) != b"little":
-        raise Refused("was written on a big-endian machine, which protobench does not read")
+    order = members.get(root + "byteorder")
+    if order is not None and (order.file_size > 16 or _member(f, size, order).numpy().tobytes() != b"little"):
+        raise BigEndian()
     loaded: dict[str, Storage] = {}
 
     def persistent_load(pid: Any) -> Storage:
@@ -227,7 +232,7 @@ def read_legacy(f: io.BufferedReader, size: int, unpickle: Unpickle) -> Any:
         raise pickle.UnpicklingError("an unknown legacy torch format")
     info = unpickle(stream)
     if not isinstance(info, dict) or info.get("little_endian", True) is not True:
-        raise Refused("was written on a big-endian machine, which protobench does not read")
+        raise BigEndian()
     storages = _LegacyStorages(size)
     result = unpickle(stream, storages)
     storages.fill(f, unpickle(stream))

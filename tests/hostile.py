@@ -21,12 +21,13 @@ import torch
 MAGIC = 0x1950A86A20F9469CFC6C
 
 
-def torch_zip(path: Path, pkl: bytes, storages: dict[str, bytes] | None = None, compress: bool = False) -> Path:
+def torch_zip(path: Path, pkl: bytes, storages: dict[str, bytes] | None = None, compress: bool = False,
+              byteorder: str = "little") -> Path:
     """A torch >= 1.6 zip checkpoint: archive/data.pkl plus one member per storage."""
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with zipfile.ZipFile(path, "w", compression=method, compresslevel=1 if compress else None) as z:
         z.writestr("archive/data.pkl", pkl, compress_type=zipfile.ZIP_STORED)
-        z.writestr("archive/byteorder", "little", compress_type=zipfile.ZIP_STORED)
+        z.writestr("archive/byteorder", byteorder, compress_type=zipfile.ZIP_STORED)
         for key, data in (storages or {}).items():
             z.writestr(f"archive/data/{key}", data)
         z.writestr("archive/version", "3\n", compress_type=zipfile.ZIP_STORED)

@@ -195,6 +195,13 @@ def test_vgg_layer_numbers_from_the_file_are_bounded(tmp_path):
     assert "more than 512 modules" in load_error(path)
 
 
+def test_big_endian_files_are_named_as_such(tmp_path):
+    from hostile import dumps, torch_zip
+
+    path = torch_zip(tmp_path / "m.pth", dumps({"w": 1}), byteorder="big")
+    assert "written on a big-endian machine" in load_error(path)
+
+
 # ---------------------------------------------------------------- paths that are not regular files
 
 
