@@ -29,6 +29,7 @@ from protobench.backbones import build_backbone
 from protobench.errors import AdapterError, CheckpointError
 from protobench.family import FamilyAdapter, take_options
 from protobench.infer import backbone_from, sub_state
+from protobench.limits import short
 from protobench.loading import Checkpoint
 
 CONVNEXT_VARIANTS = {"convnext_tiny_26": 100, "convnext_tiny_13": 300}  # --net -> stride-1 threshold
@@ -80,12 +81,16 @@ class PIPNet(nn.Module):
 
 
 def _backbone(ckpt: Checkpoint, net: str | None, stride1_above: int | None) -> tuple[str, dict[str, Any]]:
+    if net is not None and not isinstance(net, str):
+        raise AdapterError(f"adapter option net={short(net)} should be one of {', '.join(CONVNEXT_VARIANTS)}")
+    if stride1_above is not None and (isinstance(stride1_above, bool) or not isinstance(stride1_above, int)):
+        raise AdapterError(f"adapter option stride1_above={short(stride1_above)} should be an integer")
     name, kwargs = backbone_from(sub_state(ckpt.tensors, "_net."), strides=RESNET_STRIDES)
     if name == "convnext":
         if net is not None and net not in CONVNEXT_VARIANTS:
             raise AdapterError(f"{ckpt.path} has a ConvNeXt backbone; net must be one of {', '.join(CONVNEXT_VARIANTS)}")
         default = CONVNEXT_VARIANTS[net or "convnext_tiny_26"]
-        kwargs["stride1_above"] = default if stride1_above is None else int(stride1_above)
+        kwargs["stride1_above"] = default if stride1_above is None else stride1_above
     elif net is not None and not net.startswith("resnet"):
         raise AdapterError(f"{ckpt.path} has a {name} backbone, not {net}")
     elif name != "resnet":

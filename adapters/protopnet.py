@@ -30,6 +30,7 @@ from protobench.errors import CheckpointError
 from protobench.family import FamilyAdapter, make_config, take_options
 from protobench.infer import backbone_from, sub_state
 from protobench.layers import full_precision
+from protobench.limits import short
 from protobench.loading import Checkpoint
 
 
@@ -132,7 +133,9 @@ def infer_add_on(add_on: dict[str, torch.Tensor], dim: int) -> str:
     shapes = {k: v.shape for k, v in add_on.items()}
     in_ch = int(add_on["0.weight"].shape[1]) if "0.weight" in add_on else 0
     for kind in ("regular", "bottleneck"):
-        if {k: v.shape for k, v in add_on_layers(kind, in_ch, dim).state_dict().items()} == shapes:
+        with torch.device("meta"):  # shapes only: the widths come from the file and may be absurd
+            candidate = add_on_layers(kind, in_ch, dim)
+        if {k: v.shape for k, v in candidate.state_dict().items()} == shapes:
             return kind
     raise CheckpointError(f"the add-on layers ({', '.join(sorted(shapes)[:4])} ...) are neither ProtoPNet's "
                           "'regular' nor its 'bottleneck' layout")
@@ -156,13 +159,15 @@ def original_config(ckpt: Checkpoint, img_size: int | None, activation: str | No
     backbone, kwargs = backbone_from(sub_state(t, "features."), features)
     activation = activation or _pickled(root, "prototype_activation_function", "log")
     if activation not in ("log", "linear"):
-        raise CheckpointError(f"{ckpt.path}: prototype activation {activation!r} is not supported (use log or linear)")
+        raise CheckpointError(f"{ckpt.path}: prototype activation {short(activation)} is not supported "
+                              "(use log or linear)")
+    # values from the pickle go in unconverted: from_weights checks their types and ranges
     cfg = ProtoPNetConfig(
         backbone=backbone, backbone_kwargs=kwargs, num_classes=int(t["last_layer.weight"].shape[0]),
         num_prototypes=int(num_prototypes), prototype_dim=int(dim), prototype_size=int(kh), activation=activation,
         add_on=infer_add_on(sub_state(t, "add_on_layers."), int(dim)),
-        epsilon=float(_pickled(root, "epsilon", 1e-4)), focal=bool(_pickled(root, "focal_sim", False)),
-        img_size=int(img_size or _pickled(root, "img_size", 224)),
+        epsilon=_pickled(root, "epsilon", 1e-4), focal=_pickled(root, "focal_sim", False),
+        img_size=img_size or _pickled(root, "img_size", 224),
     )
     identity = _pickled(root, "prototype_class_identity", None)
     if identity is None:  # a bare state dict: the allocation ProtoPNet's constructor makes

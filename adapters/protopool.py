@@ -131,6 +131,6 @@ class ProtoPoolAdapter(FamilyAdapter):
         backbone, kwargs = backbone_from(sub_state(t, "features."), (root.get("_modules") or {}).get("features"))
         cfg = ProtoPoolConfig(backbone=backbone, backbone_kwargs=kwargs, num_classes=int(c), num_prototypes=int(p),
                               num_descriptive=int(n), proto_depth=depth, use_last_layer="last_layer.weight" in t,
-                              use_thresh="alfa" in t, img_size=int(opts["img_size"] or root.get("img_size", 224)),
+                              use_thresh="alfa" in t, img_size=opts["img_size"] or root.get("img_size", 224),
                               activation=opts["activation"] or root.get("prototype_activation_function", "log"))
         return cls.from_weights(cfg, t, ckpt.path, original=True)

@@ -31,7 +31,8 @@ from protobench.errors import CheckpointError
 from protobench.family import FamilyAdapter, take_options
 from protobench.infer import backbone_from, sub_state
 from protobench.loading import Checkpoint
-from protobench.pickles import class_name
+from protobench.limits import limit
+from protobench.pickles import StandIn, class_name
 from protobench.layers import full_precision
 
 STRUCTURE = ("branch_prototype", "branch_children", "branch_index", "leaf_index")
@@ -121,31 +122,74 @@ class ProtoTree(nn.Module):
         return (below.t() @ top) / below.sum(dim=0)[:, None]
 
 
-def _flatten(root: Any, out_map: dict, path: str) -> tuple[dict[str, torch.Tensor], torch.Tensor, Any]:
+def check_tree(structure: dict[str, torch.Tensor], num_prototypes: int) -> None:
+    """Refuse flattened tree tensors that are not one binary tree rooted at branch 0 whose
+    branches use prototypes 0..num_prototypes-1 (a loop would never end, a stray index would
+    read the wrong map)."""
+    protos, children = structure["branch_prototype"], structure["branch_children"]
+    nb = len(protos)
+    shapes = [tuple(structure[n].shape) for n in STRUCTURE] == [(nb,), (nb, 2), (nb,), (nb + 1,)]
+    if not shapes or any(t.is_floating_point() or t.is_complex() for t in structure.values()):
+        raise CheckpointError("the tree structure tensors are not integer tensors of matching lengths")
+    if not 1 <= nb <= limit("MAX_TREE_BRANCHES") or int(protos.min()) < 0 or int(protos.max()) >= num_prototypes:
+        raise CheckpointError(f"the tree has {nb} branches (1..{limit('MAX_TREE_BRANCHES')} allowed) or "
+                              f"branches with prototypes outside 0..{num_prototypes - 1}")
+    # every branch but the root and every leaf has exactly one parent, and all are reached from the root
+    one_parent = sorted(children.flatten().tolist()) == list(range(-nb - 1, 0)) + list(range(1, nb))
+    reached, stack = 0, [0] if one_parent else []
+    while stack and reached <= nb:
+        reached += 1
+        stack += [c for c in children[stack.pop()].tolist() if c >= 0]
+    if reached != nb:
+        raise CheckpointError("the tree structure is not a binary tree rooted at branch 0")
+
+
+def _flatten(root: Any, out_map: Any, path: str) -> tuple[dict[str, torch.Tensor], torch.Tensor, Any]:
     """Preorder walk of the pickled tree -> structure tensors, leaf params (NL, C), first leaf."""
+    if not isinstance(out_map, dict):
+        raise CheckpointError(f"{path}: the tree's _out_map is a {type(out_map).__name__}, not a table")
     branches: list[list[int]] = []
     protos, indices, leaves, leaf_indices = [], [], [], []
-
-    def visit(node: Any) -> int:  # returns the child code: branch number, or -1 - leaf number
-        name = class_name(node)
-        if name.endswith(".Leaf"):
-            leaves.append(node)
-            leaf_indices.append(int(node.__dict__.get("_index", -1)))
-            return -len(leaves)
-        if not name.endswith(".Branch") or node not in out_map:
-            raise CheckpointError(f"{path}: the tree holds a {name} that is not a mapped Branch or a Leaf")
-        k = len(branches)
-        branches.append([0, 0])
-        protos.append(int(out_map[node]))
-        indices.append(int(node.__dict__.get("_index", -1)))
-        branches[k] = [visit(node._modules["l"]), visit(node._modules["r"])]
-        return k
-
-    visit(root)
-    params = torch.stack([leaf._dist_params.detach() for leaf in leaves])
+    seen: set[int] = set()
+    stack: list[tuple[Any, int, int]] = [(root, -1, 0)]  # (node, parent branch, side)
+    while stack:
+        node, parent, side = stack.pop()
+        if id(node) in seen or len(seen) > 2 * limit("MAX_TREE_BRANCHES") + 1:
+            raise CheckpointError(f"{path}: the pickled tree shares nodes, loops or has more than "
+                                  f"{limit('MAX_TREE_BRANCHES')} branches")
+        seen.add(id(node))
+        code = _visit(node, out_map, path, branches, protos, indices, leaves, leaf_indices, stack)
+        if parent >= 0:
+            branches[parent][side] = code
+    params = [getattr(leaf, "_dist_params", None) for leaf in leaves]
+    if not all(isinstance(p, torch.Tensor) and p.shape == params[0].shape and p.dim() == 1 for p in params):
+        raise CheckpointError(f"{path}: the tree's leaves do not all hold a class distribution of one length")
     structure = {"branch_prototype": torch.tensor(protos), "branch_children": torch.tensor(branches),
                  "branch_index": torch.tensor(indices), "leaf_index": torch.tensor(leaf_indices)}
-    return structure, params, leaves[0]
+    return structure, torch.stack([p.detach() for p in params]), leaves[0]
+
+
+def _visit(node: Any, out_map: dict, path: str, branches: list, protos: list, indices: list, leaves: list,
+           leaf_indices: list, stack: list) -> int:
+    """Record one node; return its child code (branch number, or -1 - leaf number)."""
+    name = class_name(node)
+    index = node.__dict__.get("_index", -1) if isinstance(node, StandIn) else None
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise CheckpointError(f"{path}: the tree holds a {name} without an integer _index")
+    if name.endswith(".Leaf"):
+        leaves.append(node)
+        leaf_indices.append(index)
+        return -len(leaves)
+    children = node.__dict__.get("_modules")
+    proto = out_map.get(node) if name.endswith(".Branch") else None
+    if not isinstance(proto, int) or isinstance(proto, bool) or not isinstance(children, dict) \
+            or not {"l", "r"} <= set(children):
+        raise CheckpointError(f"{path}: the tree holds a {name} that is not a mapped Branch or a Leaf")
+    branches.append([0, 0])
+    protos.append(proto)
+    indices.append(index)
+    stack += [(children["r"], len(branches) - 1, 1), (children["l"], len(branches) - 1, 0)]  # left first: preorder
+    return len(branches) - 1
 
 
 @register_adapter("prototree")
@@ -180,7 +224,9 @@ class ProtoTreeAdapter(FamilyAdapter):
         missing = [name for name in STRUCTURE if name not in tensors]
         if missing:
             raise CheckpointError(f"the tree structure ({', '.join(missing)}) is missing from the checkpoint")
-        return ProtoTree(cfg, {name: tensors[name] for name in STRUCTURE})
+        structure = {name: tensors[name] for name in STRUCTURE}
+        check_tree(structure, cfg.num_prototypes)
+        return ProtoTree(cfg, structure)
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> ProtoTreeAdapter:
@@ -200,9 +246,9 @@ class ProtoTreeAdapter(FamilyAdapter):
         cfg = ProtoTreeConfig(
             backbone=backbone, backbone_kwargs=kwargs, num_classes=int(leaf_params.shape[1]), num_features=int(dim),
             num_prototypes=int(num_prototypes), prototype_size=(int(w1), int(h1)),
-            log_probabilities=bool(root.__dict__.get("_log_probabilities", False)),
-            kontschieder=bool(first_leaf.__dict__.get("_kontschieder_normalization", False)),
-            img_size=int(opts["img_size"] or 224),
+            log_probabilities=root.__dict__.get("_log_probabilities", False),
+            kontschieder=first_leaf.__dict__.get("_kontschieder_normalization", False),
+            img_size=opts["img_size"] or 224,
         )
         state = {k: v for k, v in t.items() if not k.startswith("_root.")}  # the leaves come flattened instead
         state.update(structure, leaf_dist_params=leaf_params)

@@ -140,8 +140,20 @@ def available_adapters() -> dict[str, str]:
     return names
 
 
+def family_adapter(name: str) -> type[PrototypeAdapter]:
+    """The adapter of a family a checkpoint names: a registered name only (built-in, installed
+    plugin, or registered in this process), never an import path and never 'auto'."""
+    if ":" in name or name == "auto" or name not in available_adapters():
+        raise AdapterError(f"no model family {name[:40]!r} is registered")
+    return get_adapter(name)
+
+
 def get_adapter(name: str) -> type[PrototypeAdapter]:
-    """Resolve an adapter by registry name, entry point, or 'package.module:Class'."""
+    """Resolve an adapter by registry name, entry point, or 'package.module:Class'.
+
+    Only for names the user gives (--adapter): an import path imports code. Names read from
+    a checkpoint go through `family_adapter`.
+    """
     if ":" in name:
         cls = _import(name)
     elif name in _REGISTERED:

@@ -23,6 +23,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.models.vgg import cfgs as VGG_CFGS
 from torchvision.models.vgg import make_layers
 
+from protobench.limits import check_ints, limit
+
 RESNET_PRESETS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]),
                   "resnet50": ("bottleneck", [3, 4, 6, 3]), "resnet101": ("bottleneck", [3, 4, 23, 3]),
                   "resnet152": ("bottleneck", [3, 8, 36, 3])}
@@ -163,6 +165,56 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "convnext": ConvNeXtFeatures,
     "tinycnn": TinyCNN,
 }
+
+
+def _vgg_layers(cfg: object) -> str | None:
+    convs = [v for v in cfg if v != "M"] if isinstance(cfg, (list, tuple)) else None
+    if convs is None or not convs or len(cfg) > limit("MAX_BLOCKS") or check_ints(convs, 1, limit("MAX_CHANNELS"),
+                                                                                  1, len(convs)):
+        return f"a list of up to {limit('MAX_BLOCKS')} conv widths (1..{limit('MAX_CHANNELS')}) and 'M' (max-pool)"
+    return None
+
+
+def _flag(value: object) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _one(lo: int, hi: int) -> Callable[[object], str | None]:
+    return lambda value: check_ints([value], lo, hi, 1, 1) and f"an integer in {lo}..{hi}"
+
+
+def _schema(name: str) -> dict[str, Callable[[object], str | None]]:
+    """The keyword arguments the generic builders take, each with its check (None: fine)."""
+    width, blocks = limit("MAX_CHANNELS"), limit("MAX_BLOCKS")
+    return {
+        "resnet": {"block": lambda v: None if isinstance(v, str) and v in BLOCKS else "'basic' or 'bottleneck'",
+                   "layers": lambda v: check_ints(v, 1, blocks, 4, 4),
+                   "widths": lambda v: check_ints(v, 1, width, 4, 4),
+                   "strides": lambda v: check_ints(v, 1, 4, 4, 4), "stem": _one(1, width)},
+        "vgg": {"cfg": _vgg_layers, "batch_norm": _flag},
+        "densenet": {"growth_rate": _one(1, width), "block_config": lambda v: check_ints(v, 1, blocks),
+                     "num_init_features": _one(1, width), "bn_size": _one(1, 64)},
+        "convnext": {"widths": lambda v: check_ints(v, 1, width), "depths": lambda v: check_ints(v, 1, blocks),
+                     "stride1_above": lambda v: None if v is None else _one(0, width)(v)},
+        "tinycnn": {"channels": lambda v: check_ints(v, 1, width), "convs": _one(1, 8), "batch_norm": _flag},
+    }.get(name, {})  # the named architectures (resnet34, vgg16, ...) take no arguments
+
+
+def backbone_problem(name: str, kwargs: object) -> str | None:
+    """What is wrong with a backbone's keyword arguments read from a checkpoint (None: nothing)."""
+    if not isinstance(kwargs, dict):
+        return "not a JSON object"
+    schema = _schema(name)
+    unknown = sorted(str(k) for k in kwargs if k not in schema)
+    if unknown:
+        return f"unknown argument {unknown[0][:40]!r} (known: {', '.join(schema) or 'none'})"
+    for key, value in kwargs.items():
+        wrong = schema[key](value)
+        if wrong:
+            return f"{key} should be {wrong}"
+    if name == "convnext" and len(kwargs.get("widths", (0,) * 4)) != len(kwargs.get("depths", (0,) * 4)):
+        return "widths and depths must have the same length"
+    return None
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:

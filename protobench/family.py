@@ -12,30 +12,39 @@ from typing import Any, ClassVar
 
 import torch
 
-from protobench.adapter import PrototypeAdapter, get_adapter
-from protobench.checkpoint import load_state, write_protobench
+from protobench.adapter import PrototypeAdapter, family_adapter
+from protobench.checkpoint import check_state, write_protobench
 from protobench.errors import AdapterError, CheckpointError
+from protobench.limits import config_problem, field_problem, short
 from protobench.loading import FAMILY_NAMES, Checkpoint, check_family, detect_family, read_checkpoint
+
+# what reading a malformed checkpoint's values can raise, past the checks that name the problem
+MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
+             ZeroDivisionError, MemoryError)
 
 
 def take_options(name: str, options: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:
-    """Adapter options merged over their defaults; unknown names are an error."""
+    """Adapter options merged over their defaults; unknown names and out-of-range values are an error."""
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         known = ", ".join(sorted(allowed)) or "none"
         raise AdapterError(f"adapter {name!r} has no option {unknown[0]!r} (its options: {known})")
+    for key, value in options.items():  # the same rules as the checkpoint's own values
+        wrong = None if value is None else field_problem(key, value)
+        if wrong:
+            raise AdapterError(f"adapter option {key}={short(value)} should be {wrong}")
     return {**allowed, **options}
 
 
 def make_config(config_class: type, data: dict[str, Any]) -> Any:
     """A config dataclass from JSON metadata: unknown fields are an error, lists become tuples again."""
-    unknown = set(data) - {f.name for f in fields(config_class)}
+    unknown = sorted(str(k)[:40] for k in set(data) - {f.name for f in fields(config_class)})
     if unknown:
-        raise CheckpointError(f"unknown {config_class.__name__} fields {sorted(unknown)}: "
+        raise CheckpointError(f"unknown {config_class.__name__} fields {unknown[:3]}: "
                               "the checkpoint is from a newer protobench or another family")
     cfg = config_class(**data)
     for f in fields(cfg):
-        if isinstance(f.default, tuple):
+        if isinstance(f.default, tuple) and isinstance(getattr(cfg, f.name), list):
             setattr(cfg, f.name, tuple(getattr(cfg, f.name)))
     return cfg
 
@@ -59,9 +68,14 @@ class FamilyAdapter(PrototypeAdapter):
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, **options: Any) -> PrototypeAdapter:
         check_family(ckpt, cls.name)
-        if ckpt.is_protobench:
-            return cls.from_protobench(ckpt, **options)
-        return cls.from_original(ckpt, **options)
+        try:
+            if ckpt.is_protobench:
+                return cls.from_protobench(ckpt, **options)
+            return cls.from_original(ckpt, **options)
+        except MALFORMED as err:  # a value no check above foresaw: still the file's fault, still one line
+            text = " ".join(str(err).split())[:160] or type(err).__name__
+            raise CheckpointError(f"{ckpt.path} is not a valid {FAMILY_NAMES.get(cls.name, cls.name)} "
+                                  f"checkpoint ({text})") from None
 
     @classmethod
     def from_protobench(cls, ckpt: Checkpoint, **options: Any) -> PrototypeAdapter:
@@ -75,12 +89,44 @@ class FamilyAdapter(PrototypeAdapter):
     @classmethod
     def from_weights(cls, cfg: Any, tensors: dict[str, torch.Tensor], path: str,
                      original: bool = False) -> PrototypeAdapter:
-        """Build the model for `cfg` and load `tensors` into it (all must fit)."""
-        model = cls.build(cfg, tensors)
+        """Build the model for `cfg` and load `tensors` into it (all must fit).
+
+        The config is checked first, then the model is built on the meta device (no memory)
+        and must match the tensors and run on its input size; only then is it built for real.
+        """
+        wrong = config_problem(cfg)
+        if wrong:
+            where = "read from the pickle" if original else "in its metadata"
+            raise CheckpointError(f"{path}: the architecture {where} is invalid: {wrong}")
         what = (f"the {FAMILY_NAMES.get(cls.name, cls.name)} architecture protobench read from it "
                 f"({getattr(cfg, 'backbone', '?')} backbone)") if original else "the architecture in its metadata"
-        load_state(model, tensors, path, what)
+        cls.probe(cfg, tensors, path, what)
+        model = cls.build(cfg, tensors)
+        model.load_state_dict(tensors)
         return cls(model)
+
+    @classmethod
+    def probe(cls, cfg: Any, tensors: dict[str, torch.Tensor], path: str, what: str) -> None:
+        """Build `cfg` on the meta device: its state must fit `tensors`, and a forward pass on one
+        input of its size must give (1, P, h, w) maps and (1, C) logits."""
+        with torch.device("meta"):
+            model = cls.build(cfg, tensors)
+        check_state(model.state_dict(), tensors, path, what)
+        adapter = cls(model.to("meta"))
+        info, size = adapter.info, adapter.info.input_size
+        try:
+            with torch.no_grad():  # the model's own forward: the architecture is what is checked
+                maps, logits = adapter.model(torch.empty(1, 3, size, size, device="meta"))
+        except RuntimeError as err:
+            reason = " ".join(str(err).split())[:120]
+            raise CheckpointError(f"{path}: the model cannot run on its own {size} px input ({reason}); "
+                                  "its img_size or architecture is wrong") from None
+        shapes = (tuple(maps.shape[:2]), maps.dim(), tuple(logits.shape), tuple(adapter.prototype_class_identity.shape))
+        if shapes != ((1, info.num_prototypes), 4, (1, info.num_classes), (info.num_prototypes, info.num_classes)) \
+                or min(maps.shape[2:]) < 1:
+            raise CheckpointError(f"{path}: its architecture gives maps of shape {tuple(maps.shape)} and logits of "
+                                  f"shape {tuple(logits.shape)}, not {info.num_prototypes} maps and "
+                                  f"{info.num_classes} classes: the checkpoint is inconsistent")
 
     @classmethod
     def build(cls, cfg: Any, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -108,11 +154,12 @@ class AutoAdapter(PrototypeAdapter):
     def load(cls, path: str, **options: Any) -> PrototypeAdapter:
         ckpt = read_checkpoint(path)
         family = detect_family(ckpt)
-        try:
-            target = get_adapter(family)
-        except AdapterError as err:  # a protobench file written by a plugin that is not installed here
-            raise AdapterError(f"{path} was written by adapter {family!r}, which is not installed "
-                               f"({err}); install its package or pass --adapter package.module:Class") from None
+        try:  # a registered family only: a file may say what it is, never which code to import
+            target = family_adapter(family)
+        except AdapterError as err:  # e.g. a protobench file written by a plugin that is not installed here
+            raise AdapterError(f"{path} was written by adapter {family!r}, which is not installed here ({err}): "
+                               "install the plugin that provides it, or pass --adapter package.module:Class "
+                               "if you trust that code") from None
         if issubclass(target, FamilyAdapter):
             return target.from_checkpoint(ckpt, **options)
         return target.load(path, **options)  # a plugin's own protobench-format file

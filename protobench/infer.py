@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from protobench.errors import CheckpointError
+from protobench.limits import limit, short
 
 
 def sub_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -23,8 +24,8 @@ def sub_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch
 
 def _count(keys, pattern: str) -> int:
     found = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
-    if found != set(range(min(found, default=0), max(found, default=-1) + 1)):
-        raise CheckpointError(f"backbone blocks are not numbered consecutively ({sorted(found)})")
+    if found and max(found) - min(found) + 1 != len(found):  # compared, never built: indices come from the file
+        raise CheckpointError(f"backbone blocks are not numbered consecutively ({short(sorted(found))})")
     return len(found)
 
 
@@ -41,6 +42,9 @@ def _resnet(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 def _vgg(state: Mapping[str, torch.Tensor], length: int | None) -> dict[str, Any]:
     convs = sorted(int(m.group(1)) for k, v in state.items()
                    if (m := re.match(r"features\.(\d+)\.weight$", k)) and v.dim() == 4)
+    longest = 4 * limit("MAX_BLOCKS")  # conv, batch norm, relu and pool per layer at most
+    if not convs or convs[-1] >= longest or (length is not None and length > longest):
+        raise CheckpointError(f"the VGG backbone has no conv layers or more than {longest} modules")
     batch_norm = f"features.{convs[0] + 1}.running_mean" in state
     unit = 3 if batch_norm else 2  # conv (+ bn) + relu
     cfg: list[int | str] = []

@@ -31,5 +31,9 @@ def full_precision(t: torch.Tensor) -> Iterator[None]:
     terms: in bf16 (8 significant bits) or TF32 (11) it cancels to noise, and so would every
     map and the attack's gradient. The backbone may run in lower precision; this layer must not.
     """
+    if not torch.amp.is_autocast_available(t.device.type):  # e.g. 'meta', where loading checks shapes
+        with tf32(False):
+            yield
+        return
     with torch.autocast(t.device.type, enabled=False), tf32(False):
         yield

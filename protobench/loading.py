@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from protobench.checkpoint import describe_unreadable, read_protobench, sniff
+from protobench.checkpoint import describe_unreadable, open_checkpoint, read_protobench, sniff_bytes
 from protobench.errors import CheckpointError
-from protobench.pickles import ROOT_CLASSES, StandIn, class_name, load_pickle, module_state
+from protobench.limits import limit
+from protobench.pickles import ROOT_CLASSES, StandIn, class_name, load_pickle
 
 FAMILY_NAMES = {"protopnet": "ProtoPNet", "tesnet": "TesNet", "protopool": "ProtoPool", "pipnet": "PIP-Net",
                 "prototree": "ProtoTree"}
@@ -45,19 +46,76 @@ def _strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return state
 
 
-def _unwrap(path: str, obj: Any) -> Checkpoint:
-    if isinstance(obj, dict):
+def _check_key(path: str, key: Any) -> str:
+    if not isinstance(key, str) or len(key) > limit("MAX_KEY_LENGTH"):
+        raise CheckpointError(f"{path}: a state-dict key is not a name of at most {limit('MAX_KEY_LENGTH')} "
+                              "characters (raise PROTOBENCH_MAX_KEY_LENGTH if it is genuine)")
+    return key
+
+
+def module_state(obj: Any, path: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The state dict of a pickled module tree (stand-ins), as nn.Module.state_dict() gives it.
+
+    Shared submodules appear under every name, as in torch. The walk is bounded (modules,
+    entries, depth) and refuses loops: memo references let a small pickle describe an
+    exponentially large tree.
+    """
+    state: dict[str, torch.Tensor] = {}
+    left = {"modules": limit("MAX_MODULES"), "entries": limit("MAX_TENSORS")}
+    on_path: set[int] = set()
+
+    def walk(node: StandIn, prefix: str, depth: int) -> None:
+        left["modules"] -= 1
+        if depth > limit("MAX_NESTING") or left["modules"] < 0 or id(node) in on_path:
+            raise CheckpointError(f"{path}: the pickled module tree loops, is nested deeper than "
+                                  f"{limit('MAX_NESTING')} or has more than {limit('MAX_MODULES')} modules")
+        on_path.add(id(node))
+        attrs = node.__dict__
+        skip = attrs.get("_non_persistent_buffers_set") or set()
+        for name, value in _table(path, attrs, "_parameters", left) + _table(path, attrs, "_buffers", left):
+            if value is not None and (not isinstance(skip, (set, frozenset)) or name not in skip):
+                if not isinstance(value, torch.Tensor):
+                    raise CheckpointError(f"{path}: {_check_key(path, prefix + name)} is a {type(value).__name__}, "
+                                          "not a tensor")
+                state[_check_key(path, prefix + name)] = value.detach()
+        for name, child in _table(path, attrs, "_modules", left):
+            if child is not None and not isinstance(child, StandIn):
+                raise CheckpointError(f"{path}: module {_check_key(path, prefix + name)} is a "
+                                      f"{type(child).__name__}, not a module")
+            if child is not None:
+                walk(child, _check_key(path, f"{prefix}{name}."), depth + 1)
+        on_path.discard(id(node))
+
+    walk(obj, "", 0)
+    return state
+
+
+def _table(path: str, attrs: dict[str, Any], table: str, left: dict[str, int]) -> list[tuple[str, Any]]:
+    """A pickled module's _parameters, _buffers or _modules, checked to be a table of names."""
+    found = attrs.get(table) or {}
+    if not isinstance(found, dict) or not all(isinstance(k, str) for k in found):
+        raise CheckpointError(f"{path}: a pickled module's {table} is a {type(found).__name__}, not a table of names")
+    left["entries"] -= len(found)
+    if left["entries"] < 0:
+        raise CheckpointError(f"{path}: the pickled model has more than {limit('MAX_TENSORS')} parameters, buffers "
+                              "and submodules (raise PROTOBENCH_MAX_TENSORS if it is genuine)")
+    return list(found.items())
+
+
+def _unwrap(path: str, obj: Any, depth: int = 0) -> Checkpoint:
+    if isinstance(obj, dict) and depth < 4:
         for key in _STATE_KEYS:
             if key in obj and isinstance(obj[key], (dict, StandIn)):
-                return _unwrap(path, obj[key])
+                return _unwrap(path, obj[key], depth + 1)
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return Checkpoint(path, _strip_module_prefix(dict(obj)))
-        keys = ", ".join(map(repr, list(obj)[:5]))
+            return Checkpoint(path, _strip_module_prefix({_check_key(path, k): v for k, v in obj.items()}))
+        keys = ", ".join(repr(str(k)[:40]) for k in list(obj)[:5])
         raise CheckpointError(f"{path} holds a dict without model weights (keys: {keys}); "
                               "expected a state dict or a dict with 'model_state_dict'")
     if isinstance(obj, StandIn):
-        if obj.dotted.startswith("torch.nn.parallel.") and "module" in (obj.__dict__.get("_modules") or {}):
-            return _unwrap(path, obj._modules["module"])
+        modules = obj.__dict__.get("_modules")
+        if class_name(obj).startswith("torch.nn.parallel.") and isinstance(modules, dict) and "module" in modules:
+            return _unwrap(path, modules["module"], depth + 1)
         return Checkpoint(path, module_state(obj, path), root=obj)
     raise CheckpointError(f"{path} holds a {class_name(obj)}, not a model or its weights")
 
@@ -65,12 +123,14 @@ def _unwrap(path: str, obj: Any) -> Checkpoint:
 def read_checkpoint(path: str) -> Checkpoint:
     """Read protobench safetensors or an original torch checkpoint; nothing in the file is executed."""
     path = str(path)
-    kind = sniff(path)
+    with open_checkpoint(path) as f:
+        kind = sniff_bytes(f.read(64))
+        if kind in ("zip", "legacy"):
+            f.seek(0)
+            return _unwrap(path, load_pickle(path, kind, f))
     if kind == "safetensors":
         adapter, config, tensors = read_protobench(path)
         return Checkpoint(path, tensors, adapter=adapter, config=config)
-    if kind in ("zip", "legacy"):
-        return _unwrap(path, load_pickle(path, kind))
     raise CheckpointError(describe_unreadable(path, kind))
 
 

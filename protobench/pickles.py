@@ -4,27 +4,29 @@ A whole-model pickle names the classes it was made from (`model.PPNet`,
 `resnet_features.BasicBlock`, `torch.nn.modules.conv.Conv2d`, ...). protobench never
 imports those: each allowed name is served by an inert *stand-in*, a plain object that
 only receives the pickled attributes, from which the adapters rebuild their own modules.
-Names outside the allowlist (`os.system`, `builtins.eval`, ...) are refused before any
-object is built, so a hostile payload never runs.
+Every other name a pickle uses must be one of the few torch writes for tensors and module
+state (`TORCH_NAMES`); anything else (`os.system`, `builtins.eval`, `builtins.bytearray`,
+...) is refused when the pickle names it, before it could be called.
 
-- torch >= 1.6 zip files: `torch.load(weights_only=True)` with the stand-ins registered
-  under the original dotted names for this one call (`torch.serialization.safe_globals`),
-  after `get_unsafe_globals_in_checkpoint` listed the names without executing anything.
-- pre-1.6 files: torch's weights-only unpickler does not read their module records, so
-  they go through `RESTRICTED_PICKLE`, whose `find_class` returns only stand-ins and what
-  torch's weights-only unpickler allows (tensor rebuild functions, storages, dtypes).
+The pickle runs on Python's own pure-Python unpickler with the instructions that build or
+fill objects checked (`RestrictedUnpickler`): calls only reach the allowlist, attributes
+only land on stand-ins, and the objects a pickle builds by copying shared ones are
+budgeted, so a small file cannot build a huge object graph. `protobench.torchfile` reads
+the zip and pre-1.6 layouts around it, with every declared size checked against the file.
 """
 
 from __future__ import annotations
 
+import collections
 import pickle
-import types
-import warnings
 from typing import Any, ClassVar
 
 import torch
 
 from protobench.errors import CheckpointError
+from protobench.limits import limit, short
+from protobench.torchfile import BigEndian, NotTorchFile, Oversized, Refused, read_torch_file
+from protobench.torchnames import CALLABLE_IDS, TORCH_NAMES
 
 _BACKBONE_CLASSES = {
     "resnet_features": ("ResNet_features", "BasicBlock", "Bottleneck"),
@@ -66,7 +68,6 @@ class StandIn:
     """
 
     dotted: ClassVar[str] = ""  # the original class's module.qualname
-    dump_patches: ClassVar[bool] = False  # read by torch's pre-1.6 loader; never write patch files
 
     def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:
         return object.__new__(cls)
@@ -75,7 +76,8 @@ class StandIn:
         self.__dict__["_call_args"] = args
 
     def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], (dict, type(None))):
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], (dict, type(None))) \
+                and isinstance(state[1], (dict, type(None))):
             state = {**(state[0] or {}), **(state[1] or {})}  # (dict, slots) as pickle's BUILD has it
         if isinstance(state, dict):
             self.__dict__.update(state)
@@ -87,10 +89,10 @@ class StandIn:
             found = self.__dict__.get(table)
             if isinstance(found, dict) and name in found:
                 return found[name]
-        raise AttributeError(f"{self.dotted} object in the checkpoint has no attribute {name!r}")
+        raise AttributeError(f"{type(self).dotted} object in the checkpoint has no attribute {name!r}")
 
     def __repr__(self) -> str:
-        return f"<stand-in for {self.dotted}>"
+        return f"<stand-in for {type(self).dotted}>"
 
 
 _STANDINS: dict[str, type[StandIn]] = {}
@@ -104,9 +106,9 @@ def standin_class(dotted: str) -> type[StandIn]:
 
 
 def class_name(obj: Any) -> str:
-    """The original dotted class name of a loaded object (stand-in or not)."""
+    """The original dotted class name of a loaded object (stand-in or not); a pickle cannot forge it."""
     if isinstance(obj, StandIn):
-        return obj.dotted
+        return type(obj).dotted
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
@@ -122,10 +124,133 @@ def allowed_standin(dotted: str) -> bool:
     return dotted in KNOWN_CLASSES or _is_torch_module(dotted)
 
 
-class RefusedGlobal(pickle.UnpicklingError):
+class RefusedGlobal(Refused):
     def __init__(self, dotted: str):
         super().__init__(dotted)
         self.dotted = dotted
+
+
+def _resolve(module: str, name: str) -> Any:
+    from torch._utils import IMPORT_MAPPING, NAME_MAPPING
+
+    if (module, name) in NAME_MAPPING:  # Python 2 names in protocol-2 pickles, as torch maps them
+        module, name = NAME_MAPPING[(module, name)]
+    elif module in IMPORT_MAPPING:
+        module = IMPORT_MAPPING[module]
+    dotted = f"{module}.{name}"
+    if dotted in TORCH_NAMES:
+        return TORCH_NAMES[dotted]
+    if allowed_standin(dotted):
+        return standin_class(dotted)
+    raise RefusedGlobal(dotted)
+
+
+# ---------------------------------------------------------------- the unpickler
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _cost(value: Any) -> int:
+    """Rough bytes a call or BUILD spends copying `value` (memo references make copies cheap to ask for)."""
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if isinstance(value, (tuple, list, dict, set, frozenset)):
+        return 64 + 64 * len(value)
+    return 64
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """pickle's pure-Python unpickler with the instructions that call, build or fill checked."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file: Any, persistent_load: Any = None, budget: list[int] | None = None):
+        super().__init__(file, encoding="utf-8")
+        self._persistent = persistent_load
+        self._budget = budget if budget is not None else [limit("MAX_UNPICKLE_MB") << 20]
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _resolve(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._persistent is None:
+            raise pickle.UnpicklingError("a persistent id outside the tensor data")
+        return self._persistent(pid)
+
+    def _charge(self, *values: Any) -> None:
+        self._budget[0] -= 256 + sum(map(_cost, values))
+        if self._budget[0] < 0:
+            raise Oversized(f"builds more than {limit('MAX_UNPICKLE_MB')} MB of objects "
+                            "(raise PROTOBENCH_MAX_UNPICKLE_MB if it is genuine)")
+
+    def load_reduce(self) -> None:
+        args, func = self.stack.pop(), self.stack[-1]
+        standin = isinstance(func, type) and issubclass(func, StandIn)
+        if not (standin or id(func) in CALLABLE_IDS) or not isinstance(args, tuple):
+            raise Refused(f"calls {short(func)}, which no supported model needs")
+        self._charge(*args)
+        self.stack[-1] = func(*args)
+
+    def load_newobj(self) -> None:
+        args, cls = self.stack.pop(), self.stack.pop()
+        if not (isinstance(cls, type) and issubclass(cls, StandIn) and isinstance(args, tuple)):
+            raise Refused("creates an object of a type no supported model uses")
+        self._charge(*args)
+        self.append(cls.__new__(cls))
+
+    def load_build(self) -> None:
+        state, inst = self.stack.pop(), self.stack[-1]
+        self._charge(*(state if isinstance(state, tuple) else (state,)))
+        if isinstance(inst, StandIn):
+            inst.__setstate__(state)
+        elif type(inst) is collections.OrderedDict and isinstance(state, dict) and all(map(_is_str, state)):
+            inst.__dict__.update(state)  # a state dict's `_metadata` attribute
+        else:
+            raise Refused(f"sets the state of a {type(inst).__name__}, which torch.save never does")
+
+    def _fill(self, kind: type, op: str) -> None:
+        if type(self.stack[-1]) is not kind and not (kind is dict and isinstance(self.stack[-1], dict)):
+            raise Refused(f"uses {op} on a {type(self.stack[-1]).__name__}")
+
+    def load_appends(self) -> None:
+        items = self.pop_mark()
+        self._fill(list, "APPENDS")
+        self.stack[-1].extend(items)
+
+    def load_append(self) -> None:
+        value = self.stack.pop()
+        self._fill(list, "APPEND")
+        self.stack[-1].append(value)
+
+    def load_setitems(self) -> None:
+        items = self.pop_mark()
+        self._fill(dict, "SETITEMS")
+        for i in range(0, len(items) - 1, 2):
+            self.stack[-1][items[i]] = items[i + 1]
+
+    def load_setitem(self) -> None:
+        value, key = self.stack.pop(), self.stack.pop()
+        self._fill(dict, "SETITEM")
+        self.stack[-1][key] = value
+
+    def load_additems(self) -> None:
+        items = self.pop_mark()
+        self._fill(set, "ADDITEMS")
+        self.stack[-1].update(items)
+
+    def refuse(self) -> None:
+        raise Refused("uses pickle instructions torch.save never writes")
+
+    for _op, _method in ((pickle.REDUCE, load_reduce), (pickle.NEWOBJ, load_newobj), (pickle.BUILD, load_build),
+                         (pickle.APPENDS, load_appends), (pickle.APPEND, load_append), (pickle.SETITEM, load_setitem),
+                         (pickle.SETITEMS, load_setitems), (pickle.ADDITEMS, load_additems)):
+        dispatch[_op[0]] = _method
+    for _op in (pickle.INST, pickle.OBJ, pickle.EXT1, pickle.EXT2, pickle.EXT4, pickle.NEWOBJ_EX, pickle.PERSID,
+                pickle.BYTEARRAY8, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER):
+        dispatch[_op[0]] = refuse
+    del _op, _method
 
 
 def refusal(path: str, names: list[str]) -> CheckpointError:
@@ -137,76 +262,31 @@ def refusal(path: str, names: list[str]) -> CheckpointError:
                            "protobench never runs code from a checkpoint")
 
 
-def _weights_only_globals() -> dict[str, Any]:
-    from torch import _weights_only_unpickler
+def load_pickle(path: str, kind: str, f: Any) -> Any:
+    """Unpickle an open torch checkpoint ('zip' or 'legacy', as checkpoint.sniff says) safely."""
+    budget = [limit("MAX_UNPICKLE_MB") << 20]  # one budget for all the pickles in the file
 
-    return _weights_only_unpickler._get_allowed_globals()
-
-
-def _resolve(module: str, name: str) -> Any:
-    from torch._utils import IMPORT_MAPPING, NAME_MAPPING
-
-    if (module, name) in NAME_MAPPING:  # Python 2 names in protocol-2 pickles, as torch maps them
-        module, name = NAME_MAPPING[(module, name)]
-    elif module in IMPORT_MAPPING:
-        module = IMPORT_MAPPING[module]
-    dotted = f"{module}.{name}"
-    if dotted in (allowed := _weights_only_globals()):
-        return allowed[dotted]
-    if allowed_standin(dotted):
-        return standin_class(dotted)
-    raise RefusedGlobal(dotted)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        return _resolve(module, name)
-
-
-def _restricted_load(file, **kwargs: Any) -> Any:
-    return _RestrictedUnpickler(file, **kwargs).load()
-
-
-# a stand-in for the `pickle` module, passed to torch.load for pre-1.6 files
-RESTRICTED_PICKLE = types.SimpleNamespace(__name__="protobench_restricted_pickle",
-                                          Unpickler=_RestrictedUnpickler, load=_restricted_load)
-
-
-def _load_zip(path: str) -> Any:
-    from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
+    def unpickle(stream: Any, persistent_load: Any = None) -> Any:
+        return RestrictedUnpickler(stream, persistent_load, budget).load()
 
     try:
-        names = get_unsafe_globals_in_checkpoint(path)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"refusing to load {path}: its pickle uses instructions a weights-only "
-                              f"loader does not read ({err}); protobench never runs code from a checkpoint") from None
-    refused = [n for n in names if not allowed_standin(n)]
-    if refused:
-        raise refusal(path, refused)
-    with safe_globals([(standin_class(n), n) for n in names]):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _load_legacy(path: str) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=RESTRICTED_PICKLE)
-
-
-def load_pickle(path: str, kind: str) -> Any:
-    """Unpickle a torch checkpoint ('zip' or 'legacy', as checkpoint.sniff says) safely."""
-    loader = _load_zip if kind == "zip" else _load_legacy
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's source-changed and protocol notes say nothing useful here
-            return loader(path)
-    except CheckpointError:
-        raise
+        return read_torch_file(f, kind, unpickle)
     except RefusedGlobal as err:
         raise refusal(path, [err.dotted]) from None
-    except pickle.UnpicklingError as err:
-        if kind == "zip":  # torch's weights-only unpickler met something it does not build
-            raise CheckpointError(f"refusing to load {path}: {_first_sentence(err)}") from None
-        raise CheckpointError(damaged(path, err)) from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, TypeError, AttributeError) as err:
+    except Refused as err:
+        raise CheckpointError(f"refusing to load {path}: it {err}; protobench never runs code from a checkpoint") \
+            from None
+    except Oversized as err:
+        raise CheckpointError(f"refusing to load {path}: it {err}; the file is truncated or damaged, "
+                              "or made to exhaust memory") from None
+    except NotTorchFile as err:
+        raise CheckpointError(f"{path} is {err}: protobench reads torch.save checkpoints") from None
+    except BigEndian:
+        raise CheckpointError(f"{path} was written on a big-endian machine, which protobench does not read: "
+                              "save it again on a little-endian one (x86, ARM)") from None
+    except MemoryError:
+        raise CheckpointError(f"{path} does not fit in memory while unpickling") from None
+    except Exception as err:  # anything else the file's bytes provoke: they are not a valid checkpoint
         raise CheckpointError(damaged(path, err)) from None
 
 
@@ -218,26 +298,3 @@ def _first_sentence(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text.split(". ")[0][:200]
 
-
-def module_state(obj: Any, path: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The state dict of a pickled module tree (stand-ins), as nn.Module.state_dict() gives it."""
-    state: dict[str, torch.Tensor] = {}
-
-    def walk(node: Any, prefix: str, depth: int) -> None:
-        if depth > 200:
-            raise CheckpointError(f"{path}: the pickled module tree is nested implausibly deep")
-        attrs = node.__dict__
-        skip = attrs.get("_non_persistent_buffers_set") or set()
-        for table in ("_parameters", "_buffers"):
-            for name, value in (attrs.get(table) or {}).items():
-                if value is None or name in skip:
-                    continue
-                if not isinstance(value, torch.Tensor):
-                    raise CheckpointError(f"{path}: {prefix}{name} is a {type(value).__name__}, not a tensor")
-                state[prefix + name] = value.detach()
-        for name, child in (attrs.get("_modules") or {}).items():
-            if child is not None:
-                walk(child, f"{prefix}{name}.", depth + 1)
-
-    walk(obj, "", 0)
-    return state

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from protobench.errors import CheckpointError
-from protobench.loading import read_checkpoint
-from protobench.pickles import StandIn, allowed_standin, module_state, standin_class
+from protobench.loading import module_state, read_checkpoint
+from protobench.pickles import StandIn, allowed_standin, standin_class
 
 
 class SystemCall:
