@@ -97,9 +97,10 @@ class Runtime:
     compile: bool = False  # torch.compile the adapter's forward
 
     @classmethod
-    def for_device(cls, device: torch.device, **overrides: Any) -> Runtime:
-        """Defaults per device: fixed chunks of 8 on the CPU; whole batches, channels-last on GPUs."""
-        base = cls(chunk=8) if device.type == "cpu" else cls(channels_last=True)
+    def for_device(cls, device: torch.device, size: int = 224, **overrides: Any) -> Runtime:
+        """Defaults per device: fixed chunks on the CPU (8 images up to 224 px, fewer for larger
+        images: see cpu_images); whole batches, channels-last on GPUs."""
+        base = cls(chunk=cpu_images(8, size)) if device.type == "cpu" else cls(channels_last=True)
         runtime = replace(base, **{k: v for k, v in overrides.items() if v is not None})
         options.choice("precision", runtime.precision, tuple(AUTOCAST_DTYPES))
         return runtime
@@ -270,9 +271,16 @@ def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor
     return {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
 
 
-def auto_batch_size(device: torch.device) -> int:
-    """--batch-size auto: 32 on the CPU; 256 on a GPU, halved until it fits (see evaluate_fitting)."""
-    return 32 if device.type == "cpu" else 256
+def cpu_images(count: int, size: int) -> int:
+    """`count` images of up to 224 px, scaled down with the pixel count for larger ones (at least
+    1): a CPU batch's memory stays that of `count` 224 px images whatever size a model declares."""
+    return max(1, min(count, count * 224 * 224 // (size * size)))
+
+
+def auto_batch_size(device: torch.device, size: int = 224) -> int:
+    """--batch-size auto: 32 images (of up to 224 px, see cpu_images) on the CPU; 256 on a GPU,
+    halved until it fits (see evaluate_fitting)."""
+    return cpu_images(32, size) if device.type == "cpu" else 256
 
 
 def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: list[str], protocol: Protocol, *,
@@ -286,12 +294,12 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
     """
     from protobench.data import collate
 
-    batch_size = batch_size or auto_batch_size(adapter.device)
+    batch_size = batch_size or auto_batch_size(adapter.device, adapter.info.input_size)
     cuda = adapter.device.type == "cuda"
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate, pin_memory=cuda, persistent_workers=False,
                                          prefetch_factor=4 if workers > 0 else None)
-    forward = model_forward(adapter, runtime or Runtime.for_device(adapter.device))
+    forward = model_forward(adapter, runtime or Runtime.for_device(adapter.device, adapter.info.input_size))
     fit = Fit(batch_size)
     records: list[dict] = []
     skipped: list[int] = []

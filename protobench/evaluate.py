@@ -68,16 +68,16 @@ class EvaluateConfig:
         options.choice("precision", self.precision, tuple(AUTOCAST_DTYPES))
 
 
-def resolve_runtime(cfg: EvaluateConfig, device):
+def resolve_runtime(cfg: EvaluateConfig, device, size: int):
     from protobench.benchmark import Runtime
 
-    return Runtime.for_device(device, precision=cfg.precision, compile=cfg.compile or None)
+    return Runtime.for_device(device, size, precision=cfg.precision, compile=cfg.compile or None)
 
 
-def batch_size(cfg: EvaluateConfig, device) -> int:
+def batch_size(cfg: EvaluateConfig, device, size: int) -> int:
     from protobench.benchmark import auto_batch_size
 
-    return cfg.batch_size if cfg.batch_size is not None else auto_batch_size(device)
+    return cfg.batch_size if cfg.batch_size is not None else auto_batch_size(device, size)
 
 
 def workers(cfg: EvaluateConfig, device) -> int:
@@ -207,9 +207,9 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) 
     progress.start(len(todo), model_name(cfg))
     try:
         with runstate.PartialLog(out, world.rank) as log:
-            benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, batch_size=batch_size(cfg, adapter.device),
-                          workers=workers(cfg, adapter.device), runtime=resolve_runtime(cfg, adapter.device),
-                          on_batch=on_batch)
+            device, size = adapter.device, adapter.info.input_size
+            benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, batch_size=batch_size(cfg, device, size),
+                          workers=workers(cfg, device), runtime=resolve_runtime(cfg, device, size), on_batch=on_batch)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {count[0]} of {len(indices)} images; the partial results in {out} "
                           "are kept: rerun the same command with --resume to continue") from None
@@ -287,9 +287,9 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
         "evaluated_images": n_records,
         "skipped_images": [dataset.paths[i] for i in skipped],
         "seed": cfg.protocol.seed,
-        "batch_size": batch_size(cfg, adapter.device),
+        "batch_size": batch_size(cfg, adapter.device, adapter.info.input_size),
         "workers": workers(cfg, adapter.device),
-        "runtime": resolve_runtime(cfg, adapter.device).__dict__,
+        "runtime": resolve_runtime(cfg, adapter.device, adapter.info.input_size).__dict__,
         "device": str(adapter.device),
         **provenance.determinism(),
         "wall_time_s": round(wall, 3),  # this session's share when resumed

@@ -30,14 +30,30 @@ def save_state(path: Path, adapter, optimizer, scheduler, phase: str | None, don
 
 
 def load_state(path: Path, device) -> dict[str, Any]:
+    """The epoch checkpoint, read by the same guarded reader as any checkpoint (it is a file on
+    disk like any other: nothing in it is run, no size it declares is trusted)."""
+    from protobench.checkpoint import open_checkpoint, sniff_bytes
     from protobench.errors import ProtobenchError
+    from protobench.pickles import load_pickle
 
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # a damaged file can fail in many ways inside torch.load
+        with open_checkpoint(path) as f:
+            state = load_pickle(str(path), sniff_bytes(f.read(64)), f)
+        state["log"] = json.loads(state["log"])
+    except (ProtobenchError, KeyError, TypeError, ValueError) as err:
         raise ProtobenchError(f"cannot read {path} ({err}): use --overwrite to start again") from None
-    state["log"] = json.loads(state["log"])
-    return state
+    return {k: _to(v, device) for k, v in state.items()}
+
+
+def _to(value: Any, device) -> Any:
+    """Tensors (in nested dicts, lists and tuples) moved to `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to(v, device) for v in value)
+    return value
 
 
 def write_log(path: Path, log: list[dict]) -> None:

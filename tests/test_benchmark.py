@@ -124,3 +124,14 @@ def test_tf32_switch_is_scoped():
     assert Runtime.for_device(torch.device("cuda"), precision="tf32").precision == "tf32"
     with pytest.raises(ValueError, match="tf32"):
         Runtime.for_device(torch.device("cpu"), precision="fp64")
+
+
+def test_cpu_batches_shrink_with_the_image_side():
+    """A model declaring large images gets proportionally fewer images per CPU batch and chunk."""
+    from protobench.benchmark import auto_batch_size, cpu_images
+
+    cpu = torch.device("cpu")
+    assert [auto_batch_size(cpu, s) for s in (32, 64, 224, 448, 2048)] == [32, 32, 32, 8, 1]
+    assert [Runtime.for_device(cpu, s).chunk for s in (64, 224, 300, 448, 2048)] == [8, 8, 4, 2, 1]
+    assert cpu_images(8, 225) == 7  # 8 * 224^2 // 225^2 = 7.93 -> 7
+    assert auto_batch_size(torch.device("cuda"), 2048) == 256  # GPUs halve on out-of-memory instead

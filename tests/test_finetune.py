@@ -19,7 +19,7 @@ from conftest import tiny_config
 from protobench import train
 from protobench.adapters.protopnet import ProtoPNetAdapter
 from protobench.cli import app
-from protobench.errors import Interrupted
+from protobench.errors import Interrupted, ProtobenchError
 from protobench.evaluate import load_dataset
 from protobench.finetune import FinetuneConfig, finetune, side_by_side
 from protobench.finetune_data import in_memory
@@ -361,3 +361,17 @@ def test_overwrite_removes_the_earlier_run_only_once_the_new_one_is_accepted(tin
     assert invoke("--ckpt", tiny_ckpt, *base).exit_code == 0
     assert_one_line_error(invoke("--ckpt", tmp_path / "missing.pt", *base, "--overwrite"), "not found")
     assert (tmp_path / "o" / "model.safetensors").is_file()
+
+
+def test_a_hostile_epoch_checkpoint_is_refused_on_resume(tiny_ckpt, image_folder, tmp_path):
+    """checkpoint.pt is read like any checkpoint: a pickle that asks for a call is refused, nothing runs."""
+    from hostile import Call, dumps, torch_zip
+
+    finetune(config(tiny_ckpt, image_folder, tmp_path / "run", epochs=2))
+    out = tmp_path / "run"
+    (out / "model.safetensors").unlink()  # as if interrupted after the joint epochs
+    marker = tmp_path / "ran"
+    torch_zip(out / "checkpoint.pt", dumps({"model": Call(os.system, f"touch {marker}"), "done": 1}))
+    with pytest.raises(ProtobenchError, match=r"cannot read .*checkpoint\.pt .*refusing.*use --overwrite"):
+        finetune(replace(config(tiny_ckpt, image_folder, tmp_path / "run", epochs=2), resume=True))
+    assert not marker.exists()
