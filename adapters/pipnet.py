@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protobench.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
-from protobench.backbones import build_backbone
+from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
+from protobench.models.backbones import build_backbone
 from protobench.errors import AdapterError, CheckpointError
-from protobench.family import FamilyAdapter, take_options
-from protobench.infer import backbone_from, sub_state
-from protobench.limits import short
-from protobench.loading import Checkpoint
+from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.infer import backbone_from, sub_state
+from protobench.checkpoints.limits import short
+from protobench.checkpoints.loading import Checkpoint
 
 CONVNEXT_VARIANTS = {"convnext_tiny_26": 100, "convnext_tiny_13": 300}  # --net -> stride-1 threshold
 RESNET_STRIDES = [1, 2, 1, 1]  # PIP-Net's copy of resnet_features: no stride in layer3 and layer4

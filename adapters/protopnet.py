@@ -24,19 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protobench.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
-from protobench.backbones import build_backbone
+from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
+from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
-from protobench.family import FamilyAdapter, make_config, take_options
-from protobench.infer import backbone_from, sub_state
-from protobench.layers import full_precision
-from protobench.limits import short
-from protobench.loading import Checkpoint
+from protobench.models.family import FamilyAdapter, make_config, take_options
+from protobench.models.infer import backbone_from, sub_state
+from protobench.core.precision import full_precision
+from protobench.checkpoints.limits import short
+from protobench.checkpoints.loading import Checkpoint
 
 
 @dataclass
 class ProtoPNetConfig:
-    backbone: str = "resnet34"  # a name in protobench.backbones.BACKBONES
+    backbone: str = "resnet34"  # a name in protobench.models.backbones.BACKBONES
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. TinyCNN channels
     num_classes: int = 200
     num_prototypes: int = 2000
@@ -183,7 +183,7 @@ def original_config(ckpt: Checkpoint, img_size: int | None, activation: str | No
 
 @register_adapter("protopnet")
 class ProtoPNetAdapter(FamilyAdapter):
-    """ProtoPNet with any backbone in protobench.backbones; 'log' or 'linear' similarity."""
+    """ProtoPNet with any backbone in protobench.models.backbones; 'log' or 'linear' similarity."""
 
     config_class = ProtoPNetConfig
     model_class = ProtoPNet
@@ -221,7 +221,7 @@ class ProtoPNetAdapter(FamilyAdapter):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """CE + 0.8 cluster - 0.08 separation + 1e-4 L1, each term and the total as 'loss',
         with the pass's 'maps' and 'logits'."""
-        from protobench import train
+        from protobench.train import protopnet as train
 
         return train.training_loss(self.model, x, y)
 
@@ -231,8 +231,8 @@ class ProtoPNetAdapter(FamilyAdapter):
                 "prototypes": [m.prototype_vectors], "last_layer": list(m.last_layer.parameters())}
 
     def push(self, loader) -> list:
-        """Project each prototype onto its nearest training patch of its class (protobench.train.push)."""
-        from protobench import train
+        """Project each prototype onto its nearest training patch of its class (protobench.train.protopnet.push)."""
+        from protobench.train import protopnet as train
 
         return train.push(self.model, loader)
 

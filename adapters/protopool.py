@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protobench.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
-from protobench.backbones import build_backbone
+from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
+from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
-from protobench.family import FamilyAdapter, take_options
-from protobench.infer import backbone_from, sub_state
-from protobench.loading import Checkpoint
-from protobench.layers import full_precision
+from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.infer import backbone_from, sub_state
+from protobench.checkpoints.loading import Checkpoint
+from protobench.core.precision import full_precision
 
 
 @dataclass

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from protobench.adapter import PrototypeAdapter, register_adapter
+from protobench.models.adapter import PrototypeAdapter, register_adapter
 from protobench.adapters.protopnet import ProtoPNet, ProtoPNetAdapter, ProtoPNetConfig
-from protobench.layers import full_precision
+from protobench.core.precision import full_precision
 
 
 class TesNet(ProtoPNet):

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from protobench import attack, rng
+from protobench.core import attack
+from protobench.core import rng
 from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
-from protobench.benchmark import Protocol, Runtime, inference_mode, model_forward, run
+from protobench.run.benchmark import Protocol, Runtime, inference_mode, model_forward, run
 
 
 class SyntheticImages(torch.utils.data.Dataset):
@@ -45,7 +46,7 @@ class SyntheticImages(torch.utils.data.Dataset):
 
 def build_model(name: str, ckpt: str | None) -> ProtoPNetAdapter:
     if ckpt:
-        from protobench.adapter import get_adapter
+        from protobench.models.adapter import get_adapter
 
         return get_adapter("protopnet").load(ckpt)
     if name == "demo":

@@ -24,11 +24,11 @@ from dataclasses import replace
 import torch
 
 from protobench.adapters.protopnet import ProtoPNetAdapter
-from protobench.attack import image_bounds
+from protobench.core.attack import image_bounds
 from protobench.demo import demo_checkpoint
-from protobench.evaluate import load_dataset
-from protobench.finetune_data import in_memory
-from protobench.trainer import TrainSettings, make_optimizer, run_epoch
+from protobench.run.evaluate import load_dataset
+from protobench.train.data import in_memory
+from protobench.train.trainer import TrainSettings, make_optimizer, run_epoch
 
 VARIANTS = {
     "family": {"lambda_align": 0.0},

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from protobench.benchmark import Protocol
+from protobench.run.benchmark import Protocol
 from protobench.demo import DEMO_DATA, demo_checkpoint
-from protobench.evaluate import EvaluateConfig, evaluate
+from protobench.run.evaluate import EvaluateConfig, evaluate
 
 METRICS = ("PAC", "PLC", "PRC")
 

@@ -12,6 +12,6 @@ import sys
 if not getattr(sys.flags, "safe_path", False) and sys.path and sys.path[0] in ("", os.getcwd()):
     del sys.path[0]
 
-from protobench.cli import app  # noqa: E402  (after the sys.path fix, on purpose)
+from protobench.cli.app import app  # noqa: E402  (after the sys.path fix, on purpose)
 
 app(prog_name="protobench")

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from protobench.benchmark import Protocol
+from protobench.run.benchmark import Protocol
 from protobench.demo import demo_checkpoint
-from protobench.evaluate import EvaluateConfig, evaluate
-from protobench.finetune import FinetuneConfig, finetune
-from protobench.trainer import TrainSettings
+from protobench.run.evaluate import EvaluateConfig, evaluate
+from protobench.train.finetune import FinetuneConfig, finetune
+from protobench.train.trainer import TrainSettings
 
 PLAIN, ADV = {"adversarial": False}, {"adversarial": True}
 RUNS = {  # name -> TrainSettings overrides (the rest: protobench finetune's defaults)

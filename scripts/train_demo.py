@@ -24,7 +24,7 @@ from protobench import __version__
 from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
 from protobench.demo import DEMO_CKPT
 from protobench.demo.shapes import ProtoShapes, ShapesDesign
-from protobench.train import Recipe, train
+from protobench.train.protopnet import Recipe, train
 
 MODEL = ProtoPNetConfig(
     backbone="tinycnn",
@@ -79,7 +79,7 @@ def main() -> None:
         "model": asdict(MODEL),
         "design": design.as_dict(),
         "recipe": recipe.as_dict(),
-        "loss": "CE + 0.8 cluster - 0.08 separation + 1e-4 L1 (protobench.train)",
+        "loss": "CE + 0.8 cluster - 0.08 separation + 1e-4 L1 (protobench.train.protopnet)",
         "torch_version": torch.__version__,
         "protobench_version": __version__,
         "python_version": platform.python_version(),

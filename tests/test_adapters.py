@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from protobench.adapter import BUILTIN_ADAPTERS, available_adapters, get_adapter
-from protobench.backbones import build_backbone
-from protobench.checkpoint import write_protobench
-from protobench.convert import convert
+from protobench.models.adapter import BUILTIN_ADAPTERS, available_adapters, get_adapter
+from protobench.models.backbones import build_backbone
+from protobench.checkpoints.formats import write_protobench
+from protobench.checkpoints.convert import convert
 from protobench.errors import AdapterError, CheckpointError
-from protobench.infer import infer_backbone
-from protobench.family import FamilyAdapter
+from protobench.models.infer import infer_backbone
+from protobench.models.family import FamilyAdapter
 
 FAMILIES = sorted(name for name in BUILTIN_ADAPTERS if name != "auto")
 
@@ -104,8 +104,8 @@ def test_standard_backbones_are_recognized():
 @pytest.mark.parametrize("name", FAMILIES)
 def test_benchmark_runs_on_every_family(tmp_path, name):
     from conftest import write_image_folder
-    from protobench.benchmark import Protocol
-    from protobench.evaluate import EvaluateConfig, evaluate
+    from protobench.run.benchmark import Protocol
+    from protobench.run.evaluate import EvaluateConfig, evaluate
 
     path = tmp_path / "m.safetensors"
     get_adapter(name).tiny(seed=2).save(str(path))

@@ -10,13 +10,13 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from datasets_fixtures import CARS_CLASSES, write_cars, write_cub
-from protobench.adapter import ModelInfo
+from protobench.models.adapter import ModelInfo
 from protobench.adapters.protopnet import ProtoPNetAdapter
-from protobench.cli import app
-from protobench.annotations import ANNOTATION_BYTES
-from protobench.datasets import open_dataset
+from protobench.cli.app import app
+from protobench.data.annotations import ANNOTATION_BYTES
+from protobench.data.layouts import open_dataset
 from protobench.errors import DataError
-from protobench.matfile import INFLATED_BYTES, MAT_BYTES
+from protobench.data.matfile import INFLATED_BYTES, MAT_BYTES
 
 
 def info(classes: int = 2) -> ModelInfo:

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from protobench import attack, rng
-from protobench.benchmark import Protocol, evaluate_batch, inference_mode
-from protobench.regions import protected_mask
+from protobench.core import attack
+from protobench.core import rng
+from protobench.run.benchmark import Protocol, evaluate_batch, inference_mode
+from protobench.core.regions import protected_mask
 
 
 def _setup(adapter, n=6):

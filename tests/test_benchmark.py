@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 import torch
 
-from protobench import benchmark
-from protobench.benchmark import Protocol, Runtime, evaluate_batch, inference_mode, model_forward
-from protobench.data import ImageFolder
+from protobench.run import benchmark
+from protobench.run.benchmark import Protocol, Runtime, evaluate_batch, inference_mode, model_forward
+from protobench.data.imagelist import ImageFolder
 
 
 def _run(adapter, folder, protocol, batch_size):
@@ -51,7 +51,7 @@ def test_gt_protos_attacks_the_true_class_prototypes(tiny_adapter, image_folder)
 
 
 def test_records_have_every_column(tiny_adapter, image_folder):
-    from protobench.results import PER_IMAGE_COLUMNS
+    from protobench.run.results import PER_IMAGE_COLUMNS
 
     df = _run(tiny_adapter, image_folder, Protocol.make(steps=2), 4)
     assert sorted(df.columns) == sorted(PER_IMAGE_COLUMNS)
@@ -113,7 +113,7 @@ def test_other_errors_are_not_mistaken_for_memory(tiny_adapter, image_folder, mo
 
 
 def test_tf32_switch_is_scoped():
-    from protobench.layers import tf32
+    from protobench.core.precision import tf32
 
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     with tf32(False):
@@ -128,7 +128,7 @@ def test_tf32_switch_is_scoped():
 
 def test_cpu_batches_shrink_with_the_image_side():
     """A model declaring large images gets proportionally fewer images per CPU batch and chunk."""
-    from protobench.benchmark import auto_batch_size, cpu_images
+    from protobench.run.benchmark import auto_batch_size, cpu_images
 
     cpu = torch.device("cpu")
     assert [auto_batch_size(cpu, s) for s in (32, 64, 224, 448, 2048)] == [32, 32, 32, 8, 1]

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import write_image_folder
-from protobench.cli import app
+from protobench.cli.app import app
 
 runner = CliRunner()
 
@@ -85,7 +85,7 @@ def test_truncated_checkpoint(tmp_path, tiny_ckpt, image_folder):
 def test_checkpoint_of_another_architecture(tmp_path, image_folder, tiny_adapter):
     path = tmp_path / "other.safetensors"
     tiny_adapter.save(str(path))
-    from protobench.checkpoint import read_protobench, write_protobench
+    from protobench.checkpoints.formats import read_protobench, write_protobench
 
     _, config, tensors = read_protobench(path)
     write_protobench(path, "tesnet", config, tensors)

@@ -13,8 +13,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import write_image_folder
-from protobench.cli import app
-from protobench.progress import RichProgress
+from protobench.cli.app import app
+from protobench.run.progress import RichProgress
 from test_cli import assert_one_line_error
 
 runner = CliRunner()
@@ -50,8 +50,8 @@ def test_undecodable_image_with_markup_in_its_path_is_warned_and_logged(tmp_path
 
 def test_a_batch_is_logged_before_its_warnings_are_printed(tmp_path, tiny_ckpt, image_folder, monkeypatch):
     """Whatever printing a warning does, the batch is already in the partial log: --resume keeps it."""
-    from protobench import evaluate as ev
-    from protobench import resume as runstate
+    from protobench.run import evaluate as ev
+    from protobench.run import resume as runstate
 
     (tmp_path / "data" / "class0" / "broken.png").write_bytes(b"no")
     monkeypatch.setattr(ev, "report_skipped", lambda indices, *a: (_ for _ in ()).throw(KeyboardInterrupt)

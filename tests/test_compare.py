@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from protobench.cli import app
-from protobench.compare import judge, parse_tolerances
+from protobench.cli.app import app
+from protobench.run.compare import judge, parse_tolerances
 
 runner = CliRunner()
 NAN = float("nan")
@@ -183,7 +183,7 @@ def test_odd_summary_values_never_pass_silently(tmp_path, csv):
 
 
 def test_repeated_models_and_huge_files_exit_2(tmp_path, monkeypatch):
-    from protobench import compare as cmp
+    from protobench.run import compare as cmp
 
     base = write(tmp_path / "base", [{"model": "a"}, {"model": "a"}])
     result = compare(base, base)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from protobench.compensation import (activation_masks, adversarial_outside, alignment_loss, masked_distance,
+from protobench.train.compensation import (activation_masks, adversarial_outside, alignment_loss, masked_distance,
                                      masking_augmentation, pick_class_prototypes)
 
 

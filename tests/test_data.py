@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from protobench.data import load_image, random_subset
+from protobench.data.imagelist import load_image, random_subset
 from protobench.errors import DataError
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

@@ -10,13 +10,13 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config, write_image_folder
 from datasets_fixtures import write_cars, write_cub
-from protobench.adapter import ModelInfo
+from protobench.models.adapter import ModelInfo
 from protobench.adapters.protopnet import ProtoPNetAdapter
-from protobench.cli import app
-from protobench.data import Unusable, pixel_box
-from protobench.datasets import detect, open_dataset
+from protobench.cli.app import app
+from protobench.data.imagelist import Unusable, pixel_box
+from protobench.data.layouts import detect, open_dataset
 from protobench.errors import DataError
-from protobench.provenance import dataset_fingerprint
+from protobench.run.provenance import dataset_fingerprint
 
 
 def info(size: int, classes: int = 2) -> ModelInfo:

@@ -7,11 +7,11 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from protobench.adapters.protopnet import ProtoPNetAdapter
-from protobench.cli import app
-from protobench.data import ImageFolder, load_image
+from protobench.cli.app import app
+from protobench.data.imagelist import ImageFolder, load_image
 from protobench.demo.shapes import COLOURS, ProtoShapes, ShapesDesign, draw, export
 from protobench.errors import DataError
-from protobench.evaluate import load_dataset
+from protobench.run.evaluate import load_dataset
 
 runner = CliRunner()
 

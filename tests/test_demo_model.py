@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from protobench import benchmark
+from protobench.run import benchmark
 from protobench.adapters.protopnet import ProtoPNetAdapter
-from protobench.cli import app
-from protobench.data import Subset
+from protobench.cli.app import app
+from protobench.data.imagelist import Subset
 from protobench.demo import DEMO_CKPT, DEMO_RECORD, demo_checkpoint
 from protobench.demo.shapes import ProtoShapes
 

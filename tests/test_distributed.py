@@ -7,7 +7,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from protobench.cli import app
+from protobench.cli.app import app
 
 
 def test_two_ranks_equal_one_process(tiny_ckpt, image_folder, tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from protobench.cli import app
+from protobench.cli.app import app
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "ci.md"
 

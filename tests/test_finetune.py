@@ -16,14 +16,14 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import tiny_config
-from protobench import train
+from protobench.train import protopnet as train
 from protobench.adapters.protopnet import ProtoPNetAdapter
-from protobench.cli import app
+from protobench.cli.app import app
 from protobench.errors import Interrupted, ProtobenchError
-from protobench.evaluate import load_dataset
-from protobench.finetune import FinetuneConfig, finetune, side_by_side
-from protobench.finetune_data import in_memory
-from protobench.trainer import NonFinite, TrainSettings, alignment_term, epoch_order
+from protobench.run.evaluate import load_dataset
+from protobench.train.finetune import FinetuneConfig, finetune, side_by_side
+from protobench.train.data import in_memory
+from protobench.train.trainer import NonFinite, TrainSettings, alignment_term, epoch_order
 from test_cli import assert_one_line_error
 from test_train import assert_prototypes_are_patches
 
@@ -242,7 +242,7 @@ def test_cli_errors(tiny_ckpt, image_folder, tmp_path):
 
 @pytest.mark.parametrize("family", ["pipnet", "tesnet"])
 def test_family_without_training_support(tmp_path, image_folder, family):
-    from protobench.adapter import get_adapter
+    from protobench.models.adapter import get_adapter
 
     path = tmp_path / f"{family}.safetensors"
     get_adapter(family).tiny().save(str(path))
@@ -275,7 +275,7 @@ def test_progress_bar_shows_each_loss_term(tiny_ckpt, image_folder, tmp_path):
 
     from rich.console import Console
 
-    from protobench.progress import TrainProgress
+    from protobench.run.progress import TrainProgress
 
     stream = io.StringIO()
     console = Console(file=stream, force_terminal=True, width=200)
@@ -330,7 +330,7 @@ def test_a_stopped_run_may_resume_with_lower_learning_rates(tiny_ckpt, image_fol
 
 
 def test_lowered_rates_replace_the_saved_ones_and_only_those(tiny_adapter):
-    from protobench.finetune_state import phase_optimizer
+    from protobench.train.state import phase_optimizer
 
     s = TrainSettings(step_size=1, gamma=0.5)
     optimizer, scheduler = phase_optimizer(tiny_adapter, s, "joint", None)
@@ -347,7 +347,7 @@ def test_lowered_rates_replace_the_saved_ones_and_only_those(tiny_adapter):
 
 
 def test_a_weight_that_becomes_non_finite_is_named(tiny_adapter):
-    from protobench.trainer import check_finite
+    from protobench.train.trainer import check_finite
 
     check_finite(tiny_adapter, "joint epoch 1")
     with torch.no_grad():

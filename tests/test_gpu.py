@@ -7,8 +7,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from protobench.benchmark import Protocol, Runtime, evaluate_batch, inference_mode, model_forward
-from protobench.cli import app
+from protobench.run.benchmark import Protocol, Runtime, evaluate_batch, inference_mode, model_forward
+from protobench.cli.app import app
 
 pytestmark = pytest.mark.gpu
 

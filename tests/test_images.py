@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from datasets_fixtures import png_bytes
-from protobench import images
-from protobench.data import MAX_IMAGE_PIXELS, ImageList, Unusable, load_image
+from protobench.data import images
+from protobench.data.imagelist import MAX_IMAGE_PIXELS, ImageList, Unusable, load_image
 from protobench.errors import DataError, DataWarning
-from protobench.finetune_data import in_memory
+from protobench.train.data import in_memory
 
 MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
@@ -74,7 +74,7 @@ def test_a_bomb_is_skipped_without_the_memory_it_would_take(tmp_path):
     assert path.stat().st_size < 1 << 20
     script = (
         "import json, resource, sys\n"
-        "from protobench.data import ImageList\n"
+        "from protobench.data.imagelist import ImageList\n"
         "ds = ImageList(sys.argv[1], [sys.argv[2]], [0], ['a'], 8, (0, 0, 0), (1, 1, 1))\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "x = ds[0][0]\n"
@@ -248,7 +248,7 @@ def test_training_data_none_usable(tmp_path):
 
 def test_a_file_name_that_is_not_utf8_is_refused_up_front(tmp_path):
     """Python holds such a name as surrogates; writing it to per_image.csv failed after the whole run."""
-    from protobench.data import ImageFolder
+    from protobench.data.imagelist import ImageFolder
 
     (tmp_path / "data" / "class0").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(tmp_path / "data" / "class0" / "ok.png")
@@ -264,7 +264,7 @@ def test_evaluate_and_finetune_take_the_limit(tmp_path, tiny_ckpt, image_folder)
     """The folder's images are 40 x 40 = 1600 pixels; one more is 50 x 40 = 2000."""
     from typer.testing import CliRunner
 
-    from protobench.cli import MAX_PIXELS, app
+    from protobench.cli.app import MAX_PIXELS, app
 
     assert MAX_PIXELS == MAX_IMAGE_PIXELS  # the CLI's default, written out so that --help needs no torch
     big = tmp_path / "data" / "class0" / "big.png"

@@ -1,5 +1,5 @@
 """Malformed checkpoints and paths: one CheckpointError (or AdapterError for a bad option) that
-names what is wrong, never another exception. The limits quoted are docs' (protobench.limits)."""
+names what is wrong, never another exception. The limits quoted are docs' (protobench.checkpoints.limits)."""
 
 import json
 import os
@@ -14,10 +14,10 @@ from torch import nn
 
 from conftest import write_image_folder
 from originals import original_modules
-from protobench.adapter import get_adapter
+from protobench.models.adapter import get_adapter
 from protobench.adapters.prototree import ProtoTreeAdapter
 from protobench.errors import AdapterError, CheckpointError
-from protobench.loading import read_checkpoint
+from protobench.checkpoints.loading import read_checkpoint
 from test_cli import assert_one_line_error, invoke
 from test_hostile_checkpoints import protobench_file, with_config
 

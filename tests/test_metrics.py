@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from protobench import metrics
+from protobench.core import metrics
 
 
 def test_pac_by_hand_including_negative():

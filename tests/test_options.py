@@ -8,11 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from protobench.benchmark import Protocol
-from protobench.cli import app
-from protobench.devices import check_device_name, resolve_device
+from protobench.run.benchmark import Protocol
+from protobench.cli.app import app
+from protobench.run.devices import check_device_name, resolve_device
 from protobench.errors import OptionError, ProtobenchError
-from protobench.trainer import TrainSettings
+from protobench.train.trainer import TrainSettings
 from test_cli import assert_one_line_error
 
 runner = CliRunner()

@@ -15,7 +15,7 @@ from torch import nn
 
 from originals import (BottleneckW, PIPNetW, PrototypeChooserW, ResNetFeaturesW, VGGFeaturesW, as_old_torch_pickle,
                        original_modules, pipnet_convnext)
-from protobench.adapter import get_adapter
+from protobench.models.adapter import get_adapter
 from protobench.errors import CheckpointError
 
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -111,7 +111,7 @@ def slow_ppnet(net, x, focal=False):
 def test_protopnet_pickle(tmp_path, backbone, activation, legacy, prune, focal):
     path, net = write_ppnet(tmp_path, backbone=backbone, activation=activation, legacy=legacy, prune=prune,
                             focal=focal)
-    from protobench.checkpoint import sniff
+    from protobench.checkpoints.formats import sniff
 
     assert sniff(path) == ("legacy" if legacy else "zip")
     adapter = get_adapter("auto").load(str(path))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from protobench import resume as runstate
-from protobench.cli import app
+from protobench.run import resume as runstate
+from protobench.cli.app import app
 from test_cli import assert_one_line_error
 
 runner = CliRunner()
@@ -94,7 +94,7 @@ def test_a_full_disk_mid_run_keeps_what_was_done(tmp_path, tiny_ckpt, image_fold
 
 
 def test_final_files_that_cannot_be_written_keep_the_results(tmp_path, tiny_ckpt, image_folder, monkeypatch):
-    from protobench import results
+    from protobench.run import results
 
     real = results.write_csv
     monkeypatch.setattr(results, "write_csv", lambda path, frame: (_ for _ in ()).throw(
@@ -107,7 +107,7 @@ def test_final_files_that_cannot_be_written_keep_the_results(tmp_path, tiny_ckpt
 
 
 def test_a_bug_is_one_line_exit_3_with_the_traceback_saved(tmp_path, tiny_ckpt, image_folder, monkeypatch):
-    from protobench import benchmark
+    from protobench.run import benchmark
 
     def broken(*args, **kwargs):
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
@@ -123,7 +123,7 @@ def test_a_bug_is_one_line_exit_3_with_the_traceback_saved(tmp_path, tiny_ckpt, 
 
 
 def test_a_bug_without_an_output_directory_goes_to_a_temporary_file(tmp_path, monkeypatch):
-    from protobench import compare
+    from protobench.run import compare
 
     monkeypatch.setattr(compare, "compare", lambda *a: {}["boom"])
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -134,7 +134,7 @@ def test_a_bug_without_an_output_directory_goes_to_a_temporary_file(tmp_path, mo
 
 
 def test_running_out_of_memory_is_not_called_a_bug(tmp_path, tiny_ckpt, image_folder, monkeypatch):
-    from protobench import evaluate as ev
+    from protobench.run import evaluate as ev
 
     monkeypatch.setattr(ev, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its traceback file goes here, not to /tmp

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from protobench.errors import CheckpointError
-from protobench.loading import module_state, read_checkpoint
-from protobench.pickles import StandIn, allowed_standin, standin_class
+from protobench.checkpoints.loading import module_state, read_checkpoint
+from protobench.checkpoints.pickles import StandIn, allowed_standin, standin_class
 
 
 class SystemCall:
@@ -106,7 +106,7 @@ def test_allowlist(name, allowed):
 
 
 def test_unknown_weights_are_named(tmp_path):
-    from protobench.adapter import get_adapter
+    from protobench.models.adapter import get_adapter
 
     path = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(1)}, path)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from protobench.adapter import available_adapters, get_adapter
+from protobench.models.adapter import available_adapters, get_adapter
 from protobench.errors import AdapterError
 from test_cli import invoke
 
@@ -81,5 +81,5 @@ def test_broken_plugin_gets_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     with pytest.raises(AdapterError, match="cannot load plugin adapter 'broken'"):
         get_adapter("broken")
-    with pytest.raises(AdapterError, match="not a protobench.adapter.PrototypeAdapter"):
+    with pytest.raises(AdapterError, match="not a protobench.models.adapter.PrototypeAdapter"):
         get_adapter("json:dumps")

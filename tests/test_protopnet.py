@@ -8,7 +8,7 @@ from torch import nn
 
 from conftest import tiny_config
 from protobench.adapters.protopnet import ProtoPNet, ProtoPNetAdapter, add_on_layers, default_class_identity
-from protobench.backbones import BACKBONES, build_backbone
+from protobench.models.backbones import BACKBONES, build_backbone
 from protobench.errors import CheckpointError
 
 

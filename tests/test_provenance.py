@@ -8,8 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 import protobench
-from protobench.cli import app
-from protobench.provenance import git_commit
+from protobench.cli.app import app
+from protobench.run.provenance import git_commit
 
 
 def git(cwd, *args):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protobench.regions import default_margin, high_activation_boxes, protected_mask, quantile
+from protobench.core.regions import default_margin, high_activation_boxes, protected_mask, quantile
 
 
 def test_quantile_matches_numpy_and_torch():

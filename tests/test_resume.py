@@ -12,13 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import tiny_config, write_image_folder
-from protobench import benchmark
-from protobench import resume as runstate
+from protobench.run import benchmark
+from protobench.run import resume as runstate
 from protobench.adapters.protopnet import ProtoPNetAdapter
-from protobench.benchmark import Protocol
-from protobench.cli import app
+from protobench.run.benchmark import Protocol
+from protobench.cli.app import app
 from protobench.errors import Interrupted, ProtobenchError
-from protobench.evaluate import EvaluateConfig, NoProgress, evaluate
+from protobench.run.evaluate import EvaluateConfig, NoProgress, evaluate
 
 runner = CliRunner()
 

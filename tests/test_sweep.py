@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from protobench.adapters.protopnet import ProtoPNetAdapter
-from protobench.cli import app
-from protobench.sweep import pair_adapters, unique_names
+from protobench.cli.app import app
+from protobench.run.sweep import pair_adapters, unique_names
 
 runner = CliRunner()
 
@@ -107,7 +107,7 @@ def test_several_models_one_broken(tmp_path, tiny_ckpt, image_folder):
 
 
 def test_an_interrupted_sweep_resumes_to_the_same_tables(tmp_path, tiny_ckpt, image_folder, monkeypatch):
-    from protobench import benchmark
+    from protobench.run import benchmark
 
     other = tmp_path / "other.safetensors"
     ProtoPNetAdapter.from_config(tiny_config(), seed=1).save(str(other))

@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_config
 from protobench.adapters.protopnet import ProtoPNetAdapter
-from protobench.train import LossWeights, Recipe, loss_terms, push, train, training_loss
+from protobench.train.protopnet import LossWeights, Recipe, loss_terms, push, train, training_loss
 
 IDENTITY = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])  # prototypes 0, 1 -> class 0; 2, 3 -> class 1
 
@@ -134,7 +134,7 @@ def test_adapter_training_loss_has_a_gradient_for_every_trainable_part(tiny_adap
 
 
 def test_adapters_without_training_support_say_so():
-    from protobench.adapter import PrototypeAdapter
+    from protobench.models.adapter import PrototypeAdapter
     from protobench.errors import AdapterError
 
     bare = PrototypeAdapter(torch.nn.Identity(), None, torch.eye(2))

@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from protobench.adapter import IMAGENET_MEAN, IMAGENET_STD
-from protobench.data import normalize
+from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD
+from protobench.data.imagelist import normalize
 from protobench.errors import DataError
 
 NAME = "protoshapes"  # the reserved --data name

@@ -1,0 +1,1 @@
+"""Reading checkpoint files safely: protobench's safetensors and the original repositories' pickles."""

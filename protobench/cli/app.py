@@ -1,0 +1,271 @@
+"""The command line: each command builds a config and calls one library function.
+
+torch is imported inside the commands, so `protobench --help` and `protobench adapters` stay fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from protobench.cli.console import err_console, fail, line, out_console, run_library, say, warnings_to_console
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="Benchmark the spatial alignment of prototype networks' explanations (PLC / PAC / PRC). "
+                       "Exit codes: 0 done; 1 the run finished but a model failed or compare found a "
+                       "regression; 2 bad input, option or output location; 3 a bug (traceback saved to a "
+                       "file); 130 interrupted.")
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """--adapter-option key=value (values parsed as JSON when they can be)."""
+    import json
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"--adapter-option wants key=value, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except (ValueError, RecursionError):
+            options[key] = value
+    return options
+
+
+MAX_PIXELS = 50_000_000  # protobench.data.imagelist.MAX_IMAGE_PIXELS, written out: that module imports torch
+MAX_PIXELS_HELP = "Skip images with more pixels than this (read from the header, before decoding); 0: no limit."
+
+
+@app.command()
+def evaluate(
+    adapter: list[str] = typer.Option([], help="Model family (see `protobench adapters`), pkg.module:Class, or "
+                                           "auto (default: told from the checkpoint); once for all --ckpt, or "
+                                           "once per --ckpt in order."),
+    ckpt: list[Path] = typer.Option([], help="Checkpoint file; repeat it to evaluate several models in one run "
+                                             "(default: the built-in demo model)."),
+    data: Optional[Path] = typer.Option(None, help="Dataset directory: CUB-200-2011, Stanford Cars or an ImageFolder; "
+                                                   "or protoshapes[:train], the demo data (the default)."),
+    dataset: Optional[str] = typer.Option(None, help="cub, cars or imagefolder (default: detected from --data)."),
+    split: Optional[str] = typer.Option(None, help="test (default), train, or for CUB all; an ImageFolder has none."),
+    out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
+                                                  "or protobench-results/models for several)."),
+    protocol: str = typer.Option("default", help="default (pgd, clipped) or reference (the paper's code: noise, no clip)."),
+    attack: Optional[str] = typer.Option(None, help="pgd or noise [default: from --protocol]."),
+    eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
+    step: Optional[float] = typer.Option(None, help="pgd step size [0.01]."),
+    steps: Optional[int] = typer.Option(None, help="pgd steps [40]."),
+    select: Optional[str] = typer.Option(None, help="top-proto or gt-protos [top-proto]."),
+    margin: Optional[int] = typer.Option(None, help="Pixels around each protected box [10 at 224 px, scaled]."),
+    clip: Optional[bool] = typer.Option(None, "--clip/--no-clip", help="Keep attacked images in the valid range."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per batch (default: 32 on CPU; 256 on GPU, "
+                                                        "halved automatically until it fits)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    workers: Optional[int] = typer.Option(None, help="Image-decoding processes (default: 0 on CPU, up to 8 on GPU)."),
+    precision: str = typer.Option("fp32", help="fp32 (true fp32), tf32 (faster on GPUs), bf16 or fp16 (autocast); "
+                                               "prototype layers and metrics always run in fp32."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
+    seed: int = typer.Option(0, help="Seeds the random start of each image and --limit's subset."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate a fixed-seed random subset of N images."),
+    overwrite: bool = typer.Option(False, help="Replace results already in --out."),
+    resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same options, same results)."),
+    strict: bool = typer.Option(False, help="Stop at an image that does not decode instead of skipping it."),
+    max_image_pixels: int = typer.Option(MAX_PIXELS, help=MAX_PIXELS_HELP),
+    adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
+) -> None:
+    """Attack pixels outside each prototype's region and measure how far the explanation moves."""
+    from protobench.run.benchmark import Protocol
+    from protobench.demo import DEMO_DATA, demo_checkpoint
+    from protobench.run.evaluate import EvaluateConfig
+    from protobench.run.evaluate import evaluate as run_evaluate
+    from protobench.run.progress import RichProgress
+    from protobench.cli.tables import summary_table
+    from protobench.run.sweep import evaluate_models, pair_adapters
+
+    proto = run_library(Protocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
+                        margin=margin, clip=clip, seed=seed)
+    if not ckpt and (data is None or str(data).partition(":")[0] == DEMO_DATA):  # the built-in demo
+        ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
+        out = out or Path("protobench-results") / "demo"
+    if not ckpt or data is None:
+        fail("give both --ckpt and --data, or neither to run the built-in demo")
+    models = run_library(pair_adapters, [str(c) for c in ckpt], adapter, "auto")
+    default_out = Path("protobench-results") / (ckpt[0].stem if len(ckpt) == 1 else "models")
+    cfg = EvaluateConfig(
+        ckpt=models[0][0], data=str(data), out=str(out or default_out), adapter=models[0][1],
+        adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
+        device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
+        strict=strict, resume=resume, precision=precision, compile=compile,
+        max_image_pixels=max_image_pixels,
+    )
+    with warnings_to_console():
+        if len(models) > 1:
+            result = run_library(evaluate_models, cfg, models, RichProgress(err_console), trace_dir=cfg.out)
+            return report_models(result) if result is not None else None
+        result = run_library(run_evaluate, cfg, RichProgress(err_console), trace_dir=cfg.out)
+    if result is None:  # a torchrun rank other than 0: rank 0 writes and reports
+        return
+    summary = result["summary"]
+    out_console.print(summary_table(summary))
+    if summary["zero_grad_images"]:
+        line("warning", "yellow", f"the pgd gradient was exactly zero on the attackable pixels for "
+                                  f"{summary['zero_grad_images']} images at some step (see zero_grad in per_image.csv)")
+    if result["meta"].get("skipped_images"):
+        line("warning", "yellow", f"{len(result['meta']['skipped_images'])} images could not be used and were skipped "
+                                  "(the warnings above say why; listed in meta.json, skipped_images)")
+    say(f"results written to {result['out']}/ (per_image.csv, summary.csv, meta.json)")
+
+
+def report_models(result: dict[str, Any]) -> None:
+    """One line per model; exit 1 when any model failed (its row in summary.csv says why)."""
+    from protobench.cli.tables import models_table
+
+    out_console.print(models_table(result["summaries"]))
+    say(f"results written to {result['out']}/ (summary.csv, meta.json, one folder per model)")
+    if result["failed"]:
+        fail(f"{result['failed']} of {len(result['summaries'])} models failed: see the error column "
+             f"of {result['out']}/summary.csv", 1)
+
+
+@app.command()
+def compare(
+    base: Path = typer.Argument(..., help="Baseline: a result directory or its summary.csv."),
+    new: Path = typer.Argument(..., help="Candidate: a result directory or its summary.csv."),
+    tol: list[str] = typer.Option([], "--tol", help="METRIC=VALUE, absolute (PLC PAC PRC AC acc_before acc_after "
+                                                    "acc); defaults in docs/ci.md."),
+    format: str = typer.Option("table", "--format", help="table or markdown."),
+    force: bool = typer.Option(False, help="Compare runs of different protocols or datasets anyway."),
+) -> None:
+    """Exit 0 if no metric of NEW is worse than BASE by more than its tolerance, 1 if one is, 2 if unusable."""
+    from protobench.run import compare as cmp
+    from protobench.cli.tables import compare_table
+
+    if format not in ("table", "markdown"):
+        fail(f"unknown --format {format!r}: use table or markdown")
+    tolerances = run_library(cmp.parse_tolerances, tol)
+    table, notes = run_library(cmp.compare, str(base), str(new), tolerances, force)
+    if format == "markdown":
+        text = cmp.to_markdown(table, notes)
+        print(text.encode("utf-8", "backslashreplace").decode("utf-8"), end="")
+    else:
+        out_console.print(compare_table(table, notes))
+    if cmp.regressions(table):
+        raise typer.Exit(1)
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="Checkpoint to convert: an original repository's file or protobench's."),
+    out: Path = typer.Argument(..., help="Where to write it (*.safetensors)."),
+    adapter: str = typer.Option("auto", help="Model family (see `protobench adapters`) or auto."),
+    adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+) -> None:
+    """Rewrite any supported checkpoint in protobench's safetensors format (no pickle needed again)."""
+    from protobench.checkpoints.convert import convert as run_convert
+
+    result = run_library(run_convert, str(src), str(out), adapter, parse_options(adapter_option), overwrite)
+    say(f"wrote {result['out']} ({result['adapter']}: {result['num_prototypes']} prototypes, "
+        f"{result['num_classes']} classes; outputs checked against the original)")
+
+
+@app.command()
+def finetune(
+    ckpt: Optional[Path] = typer.Option(None, help="Checkpoint to fine-tune (default: the built-in demo model)."),
+    adapter: str = typer.Option("auto", help="Model family (ProtoPNet family) or auto."),
+    data: Optional[str] = typer.Option(None, help="Training data: a dataset directory (its train split) or "
+                                                  "protoshapes:train (the default, with the demo model)."),
+    dataset: Optional[str] = typer.Option(None, help="cub, cars or imagefolder (default: detected from --data)."),
+    split: Optional[str] = typer.Option(None, help="Split to train on [train]; an ImageFolder has none."),
+    eval_data: Optional[str] = typer.Option(None, help="Evaluate before and after on this data, default protocol "
+                                                       "(default: the demo test split for the demo; none otherwise)."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate before and after fine-tuning."),
+    out: Optional[Path] = typer.Option(None, help="Output directory [protobench-results/finetune-<ckpt name>]."),
+    lambda_align: Optional[float] = typer.Option(None, help="Weight of the alignment loss (0: the family's loss "
+                                                           "only) [10; 3 with --align-adversarial]."),
+    align_loss: str = typer.Option("l1", help="l1 or l2."),
+    mask_aug: bool = typer.Option(True, "--mask-aug/--no-mask-aug", help="Masking augmentation (SPEC 4.2)."),
+    aug_prob: float = typer.Option(0.5, help="Probability of masking an image."),
+    align_adversarial: bool = typer.Option(False, "--align-adversarial", help="Perturb the outside of the mask "
+                                           "adversarially instead of blanking it (docs/compensation.md)."),
+    adv_steps: int = typer.Option(3, help="Sign-gradient steps that craft the adversarial outside."),
+    adv_eps: float = typer.Option(0.4, help="L-inf radius of the adversarial outside (normalized units)."),
+    epochs: int = typer.Option(3, help="Joint epochs (backbone, add-on, prototypes)."),
+    last_epochs: int = typer.Option(5, help="Last-layer epochs after push."),
+    lr_features: float = typer.Option(1e-4, help="Learning rate of the backbone."),
+    lr_add_on: float = typer.Option(3e-3, help="Learning rate of the add-on layers."),
+    lr_prototypes: float = typer.Option(3e-3, help="Learning rate of the prototypes."),
+    lr_last: float = typer.Option(1e-3, help="Learning rate of the last layer."),
+    weight_decay: float = typer.Option(1e-3, help="Adam weight decay of backbone and add-on."),
+    batch_size: int = typer.Option(32, help="Images per training step."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    seed: int = typer.Option(0, help="Seeds the batch order, the augmentation and the alignment draws."),
+    push: bool = typer.Option(True, "--push/--no-push", help="Project prototypes onto training patches."),
+    resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same options)."),
+    overwrite: bool = typer.Option(False, help="Replace the run already in --out."),
+    max_image_pixels: int = typer.Option(MAX_PIXELS, help=MAX_PIXELS_HELP),
+    adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
+) -> None:
+    """Fine-tune a model to align its explanations (alignment loss, masking augmentation, push)."""
+    from protobench.train.finetune import FinetuneConfig
+    from protobench.train.finetune import finetune as run_finetune
+    from protobench.run.progress import RichProgress, TrainProgress
+    from protobench.train.trainer import TrainSettings
+
+    settings = TrainSettings(
+        lambda_align=lambda_align, align_loss=align_loss, adversarial=align_adversarial, adv_steps=adv_steps,
+        adv_eps=adv_eps, mask_aug=mask_aug, aug_prob=aug_prob, epochs=epochs, last_epochs=last_epochs, push=push,
+        lr_features=lr_features, lr_add_on=lr_add_on, lr_prototypes=lr_prototypes, lr_last=lr_last,
+        weight_decay=weight_decay, batch_size=batch_size, seed=seed)
+    cfg = FinetuneConfig(ckpt=str(ckpt) if ckpt else None, data=data, out=str(out) if out else None, adapter=adapter,
+                         adapter_options=parse_options(adapter_option), dataset=dataset, split=split,
+                         eval_data=eval_data, evaluate=evaluate, settings=settings, device=device, resume=resume,
+                         overwrite=overwrite, max_image_pixels=max_image_pixels)
+    with warnings_to_console():
+        result = run_library(run_finetune, cfg, TrainProgress(err_console), RichProgress(err_console),
+                             trace_dir=out)
+    if result["before"] is not None and result["after"] is not None:
+        from protobench.cli.tables import before_after_table
+
+        out_console.print(before_after_table(result["before"], result["after"]))
+    say(f"wrote {result['model']} (train_log.csv beside it)")
+
+
+demo_app = typer.Typer(help="The built-in demo: ProtoShapes data and a small ProtoPNet trained on it.")
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("export")
+def demo_export(
+    directory: Path = typer.Argument(..., help="New or empty directory to write DIR/<class>/<index>.png to."),
+    split: str = typer.Option("test", help="train or test."),
+    n: Optional[int] = typer.Option(None, help="Only the first N images [default: the whole split]."),
+) -> None:
+    """Write ProtoShapes images to disk (ImageFolder layout) to look at them or evaluate them as files."""
+    from protobench.demo.shapes import export
+    from protobench.files import writing
+
+    if n is not None and n < 1:
+        fail(f"--n must be a whole number >= 1, got {n}")
+
+    def write() -> int:
+        with writing(directory):
+            return export(directory, split, n)
+
+    count = run_library(write)
+    say(f"wrote {count} {split} images to {directory}/<class>/")
+
+
+@app.command()
+def adapters() -> None:
+    """List the model families protobench can load."""
+    from protobench.models.adapter import available_adapters
+    from protobench.cli.tables import adapters_table
+
+    out_console.print(adapters_table(run_library(available_adapters)))
+
+
+def main() -> None:
+    app()

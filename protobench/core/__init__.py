@@ -1,0 +1,1 @@
+"""Pure tensor functions of the benchmark: regions, attacks, metrics, random numbers, precision."""

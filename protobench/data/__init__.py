@@ -1,0 +1,1 @@
+"""Images and dataset layouts."""

@@ -1,0 +1,1 @@
+"""Model families: the adapter protocol, the family registry, backbones."""

@@ -1,0 +1,165 @@
+"""The built-in adapters' shared base, and `--adapter auto`.
+
+`FamilyAdapter` gives each family one `load` that serves protobench safetensors and the
+original repositories' files, plus `save` in protobench's format; `AutoAdapter` tells
+the family from the checkpoint and hands it to that family's adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any, ClassVar
+
+import torch
+
+from protobench.models.adapter import PrototypeAdapter, family_adapter
+from protobench.checkpoints.formats import check_state, write_protobench
+from protobench.errors import AdapterError, CheckpointError
+from protobench.checkpoints.limits import config_problem, field_problem, short
+from protobench.checkpoints.loading import FAMILY_NAMES, Checkpoint, check_family, detect_family, read_checkpoint
+
+# what reading a malformed checkpoint's values can raise, past the checks that name the problem
+MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
+             ZeroDivisionError, MemoryError)
+
+
+def take_options(name: str, options: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:
+    """Adapter options merged over their defaults; unknown names and out-of-range values are an error."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        raise AdapterError(f"adapter {name!r} has no option {unknown[0]!r} (its options: {known})")
+    for key, value in options.items():  # the same rules as the checkpoint's own values
+        wrong = None if value is None else field_problem(key, value)
+        if wrong:
+            raise AdapterError(f"adapter option {key}={short(value)} should be {wrong}")
+    return {**allowed, **options}
+
+
+def make_config(config_class: type, data: dict[str, Any]) -> Any:
+    """A config dataclass from JSON metadata: unknown fields are an error, lists become tuples again."""
+    unknown = sorted(str(k)[:40] for k in set(data) - {f.name for f in fields(config_class)})
+    if unknown:
+        raise CheckpointError(f"unknown {config_class.__name__} fields {unknown[:3]}: "
+                              "the checkpoint is from a newer protobench or another family")
+    cfg = config_class(**data)
+    for f in fields(cfg):
+        if isinstance(f.default, tuple) and isinstance(getattr(cfg, f.name), list):
+            setattr(cfg, f.name, tuple(getattr(cfg, f.name)))
+    return cfg
+
+
+class FamilyAdapter(PrototypeAdapter):
+    """Base of the built-in adapters: one `load` for protobench files and original checkpoints.
+
+    Subclasses set `config_class` and `model_class` (built as `model_class(cfg)`, or by
+    overriding `build`), implement `from_original(ckpt, **options)` and `tiny(seed)`, and
+    list their `options` (name -> default; None means "from the checkpoint").
+    """
+
+    config_class: ClassVar[type]
+    model_class: ClassVar[type]
+    options: ClassVar[dict[str, Any]] = {"img_size": None}
+
+    @classmethod
+    def load(cls, path: str, **options: Any) -> PrototypeAdapter:
+        return cls.from_checkpoint(read_checkpoint(path), **options)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, **options: Any) -> PrototypeAdapter:
+        check_family(ckpt, cls.name)
+        try:
+            if ckpt.is_protobench:
+                return cls.from_protobench(ckpt, **options)
+            return cls.from_original(ckpt, **options)
+        except MALFORMED as err:  # a value no check above foresaw: still the file's fault, still one line
+            text = " ".join(str(err).split())[:160] or type(err).__name__
+            raise CheckpointError(f"{ckpt.path} is not a valid {FAMILY_NAMES.get(cls.name, cls.name)} "
+                                  f"checkpoint ({text})") from None
+
+    @classmethod
+    def from_protobench(cls, ckpt: Checkpoint, **options: Any) -> PrototypeAdapter:
+        overrides = {k: v for k, v in take_options(cls.name, options, cls.options).items() if v is not None}
+        return cls.from_weights(make_config(cls.config_class, {**ckpt.config, **overrides}), ckpt.tensors, ckpt.path)
+
+    @classmethod
+    def from_original(cls, ckpt: Checkpoint, **options: Any) -> PrototypeAdapter:
+        raise NotImplementedError
+
+    @classmethod
+    def from_weights(cls, cfg: Any, tensors: dict[str, torch.Tensor], path: str,
+                     original: bool = False) -> PrototypeAdapter:
+        """Build the model for `cfg` and load `tensors` into it (all must fit).
+
+        The config is checked first, then the model is built on the meta device (no memory)
+        and must match the tensors and run on its input size; only then is it built for real.
+        """
+        wrong = config_problem(cfg)
+        if wrong:
+            where = "read from the pickle" if original else "in its metadata"
+            raise CheckpointError(f"{path}: the architecture {where} is invalid: {wrong}")
+        what = (f"the {FAMILY_NAMES.get(cls.name, cls.name)} architecture protobench read from it "
+                f"({getattr(cfg, 'backbone', '?')} backbone)") if original else "the architecture in its metadata"
+        cls.probe(cfg, tensors, path, what)
+        model = cls.build(cfg, tensors)
+        model.load_state_dict(tensors)
+        return cls(model)
+
+    @classmethod
+    def probe(cls, cfg: Any, tensors: dict[str, torch.Tensor], path: str, what: str) -> None:
+        """Build `cfg` on the meta device: its state must fit `tensors`, and a forward pass on one
+        input of its size must give (1, P, h, w) maps and (1, C) logits."""
+        with torch.device("meta"):
+            model = cls.build(cfg, tensors)
+        check_state(model.state_dict(), tensors, path, what)
+        adapter = cls(model.to("meta"))
+        info, size = adapter.info, adapter.info.input_size
+        try:
+            with torch.no_grad():  # the model's own forward: the architecture is what is checked
+                maps, logits = adapter.model(torch.empty(1, 3, size, size, device="meta"))
+        except RuntimeError as err:
+            reason = " ".join(str(err).split())[:120]
+            raise CheckpointError(f"{path}: the model cannot run on its own {size} px input ({reason}); "
+                                  "its img_size or architecture is wrong") from None
+        shapes = (tuple(maps.shape[:2]), maps.dim(), tuple(logits.shape), tuple(adapter.prototype_class_identity.shape))
+        if shapes != ((1, info.num_prototypes), 4, (1, info.num_classes), (info.num_prototypes, info.num_classes)) \
+                or min(maps.shape[2:]) < 1:
+            raise CheckpointError(f"{path}: its architecture gives maps of shape {tuple(maps.shape)} and logits of "
+                                  f"shape {tuple(logits.shape)}, not {info.num_prototypes} maps and "
+                                  f"{info.num_classes} classes: the checkpoint is inconsistent")
+
+    @classmethod
+    def build(cls, cfg: Any, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
+        return cls.model_class(cfg)
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> PrototypeAdapter:
+        """A tiny random instance (32 px input, a few channels) for tests."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(x)
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self.model.cfg)
+
+    def save(self, path: str, extra: dict[str, str] | None = None) -> None:
+        write_protobench(path, self.name, self.config(), self.model.state_dict(), extra)
+
+
+class AutoAdapter(PrototypeAdapter):
+    """`--adapter auto`: tell the family from the checkpoint, then load it with that adapter."""
+
+    @classmethod
+    def load(cls, path: str, **options: Any) -> PrototypeAdapter:
+        ckpt = read_checkpoint(path)
+        family = detect_family(ckpt)
+        try:  # a registered family only: a file may say what it is, never which code to import
+            target = family_adapter(family)
+        except AdapterError as err:  # e.g. a protobench file written by a plugin that is not installed here
+            raise AdapterError(f"{path} was written by adapter {family!r}, which is not installed here ({err}): "
+                               "install the plugin that provides it, or pass --adapter package.module:Class "
+                               "if you trust that code") from None
+        if issubclass(target, FamilyAdapter):
+            return target.from_checkpoint(ckpt, **options)
+        return target.load(path, **options)  # a plugin's own protobench-format file

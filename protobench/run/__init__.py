@@ -1,0 +1,1 @@
+"""Running the benchmark: the loop, run directories, results, compare, provenance."""

@@ -1,0 +1,236 @@
+"""`protobench compare BASE NEW`: did any metric get worse by more than its tolerance?
+
+BASE and NEW are result directories (or their summary.csv). A metric regressed when it moved
+in its bad direction by more than its tolerance (absolute, in the metric's own units):
+higher PLC / PAC / PRC / AC is worse, lower accuracy is worse. Runs are comparable only with
+the same protocol and dataset (read from meta.json); --force compares anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from protobench.errors import OptionError, ProtobenchError
+from protobench.run.resume import json_kind
+
+# metric name -> (summary.csv column, default tolerance, higher is worse)
+METRICS: dict[str, tuple[str, float, bool]] = {
+    "PLC": ("PLC_mean", 1.0, True),  # percentage points of location change
+    "PAC": ("PAC_mean", 1.0, True),  # percentage points of activation change
+    "PRC": ("PRC_mean", 0.5, True),  # prototypes (mean rank change)
+    "AC": ("AC", 1.0, True),  # accuracy points lost to the attack
+    "acc_before": ("acc_before", 1.0, False),  # clean top-1 accuracy, %
+    "acc_after": ("acc_after", 1.0, False),  # top-1 accuracy under attack, %
+}
+COMPARABLE = ("protocol", "dataset_fingerprint", "dataset_kind", "split", "limit")
+TABLE_COLUMNS = ["model", "metric", "base", "new", "delta", "tolerance", "status"]
+MAX_INPUT_BYTES = 64 * 2**20  # a summary of thousands of models is under 5 MiB; refuse to load a huge file
+
+
+class NotComparable(ProtobenchError):
+    """Inputs that are missing, unreadable, or runs that measured different things (exit 2)."""
+
+    exit_code = 2
+
+
+@dataclass
+class Entry:
+    model: str
+    row: dict[str, Any]  # the summary.csv row
+    meta: dict[str, Any] | None  # that model's meta.json, if found
+    source: str
+
+
+def parse_tolerances(pairs: Sequence[str]) -> dict[str, float]:
+    """Defaults overridden by METRIC=VALUE pairs ('acc' sets acc_before and acc_after)."""
+    tol = {name: default for name, (_, default, _) in METRICS.items()}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        names = ["acc_before", "acc_after"] if name == "acc" else [name]
+        if not sep or any(n not in METRICS for n in names):
+            raise OptionError(f"--tol wants METRIC=VALUE with METRIC one of {', '.join(METRICS)}, acc; got {pair!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise OptionError(f"--tol {pair!r}: {value!r} is not a number") from None
+        if not (math.isfinite(number) and number >= 0):
+            raise OptionError(f"--tol {pair!r}: a tolerance must be a finite number, zero or positive")
+        tol.update({n: number for n in names})
+    return tol
+
+
+def judge(base: float, new: float, tolerance: float, higher_is_worse: bool) -> str:
+    """'pass', 'FAIL' (worse by more than the tolerance, or undefined now but not before) or 'n/a'."""
+    if math.isnan(new):
+        return "n/a" if math.isnan(base) else "FAIL"
+    if math.isnan(base):
+        return "n/a"
+    worse_by = (new - base) if higher_is_worse else (base - new)
+    return "FAIL" if worse_by > tolerance + 1e-9 else "pass"  # 1e-9: CSV rounding of equal values
+
+
+def compare_rows(model: str, base: dict[str, Any], new: dict[str, Any], tol: dict[str, float]) -> list[dict]:
+    rows = []
+    for name, (column, _, higher_is_worse) in METRICS.items():
+        b, n = _number(base.get(column)), _number(new.get(column))
+        rows.append({"model": model, "metric": name, "base": b, "new": n, "delta": n - b,
+                     "tolerance": tol[name], "status": judge(b, n, tol[name], higher_is_worse)})
+    return rows
+
+
+def _number(value: Any) -> float:
+    """A metric value; NaN when it is missing, not a number, or infinite (no metric can be)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return float("nan")
+    return number if math.isfinite(number) else float("nan")
+
+
+def compare(base_path: str, new_path: str, tolerances: dict[str, float],
+            force: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """(one row per model and metric, notes for the reader); NotComparable when it cannot say."""
+    base, new = load(base_path, force), load(new_path, force)
+    notes: list[str] = []
+    rows: list[dict] = []
+    for b, n in pair(base, new, notes):
+        differ = differences(b.meta, n.meta)
+        if differ and not force:
+            raise NotComparable(f"{b.source} and {n.source} are different runs ({differ}): compare runs of the "
+                                "same protocol and dataset, or pass --force")
+        if differ:
+            notes.append(f"{n.model}: compared despite differences (--force): {differ}")
+        if _error(b.row):
+            raise NotComparable(f"the baseline {b.source} has no results for {b.model} (error: {_error(b.row)})")
+        if _error(n.row):
+            notes.append(f"{n.model} failed in {n.source}: {_error(n.row)}")
+        rows += compare_rows(n.model, b.row, n.row, tolerances)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS), notes
+
+
+def regressions(table: pd.DataFrame) -> int:
+    return int((table["status"] == "FAIL").sum())
+
+
+def load(path: str, force: bool) -> list[Entry]:
+    """The models of a result directory or summary CSV, each with its meta.json where there is one."""
+    p = Path(path)
+    summary_path = p / "summary.csv" if p.is_dir() else p
+    if not summary_path.is_file():
+        raise NotComparable(f"{path}: no such result directory or summary CSV")
+    _check_size(summary_path)
+    try:
+        frame = pd.read_csv(summary_path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise NotComparable(f"{summary_path} is not a readable CSV ({' '.join(str(err).split())})") from None
+    missing = [c for c in ["model", *(col for col, _, _ in METRICS.values())] if c not in frame.columns]
+    if missing or frame.empty:
+        raise NotComparable(f"{summary_path} is not a protobench summary (empty, or no {', '.join(missing)} column)")
+    meta = _read_json(summary_path.parent / "meta.json")
+    if meta is None and not force:
+        raise NotComparable(f"no meta.json beside {summary_path}: cannot check that both runs used the same "
+                            "protocol and dataset; pass --force to compare anyway")
+    counts = frame["model"].astype(str).value_counts()
+    repeated = sorted(counts[counts > 1].index)
+    if repeated:
+        raise NotComparable(f"{summary_path} names a model more than once ({', '.join(repeated[:3])}): "
+                            "not a protobench summary")
+    entries = []
+    for row in frame.to_dict("records"):
+        model = str(row["model"])
+        entries.append(Entry(model, row, _model_meta(meta, model, summary_path.parent, len(frame)), str(path)))
+    return entries
+
+
+def _model_meta(meta: dict | None, model: str, root: Path, rows: int) -> dict | None:
+    """A multi-model run keeps each model's meta.json in its folder; a single run has one beside the CSV."""
+    if meta is None or "models" not in meta:
+        return meta if rows == 1 else None
+    models = meta["models"]
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise NotComparable(f"{root / 'meta.json'}: 'models' is not a list of objects (damaged file)")
+    folder = next((m.get("dir", model) for m in models if m.get("model") == model), model)
+    if not isinstance(folder, str) or Path(folder).name != folder or folder in ("", ".", ".."):
+        raise NotComparable(f"{root / 'meta.json'}: {folder!r} is not a model folder name (damaged file)")
+    return _read_json(root / folder / "meta.json")
+
+
+def _read_json(path: Path) -> dict | None:
+    """A meta.json as a dict; None if there is none; NotComparable if it is damaged or not an object."""
+    if not path.is_file():
+        return None
+    _check_size(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise NotComparable(f"{path} is not readable JSON ({type(err).__name__})") from None
+    if not isinstance(data, dict):
+        raise NotComparable(f"{path} is not a protobench meta.json (a JSON {json_kind(data)}, not an object)")
+    return data
+
+
+def _check_size(path: Path) -> None:
+    size = path.stat().st_size
+    if size > MAX_INPUT_BYTES:
+        raise NotComparable(f"{path} is {size / 2**20:.0f} MiB: not a protobench result file "
+                            f"(they are under {MAX_INPUT_BYTES // 2**20} MiB)")
+
+
+def pair(base: list[Entry], new: list[Entry], notes: list[str]) -> list[tuple[Entry, Entry]]:
+    """One model each: compare them whatever their names. Several: match by model name."""
+    if len(base) == 1 and len(new) == 1:
+        return [(base[0], new[0])]
+    by_name = {e.model: e for e in new}
+    lacking = [b.model for b in base if b.model not in by_name]
+    if lacking:
+        raise NotComparable(f"{new[0].source} has no results for {', '.join(lacking)} (in {base[0].source})")
+    extra = sorted(set(by_name) - {b.model for b in base})
+    if extra:
+        notes.append(f"not in the baseline, not compared: {', '.join(extra)}")
+    return [(b, by_name[b.model]) for b in base]
+
+
+def differences(base: dict | None, new: dict | None) -> str:
+    """What makes two runs incomparable, in words ('' when nothing; unknown when a meta.json is missing)."""
+    from protobench.run.resume import describe_differences
+
+    if base is None or new is None:
+        return "a meta.json is missing, so protocol and dataset are unchecked"
+    return describe_differences(base, new, list(COMPARABLE), ("base", "new"))
+
+
+def _error(row: dict[str, Any]) -> str:
+    value = row.get("error")
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def to_markdown(table: pd.DataFrame, notes: list[str]) -> str:
+    """A GitHub-flavoured markdown report for CI logs and pull-request comments."""
+    failed = regressions(table)
+    verdict = f"**{failed} regression{'s' if failed != 1 else ''}**" if failed else "**no regression**"
+    lines = [f"### protobench compare: {verdict}", "",
+             "| model | metric | base | new | delta | tolerance | status |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in table.to_dict("records"):
+        status = "**FAIL**" if r["status"] == "FAIL" else r["status"]
+        lines.append(f"| {_cell(r['model'])} | {r['metric']} | {fmt(r['base'])} | {fmt(r['new'])} | "
+                     f"{fmt(r['delta'], signed=True)} | {fmt(r['tolerance'])} | {status} |")
+    lines += [""] + [f"- {' '.join(note.split())}" for note in notes] if notes else []
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: Any) -> str:
+    """A model name as one markdown table cell: a '|' or a line break would split the table."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def fmt(value: float, signed: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"

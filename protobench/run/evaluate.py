@@ -1,0 +1,308 @@
+"""`protobench evaluate` as a library call: load, check, run, write the three result files."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol as TypingProtocol
+
+from protobench import options
+from protobench.run.benchmark import AUTOCAST_DTYPES, Protocol
+from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
+from protobench.run.devices import check_device_name, resolve_device
+from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
+
+MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
+
+RESULT_FILES = ("per_image.csv", "summary.csv", "meta.json")
+
+
+class Progress(TypingProtocol):
+    def start(self, total: int, description: str) -> None: ...
+    def update(self, rows: list[dict], skipped: list[int]) -> None: ...
+    def stop(self) -> None: ...
+
+
+class NoProgress:
+    def start(self, total: int, description: str) -> None: ...
+    def update(self, rows: list[dict], skipped: list[int]) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class EvaluateConfig:
+    ckpt: str
+    data: str
+    out: str
+    adapter: str = "auto"  # a registry name, pkg.module:Class, or auto (told from the checkpoint)
+    adapter_options: dict[str, Any] = field(default_factory=dict)
+    protocol: Protocol = field(default_factory=Protocol)
+    batch_size: int | None = None  # None: benchmark.auto_batch_size (32 CPU, 256 GPU with back-off)
+    device: str = "auto"
+    workers: int | None = None  # None: 0 on the CPU, up to 8 decoding processes feeding a GPU
+    limit: int | None = None
+    overwrite: bool = False
+    dataset: str | None = None  # 'cub', 'cars' or 'imagefolder'; None: detect from the directory
+    split: str | None = None  # None: the layout's test split
+    strict: bool = False  # an undecodable image is an error instead of a skip
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are skipped unread (0: no limit)
+    resume: bool = False  # continue the interrupted run in `out`
+    name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
+    precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see benchmark.Runtime
+    compile: bool = False  # torch.compile the model's forward
+
+    def check(self) -> None:
+        """OptionError for any option out of its range: before the output directory is touched."""
+        self.protocol.check()
+        check_device_name(self.device)
+        options.optional_integer("--batch-size", self.batch_size, 1, MAX_BATCH)
+        options.optional_integer("--workers", self.workers, 0, MAX_WORKERS)
+        options.optional_integer("--limit", self.limit, 1)
+        check_max_pixels(self.max_image_pixels)
+        options.choice("precision", self.precision, tuple(AUTOCAST_DTYPES))
+
+
+def resolve_runtime(cfg: EvaluateConfig, device, size: int):
+    from protobench.run.benchmark import Runtime
+
+    return Runtime.for_device(device, size, precision=cfg.precision, compile=cfg.compile or None)
+
+
+def batch_size(cfg: EvaluateConfig, device, size: int) -> int:
+    from protobench.run.benchmark import auto_batch_size
+
+    return cfg.batch_size if cfg.batch_size is not None else auto_batch_size(device, size)
+
+
+def workers(cfg: EvaluateConfig, device) -> int:
+    if cfg.workers is not None:
+        return cfg.workers
+    return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+
+
+def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
+    from protobench.models.adapter import get_adapter
+
+    return get_adapter(name).load(ckpt, **options).to(device)
+
+
+def load_dataset(data: str, info, kind: str | None = None, split: str | None = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS):
+    from protobench.data.layouts import open_dataset
+    from protobench.demo import shapes
+
+    if shapes.split_of(data) is not None:  # the reserved name of the built-in demo data
+        dataset = shapes.load(data, info.input_size, info.mean, info.std)
+    else:
+        dataset = open_dataset(data, info, kind, split, max_pixels)
+    if len(dataset.classes) != info.num_classes:
+        kind = getattr(dataset, "kind", "dataset")
+        noun = "class folders" if kind == "imagefolder" else f"classes ({kind})"
+        raise DataError(f"{data} has {len(dataset.classes)} {noun} but the model predicts "
+                        f"{info.num_classes} classes: point --data at the dataset the model was trained on")
+    return dataset, dataset.paths
+
+
+def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out.
+
+    Per-image results are appended to the partial log every batch, so an interrupted run
+    continues with cfg.resume and ends with the same files as an uninterrupted one.
+    """
+    from protobench import files
+    from protobench.run import distributed
+    from protobench.run import resume as runstate
+    from protobench.data.imagelist import random_subset
+
+    cfg.check()
+    out = Path(cfg.out)
+    world = distributed.world()
+    device = resolve_device(cfg.device, world.local_rank if world.size > 1 else None)
+    distributed.init(world, device)
+    status = runstate.check_out(out, cfg.overwrite, cfg.resume)  # 'empty', 'partial' or 'complete'
+    if cfg.resume and status == "empty" and world.main:  # e.g. a CI job that always passes --resume
+        warnings.warn(f"nothing to resume in {out}: starting a fresh run", Notice, stacklevel=2)
+    files.check_writable_dir(out)
+    adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
+    check_selection(cfg.protocol, adapter)
+    dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
+    indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
+    identity = run_identity(cfg, adapter, dataset, device)
+    distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
+    if status == "empty":
+        if world.main:
+            runstate.clear(out)
+            runstate.start(out, identity)
+    else:
+        runstate.check_identity(runstate.recorded_identity(out), identity, out)
+        if status == "complete":
+            return runstate.load_finished(out) if world.main else None
+    distributed.barrier(world)
+    timing = _run_remaining(cfg, adapter, dataset, paths, indices, out,
+                            (progress or NoProgress()) if world.main else NoProgress(), world)
+    distributed.barrier(world)  # every shard is on disk before rank 0 merges them
+    if not world.main:
+        return None
+    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, world.size)
+
+
+def check_selection(protocol: Protocol, adapter) -> None:
+    """gt-protos needs prototypes of every class; found now rather than at the first batch."""
+    if protocol.select == "gt-protos" and bool((adapter.prototype_class_identity.sum(dim=0) <= 0).any()):
+        raise OptionError("--select gt-protos: some of the model's classes have no prototypes; "
+                          "use --select top-proto")
+
+
+def run_identity(cfg: EvaluateConfig, adapter, dataset, device) -> dict[str, Any]:
+    """What makes two runs the same run: --resume refuses to continue a run that differs in any of it."""
+    from protobench.checkpoints.formats import sha256
+    from protobench.run.provenance import dataset_fingerprint
+
+    return {
+        "adapter": adapter.name or cfg.adapter,  # the family `auto` chose
+        "adapter_options": cfg.adapter_options,
+        "checkpoint_sha256": sha256(cfg.ckpt) if Path(cfg.ckpt).is_file() else None,
+        # datasets from other loaders may lack these: ImageList has them all
+        "dataset_kind": getattr(dataset, "kind", None),
+        "split": getattr(dataset, "split", None),
+        "dataset_fingerprint": dataset_fingerprint(getattr(dataset, "files", dataset.paths),
+                                                   getattr(dataset, "root", cfg.data)),
+        "limit": cfg.limit,
+        "protocol": cfg.protocol.resolved(adapter.info.input_size),
+        "device_type": device.type,
+        "precision": cfg.precision,  # bf16 numbers differ from fp32 ones: never mixed in one run
+        "max_image_pixels": cfg.max_image_pixels,  # decides which images are skipped
+    }
+
+
+def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) -> tuple[float, int]:
+    """Evaluate the images the partial logs lack (this rank's share of them), appending each
+    batch; (wall time, images evaluated)."""
+    from protobench.run import benchmark
+    from protobench.run import resume as runstate
+    from protobench.data.imagelist import Subset
+
+    records, skipped = runstate.read_partial(out)
+    done = {r["index"] for r in records} | set(skipped)
+    if done and max(done) >= len(paths):
+        raise ProtobenchError(f"{out}: the partial log names images the dataset does not have (damaged): "
+                              "use --overwrite to start again")
+    report_skipped(skipped, dataset, cfg.strict)
+    todo = world.shard([i for i in indices if i not in done])
+    count = [len(indices) - len(todo), 0]  # images done, of which evaluated now
+
+    def on_batch(rows: list[dict], bad: list[int]) -> None:
+        log.append(rows, bad)  # first: whatever happens next, this batch is kept
+        count[0] += len(rows) + len(bad)
+        count[1] += len(rows)
+        report_skipped(bad, dataset, cfg.strict)
+        progress.update(rows, bad)
+
+    started = time.perf_counter()
+    progress.start(len(todo), model_name(cfg))
+    try:
+        with runstate.PartialLog(out, world.rank) as log:
+            device, size = adapter.device, adapter.info.input_size
+            benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, batch_size=batch_size(cfg, device, size),
+                          workers=workers(cfg, device), runtime=resolve_runtime(cfg, device, size), on_batch=on_batch)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted after {count[0]} of {len(indices)} images; the partial results in {out} "
+                          "are kept: rerun the same command with --resume to continue") from None
+    except OutputError as err:  # e.g. the disk filled up: what is on disk is still a valid partial run
+        raise OutputError(f"{err} ({count[0]} of {len(indices)} images are kept in {out}: "
+                          "rerun with --resume once it can be written)") from None
+    finally:
+        progress.stop()
+    return time.perf_counter() - started, count[1]
+
+
+def report_skipped(indices: list[int], dataset, strict: bool) -> None:
+    """Warn about each unusable image and why, or stop on the first one under --strict."""
+    from protobench.data.imagelist import skip_reason
+
+    for i in indices:
+        if strict:
+            raise DataError(f"cannot use image {skip_reason(dataset, i)} (fix or remove it, or drop --strict "
+                            "to skip it)")
+        warnings.warn(f"skipped image {skip_reason(dataset, i)}", DataWarning, stacklevel=2)
+
+
+def model_name(cfg: EvaluateConfig) -> str:
+    return cfg.name or Path(cfg.ckpt).stem
+
+
+def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated, processes) -> dict[str, Any]:
+    """Per-image table from the partial log (in subset order), summary, meta; written atomically."""
+    import pandas as pd
+
+    from protobench.run import resume as runstate
+    from protobench.run import results
+
+    records, skipped = runstate.read_partial(out)
+    by_index = {r["index"]: r for r in reversed(records)}  # first record of an index wins
+    records = [by_index[i] for i in indices if i in by_index]
+    skipped = sorted(set(skipped) & set(indices))
+    if not records:
+        raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
+    per_image = pd.DataFrame(records, columns=results.PER_IMAGE_COLUMNS)
+    summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed)
+    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated)
+    meta["resumed"] = resumed
+    meta["processes"] = processes  # torchrun ranks that shared the images
+    try:
+        results.write_csv(out / "per_image.csv", per_image)
+        results.write_csv(out / "summary.csv", pd.DataFrame([summary]))
+        results.write_json(out / "meta.json", meta)  # last: its presence marks the run complete
+        runstate.finish(out)
+    except OutputError as err:  # the partial log is untouched until meta.json is written
+        raise OutputError(f"{err} (every image's result is kept in {out}: rerun with --resume once it can be "
+                          "written)") from None
+    return {"summary": summary, "meta": meta, "out": str(out)}
+
+
+def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evaluated) -> dict[str, Any]:
+    import torch
+
+    from protobench import __version__
+    from protobench.run import provenance
+
+    return {
+        **identity,
+        "protobench_version": __version__,
+        "git": provenance.git_commit(),
+        "torch_version": torch.__version__,
+        "torchvision_version": _version("torchvision"),
+        "python_version": platform.python_version(),
+        "command": " ".join(["protobench", *sys.argv[1:]]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": model_name(cfg),
+        "model_info": adapter.info.__dict__,
+        "checkpoint": str(Path(cfg.ckpt).resolve()) if Path(cfg.ckpt).exists() else cfg.ckpt,
+        "dataset": str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data,
+        "dataset_images": len(dataset),
+        "evaluated_images": n_records,
+        "skipped_images": [dataset.paths[i] for i in skipped],
+        "seed": cfg.protocol.seed,
+        "batch_size": batch_size(cfg, adapter.device, adapter.info.input_size),
+        "workers": workers(cfg, adapter.device),
+        "runtime": resolve_runtime(cfg, adapter.device, adapter.info.input_size).__dict__,
+        "device": str(adapter.device),
+        **provenance.determinism(),
+        "wall_time_s": round(wall, 3),  # this session's share when resumed
+        "images_per_s": round(evaluated / wall, 3) if wall > 0 else None,
+    }
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

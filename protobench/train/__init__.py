@@ -1,0 +1,1 @@
+"""Training and fine-tuning: the trainer, the compensation method, finetune."""

@@ -1,0 +1,84 @@
+"""Training data for `protobench finetune`: the train split, kept in memory when it fits."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from protobench.errors import DataError, DataWarning
+
+MEMORY_BUDGET = 2 << 30  # bytes of float32 images kept in memory; larger sets are decoded every epoch
+
+
+def train_split(data: str, kind: str | None, split: str | None) -> str | None:
+    """The split to train on: as given, else 'train' for CUB and Cars; None for an ImageFolder
+    and for protoshapes (its split is in the name)."""
+    from protobench.data.layouts import detect
+    from protobench.demo import shapes
+
+    if shapes.split_of(data) is not None:
+        return None
+    if split is not None:
+        return split
+    if kind is None and Path(data).is_dir():
+        kind = detect(Path(data))[0]
+    return "train" if kind in ("cub", "cars") else None
+
+
+def in_memory(dataset: torch.utils.data.Dataset, budget: int = MEMORY_BUDGET) -> torch.utils.data.Dataset:
+    """The dataset as a TensorDataset (x, y, dataset index) when its images fit in `budget`
+    bytes (epochs then cost no decoding); otherwise the dataset, less what its headers show
+    unusable. Images left out get a warning each that says why, as evaluate's skipped ones."""
+    from protobench.data.imagelist import skip_reason
+
+    n = len(dataset)
+    if n == 0:
+        raise DataError("the training data holds no images")
+    skipped: list[int] = []
+    first = None
+    for i in range(n):
+        first = dataset[i]
+        if first[0] is not None:
+            break
+        skipped.append(i)
+    if first[0] is None:
+        raise DataError(f"none of the {n} training images can be used (the first: {skip_reason(dataset, 0)})")
+    x = first[0]
+    if x.numel() * x.element_size() * n > budget:
+        return screened(dataset, skipped)
+    images = torch.empty((n, *x.shape), dtype=x.dtype)  # filled in place: no second copy from torch.stack
+    labels, indices = [], []
+    for i in range(len(skipped), n):
+        x, y, index = first if i == len(skipped) else dataset[i]
+        if x is None:
+            skipped.append(i)
+            continue
+        images[len(indices)] = x
+        labels.append(int(y))
+        indices.append(int(index))
+    for i in skipped:
+        warnings.warn(f"skipped training image {skip_reason(dataset, i)}", DataWarning, stacklevel=2)
+    return torch.utils.data.TensorDataset(images[:len(indices)], torch.tensor(labels), torch.tensor(indices))
+
+
+def screened(dataset: torch.utils.data.Dataset, skipped: list[int]) -> torch.utils.data.Dataset:
+    """The dataset less `skipped` and the images whose header shows them unusable (over the pixel
+    limit, not images...), each with a warning. Decoding every image to find the rest would cost an
+    epoch: an image whose pixels turn out corrupt is dropped from its batch when training reads it."""
+    from protobench.data.imagelist import Subset, Unusable, skip_reason
+
+    check = getattr(dataset, "probe", None)
+    bad = list(skipped)
+    for i in range(len(skipped) + 1, len(dataset) if check else 0):  # skipped, then the first usable image
+        try:
+            check(i)
+        except Unusable:
+            bad.append(i)
+    for i in bad:
+        warnings.warn(f"skipped training image {skip_reason(dataset, i)}", DataWarning, stacklevel=3)
+    if not bad:
+        return dataset
+    left_out = set(bad)
+    return Subset(dataset, [i for i in range(len(dataset)) if i not in left_out])
