@@ -1,0 +1,154 @@
+"""The one registry class behind every extension point (protobench.registry)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from protobench import registry as reg
+from protobench.registry import Registry, RegistryError
+
+
+def make(group=None) -> Registry:
+    return Registry("widget", group=group, check=callable, expects="a callable")
+
+
+@pytest.fixture
+def fake_module(monkeypatch):
+    """A module `fake_widgets` (importing it counts the imports) with two callables."""
+    imported = []
+
+    def install(name="fake_widgets", register_into=None):
+        module = types.ModuleType(name)
+
+        def spin():
+            return "spin"
+
+        spin.__module__ = name
+        module.spin, module.not_callable = spin, 3
+        module.Nested = types.SimpleNamespace(fn=spin)
+        if register_into is not None:
+            register_into.add("self-registered", spin)
+        imported.append(name)
+        return module
+
+    class Finder:
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname.startswith("fake_widgets"):
+                import importlib.util
+
+                loader = types.SimpleNamespace(create_module=lambda spec: install(fullname, state.get("into")),
+                                               exec_module=lambda module: None)
+                return importlib.util.spec_from_loader(fullname, loader)
+            return None
+
+    state: dict = {}
+    monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])
+    yield imported, state
+    for name in [n for n in sys.modules if n.startswith("fake_widgets")]:
+        del sys.modules[name]
+
+
+def test_lazy_entries_import_only_when_asked_for(fake_module):
+    imported, _ = fake_module
+    r = make()
+    r.add("spin", "fake_widgets:spin")
+    assert r.names() == ["spin"] and "spin" in r and imported == []
+    assert r.get("spin")() == "spin" and imported == ["fake_widgets"]
+    assert r.get("spin") is r.get("spin") and imported == ["fake_widgets"]  # imported once
+    r.add("nested", "fake_widgets:Nested.fn")
+    assert r.get("nested")() == "spin"
+
+
+def test_a_module_that_registers_itself_when_imported(fake_module):
+    _, state = fake_module
+    r = make()
+    state["into"] = r
+    r.add("self-registered", "fake_widgets")  # placeholder: importing the module registers the real entry
+    assert r.get("self-registered")() == "spin"
+    state["into"] = None
+    r.add("missing", "fake_widgets_other")
+    with pytest.raises(RegistryError, match="importing .fake_widgets_other. did not register widget 'missing'"):
+        r.get("missing")
+
+
+def test_a_taken_name_is_refused_unless_replacing_is_asked_for():
+    r = make()
+    first, second = (lambda: 1), (lambda: 2)
+    r.add("a", first)
+    r.add("a", first)  # the very same object again: harmless
+    with pytest.raises(RegistryError, match=r"widget 'a' is already registered \(built-in\).*replace=True"):
+        r.add("a", second)
+    r.add("a", second, replace=True)
+    assert r.get("a") is second
+
+
+def test_the_decorator_registers_and_returns_the_object():
+    r = make()
+
+    @r.register("double")
+    def double(x):
+        return 2 * x
+
+    assert double(2) == 4 and r.get("double") is double and r.sources() == {"double": "registered at run time"}
+
+
+def test_objects_of_the_wrong_kind_are_refused(fake_module):
+    r = make()
+    with pytest.raises(RegistryError, match="widget 'three' must be a callable, got 3"):
+        r.add("three", 3)
+    r.add("lazy-three", "fake_widgets:not_callable")  # checked when it is imported
+    with pytest.raises(RegistryError, match="must be a callable"):
+        r.get("lazy-three")
+
+
+def test_unknown_names_get_a_did_you_mean():
+    r = make()
+    r.add("protopnet", print)
+    r.add("tesnet", print)
+    with pytest.raises(RegistryError) as err:
+        r.get("protopent")
+    assert str(err.value) == "unknown widget 'protopent'. Did you mean 'protopnet'? Known: protopnet, tesnet"
+    with pytest.raises(RegistryError, match="unknown widget 'zzz'. Known: protopnet, tesnet$"):
+        r.get("zzz")
+
+
+@pytest.mark.parametrize("name", ["", "a:b", " a", 3])
+def test_names_are_plain_words(name):
+    with pytest.raises(RegistryError, match="is not a valid widget name"):
+        make().add(name, print)
+
+
+def test_import_failures_are_one_line(fake_module):
+    r = make()
+    r.add("gone", "no_such_module_anywhere:fn")
+    with pytest.raises(RegistryError, match="cannot import widget 'gone' from 'no_such_module_anywhere'.*installed"):
+        r.get("gone")
+    r.add("noattr", "fake_widgets:nope")
+    with pytest.raises(RegistryError, match="module 'fake_widgets' has no 'nope'"):
+        r.get("noattr")
+
+
+def plugins(monkeypatch, *eps):
+    monkeypatch.setattr(reg, "_entry_points", lambda group: list(eps) if group == "protobench.widgets" else [])
+
+
+def test_plugins_come_from_the_entry_point_group(monkeypatch, fake_module):
+    imported, _ = fake_module
+    plugins(monkeypatch, EntryPoint("spinner", "fake_widgets:spin", "protobench.widgets"))
+    r = make(group="protobench.widgets")
+    r.add("builtin", print)
+    assert r.names() == ["builtin", "spinner"] and imported == []  # listed without importing
+    assert r.get("spinner")() == "spin"
+    assert r.sources()["spinner"].startswith("plugin")
+
+
+def test_a_plugin_cannot_take_a_builtin_name(monkeypatch):
+    plugins(monkeypatch, EntryPoint("builtin", "fake_widgets:spin", "protobench.widgets"))
+    r = make(group="protobench.widgets")
+    r.add("builtin", print)
+    with pytest.raises(RegistryError, match="registers widget 'builtin', which is already taken.*rename the plugin"):
+        r.get("builtin")
