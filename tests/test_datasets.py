@@ -14,7 +14,7 @@ from protobench.models.adapter import ModelInfo
 from protobench.adapters.protopnet import ProtoPNetAdapter
 from protobench.cli.app import app
 from protobench.data.imagelist import Unusable, pixel_box
-from protobench.data.layouts import detect, open_dataset
+from protobench.data.layouts import find, open_dataset
 from protobench.errors import DataError
 from protobench.run.provenance import dataset_fingerprint
 
@@ -101,21 +101,28 @@ def test_cars_test_labels_may_sit_in_the_devkit(tmp_path):
         open_dataset(str(root), info(8, 3))
 
 
+def detected(data) -> tuple[str, object]:
+    found = find(str(data))
+    return found.name, found.root
+
+
 def test_detection(tmp_path, cub, cars):
-    assert detect(cub) == ("cub", cub)
-    assert detect(cub.parent) == ("cub", cub)  # the folder the archive was unpacked into
-    assert detect(cars) == ("cars", cars)
+    assert detected(cub) == ("cub", cub)
+    assert detected(cub.parent) == ("cub", cub)  # the folder the archive was unpacked into
+    assert detected(cars) == ("cars", cars)
+    assert detected(tmp_path) == ("cub", cub)  # holds CUB_200_2011/ and stanford_cars/: CUB comes first
     folder = Path(write_image_folder(tmp_path / "folder", classes=2, per_class=1))
-    assert detect(folder) == ("imagefolder", folder)
-    assert open_dataset(str(cub), info(8), kind="imagefolder").kind == "imagefolder"  # forced
+    assert detected(folder) == ("imagefolder", folder)
+    assert open_dataset(str(cub), info(8, 1), layout="imagefolder").kind == "imagefolder"  # forced: images/ is a class
 
 
-@pytest.mark.parametrize("kind, needle", [("cars", "cars_meta.mat"), ("cub", "bounding_boxes.txt"),
-                                          ("coco", "unknown --dataset")])
-def test_forced_kind_must_match_the_layout(tmp_path, kind, needle):
+@pytest.mark.parametrize("layout, needle", [("cars", "cars_meta.mat"), ("cub", "bounding_boxes.txt"),
+                                            ("coco", "unknown dataset layout 'coco'"), ("cu", "Did you mean 'cub'"),
+                                            ("protoshapes", "does not hold the ProtoShapes layout")])
+def test_forced_layout_must_match_the_data(tmp_path, layout, needle):
     folder = write_image_folder(tmp_path / "folder", classes=2, per_class=1)
     with pytest.raises(DataError, match=needle):
-        open_dataset(folder, info(8), kind=kind)
+        open_dataset(folder, info(8), layout=layout)
 
 
 def test_imagefolder_has_no_split(tmp_path):

@@ -37,6 +37,19 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 
 MAX_PIXELS = 50_000_000  # protobench.data.imagelist.MAX_IMAGE_PIXELS, written out: that module imports torch
 MAX_PIXELS_HELP = "Skip images with more pixels than this (read from the header, before decoding); 0: no limit."
+# The built-in layouts, written out: listing the registry here would read every installed plugin's
+# entry points on each start. An unknown name still gets the registry's full list and a did-you-mean.
+DATASET_HELP = ("Dataset layout: protoshapes, cub, cars, imagefolder or a plugin's (protobench.data.layouts; "
+                "default: detected from --data).")
+
+
+def layout_name(name: Optional[str]) -> Optional[str]:
+    """--dataset, checked against the registry before anything is loaded or written."""
+    if name is not None:
+        from protobench.data.layouts import check_name
+
+        run_library(check_name, name)
+    return name
 
 
 @app.command()
@@ -47,9 +60,11 @@ def evaluate(
     ckpt: list[Path] = typer.Option([], help="Checkpoint file; repeat it to evaluate several models in one run "
                                              "(default: the built-in demo model)."),
     data: Optional[Path] = typer.Option(None, help="Dataset directory: CUB-200-2011, Stanford Cars or an ImageFolder; "
-                                                   "or protoshapes[:train], the demo data (the default)."),
-    dataset: Optional[str] = typer.Option(None, help="cub, cars or imagefolder (default: detected from --data)."),
-    split: Optional[str] = typer.Option(None, help="test (default), train, or for CUB all; an ImageFolder has none."),
+                                                   "or protoshapes[:train], the demo data (the default). "
+                                                   "docs/datasets.md lists the layouts."),
+    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP, callback=layout_name),
+    split: Optional[str] = typer.Option(None, help="The layout's split [its test split]: test or train (CUB also "
+                                                   "all); an ImageFolder has none."),
     out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
                                                   "or protobench-results/models for several)."),
     protocol: str = typer.Option("default", help="default (pgd, clipped) or reference (the paper's code: noise, no clip)."),
@@ -77,7 +92,7 @@ def evaluate(
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
     from protobench.run.benchmark import Protocol
-    from protobench.demo import DEMO_DATA, demo_checkpoint
+    from protobench.demo import DEMO_DATA, demo_checkpoint, is_demo_data
     from protobench.run.evaluate import EvaluateConfig
     from protobench.run.evaluate import evaluate as run_evaluate
     from protobench.run.progress import RichProgress
@@ -86,7 +101,7 @@ def evaluate(
 
     proto = run_library(Protocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
                         margin=margin, clip=clip, seed=seed)
-    if not ckpt and (data is None or str(data).partition(":")[0] == DEMO_DATA):  # the built-in demo
+    if not ckpt and (data is None or is_demo_data(data)):  # the built-in demo
         ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
         out = out or Path("protobench-results") / "demo"
     if not ckpt or data is None:
@@ -177,8 +192,9 @@ def finetune(
     adapter: str = typer.Option("auto", help="Model family (ProtoPNet family) or auto."),
     data: Optional[str] = typer.Option(None, help="Training data: a dataset directory (its train split) or "
                                                   "protoshapes:train (the default, with the demo model)."),
-    dataset: Optional[str] = typer.Option(None, help="cub, cars or imagefolder (default: detected from --data)."),
-    split: Optional[str] = typer.Option(None, help="Split to train on [train]; an ImageFolder has none."),
+    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP, callback=layout_name),
+    split: Optional[str] = typer.Option(None, help="Split to train on [the layout's train split]; an ImageFolder "
+                                                   "has none."),
     eval_data: Optional[str] = typer.Option(None, help="Evaluate before and after on this data, default protocol "
                                                        "(default: the demo test split for the demo; none otherwise)."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate before and after fine-tuning."),

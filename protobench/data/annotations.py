@@ -76,3 +76,9 @@ def relative_name(name: str, where: str, folder: str) -> str:
         raise DataError(f"{where}: image path {short(name)} is not inside {folder}/ (an absolute path, a drive, "
                         f"'..' or a NUL byte): the annotations may only name files under {folder}/")
     return name
+
+
+def check_image_folder(path: Path) -> None:
+    """A missing image folder is one error, not one skipped-image warning per annotation."""
+    if not path.is_dir():
+        raise DataError(f"{path} is not a folder of images: is the dataset unpacked whole?")

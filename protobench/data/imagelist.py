@@ -3,7 +3,8 @@
 An image protobench cannot use (it does not decode, is over the pixel limit, or its box
 misses it: protobench.data.images) comes back as None and the loader drops it (the caller counts
 it and asks `why_skipped` for the reason), so one bad file never ends a run. Dataset layouts
-(CUB, Cars, ImageFolder) are read in protobench.data.layouts; all of them end up as an ImageList.
+(CUB, Cars, ImageFolder, plugins) are registered in protobench.data.layouts, one module each;
+those on disk end up as an ImageList.
 """
 
 from __future__ import annotations

@@ -11,9 +11,15 @@ from pathlib import Path
 
 from protobench.errors import CheckpointError
 
-DEMO_DATA = "protoshapes"  # the reserved --data name (protobench.demo.shapes)
+DEMO_DATA = "protoshapes"  # the reserved --data name (the ProtoShapes layout: protobench.demo.shapes)
+DEMO_TRAIN, DEMO_TEST = f"{DEMO_DATA}:train", f"{DEMO_DATA}:test"  # finetune's defaults on the demo
 DEMO_CKPT = Path(__file__).with_name("protoshapes.safetensors")
 DEMO_RECORD = Path(__file__).with_name("protoshapes.json")
+
+
+def is_demo_data(data) -> bool:
+    """Whether a --data value names the demo data: protoshapes or protoshapes:<split>."""
+    return str(data).partition(":")[0] == DEMO_DATA
 
 
 def demo_checkpoint() -> str:

@@ -23,11 +23,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD
 from protobench.data.imagelist import normalize
+from protobench.data.layouts import Layout, Splits
+from protobench.demo import DEMO_DATA as NAME, is_demo_data
 from protobench.errors import DataError
+from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD
 
-NAME = "protoshapes"  # the reserved --data name
 SPLITS = {"train": 0, "test": 1}
 COLOURS = {"red": (0.86, 0.18, 0.16), "green": (0.20, 0.70, 0.22), "blue": (0.18, 0.32, 0.92)}
 ORIENTATIONS = ("horizontal", "vertical")
@@ -116,19 +117,34 @@ class ProtoShapes(torch.utils.data.Dataset):
         return normalize(x, self.mean, self.std), self.labels[index], index
 
 
-def split_of(data: str) -> str | None:
-    """'protoshapes' -> 'test', 'protoshapes:<split>' -> split; None for any other --data."""
-    name, _, split = str(data).partition(":")
-    return (split or "test") if name == NAME else None
+class ShapesLayout(Layout):
+    """`--data protoshapes[:split]`: a name, not a directory (docs/demo.md). The name alone holds
+    both splits; `protoshapes:<split>` holds that split only, so finetune and evaluate both take it."""
+
+    title = "ProtoShapes"
+    expects = f"{NAME} or {NAME}:<split>, the demo data (no directory)"
+    order = 0  # a reserved name: before any directory layout, even if a folder of that name exists
+
+    def detect(self, data: str) -> str | None:
+        return data if is_demo_data(data) else None
+
+    def splits(self, root: str) -> Splits:
+        named = root.partition(":")[2]
+        if not named:
+            return Splits(tuple(SPLITS), evaluate="test", train="train")
+        if named not in SPLITS:
+            raise DataError(f"unknown {NAME} split {named!r}: use {' or '.join(SPLITS)}")
+        return Splits((named,), evaluate=named, train=named)
+
+    def open(self, root: str, split: str, info, max_pixels: int) -> ProtoShapes:
+        design = ShapesDesign()
+        if info.input_size != design.size:
+            raise DataError(f"{NAME} images are {design.size} px but the model takes {info.input_size} px: "
+                            f"{NAME} is for the built-in demo model (run `protobench evaluate` without --ckpt)")
+        return ProtoShapes(split, info.mean, info.std, design)
 
 
-def load(data: str, size: int, mean: Sequence[float], std: Sequence[float]) -> ProtoShapes:
-    """The --data protoshapes[:split] dataset, normalized for a model that takes `size` px images."""
-    design = ShapesDesign()
-    if size != design.size:
-        raise DataError(f"{NAME} images are {design.size} px but the model takes {size} px: "
-                        f"{NAME} is for the built-in demo model (run `protobench evaluate` without --ckpt)")
-    return ProtoShapes(split_of(data) or "test", mean, std, design)
+LAYOUT = ShapesLayout()
 
 
 def export(out: str | os.PathLike, split: str = "test", n: int | None = None) -> int:

@@ -48,8 +48,8 @@ class EvaluateConfig:
     workers: int | None = None  # None: 0 on the CPU, up to 8 decoding processes feeding a GPU
     limit: int | None = None
     overwrite: bool = False
-    dataset: str | None = None  # 'cub', 'cars' or 'imagefolder'; None: detect from the directory
-    split: str | None = None  # None: the layout's test split
+    dataset: str | None = None  # a layout name (protobench.data.layouts.LAYOUTS); None: detect from --data
+    split: str | None = None  # None: the layout's evaluation split
     strict: bool = False  # an undecodable image is an error instead of a skip
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are skipped unread (0: no limit)
     resume: bool = False  # continue the interrupted run in `out`
@@ -92,20 +92,12 @@ def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
     return get_adapter(name).load(ckpt, **options).to(device)
 
 
-def load_dataset(data: str, info, kind: str | None = None, split: str | None = None,
+def load_dataset(data: str, info, layout: str | None = None, split: str | None = None,
                  max_pixels: int = MAX_IMAGE_PIXELS):
+    """(dataset, its image paths): the layout registry (protobench.data.layouts) decides what `data` is."""
     from protobench.data.layouts import open_dataset
-    from protobench.demo import shapes
 
-    if shapes.split_of(data) is not None:  # the reserved name of the built-in demo data
-        dataset = shapes.load(data, info.input_size, info.mean, info.std)
-    else:
-        dataset = open_dataset(data, info, kind, split, max_pixels)
-    if len(dataset.classes) != info.num_classes:
-        kind = getattr(dataset, "kind", "dataset")
-        noun = "class folders" if kind == "imagefolder" else f"classes ({kind})"
-        raise DataError(f"{data} has {len(dataset.classes)} {noun} but the model predicts "
-                        f"{info.num_classes} classes: point --data at the dataset the model was trained on")
+    dataset = open_dataset(data, info, layout, split, max_pixels)
     return dataset, dataset.paths
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import torch
 
@@ -12,19 +11,11 @@ from protobench.errors import DataError, DataWarning
 MEMORY_BUDGET = 2 << 30  # bytes of float32 images kept in memory; larger sets are decoded every epoch
 
 
-def train_split(data: str, kind: str | None, split: str | None) -> str | None:
-    """The split to train on: as given, else 'train' for CUB and Cars; None for an ImageFolder
-    and for protoshapes (its split is in the name)."""
-    from protobench.data.layouts import detect
-    from protobench.demo import shapes
+def train_split(data: str, layout: str | None, split: str | None) -> str | None:
+    """The split to train on: as given, else the layout's training split (None: it has no splits)."""
+    from protobench.data.layouts import default_split
 
-    if shapes.split_of(data) is not None:
-        return None
-    if split is not None:
-        return split
-    if kind is None and Path(data).is_dir():
-        kind = detect(Path(data))[0]
-    return "train" if kind in ("cub", "cars") else None
+    return split if split is not None else default_split(data, layout, "train")
 
 
 def in_memory(dataset: torch.utils.data.Dataset, budget: int = MEMORY_BUDGET) -> torch.utils.data.Dataset:

@@ -20,11 +20,11 @@ from typing import Any
 
 from protobench import options
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
+from protobench.demo import DEMO_TEST, DEMO_TRAIN
 from protobench.errors import AdapterError, Interrupted, Notice, OptionError, ProtobenchError
 from protobench.train.state import LOG, STATE
 from protobench.train.trainer import TUNABLE, NoProgress, NonFinite, Progress, TrainSettings
 
-DEMO_TRAIN, DEMO_TEST = "protoshapes:train", "protoshapes:test"
 META, MODEL = "finetune.json", "model.safetensors"
 OURS = (META, STATE, LOG, MODEL, "before", "after")
 
@@ -36,8 +36,8 @@ class FinetuneConfig:
     out: str | None = None  # None: protobench-results/finetune-<checkpoint name>
     adapter: str = "auto"
     adapter_options: dict[str, Any] = field(default_factory=dict)
-    dataset: str | None = None  # cub, cars or imagefolder; None: detect
-    split: str | None = None  # None: train (CUB, Cars, protoshapes); an ImageFolder has none
+    dataset: str | None = None  # a layout name (protobench.data.layouts.LAYOUTS); None: detect
+    split: str | None = None  # None: the layout's training split; an ImageFolder has none
     eval_data: str | None = None  # None: the demo test split after training on the demo, else no evaluation
     evaluate: bool = True  # evaluate before and after (default protocol) when there is evaluation data
     settings: TrainSettings = field(default_factory=TrainSettings)
