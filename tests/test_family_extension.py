@@ -219,3 +219,17 @@ def test_listing_the_families_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert all(name in done.stdout for name in ("pipnet", "protopnet", "protopool", "prototree", "tesnet"))
+
+
+def test_two_families_claiming_one_pickled_class_ask_which(toy_family, original):
+    class Twin(ToyAdapter):  # inherits ToyAdapter's facts, so it claims toymodel.ToyNet too
+        pass
+
+    FAMILIES.add("twin", Twin)
+    try:
+        with pytest.raises(CheckpointError, match="pickled toymodel.ToyNet that toy and twin share .*"
+                                                  "say which with --adapter toy or --adapter twin"):
+            get_adapter("auto").load(str(original[0]))
+        assert type(get_adapter("twin").load(str(original[0]))) is Twin
+    finally:
+        FAMILIES.remove("twin")

@@ -141,10 +141,12 @@ def detect_family(ckpt: Checkpoint) -> str:
         sample = ", ".join(sorted(ckpt.tensors)[:3]) or "none"
         raise CheckpointError(f"cannot tell which model family {ckpt.path} belongs to (first keys: {sample}); "
                               "pass --adapter NAME (see `protobench adapters`)")
-    names = " and ".join(display_name(f) for f in found)
+    labels = [display_name(f) for f in found]
+    names = " and ".join(labels if len(set(labels)) == len(labels) else found)  # a subclass may keep its parent's
     options = " or ".join(f"--adapter {f}" for f in found)
     what = "a state dict" if ckpt.root is None else f"a pickled {ckpt.root_class}"
-    raise CheckpointError(f"{ckpt.path} is {what} that {names} share (identical keys); say which with {options}")
+    why = " (identical keys)" if ckpt.root is None else " (each claims that class)"
+    raise CheckpointError(f"{ckpt.path} is {what} that {names} share{why}; say which with {options}")
 
 
 def check_family(ckpt: Checkpoint, family: type[PrototypeAdapter]) -> None:
