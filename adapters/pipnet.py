@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
+from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.errors import AdapterError, CheckpointError
+from protobench.models.families import FAMILIES
 from protobench.models.family import FamilyAdapter, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.limits import short
@@ -98,9 +99,20 @@ def _backbone(ckpt: Checkpoint, net: str | None, stride1_above: int | None) -> t
     return name, kwargs
 
 
-@register_adapter("pipnet")
+@FAMILIES.register("pipnet")
 class PIPNetAdapter(FamilyAdapter):
     """PIP-Net: softmax-over-prototypes maps; class identity = relu(W) where above 1e-3."""
+
+    facts = FamilyFacts(
+        display_name="PIP-Net", paper="Nauta et al., CVPR 2023", origin="https://github.com/M-Nauta/PIPNet",
+        commit="12c4da7", license="no license file",
+        files="`{'model_state_dict', 'optimizer_..._state_dict'}` of an `nn.DataParallel` model, files without "
+              "extension (`checkpoints/net_trained_last`)",
+        root_classes=("pipnet.pipnet.PIPNet",), pickled_classes=("pipnet.pipnet.NonNegLinear",))
+
+    @classmethod
+    def claims_keys(cls, keys: frozenset[str]) -> bool:
+        return "_classification.weight" in keys and any(k.startswith("_net.") for k in keys)
 
     config_class = PIPNetConfig
     model_class = PIPNet

@@ -24,14 +24,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
+from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
+from protobench.models.families import FAMILIES
 from protobench.models.family import FamilyAdapter, make_config, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.core.precision import full_precision
 from protobench.checkpoints.limits import short
 from protobench.checkpoints.loading import Checkpoint
+
+
+BACKBONE_MODULES = {  # ProtoPNet's backbone files and the classes a pickled model holds from them
+    "resnet_features": ("ResNet_features", "BasicBlock", "Bottleneck"),
+    "vgg_features": ("VGG_features",),
+    "densenet_features": ("DenseNet_features", "_DenseBlock", "_DenseLayer", "_Transition"),
+}
+
+
+def backbone_classes(package: str = "") -> tuple[str, ...]:
+    """ProtoPNet's backbone classes as pickled by a repository that keeps its copy of them in
+    `package` ('' for ProtoPNet itself, 'models.' for TesNet, ...)."""
+    return tuple(f"{package}{module}.{name}" for module, names in BACKBONE_MODULES.items() for name in names)
 
 
 @dataclass
@@ -181,9 +195,24 @@ def original_config(ckpt: Checkpoint, img_size: int | None, activation: str | No
     return cfg, identity.float()
 
 
-@register_adapter("protopnet")
+@FAMILIES.register("protopnet")
 class ProtoPNetAdapter(FamilyAdapter):
     """ProtoPNet with any backbone in protobench.models.backbones; 'log' or 'linear' similarity."""
+
+    facts = FamilyFacts(
+        display_name="ProtoPNet", paper="Chen et al., NeurIPS 2019", origin="https://github.com/cfchen-duke/ProtoPNet",
+        commit="81bf2b7",
+        license="MIT, (c) 2019 Chaofan Chen, Oscar Li, Chaofan Tao, Alina Jade Barnett, Cynthia Rudin",
+        files="whole pickle `torch.save(model)` of `model.PPNet` (`{epoch}push{acc}.pth`), or its state dict; also the "
+              "interpretability-benchmark fork's pickles (`focal_sim`)",
+        root_classes=("model.PPNet",), pickled_classes=backbone_classes(""))
+
+    @classmethod
+    def claims_keys(cls, keys: frozenset[str]) -> bool:
+        """PPNet's state dict: prototype_vectors, last_layer and add_on_layers. ProtoPool's has them
+        too, beside its slot matrix `proto_presence`, which PPNet has not."""
+        ppnet = {"prototype_vectors", "last_layer.weight"} <= keys and any(k.startswith("add_on_layers.") for k in keys)
+        return ppnet and not any(k.endswith("proto_presence") for k in keys)
 
     config_class = ProtoPNetConfig
     model_class = ProtoPNet

@@ -26,9 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
+from protobench.adapters.protopnet import backbone_classes
+from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
+from protobench.models.families import FAMILIES
 from protobench.models.family import FamilyAdapter, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.loading import Checkpoint
@@ -95,9 +97,21 @@ class ProtoPool(nn.Module):
         return self.similarity(d) - self.similarity(avg)[..., None, None], logits
 
 
-@register_adapter("protopool")
+@FAMILIES.register("protopool")
 class ProtoPoolAdapter(FamilyAdapter):
     """ProtoPool: prototypes shared by classes through slots; class identity = slot counts."""
+
+    facts = FamilyFacts(
+        display_name="ProtoPool", paper="Rymarczyk et al., ECCV 2022", origin="https://github.com/gmum/ProtoPool",
+        commit="2bd4288", license="MIT, (c) 2022 Dawid Rymarczyk and others",
+        files="`{'model_state_dict', 'epoch'}` (`best_model.pth`, `best_model_push.pth`)",
+        # its copy of ProtoPNet's backbones, at the top level or with the repository as package `protopool`
+        root_classes=("model.PrototypeChooser", "protopool.model.PrototypeChooser"),
+        pickled_classes=backbone_classes("") + backbone_classes("protopool."))
+
+    @classmethod
+    def claims_keys(cls, keys: frozenset[str]) -> bool:
+        return any(k.endswith("proto_presence") for k in keys)  # the (C, P, N) slot matrix is ProtoPool's own
 
     config_class = ProtoPoolConfig
     model_class = ProtoPool

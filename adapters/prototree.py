@@ -25,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_adapter
+from protobench.adapters.protopnet import backbone_classes
+from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
+from protobench.models.families import FAMILIES
 from protobench.models.family import FamilyAdapter, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.loading import Checkpoint
@@ -192,9 +194,21 @@ def _visit(node: Any, out_map: dict, path: str, branches: list, protos: list, in
     return len(branches) - 1
 
 
-@register_adapter("prototree")
+@FAMILIES.register("prototree")
 class ProtoTreeAdapter(FamilyAdapter):
     """ProtoTree: soft decision tree over prototype presence; logits = log of its probabilities."""
+
+    facts = FamilyFacts(
+        display_name="ProtoTree", paper="Nauta et al., CVPR 2021", origin="https://github.com/M-Nauta/ProtoTree",
+        commit="789be85", license="MIT, (c) 2020 M Nauta",
+        files="whole pickle `model.pth` of `prototree.prototree.ProtoTree` (not `model_state.pth`: see below)",
+        root_classes=("prototree.prototree.ProtoTree",),
+        pickled_classes=("prototree.branch.Branch", "prototree.leaf.Leaf", "prototree.node.Node",
+                         "util.l2conv.L2Conv2D") + backbone_classes("features."))  # its copy of ProtoPNet's
+
+    @classmethod
+    def claims_keys(cls, keys: frozenset[str]) -> bool:  # its state dict, to say that model.pth is needed
+        return "prototype_layer.prototype_vectors" in keys or any(k.endswith("_dist_params") for k in keys)
 
     config_class = ProtoTreeConfig
     model_class = ProtoTree

@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from protobench.models.adapter import PrototypeAdapter, register_adapter
-from protobench.adapters.protopnet import ProtoPNet, ProtoPNetAdapter, ProtoPNetConfig
+from protobench.models.adapter import FamilyFacts, PrototypeAdapter
+from protobench.models.families import FAMILIES
+from protobench.adapters.protopnet import ProtoPNet, ProtoPNetAdapter, ProtoPNetConfig, backbone_classes
 from protobench.core.precision import full_precision
 
 
@@ -29,10 +30,18 @@ class TesNet(ProtoPNet):
         return projection, self.last_layer(projection.amax(dim=(2, 3)))
 
 
-@register_adapter("tesnet")
+@FAMILIES.register("tesnet")
 class TesNetAdapter(ProtoPNetAdapter):
-    """TesNet: ProtoPNet's architecture, similarity = projection onto unit-norm prototypes."""
+    """TesNet: ProtoPNet's architecture, similarity = projection onto unit-norm prototypes.
 
+    Its state dicts have ProtoPNet's keys, so it inherits ProtoPNet's key signature
+    (`claims_keys`): `--adapter auto` then asks which of the two it is."""
+
+    facts = FamilyFacts(
+        display_name="TesNet", paper="Wang et al., ICCV 2021", origin="https://github.com/JackeyWang96/TesNet",
+        commit="870a77a", license="no license file (the README says it is based on ProtoPNet)",
+        files="whole pickle of `model.TESNet` with `models.*_features`, or its state dict",
+        root_classes=("model.TESNet",), pickled_classes=backbone_classes("models."))
     model_class = TesNet
 
     @staticmethod

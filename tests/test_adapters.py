@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from protobench.models.adapter import BUILTIN_ADAPTERS, available_adapters, get_adapter
+from protobench.models.families import FAMILIES, get_adapter
 from protobench.models.backbones import build_backbone
 from protobench.checkpoints.formats import write_protobench
 from protobench.checkpoints.convert import convert
@@ -11,10 +11,10 @@ from protobench.errors import AdapterError, CheckpointError
 from protobench.models.infer import infer_backbone
 from protobench.models.family import FamilyAdapter
 
-FAMILIES = sorted(name for name in BUILTIN_ADAPTERS if name != "auto")
+BUILTIN = ["pipnet", "protopnet", "protopool", "prototree", "tesnet"]
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", BUILTIN)
 def test_tiny_instance_contract(name):
     adapter = get_adapter(name).tiny(seed=0)
     assert isinstance(adapter, FamilyAdapter) and adapter.name == name
@@ -31,7 +31,7 @@ def test_tiny_instance_contract(name):
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", BUILTIN)
 def test_save_load_roundtrip(tmp_path, name):
     adapter = get_adapter(name).tiny(seed=1)
     path = tmp_path / "m.safetensors"
@@ -55,7 +55,7 @@ def test_auto_names_a_missing_plugin(tmp_path):
         get_adapter("auto").load(str(path))
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", BUILTIN)
 def test_another_family_s_file_is_named(tmp_path, name):
     other = "prototree" if name != "prototree" else "pipnet"
     path = tmp_path / "m.safetensors"
@@ -72,8 +72,8 @@ def test_unknown_adapter_option(tmp_path):
 
 
 def test_registry_lists_every_family():
-    names = available_adapters()
-    assert {"auto", "protopnet", "tesnet", "protopool", "pipnet", "prototree"} <= set(names)
+    assert set(BUILTIN) <= set(FAMILIES.names())
+    assert all(FAMILIES.sources()[name] == "built-in" for name in BUILTIN)
 
 
 @pytest.mark.parametrize("name, kwargs", [
@@ -101,7 +101,7 @@ def test_standard_backbones_are_recognized():
             64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", BUILTIN)
 def test_benchmark_runs_on_every_family(tmp_path, name):
     from conftest import write_image_folder
     from protobench.run.benchmark import Protocol
@@ -114,3 +114,23 @@ def test_benchmark_runs_on_every_family(tmp_path, name):
                          protocol=Protocol.make("default", steps=2, select="gt-protos"))
     summary = evaluate(cfg)["summary"]
     assert summary["images"] == 3 and all(summary[f"{m}_n"] == 3 for m in ("PAC", "PLC", "PRC"))
+
+
+def test_the_supported_models_table_in_the_docs_is_what_the_families_declare():
+    """docs/adapters.md's table and each adapters/<family>.py's FamilyFacts say the same."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "adapters.md").read_text()
+    table = text.split("## Supported models")[1].split("\n\n")[1]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        name, family, origin, license_, files = [cell.strip() for cell in line.strip("|").split(" | ")]
+        rows[name.strip("`")] = (family, origin, license_, files)
+    assert sorted(rows) == BUILTIN
+    for name, (family, origin, license_, files) in rows.items():
+        facts = get_adapter(name).facts
+        repo = re.sub(r"^https://github.com/", "", facts.origin)
+        assert family == f"{facts.display_name} ({facts.paper})"
+        assert origin == f"[{repo}]({facts.origin}) ({facts.commit})"
+        assert (license_, files) == (facts.license, facts.files)

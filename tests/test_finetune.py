@@ -242,7 +242,7 @@ def test_cli_errors(tiny_ckpt, image_folder, tmp_path):
 
 @pytest.mark.parametrize("family", ["pipnet", "tesnet"])
 def test_family_without_training_support(tmp_path, image_folder, family):
-    from protobench.models.adapter import get_adapter
+    from protobench.models.families import get_adapter
 
     path = tmp_path / f"{family}.safetensors"
     get_adapter(family).tiny().save(str(path))

@@ -15,7 +15,7 @@ from torch import nn
 
 from originals import (BottleneckW, PIPNetW, PrototypeChooserW, ResNetFeaturesW, VGGFeaturesW, as_old_torch_pickle,
                        original_modules, pipnet_convnext)
-from protobench.models.adapter import get_adapter
+from protobench.models.families import get_adapter
 from protobench.errors import CheckpointError
 
 TOL = dict(rtol=1e-4, atol=1e-5)

@@ -11,6 +11,7 @@ import torch
 from protobench.errors import CheckpointError
 from protobench.checkpoints.loading import module_state, read_checkpoint
 from protobench.checkpoints.pickles import StandIn, allowed_standin, standin_class
+from protobench.models.families import pickled_classes
 
 
 class SystemCall:
@@ -102,11 +103,26 @@ def test_stand_ins_are_inert_and_keep_only_state():
     ("torch.nn.modules.conv.F", False), ("model.evil", False), ("subprocess.Popen", False),
 ])
 def test_allowlist(name, allowed):
-    assert allowed_standin(name) is allowed
+    assert allowed_standin(name, pickled_classes()) is allowed
+
+
+def test_the_allowlist_is_the_registered_families_classes():
+    """Built from what each adapters/<family>.py declares: the same names the loader allowed when
+    they were listed in protobench.checkpoints.pickles (written out here by hand)."""
+    backbones = ["resnet_features.ResNet_features", "resnet_features.BasicBlock", "resnet_features.Bottleneck",
+                 "vgg_features.VGG_features", "densenet_features.DenseNet_features", "densenet_features._DenseBlock",
+                 "densenet_features._DenseLayer", "densenet_features._Transition"]
+    expected = {prefix + name for prefix in ("", "models.", "features.", "protopool.") for name in backbones} | {
+        "model.PPNet", "model.TESNet", "model.PrototypeChooser", "protopool.model.PrototypeChooser",
+        "prototree.prototree.ProtoTree", "pipnet.pipnet.PIPNet", "prototree.branch.Branch", "prototree.leaf.Leaf",
+        "prototree.node.Node", "util.l2conv.L2Conv2D", "pipnet.pipnet.NonNegLinear"}
+    assert pickled_classes() == expected
+    assert not allowed_standin("model.PPNet")  # without the families' classes: torch.nn and generic values only
+    assert allowed_standin("torch.nn.modules.conv.Conv2d") and allowed_standin("argparse.Namespace")
 
 
 def test_unknown_weights_are_named(tmp_path):
-    from protobench.models.adapter import get_adapter
+    from protobench.models.families import get_adapter
 
     path = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(1)}, path)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from protobench.models.adapter import available_adapters, get_adapter
-from protobench.errors import AdapterError
-from test_cli import invoke
+from protobench.models.families import FAMILIES, describe, get_adapter
+from protobench.errors import AdapterError, ProtobenchError
+from test_cli import assert_one_line_error, invoke
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adapters.md"
 
@@ -67,19 +67,88 @@ def write_dist_info(site: Path, entry: str) -> None:
     (info / "entry_points.txt").write_text(f"[protobench.adapters]\n{entry}\n")
 
 
-def test_entry_point_plugin_is_listed_and_loadable(plugin, tmp_path, monkeypatch):
+@pytest.fixture
+def install(tmp_path, monkeypatch):
+    """install(entry): a distribution with that `protobench.adapters` entry point, seen by FAMILIES
+    (which reads entry points once per process: here, again); its families are gone afterwards."""
+    before = set(FAMILIES.names())
+
+    def install(entry: str) -> None:
+        write_dist_info(tmp_path / "site", entry)
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+        monkeypatch.setattr(FAMILIES, "_plugins_read", False)
+
+    yield install
+    for name in set(FAMILIES.names()) - before:
+        FAMILIES.remove(name)
+
+
+def test_entry_point_plugin_is_listed_and_loadable(plugin, install):
     _, ckpt = plugin
-    write_dist_info(tmp_path / "site", "cosine = mylab_adapter:CosineAdapter")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    assert "cosine" in available_adapters()
+    install("cosine = mylab_adapter:CosineAdapter")
+    assert "cosine" in FAMILIES.names()
     assert "cosine" in invoke("adapters").stdout
     assert get_adapter("cosine").load(str(ckpt)).info.num_classes == 3
+    assert type(get_adapter("auto").load(str(ckpt))).__name__ == "CosineAdapter"  # its claims_keys
 
 
-def test_broken_plugin_gets_a_clear_error(tmp_path, monkeypatch):
-    write_dist_info(tmp_path / "site", "broken = no_such_module_here:Adapter")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    with pytest.raises(AdapterError, match="cannot load plugin adapter 'broken'"):
+def test_doc_example_reads_its_whole_model_pickles_without_running_them(plugin, install, tmp_path):
+    module, _ = plugin
+    torch.manual_seed(1)
+    net = module.CosineProtoNet(num_classes=2, per_class=3).eval()
+    path = tmp_path / "whole.pt"
+    torch.save(net, path)  # names mylab_adapter.CosineProtoNet: read as a stand-in, never imported
+    x = torch.randn(2, 3, 32, 32)
+    by_path = get_adapter("mylab_adapter:CosineAdapter").load(str(path))  # unregistered: its own facts
+    install("cosine = mylab_adapter:CosineAdapter")
+    by_auto = get_adapter("auto").load(str(path))
+    with torch.no_grad():
+        expected = net(x)
+        for adapter in (by_path, by_auto):
+            assert adapter.model is not net and adapter.info.num_classes == 2
+            assert all(torch.equal(a, b) for a, b in zip(adapter(x), expected))
+
+
+def test_broken_plugin_gets_a_clear_error(install, tmp_path):
+    install("broken = no_such_module_here:Adapter")
+    with pytest.raises(ProtobenchError, match="cannot import model family 'broken' from 'no_such_module_here'"):
         get_adapter("broken")
     with pytest.raises(AdapterError, match="not a protobench.models.adapter.PrototypeAdapter"):
         get_adapter("json:dumps")
+    result = invoke("convert", tmp_path / "x.pt", tmp_path / "x.safetensors", "--adapter", "broken")
+    assert_one_line_error(result, "cannot import model family 'broken'")
+    listed = invoke("adapters")  # the others are still listed, the broken one says why it is unusable
+    assert listed.exit_code == 0 and "protopnet" in listed.stdout and "broken" in listed.stdout
+    (row,) = [row for row in describe() if row["name"] == "broken"]
+    assert row["family"].startswith("cannot be imported") and row["source"] == "plugin mylab"
+
+
+def test_a_broken_plugin_leaves_the_other_families_usable(install, tmp_path):
+    """Reading any checkpoint asks every family (detection, allow-list); a plugin that cannot be
+    imported is left out with one warning instead of stopping every load."""
+    import protobench.models.families as families
+    from protobench.adapters.protopnet import ProtoPNetAdapter
+    from protobench.errors import ProtobenchWarning
+
+    path = tmp_path / "m.safetensors"
+    ProtoPNetAdapter.tiny().save(str(path))
+    install("broken = no_such_module_here:Adapter")
+    families._BROKEN.discard("broken")
+    with pytest.warns(ProtobenchWarning, match="plugin mylab model family 'broken' cannot be imported"):
+        assert get_adapter("auto").load(str(path)).name == "protopnet"
+
+
+def test_a_plugin_cannot_replace_a_builtin_family(plugin, install):
+    """It used to replace the built-in silently; now the clash is an error naming the plugin."""
+    install("protopnet = mylab_adapter:CosineAdapter")
+    with pytest.raises(ProtobenchError, match="registers model family 'protopnet', which is already taken.*rename"):
+        get_adapter("protopnet")
+
+
+def test_registering_a_taken_name_needs_replace(plugin):
+    module, _ = plugin
+    with pytest.raises(ProtobenchError, match="model family 'protopnet' is already registered.*replace=True"):
+        FAMILIES.add("protopnet", module.CosineAdapter)
+    assert get_adapter("protopnet").__name__ == "ProtoPNetAdapter"
+    with pytest.raises(ProtobenchError, match="must be a protobench.models.adapter.PrototypeAdapter subclass"):
+        FAMILIES.add("not-an-adapter", dict)

@@ -21,12 +21,12 @@ DEFAULTS = {
     "MIN_IMG_SIZE": 8,  # px; smaller inputs leave no feature map
     "MAX_IMG_SIZE": 2048,  # px; published models use 224 to 448
     "MAX_CLASSES": 100_000,
-    "MAX_PROTOTYPES": 100_000,  # ProtoPNet on CUB: 2000
+    "MAX_PROTOTYPES": 100_000,  # published CUB models: up to 2000
     "MAX_CHANNELS": 16_384,  # any layer's width (ResNet-152: 2048)
     "MAX_BLOCKS": 128,  # blocks in one backbone stage, layers in a VGG (DenseNet-201: 48)
     "MAX_PROTOTYPE_SIZE": 32,  # a prototype's spatial side (the papers use 1)
-    "MAX_SLOTS": 1_000,  # ProtoPool's slots per class (the paper: 10)
-    "MAX_TREE_BRANCHES": 4_095,  # ProtoTree decision nodes: a depth-12 tree (the paper: depth 9 to 11)
+    "MAX_SLOTS": 1_000,  # prototype slots per class, where a family has them (published: 10)
+    "MAX_TREE_BRANCHES": 4_095,  # decision nodes of a prototype tree: depth 12 (published: depth 9 to 11)
     "MAX_MODULES": 100_000,  # module objects in a pickled model (ResNet-152: about 500)
     "MAX_NESTING": 100,  # depth of the pickled module tree
     "MAX_TENSORS": 100_000,  # tensors in one checkpoint

@@ -1,25 +1,24 @@
-"""Any supported checkpoint file -> its weights, what it was saved from, and its model family.
+"""Any supported checkpoint file -> its weights and what it was saved from.
 
 Two kinds of file reach the adapters: protobench's own safetensors (adapter name and
 architecture in the metadata) and the files the original research code wrote (whole
 pickled models, or dicts holding a state dict). `read_checkpoint` turns both into a
-`Checkpoint`; `families` says which adapters could read it.
+`Checkpoint`; which family it is, `protobench.models.families` tells from the registered
+families' declarations.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection
 
 import torch
 
 from protobench.checkpoints.formats import describe_unreadable, open_checkpoint, read_protobench, sniff_bytes
 from protobench.errors import CheckpointError
 from protobench.checkpoints.limits import limit
-from protobench.checkpoints.pickles import ROOT_CLASSES, StandIn, class_name, load_pickle
+from protobench.checkpoints.pickles import StandIn, class_name, load_pickle
 
-FAMILY_NAMES = {"protopnet": "ProtoPNet", "tesnet": "TesNet", "protopool": "ProtoPool", "pipnet": "PIP-Net",
-                "prototree": "ProtoTree"}
 _STATE_KEYS = ("model_state_dict", "state_dict", "model", "net")
 
 
@@ -120,63 +119,18 @@ def _unwrap(path: str, obj: Any, depth: int = 0) -> Checkpoint:
     raise CheckpointError(f"{path} holds a {class_name(obj)}, not a model or its weights")
 
 
-def read_checkpoint(path: str) -> Checkpoint:
-    """Read protobench safetensors or an original torch checkpoint; nothing in the file is executed."""
+def read_checkpoint(path: str, classes: Collection[str] = ()) -> Checkpoint:
+    """Read protobench safetensors or an original torch checkpoint; nothing in the file is executed.
+
+    `classes`: the model classes a pickle may name besides torch.nn's, each read as an inert
+    stand-in (the registered families' `protobench.models.families.pickled_classes()`)."""
     path = str(path)
     with open_checkpoint(path) as f:
         kind = sniff_bytes(f.read(64))
         if kind in ("zip", "legacy"):
             f.seek(0)
-            return _unwrap(path, load_pickle(path, kind, f))
+            return _unwrap(path, load_pickle(path, kind, f, classes))
     if kind == "safetensors":
         adapter, config, tensors = read_protobench(path)
         return Checkpoint(path, tensors, adapter=adapter, config=config)
     raise CheckpointError(describe_unreadable(path, kind))
-
-
-def families(ckpt: Checkpoint) -> tuple[str, ...]:
-    """The adapters that could read this checkpoint, from its metadata, pickled class or key signature."""
-    if ckpt.is_protobench:
-        return (ckpt.adapter,)
-    if ckpt.root is not None:
-        family = ROOT_CLASSES.get(ckpt.root_class or "")
-        if family is None:
-            raise CheckpointError(f"{ckpt.path} holds a pickled {ckpt.root_class}, which no built-in adapter reads; "
-                                  "write an adapter for it (see docs/adapters.md)")
-        return (family,)
-    keys = set(ckpt.tensors)
-    if any(k.endswith("proto_presence") for k in keys):
-        return ("protopool",)
-    if "_classification.weight" in keys and any(k.startswith("_net.") for k in keys):
-        return ("pipnet",)
-    if "prototype_layer.prototype_vectors" in keys or any(k.endswith("_dist_params") for k in keys):
-        return ("prototree",)
-    if {"prototype_vectors", "last_layer.weight"} <= keys and any(k.startswith("add_on_layers.") for k in keys):
-        return ("protopnet", "tesnet")  # their state dicts have identical keys
-    return ()
-
-
-def detect_family(ckpt: Checkpoint) -> str:
-    found = families(ckpt)
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        sample = ", ".join(sorted(ckpt.tensors)[:3]) or "none"
-        raise CheckpointError(f"cannot tell which model family {ckpt.path} belongs to (first keys: {sample}); "
-                              "pass --adapter NAME (see `protobench adapters`)")
-    names = " and ".join(FAMILY_NAMES.get(f, f) for f in found)
-    options = " or ".join(f"--adapter {f}" for f in found)
-    raise CheckpointError(f"{ckpt.path} is a state dict that {names} share (identical keys); say which with {options}")
-
-
-def check_family(ckpt: Checkpoint, name: str) -> None:
-    """Raise a one-line error when the checkpoint belongs to another adapter than `name`."""
-    found = families(ckpt)
-    if name in found:
-        return
-    if not found:
-        sample = ", ".join(sorted(ckpt.tensors)[:3]) or "none"
-        raise CheckpointError(f"{ckpt.path} does not look like a {FAMILY_NAMES.get(name, name)} checkpoint "
-                              f"(first keys: {sample}); see `protobench adapters` for the families protobench reads")
-    holder = f"a {found[0]!r} model" if ckpt.is_protobench else f"a {FAMILY_NAMES.get(found[0], found[0])} checkpoint"
-    raise CheckpointError(f"{ckpt.path} holds {holder}, not {name!r}: run with --adapter {found[0]}")

@@ -1,12 +1,14 @@
 """Read the original research code's torch pickles without running anything from them.
 
-A whole-model pickle names the classes it was made from (`model.PPNet`,
-`resnet_features.BasicBlock`, `torch.nn.modules.conv.Conv2d`, ...). protobench never
-imports those: each allowed name is served by an inert *stand-in*, a plain object that
-only receives the pickled attributes, from which the adapters rebuild their own modules.
-Every other name a pickle uses must be one of the few torch writes for tensors and module
-state (`TORCH_NAMES`); anything else (`os.system`, `builtins.eval`, `builtins.bytearray`,
-...) is refused when the pickle names it, before it could be called.
+A whole-model pickle names the classes it was made from (`model.Net`, `blocks.BasicBlock`,
+`torch.nn.modules.conv.Conv2d`, ...). protobench never imports those: each allowed name is
+served by an inert *stand-in*, a plain object that only receives the pickled attributes,
+from which the adapters rebuild their own modules. The allowed names are the `torch.nn`
+modules, a few generic values (`GENERIC_CLASSES`) and the classes the caller passes: the
+registered model families' (`protobench.models.families.pickled_classes`). Every other name a
+pickle uses must be one of the few torch writes for tensors and module state (`TORCH_NAMES`);
+anything else (`os.system`, `builtins.eval`, `builtins.bytearray`, ...) is refused when the
+pickle names it, before it could be called.
 
 The pickle runs on Python's own pure-Python unpickler with the instructions that build or
 fill objects checked (`RestrictedUnpickler`): calls only reach the allowlist, attributes
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import collections
 import pickle
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Collection
 
 import torch
 
@@ -28,36 +30,13 @@ from protobench.checkpoints.limits import limit, short
 from protobench.checkpoints.torchfile import BigEndian, NotTorchFile, Oversized, Refused, read_torch_file
 from protobench.checkpoints.torchnames import CALLABLE_IDS, TORCH_NAMES
 
-_BACKBONE_CLASSES = {
-    "resnet_features": ("ResNet_features", "BasicBlock", "Bottleneck"),
-    "vgg_features": ("VGG_features",),
-    "densenet_features": ("DenseNet_features", "_DenseBlock", "_DenseLayer", "_Transition"),
-}
-# module prefixes under which the families keep their copies of ProtoPNet's backbones
-_BACKBONE_PREFIXES = ("", "models.", "features.", "protopool.")
-# top-level model classes -> family (adapter name)
-ROOT_CLASSES = {
-    "model.PPNet": "protopnet",
-    "model.TESNet": "tesnet",
-    "model.PrototypeChooser": "protopool",
-    "protopool.model.PrototypeChooser": "protopool",
-    "prototree.prototree.ProtoTree": "prototree",
-    "pipnet.pipnet.PIPNet": "pipnet",
-}
-_OTHER_CLASSES = {
-    "prototree.branch.Branch", "prototree.leaf.Leaf", "prototree.node.Node", "util.l2conv.L2Conv2D",
-    "pipnet.pipnet.NonNegLinear",
+GENERIC_CLASSES = frozenset({
     # torch <= 1.3 pickled every module's `_backend` as a call to this function
     "torch.nn.backends.thnn._get_thnn_function_backend",
     # values checkpoints often carry beside the weights; kept as inert placeholders
     "argparse.Namespace", "numpy.dtype", "numpy.ndarray", "numpy.core.multiarray.scalar",
     "numpy.core.multiarray._reconstruct", "numpy._core.multiarray.scalar", "numpy._core.multiarray._reconstruct",
-}
-KNOWN_CLASSES = frozenset(
-    {f"{prefix}{module}.{name}" for prefix in _BACKBONE_PREFIXES
-     for module, names in _BACKBONE_CLASSES.items() for name in names}
-    | set(ROOT_CLASSES) | _OTHER_CLASSES
-)
+})
 
 
 class StandIn:
@@ -120,8 +99,10 @@ def _is_torch_module(dotted: str) -> bool:
     return isinstance(cls, type) and issubclass(cls, torch.nn.Module)
 
 
-def allowed_standin(dotted: str) -> bool:
-    return dotted in KNOWN_CLASSES or _is_torch_module(dotted)
+def allowed_standin(dotted: str, classes: Collection[str] = ()) -> bool:
+    """Whether a pickle may name `dotted` (served by a stand-in): a torch.nn module, a generic value,
+    or one of `classes` (the model families' own)."""
+    return dotted in GENERIC_CLASSES or dotted in classes or _is_torch_module(dotted)
 
 
 class RefusedGlobal(Refused):
@@ -130,7 +111,7 @@ class RefusedGlobal(Refused):
         self.dotted = dotted
 
 
-def _resolve(module: str, name: str) -> Any:
+def _resolve(module: str, name: str, classes: Collection[str]) -> Any:
     from torch._utils import IMPORT_MAPPING, NAME_MAPPING
 
     if (module, name) in NAME_MAPPING:  # Python 2 names in protocol-2 pickles, as torch maps them
@@ -140,7 +121,7 @@ def _resolve(module: str, name: str) -> Any:
     dotted = f"{module}.{name}"
     if dotted in TORCH_NAMES:
         return TORCH_NAMES[dotted]
-    if allowed_standin(dotted):
+    if allowed_standin(dotted, classes):
         return standin_class(dotted)
     raise RefusedGlobal(dotted)
 
@@ -166,13 +147,15 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file: Any, persistent_load: Any = None, budget: list[int] | None = None):
+    def __init__(self, file: Any, persistent_load: Any = None, budget: list[int] | None = None,
+                 classes: Collection[str] = ()):
         super().__init__(file, encoding="utf-8")
         self._persistent = persistent_load
         self._budget = budget if budget is not None else [limit("MAX_UNPICKLE_MB") << 20]
+        self._classes = classes
 
     def find_class(self, module: str, name: str) -> Any:
-        return _resolve(module, name)
+        return _resolve(module, name, self._classes)
 
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is None:
@@ -257,17 +240,19 @@ def refusal(path: str, names: list[str]) -> CheckpointError:
     shown = ", ".join(sorted(names)[:4]) + (" ..." if len(names) > 4 else "")
     hint = ""
     if "torch.storage._load_from_bytes" in names:
-        hint = " (a plain pickle.dump file such as ProtoTree's tree.pkl; use the torch.save file, e.g. model.pth)"
+        hint = " (a plain pickle.dump file, as some repositories write beside torch.save's; use the torch.save " \
+               "file, e.g. model.pth)"
     return CheckpointError(f"refusing to load {path}: it references {shown}, which no supported model uses{hint}; "
                            "protobench never runs code from a checkpoint")
 
 
-def load_pickle(path: str, kind: str, f: Any) -> Any:
-    """Unpickle an open torch checkpoint ('zip' or 'legacy', as checkpoint.sniff says) safely."""
+def load_pickle(path: str, kind: str, f: Any, classes: Collection[str] = ()) -> Any:
+    """Unpickle an open torch checkpoint ('zip' or 'legacy', as checkpoint.sniff says) safely;
+    `classes`: the model classes it may name besides torch.nn's (see `allowed_standin`)."""
     budget = [limit("MAX_UNPICKLE_MB") << 20]  # one budget for all the pickles in the file
 
     def unpickle(stream: Any, persistent_load: Any = None) -> Any:
-        return RestrictedUnpickler(stream, persistent_load, budget).load()
+        return RestrictedUnpickler(stream, persistent_load, budget, classes).load()
 
     try:
         return read_torch_file(f, kind, unpickle)

@@ -276,11 +276,11 @@ def demo_export(
 
 @app.command()
 def adapters() -> None:
-    """List the model families protobench can load."""
-    from protobench.models.adapter import available_adapters
+    """List the model families protobench can load (built in, installed plugins), with their papers and licenses."""
+    from protobench.models.families import describe
     from protobench.cli.tables import adapters_table
 
-    out_console.print(adapters_table(run_library(available_adapters)))
+    out_console.print(adapters_table(run_library(describe)))
 
 
 def main() -> None:

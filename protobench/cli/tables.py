@@ -67,11 +67,13 @@ def before_after_table(before: dict[str, Any], after: dict[str, Any]) -> Table:
     return table
 
 
-def adapters_table(adapters: dict[str, str]) -> Table:
-    """The adapter registry; plugin names and descriptions are third-party text."""
-    table = Table(title="adapters")
-    table.add_column("name")
-    table.add_column("family")
-    for name, desc in sorted(adapters.items()):
-        table.add_row(literal(name), literal(desc))
+def adapters_table(rows: list[dict[str, str]]) -> Table:
+    """The registered model families (protobench.models.families.describe); plugins' facts are third-party text."""
+    table = Table(title="model families (--adapter NAME)",
+                  caption="--adapter auto (the default) tells the family from the checkpoint; "
+                          "--adapter package.module:Class loads your own adapter")
+    for col in ("name", "family", "paper", "license", "finetune", "source"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(literal(row[col]) for col in ("name", "family", "paper", "license", "finetune", "source")))
     return table

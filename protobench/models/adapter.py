@@ -1,16 +1,16 @@
-"""The adapter protocol and the registry of model families.
+"""The adapter protocol, and the facts a model family declares beside its adapter.
 
 An adapter wraps one loaded prototype model and exposes what the benchmark needs:
 similarity maps (differentiable w.r.t. the input), logits, the prototype-to-class
 identity and the input spec. The core never looks past this interface.
 
-The registry is a name -> "module:Class" table, so listing adapters imports no torch.
+A family's adapter class also says what the family is and which original files are its
+(`facts`, `claims`); the registry of families, `protobench.models.families`, builds
+`--adapter auto` and the safe unpickler's allow-list from them.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -19,20 +19,27 @@ from protobench.errors import AdapterError
 if TYPE_CHECKING:  # torch is imported lazily: `protobench --help` must stay fast
     import torch
 
+    from protobench.checkpoints.loading import Checkpoint
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# name -> (import path, one-line description); plugins add to it at import time
-BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
-    "auto": ("protobench.models.family:AutoAdapter", "tell the family from the checkpoint (the default)"),
-    "protopnet": ("protobench.adapters.protopnet:ProtoPNetAdapter", "ProtoPNet (Chen et al., NeurIPS 2019)"),
-    "tesnet": ("protobench.adapters.tesnet:TesNetAdapter", "TesNet (Wang et al., ICCV 2021)"),
-    "protopool": ("protobench.adapters.protopool:ProtoPoolAdapter", "ProtoPool (Rymarczyk et al., ECCV 2022)"),
-    "pipnet": ("protobench.adapters.pipnet:PIPNetAdapter", "PIP-Net (Nauta et al., CVPR 2023)"),
-    "prototree": ("protobench.adapters.prototree:ProtoTreeAdapter", "ProtoTree (Nauta et al., CVPR 2021)"),
-}
-ENTRY_POINT_GROUP = "protobench.adapters"
-_REGISTERED: dict[str, type] = {}
+
+@dataclass(frozen=True)
+class FamilyFacts:
+    """What a model family is and which of its original files protobench reads (docs/adapters.md,
+    Supported models). `protobench adapters` shows them; the class lists feed safe unpickling."""
+
+    display_name: str  # the family's own spelling, as its paper writes it
+    paper: str  # "Authors et al., VENUE YEAR"
+    origin: str = ""  # the original code's repository (URL)
+    commit: str = ""  # the commit of it whose checkpoints protobench was checked against
+    license: str = ""  # the original code's license, as its repository states it
+    files: str = ""  # which of the original code's files protobench reads, in words
+    # dotted class names (module.qualname) as the original code pickles them; protobench never imports
+    # them, each becomes an inert stand-in (protobench.checkpoints.pickles)
+    root_classes: tuple[str, ...] = ()  # the model classes of whole-model pickles: such a pickle is this family's
+    pickled_classes: tuple[str, ...] = ()  # every other class those pickles hold (submodules, blocks)
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,8 @@ class PrototypeAdapter:
     Subclasses implement `load` and `forward`; `name` is the registry name.
     """
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # the name it is registered under (set by FAMILIES.add / .register)
+    facts: ClassVar[FamilyFacts | None] = None  # None: nothing to list, and no pickled class is its own
 
     def __init__(self, model: torch.nn.Module, info: ModelInfo, prototype_class_identity: torch.Tensor):
         self.model = model.eval()
@@ -64,6 +72,29 @@ class PrototypeAdapter:
     def load(cls, path: str, **options: Any) -> PrototypeAdapter:
         """Build the adapter from a checkpoint file; raise CheckpointError if it cannot."""
         raise NotImplementedError
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, **options: Any) -> PrototypeAdapter:
+        """Build the adapter from a checkpoint `--adapter auto` has read and found to be this family's."""
+        return cls.load(ckpt.path, **options)
+
+    @classmethod
+    def claims(cls, ckpt: Checkpoint) -> bool:
+        """Whether `--adapter auto` may read this original checkpoint as this family: a whole-model
+        pickle of one of `facts.root_classes`, or a state dict whose keys `claims_keys` accepts.
+        (protobench's own files name their family; they never come here.)"""
+        if ckpt.root is not None:
+            return cls.facts is not None and ckpt.root_class in cls.facts.root_classes
+        return cls.claims_keys(frozenset(ckpt.tensors))
+
+    @classmethod
+    def claims_keys(cls, keys: frozenset[str]) -> bool:
+        """Whether a state dict with these keys is this family's (its key signature); no by default."""
+        return False
+
+    @classmethod
+    def display_name(cls) -> str:
+        return cls.facts.display_name if cls.facts is not None else cls.name
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized images (B, 3, S, S) -> (similarity maps (B, P, h, w), logits (B, C))."""
@@ -86,13 +117,14 @@ class PrototypeAdapter:
         total 'loss'; optionally the same forward pass's 'maps' (B, P, h, w) and 'logits' (B, C),
         which `protobench finetune` reuses (first pass of the alignment loss, training accuracy)."""
         raise AdapterError(f"adapter {self.name!r} has no training loss: it cannot be trained or fine-tuned "
-                           "(protobench finetune supports the ProtoPNet family)")
+                           "(`protobench adapters` lists the families protobench finetune supports)")
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """The trainable parameters by part, 'features', 'add_on', 'prototypes' and 'last_layer'
         (each part gets its own learning rate when fine-tuning)."""
         raise AdapterError(f"adapter {self.name!r} does not say which parameters are its backbone, prototypes "
-                           "and last layer: it cannot be fine-tuned (protobench finetune supports the ProtoPNet family)")
+                           "and last layer: it cannot be fine-tuned (`protobench adapters` lists the families "
+                           "protobench finetune supports)")
 
     def push(self, loader: Any) -> list:
         """Project prototypes onto training patches of their class; loader yields (x, y, index)."""
@@ -101,75 +133,3 @@ class PrototypeAdapter:
     def save(self, path: str, extra: dict[str, str] | None = None) -> None:
         """Write the model in protobench's safetensors format (adapters that can rebuild from it)."""
         raise NotImplementedError(f"adapter {self.name!r} cannot write protobench checkpoints")
-
-
-def register_adapter(name: str):
-    """Class decorator: make an adapter available under `name`."""
-
-    def wrap(cls: type) -> type:
-        cls.name = name
-        _REGISTERED[name] = cls
-        return cls
-
-    return wrap
-
-
-def _import(target: str) -> type:
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise AdapterError(f"cannot import adapter module {module_name!r} ({err}); is it installed?") from err
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise AdapterError(f"module {module_name!r} has no adapter class {attr!r}") from None
-
-
-def _entry_points() -> dict[str, Any]:
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def available_adapters() -> dict[str, str]:
-    """Name -> description of every adapter that can be asked for by name."""
-    names = {name: desc for name, (_, desc) in BUILTIN_ADAPTERS.items()}
-    names.update({name: f"plugin ({ep.value})" for name, ep in _entry_points().items()})
-    names.update({name: "registered at run time" for name in _REGISTERED if name not in names})
-    return names
-
-
-def family_adapter(name: str) -> type[PrototypeAdapter]:
-    """The adapter of a family a checkpoint names: a registered name only (built-in, installed
-    plugin, or registered in this process), never an import path and never 'auto'."""
-    if ":" in name or name == "auto" or name not in available_adapters():
-        raise AdapterError(f"no model family {name[:40]!r} is registered")
-    return get_adapter(name)
-
-
-def get_adapter(name: str) -> type[PrototypeAdapter]:
-    """Resolve an adapter by registry name, entry point, or 'package.module:Class'.
-
-    Only for names the user gives (--adapter): an import path imports code. Names read from
-    a checkpoint go through `family_adapter`.
-    """
-    if ":" in name:
-        cls = _import(name)
-    elif name in _REGISTERED:
-        return _REGISTERED[name]
-    elif name in BUILTIN_ADAPTERS:
-        cls = _import(BUILTIN_ADAPTERS[name][0])
-    elif name in (eps := _entry_points()):
-        try:
-            cls = eps[name].load()
-        except Exception as err:  # a plugin's import can fail in any way; say which plugin it was
-            raise AdapterError(f"cannot load plugin adapter {name!r} ({eps[name].value}): {err}") from err
-    else:
-        known = sorted(available_adapters())
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise AdapterError(f"unknown adapter {name!r}.{hint} Known adapters: {', '.join(known)}")
-    if not (isinstance(cls, type) and issubclass(cls, PrototypeAdapter)):
-        raise AdapterError(f"{name!r} is not a protobench.models.adapter.PrototypeAdapter subclass")
-    return cls

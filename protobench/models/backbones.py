@@ -37,8 +37,8 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 class ResNetFeatures(nn.Module):
     """A ResNet without its pooling and classifier: stem, then four stages of blocks.
 
-    `strides` are the four stages' strides: (1, 2, 2, 2) in torchvision and ProtoPNet,
-    (1, 2, 1, 1) in PIP-Net (28x28 maps at 224 px).
+    `strides` are the four stages' strides: (1, 2, 2, 2) in torchvision; a family may change
+    them, e.g. (1, 2, 1, 1) for 28x28 maps at 224 px.
     """
 
     def __init__(self, block: str = "basic", layers: Sequence[int] = (2, 2, 2, 2),
@@ -84,7 +84,7 @@ class VGGFeatures(nn.Module):
 
 
 class DenseNetFeatures(nn.Module):
-    """A DenseNet's features plus the final ReLU ProtoPNet appends (`final_relu`)."""
+    """A DenseNet's features plus the final ReLU the prototype networks' copies append (`final_relu`)."""
 
     def __init__(self, growth_rate: int = 32, block_config: Sequence[int] = (6, 12, 24, 16),
                  num_init_features: int = 64, bn_size: int = 4):
@@ -100,7 +100,7 @@ class DenseNetFeatures(nn.Module):
 class ConvNeXtFeatures(nn.Module):
     """torchvision's ConvNeXt `features` (no pooling, no classifier).
 
-    `stride1_above`: PIP-Net's change: every stride-2 conv with more input channels than this
+    `stride1_above`: a family's change: every stride-2 conv with more input channels than this
     gets stride 1 (100 gives 26x26 maps for convnext_tiny at 224 px, 300 gives 13x13).
     """
 

@@ -1,8 +1,8 @@
-"""The built-in adapters' shared base, and `--adapter auto`.
+"""The built-in adapters' shared base.
 
 `FamilyAdapter` gives each family one `load` that serves protobench safetensors and the
-original repositories' files, plus `save` in protobench's format; `AutoAdapter` tells
-the family from the checkpoint and hands it to that family's adapter.
+original repositories' files, plus `save` in protobench's format. (`--adapter auto` is
+`protobench.models.families.AutoAdapter`.)
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from protobench.models.adapter import PrototypeAdapter, family_adapter
+from protobench.models.adapter import PrototypeAdapter
+from protobench.models.families import check_family, read_family_checkpoint
 from protobench.checkpoints.formats import check_state, write_protobench
 from protobench.errors import AdapterError, CheckpointError
 from protobench.checkpoints.limits import config_problem, field_problem, short
-from protobench.checkpoints.loading import FAMILY_NAMES, Checkpoint, check_family, detect_family, read_checkpoint
+from protobench.checkpoints.loading import Checkpoint
 
 # what reading a malformed checkpoint's values can raise, past the checks that name the problem
 MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
@@ -52,9 +53,10 @@ def make_config(config_class: type, data: dict[str, Any]) -> Any:
 class FamilyAdapter(PrototypeAdapter):
     """Base of the built-in adapters: one `load` for protobench files and original checkpoints.
 
-    Subclasses set `config_class` and `model_class` (built as `model_class(cfg)`, or by
-    overriding `build`), implement `from_original(ckpt, **options)` and `tiny(seed)`, and
-    list their `options` (name -> default; None means "from the checkpoint").
+    Subclasses declare their `facts` and key signature (`claims_keys`, see PrototypeAdapter),
+    set `config_class` and `model_class` (built as `model_class(cfg)`, or by overriding
+    `build`), implement `from_original(ckpt, **options)` and `tiny(seed)`, and list their
+    `options` (name -> default; None means "from the checkpoint").
     """
 
     config_class: ClassVar[type]
@@ -63,18 +65,18 @@ class FamilyAdapter(PrototypeAdapter):
 
     @classmethod
     def load(cls, path: str, **options: Any) -> PrototypeAdapter:
-        return cls.from_checkpoint(read_checkpoint(path), **options)
+        return cls.from_checkpoint(read_family_checkpoint(path, cls), **options)
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, **options: Any) -> PrototypeAdapter:
-        check_family(ckpt, cls.name)
+        check_family(ckpt, cls)
         try:
             if ckpt.is_protobench:
                 return cls.from_protobench(ckpt, **options)
             return cls.from_original(ckpt, **options)
         except MALFORMED as err:  # a value no check above foresaw: still the file's fault, still one line
             text = " ".join(str(err).split())[:160] or type(err).__name__
-            raise CheckpointError(f"{ckpt.path} is not a valid {FAMILY_NAMES.get(cls.name, cls.name)} "
+            raise CheckpointError(f"{ckpt.path} is not a valid {cls.display_name()} "
                                   f"checkpoint ({text})") from None
 
     @classmethod
@@ -98,7 +100,7 @@ class FamilyAdapter(PrototypeAdapter):
         if wrong:
             where = "read from the pickle" if original else "in its metadata"
             raise CheckpointError(f"{path}: the architecture {where} is invalid: {wrong}")
-        what = (f"the {FAMILY_NAMES.get(cls.name, cls.name)} architecture protobench read from it "
+        what = (f"the {cls.display_name()} architecture protobench read from it "
                 f"({getattr(cfg, 'backbone', '?')} backbone)") if original else "the architecture in its metadata"
         cls.probe(cfg, tensors, path, what)
         model = cls.build(cfg, tensors)
@@ -145,21 +147,3 @@ class FamilyAdapter(PrototypeAdapter):
 
     def save(self, path: str, extra: dict[str, str] | None = None) -> None:
         write_protobench(path, self.name, self.config(), self.model.state_dict(), extra)
-
-
-class AutoAdapter(PrototypeAdapter):
-    """`--adapter auto`: tell the family from the checkpoint, then load it with that adapter."""
-
-    @classmethod
-    def load(cls, path: str, **options: Any) -> PrototypeAdapter:
-        ckpt = read_checkpoint(path)
-        family = detect_family(ckpt)
-        try:  # a registered family only: a file may say what it is, never which code to import
-            target = family_adapter(family)
-        except AdapterError as err:  # e.g. a protobench file written by a plugin that is not installed here
-            raise AdapterError(f"{path} was written by adapter {family!r}, which is not installed here ({err}): "
-                               "install the plugin that provides it, or pass --adapter package.module:Class "
-                               "if you trust that code") from None
-        if issubclass(target, FamilyAdapter):
-            return target.from_checkpoint(ckpt, **options)
-        return target.load(path, **options)  # a plugin's own protobench-format file

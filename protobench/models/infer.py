@@ -97,7 +97,7 @@ def infer_backbone(state: Mapping[str, torch.Tensor], vgg_length: int | None = N
 
 
 def _pickled_strides(pickled: Any) -> list[int] | None:
-    """A pickled ResNet_features' stage strides (PIP-Net's copy uses 1 in stages 3 and 4)."""
+    """A pickled ResNet backbone's stage strides (a family's copy may have changed them)."""
     try:
         return [int(getattr(pickled, f"layer{i}")._modules["0"].stride) for i in range(1, 5)]
     except (AttributeError, KeyError, TypeError, ValueError):
@@ -108,7 +108,7 @@ def backbone_from(state: Mapping[str, torch.Tensor], pickled: Any = None,
                   strides: list[int] | None = None) -> tuple[str, dict[str, Any]]:
     """infer_backbone, refined by the pickled backbone object where there is one.
 
-    `strides`: a ResNet's stage strides when the family fixes them (PIP-Net); otherwise the
+    `strides`: a ResNet's stage strides when the family fixes them; otherwise the
     pickled blocks' own strides, else the standard (1, 2, 2, 2) where a stage has a shortcut conv.
     """
     inner = getattr(pickled, "features", None) if pickled is not None else None

@@ -87,7 +87,7 @@ def workers(cfg: EvaluateConfig, device) -> int:
 
 
 def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
-    from protobench.models.adapter import get_adapter
+    from protobench.models.families import get_adapter
 
     return get_adapter(name).load(ckpt, **options).to(device)
 
