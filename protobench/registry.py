@@ -1,7 +1,7 @@
 """One registry class for every extension point: model families, metrics, attacks, dataset layouts.
 
     ATTACKS = Registry("attack", group="protobench.attacks", check=callable, expects="a function")
-    ATTACKS.add("pgd", "protobench.core.attacks:pgd")      # lazy: imported on first get()
+    ATTACKS.add("pgd", "protobench.core.attack:pgd")       # lazy: imported on first get()
     ATTACKS.add("pgd-family", "pkg.attacks")               # a module whose import registers its entries
 
     @ATTACKS.register("noise")                             # eager, as a decorator
@@ -49,16 +49,18 @@ class Registry(Generic[T]):
         group: the entry-point group plugins register under (None: no plugins).
         check: accepts a resolved object; an entry that fails it is refused.
         expects: what `check` wants, in words, for the error message.
+        reserved: names no entry may take (name -> why), e.g. 'auto' for model families.
     """
 
     def __init__(self, kind: str, group: str | None = None, check: Callable[[Any], bool] | None = None,
-                 expects: str = ""):
+                 expects: str = "", reserved: dict[str, str] | None = None):
         self.kind, self.group, self.check, self.expects = kind, group, check, expects
+        self.reserved = dict(reserved or {})
         self._entries: dict[str, _Entry] = {}
         self._plugins_read = False
 
     # --- adding -----------------------------------------------------------------------------
-    def add(self, name: str, target: Any, *, replace: bool = False, source: str = "built-in") -> None:
+    def add(self, name: str, target: Any, *, replace: bool = False, source: str = "registered at run time") -> None:
         """Register `target` (an object, or a "module:attr" / "module" string imported lazily)."""
         self._check_name(name)
         old = self._entries.get(name)
@@ -129,6 +131,8 @@ class Registry(Generic[T]):
     def _check_name(self, name: str) -> None:
         if not isinstance(name, str) or not name or ":" in name or name != name.strip():
             raise RegistryError(f"{name!r} is not a valid {self.kind} name (a non-empty word without ':')")
+        if name in self.reserved:
+            raise RegistryError(f"{name!r} cannot be a {self.kind} name: {self.reserved[name]}")
 
     def _materializes(self, old: _Entry, target: Any) -> bool:
         """Whether `target` is the object a lazy entry stands for (its module registering itself
@@ -139,6 +143,7 @@ class Registry(Generic[T]):
         return getattr(target, "__module__", None) == module
 
     def _validate(self, name: str, obj: Any) -> None:
+        """Refuse an object of the wrong kind (subclasses may also tell the object its name here)."""
         if self.check is not None and not self.check(obj):
             raise RegistryError(f"{self.kind} {name!r} must be {self.expects or 'of the right kind'}, "
                                 f"got {obj!r}")
@@ -169,9 +174,12 @@ class Registry(Generic[T]):
         self._plugins_read = True
         for ep in _entry_points(self.group):
             dist = getattr(getattr(ep, "dist", None), "name", None) or "an installed package"
-            if ep.name in self._entries:
+            taken = self._entries.get(ep.name)
+            if taken is not None and self._materializes(_Entry(ep.value, "", True), taken.target):
+                continue  # the plugin's module was imported first and registered itself: the same entry
+            if taken is not None:
                 raise RegistryError(f"the plugin {ep.value!r} from {dist} registers {self.kind} {ep.name!r}, "
-                                    f"which is already taken ({self._entries[ep.name].source}): rename the plugin")
+                                    f"which is already taken ({taken.source}): rename the plugin")
             self._check_name(ep.name)
             self._entries[ep.name] = _Entry(ep.value, f"plugin {dist}", True)
 

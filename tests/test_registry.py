@@ -78,7 +78,7 @@ def test_a_module_that_registers_itself_when_imported(fake_module):
 def test_a_taken_name_is_refused_unless_replacing_is_asked_for():
     r = make()
     first, second = (lambda: 1), (lambda: 2)
-    r.add("a", first)
+    r.add("a", first, source="built-in")
     r.add("a", first)  # the very same object again: harmless
     with pytest.raises(RegistryError, match=r"widget 'a' is already registered \(built-in\).*replace=True"):
         r.add("a", second)
@@ -152,3 +152,22 @@ def test_a_plugin_cannot_take_a_builtin_name(monkeypatch):
     r.add("builtin", print)
     with pytest.raises(RegistryError, match="registers widget 'builtin', which is already taken.*rename the plugin"):
         r.get("builtin")
+
+
+def test_reserved_names_are_refused_also_for_plugins(monkeypatch):
+    r = Registry("widget", group="protobench.widgets", reserved={"auto": "it means something else"})
+    with pytest.raises(RegistryError, match="'auto' cannot be a widget name: it means something else"):
+        r.add("auto", print)
+    plugins(monkeypatch, EntryPoint("auto", "fake_widgets:spin", "protobench.widgets"))
+    with pytest.raises(RegistryError, match="'auto' cannot be a widget name"):
+        r.names()
+
+
+def test_a_plugin_module_that_registered_itself_is_not_a_clash(monkeypatch, fake_module):
+    """A plugin imported (and self-registered by its decorator) before the entry points are read."""
+    import fake_widgets
+
+    plugins(monkeypatch, EntryPoint("spinner", "fake_widgets:spin", "protobench.widgets"))
+    r = make(group="protobench.widgets")
+    r.add("spinner", fake_widgets.spin, source="registered at run time")
+    assert r.get("spinner") is fake_widgets.spin

@@ -54,10 +54,10 @@ class Layout:
 LAYOUTS: Registry[Layout] = Registry("dataset layout", group="protobench.datasets",
                                      check=lambda obj: isinstance(obj, Layout),
                                      expects="an instance of protobench.data.layouts.Layout")
-LAYOUTS.add("protoshapes", "protobench.demo.shapes:LAYOUT")
-LAYOUTS.add("cub", "protobench.data.cub:LAYOUT")
-LAYOUTS.add("cars", "protobench.data.cars:LAYOUT")
-LAYOUTS.add("imagefolder", "protobench.data.imagefolder:LAYOUT")
+LAYOUTS.add("protoshapes", "protobench.demo.shapes:LAYOUT", source="built-in")
+LAYOUTS.add("cub", "protobench.data.cub:LAYOUT", source="built-in")
+LAYOUTS.add("cars", "protobench.data.cars:LAYOUT", source="built-in")
+LAYOUTS.add("imagefolder", "protobench.data.imagefolder:LAYOUT", source="built-in")
 
 
 @dataclass(frozen=True)

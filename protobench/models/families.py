@@ -44,16 +44,14 @@ def is_adapter_class(obj: Any) -> bool:
 class FamilyRegistry(Registry):
     """A Registry whose classes learn the name they are registered under (files and results record it)."""
 
-    def add(self, name: str, target: Any, *, replace: bool = False, source: str = "registered at run time") -> None:
-        if name == "auto":
-            raise RegistryError("'auto' is not a model family name: --adapter auto means 'tell it from the file'")
-        super().add(name, target, replace=replace, source=source)
-        if not isinstance(target, str):
-            target.name = name
+    def _validate(self, name: str, obj: Any) -> None:
+        super()._validate(name, obj)
+        obj.name = name  # also for plugins, which are imported lazily, not through add()
 
 
 FAMILIES = FamilyRegistry("model family", group=GROUP, check=is_adapter_class,
-                          expects="a protobench.models.adapter.PrototypeAdapter subclass")
+                          expects="a protobench.models.adapter.PrototypeAdapter subclass",
+                          reserved={"auto": "--adapter auto means 'tell the family from the file'"})
 
 
 def _add_builtins() -> None:
