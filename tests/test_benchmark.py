@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from protobench.run import benchmark
-from protobench.run.benchmark import Protocol, Runtime, evaluate_batch, inference_mode, model_forward
+from protobench.core.protocol import EvalProtocol
+from protobench.run.benchmark import evaluate_batch
+from protobench.run.forward import Runtime, frozen_eval, model_forward
 from protobench.data.imagelist import ImageFolder
 
 
@@ -20,8 +22,8 @@ def _run(adapter, folder, protocol, batch_size):
 def test_batched_equals_one_image_at_a_time(tiny_adapter):
     size = tiny_adapter.info.input_size
     x, y, ids = torch.randn(7, 3, size, size), torch.tensor([0, 1, 2, 0, 1, 2, 0]), torch.arange(7)
-    protocol = Protocol.make(steps=10)
-    with inference_mode(tiny_adapter.model):
+    protocol = EvalProtocol.make(steps=10)
+    with frozen_eval(tiny_adapter.model):
         forward = model_forward(tiny_adapter, Runtime.for_device(torch.device("cpu")))
         batched = evaluate_batch(tiny_adapter, x, y, ids, protocol, forward)
         single = [evaluate_batch(tiny_adapter, x[i:i + 1], y[i:i + 1], ids[i:i + 1], protocol, forward)
@@ -32,50 +34,50 @@ def test_batched_equals_one_image_at_a_time(tiny_adapter):
 
 @pytest.mark.parametrize("select", ["top-proto", "gt-protos"])
 def test_same_seed_same_results_whatever_the_batch_size(tiny_adapter, image_folder, select):
-    protocol = Protocol.make(steps=8, select=select, seed=3)
+    protocol = EvalProtocol.make(steps=8, select=select, seed=3)
     runs = [_run(tiny_adapter, image_folder, protocol, bs) for bs in (1, 5, 12)]
     for other in runs[1:]:
         pd.testing.assert_frame_equal(runs[0], other)
 
 
 def test_seed_changes_the_random_start(tiny_adapter, image_folder):
-    a = _run(tiny_adapter, image_folder, Protocol.make(attack="noise", seed=1), 4)
-    b = _run(tiny_adapter, image_folder, Protocol.make(attack="noise", seed=2), 4)
+    a = _run(tiny_adapter, image_folder, EvalProtocol.make(attack="noise", seed=1), 4)
+    b = _run(tiny_adapter, image_folder, EvalProtocol.make(attack="noise", seed=2), 4)
     assert not a["act_after"].equals(b["act_after"])
     assert a["act_before"].equals(b["act_before"])
 
 
 def test_gt_protos_attacks_the_true_class_prototypes(tiny_adapter, image_folder):
-    df = _run(tiny_adapter, image_folder, Protocol.make(steps=2, select="gt-protos"), 4)
+    df = _run(tiny_adapter, image_folder, EvalProtocol.make(steps=2, select="gt-protos"), 4)
     assert (df["proto_class"] == df["label"]).all()  # p* is one of the true class's prototypes
 
 
 def test_records_have_every_column(tiny_adapter, image_folder):
     from protobench.run.results import PER_IMAGE_COLUMNS
 
-    df = _run(tiny_adapter, image_folder, Protocol.make(steps=2), 4)
+    df = _run(tiny_adapter, image_folder, EvalProtocol.make(steps=2), 4)
     assert sorted(df.columns) == sorted(PER_IMAGE_COLUMNS)
     assert len(df) == 12 and df["index"].tolist() == list(range(12))
     assert df["path"].str.endswith(".png").all()
 
 
 def test_protocols():
-    ref = Protocol.make("reference")
+    ref = EvalProtocol.make("reference")
     assert (ref.attack, ref.clip, ref.eps) == ("noise", False, 0.4)
-    assert Protocol.make("reference", attack="pgd").attack == "pgd"
-    default = Protocol.make()
+    assert EvalProtocol.make("reference", attack="pgd").attack == "pgd"
+    default = EvalProtocol.make()
     assert (default.attack, default.clip, default.steps, default.step) == ("pgd", True, 40, 0.01)
     assert default.resolved(224)["margin"] == 10
     with pytest.raises(ValueError, match="protocol"):
-        Protocol.make("paper")
+        EvalProtocol.make("paper")
     with pytest.raises(ValueError, match="attack"):
-        Protocol.make(attack="fgsm")
+        EvalProtocol.make(attack="fgsm")
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_the_numbers(tiny_adapter, image_folder, monkeypatch):
     from protobench.errors import MemoryWarning
 
-    expected = _run(tiny_adapter, image_folder, Protocol.make(steps=3), 12)
+    expected = _run(tiny_adapter, image_folder, EvalProtocol.make(steps=3), 12)
     real = benchmark.evaluate_batch
     sizes = []
 
@@ -87,7 +89,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_numbers(tiny_adapter, imag
 
     monkeypatch.setattr(benchmark, "evaluate_batch", small_memory)
     with pytest.warns(MemoryWarning, match="did not fit"):
-        got = _run(tiny_adapter, image_folder, Protocol.make(steps=3), 12)
+        got = _run(tiny_adapter, image_folder, EvalProtocol.make(steps=3), 12)
     pd.testing.assert_frame_equal(expected, got)
     assert sizes[:3] == [12, 6, 3] and max(sizes[3:]) == 3
 
@@ -100,7 +102,7 @@ def test_a_single_image_that_does_not_fit_is_an_error(tiny_adapter, image_folder
 
     monkeypatch.setattr(benchmark, "evaluate_batch", no_memory)
     with pytest.raises(torch.OutOfMemoryError), pytest.warns(MemoryWarning):
-        _run(tiny_adapter, image_folder, Protocol.make(steps=1), 4)
+        _run(tiny_adapter, image_folder, EvalProtocol.make(steps=1), 4)
 
 
 def test_other_errors_are_not_mistaken_for_memory(tiny_adapter, image_folder, monkeypatch):
@@ -109,7 +111,7 @@ def test_other_errors_are_not_mistaken_for_memory(tiny_adapter, image_folder, mo
 
     monkeypatch.setattr(benchmark, "evaluate_batch", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        _run(tiny_adapter, image_folder, Protocol.make(steps=1), 4)
+        _run(tiny_adapter, image_folder, EvalProtocol.make(steps=1), 4)
 
 
 def test_tf32_switch_is_scoped():
@@ -128,7 +130,7 @@ def test_tf32_switch_is_scoped():
 
 def test_cpu_batches_shrink_with_the_image_side():
     """A model declaring large images gets proportionally fewer images per CPU batch and chunk."""
-    from protobench.run.benchmark import auto_batch_size, cpu_images
+    from protobench.run.forward import auto_batch_size, cpu_images
 
     cpu = torch.device("cpu")
     assert [auto_batch_size(cpu, s) for s in (32, 64, 224, 448, 2048)] == [32, 32, 32, 8, 1]

@@ -76,7 +76,7 @@ def evaluate(
     adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
-    from protobench.run.benchmark import Protocol
+    from protobench.core.protocol import EvalProtocol
     from protobench.demo import DEMO_DATA, demo_checkpoint
     from protobench.run.evaluate import EvaluateConfig
     from protobench.run.evaluate import evaluate as run_evaluate
@@ -84,7 +84,7 @@ def evaluate(
     from protobench.cli.tables import summary_table
     from protobench.run.sweep import evaluate_models, pair_adapters
 
-    proto = run_library(Protocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
+    proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
                         margin=margin, clip=clip, seed=seed)
     if not ckpt and (data is None or str(data).partition(":")[0] == DEMO_DATA):  # the built-in demo
         ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)

@@ -1,6 +1,6 @@
 """Attacks restricted to the pixels outside the protected region (SPEC 3.3). Pure and batched.
 
-Every image in the batch has its own mask; pixels where `keep` is False are copied from
+Every image in the batch has its own mask; pixels where `attackable` is False are copied from
 the original bit for bit. `noise` is PGD's random start alone, which is what the
 reference implementation effectively computes (SPEC 6.1).
 """
@@ -23,31 +23,31 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float,
     return x_adv
 
 
-def random_start(x: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor, eps: float,
+def random_start(x: torch.Tensor, attackable: torch.Tensor, noise: torch.Tensor, eps: float,
                  bounds: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """x + eps * noise outside the protected region (noise in [-1, 1)), x inside it."""
-    return torch.where(keep, _project(x + eps * noise, x, eps, bounds), x)
+    """x + eps * noise where attackable (noise in [-1, 1)), x elsewhere."""
+    return torch.where(attackable, _project(x + eps * noise, x, eps, bounds), x)
 
 
-def pgd(objective: Objective, x: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor, *, eps: float,
+def pgd(objective: Objective, x: torch.Tensor, attackable: torch.Tensor, noise: torch.Tensor, *, eps: float,
         step: float, steps: int, bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projected sign-gradient descent on `objective`, touching only pixels where `keep`.
+    """Projected sign-gradient descent on `objective`, touching only pixels where `attackable`.
 
     Returns the attacked images and, per image, the number of steps whose gradient was
     exactly zero on every pixel the attack may change (an attack that cannot move).
     """
     x = x.detach()
-    x_adv = random_start(x, keep, noise, eps, bounds)
+    x_adv = random_start(x, attackable, noise, eps, bounds)
     zero_steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         (grad,) = torch.autograd.grad(objective(x_adv).sum(), x_adv)
         with torch.no_grad():
-            grad = torch.where(keep, grad, 0.0)
+            grad = torch.where(attackable, grad, 0.0)
             zero_steps += (grad == 0).flatten(1).all(dim=1)
             x_adv = _project(x_adv - step * grad.sign(), x, eps, bounds)
-            x_adv = torch.where(keep, x_adv, x)
+            x_adv = torch.where(attackable, x_adv, x)
     return x_adv.detach(), zero_steps
 
 

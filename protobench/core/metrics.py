@@ -1,4 +1,4 @@
-"""PAC, PRC and PLC (SPEC 3.4) and prototype selection (SPEC 3.1), one value per image, batched."""
+"""PAC, PRC and PLC (SPEC 3.4), one value per image, batched (prototype selection: core/regions.py)."""
 
 from __future__ import annotations
 
@@ -6,30 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from protobench.core.regions import quantile
-
-
-def select_prototypes(act: torch.Tensor, in_class: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which prototypes to attack, and p* for the metrics.
-
-    Args:
-        act: (B, P) max activation of every prototype, clipped at 0.
-        in_class: (B, P) True for the prototypes of each image's true class.
-        mode: 'top-proto' (p* = the most active prototype of any class, attacked alone) or
-            'gt-protos' (all true-class prototypes attacked; p* = the most active of them).
-    Returns:
-        attacked (B, P) bool, p_star (B,) long.
-    """
-    if mode == "top-proto":
-        p_star = act.argmax(dim=1)
-        attacked = F.one_hot(p_star, act.shape[1]).bool()
-    elif mode == "gt-protos":
-        if not in_class.any(dim=1).all():
-            raise ValueError("gt-protos: some images' classes have no prototypes; use --select top-proto")
-        p_star = act.masked_fill(~in_class, -torch.inf).argmax(dim=1)
-        attacked = in_class
-    else:
-        raise ValueError(f"unknown selection {mode!r}: use 'top-proto' or 'gt-protos'")
-    return attacked, p_star
 
 
 def pac(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
 from protobench import options
-from protobench.run.benchmark import AUTOCAST_DTYPES, Protocol
+from protobench.core.protocol import EvalProtocol
+from protobench.run.forward import AUTOCAST_DTYPES
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.run.devices import check_device_name, resolve_device
 from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
@@ -42,8 +43,8 @@ class EvaluateConfig:
     out: str
     adapter: str = "auto"  # a registry name, pkg.module:Class, or auto (told from the checkpoint)
     adapter_options: dict[str, Any] = field(default_factory=dict)
-    protocol: Protocol = field(default_factory=Protocol)
-    batch_size: int | None = None  # None: benchmark.auto_batch_size (32 CPU, 256 GPU with back-off)
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
+    batch_size: int | None = None  # None: forward.auto_batch_size (32 CPU, 256 GPU with back-off)
     device: str = "auto"
     workers: int | None = None  # None: 0 on the CPU, up to 8 decoding processes feeding a GPU
     limit: int | None = None
@@ -54,7 +55,7 @@ class EvaluateConfig:
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are skipped unread (0: no limit)
     resume: bool = False  # continue the interrupted run in `out`
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
-    precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see benchmark.Runtime
+    precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see forward.Runtime
     compile: bool = False  # torch.compile the model's forward
 
     def check(self) -> None:
@@ -69,13 +70,13 @@ class EvaluateConfig:
 
 
 def resolve_runtime(cfg: EvaluateConfig, device, size: int):
-    from protobench.run.benchmark import Runtime
+    from protobench.run.forward import Runtime
 
     return Runtime.for_device(device, size, precision=cfg.precision, compile=cfg.compile or None)
 
 
 def batch_size(cfg: EvaluateConfig, device, size: int) -> int:
-    from protobench.run.benchmark import auto_batch_size
+    from protobench.run.forward import auto_batch_size
 
     return cfg.batch_size if cfg.batch_size is not None else auto_batch_size(device, size)
 
@@ -152,7 +153,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, world.size)
 
 
-def check_selection(protocol: Protocol, adapter) -> None:
+def check_selection(protocol: EvalProtocol, adapter) -> None:
     """gt-protos needs prototypes of every class; found now rather than at the first batch."""
     if protocol.select == "gt-protos" and bool((adapter.prototype_class_identity.sum(dim=0) <= 0).any()):
         raise OptionError("--select gt-protos: some of the model's classes have no prototypes; "

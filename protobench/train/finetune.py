@@ -246,7 +246,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 def evaluate_model(cfg: FinetuneConfig, ckpt: str, adapter: str, out: Path, name: str, progress):
     """protobench evaluate (default protocol) on cfg.eval_data; None when there is none."""
     from protobench.run import resume as runstate
-    from protobench.run.benchmark import Protocol
+    from protobench.core.protocol import EvalProtocol
     from protobench.run.evaluate import EvaluateConfig, evaluate
 
     if cfg.eval_data is None:
@@ -254,7 +254,7 @@ def evaluate_model(cfg: FinetuneConfig, ckpt: str, adapter: str, out: Path, name
     resume = out.is_dir() and runstate.state(out) != "empty"
     result = evaluate(EvaluateConfig(ckpt=ckpt, data=cfg.eval_data, out=str(out), adapter=adapter,
                                      adapter_options=cfg.adapter_options if adapter != "auto" else {},
-                                     protocol=Protocol(), device=cfg.device, resume=resume, name=name,
+                                     protocol=EvalProtocol(), device=cfg.device, resume=resume, name=name,
                                      max_image_pixels=cfg.max_image_pixels), progress)
     return result["summary"]
 
