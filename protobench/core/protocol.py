@@ -1,7 +1,8 @@
 """What decides the numbers of a run: the attack, its budget, the prototype selection, the seed.
 
 The named protocols (docs/metrics.md, Protocols) are data: `reference` is the `noise` attack
-without clipping, which is what the paper's code computes.
+without clipping, which is what the paper's code computes. Attack names are looked up in
+protobench.core.attack.ATTACKS, so a registered attack is a valid `--attack` with no change here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from protobench import options
+from protobench.errors import OptionError
 
 # Upper bounds of the attack's options. Normalized images span about 5 units, so a radius of
 # 100 already leaves nothing unreachable, while 1e30 (with --no-clip) overflows the model to NaN.
@@ -27,7 +29,7 @@ class EvalProtocol:
     """Everything that decides the numbers of a run."""
 
     name: str = "default"  # a key of PROTOCOLS
-    attack: str = "pgd"  # 'pgd' or 'noise'
+    attack: str = "pgd"  # a name in protobench.core.attack.ATTACKS
     select: str = "top-proto"  # 'top-proto' or 'gt-protos'
     eps: float = 0.4  # L-inf radius, normalized input units
     step: float = 0.01  # step size of iterative attacks
@@ -47,8 +49,11 @@ class EvalProtocol:
 
     def check(self) -> None:
         """OptionError unless every field is in its range (a NaN eps would make every PAC NaN)."""
+        from protobench.core.attack import ATTACKS
+
         options.choice("protocol", self.name, tuple(PROTOCOLS))
-        options.choice("attack", self.attack, ("pgd", "noise"))
+        if self.attack not in ATTACKS:
+            raise OptionError(f"--attack: {ATTACKS.unknown(self.attack)}")
         options.choice("selection", self.select, SELECTIONS)
         options.number("--eps", self.eps, 0, MAX_RADIUS)
         options.number("--step", self.step, 0, MAX_RADIUS)

@@ -1,4 +1,7 @@
-"""The benchmark loop: data -> maps -> protected region -> attack -> metrics -> records."""
+"""The benchmark loop: data -> maps -> protected region -> attack -> metrics -> records.
+
+The attack is looked up by name in protobench.core.attack.ATTACKS: nothing here names one.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ from typing import Any, Callable
 
 import torch
 
-from protobench.core import attack, metrics, rng
+from protobench.core import metrics, rng
+from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import attackable_pixels, select_prototypes
 from protobench.models.adapter import PrototypeAdapter
@@ -51,10 +55,9 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
         return (forward(images)[0].amax(dim=(2, 3)) * weights).sum(dim=1)
 
     noise = rng.uniform(protocol.seed, ids.to(x.device), tuple(x.shape[1:]), -1.0, 1.0)
-    bounds = attack.image_bounds(adapter.info.mean, adapter.info.std, x.device) if protocol.clip else None
-    steps = protocol.steps if protocol.attack == "pgd" else 0
-    x_adv, zero_steps = attack.pgd(objective, x, attackable, noise, eps=protocol.eps, step=protocol.step,
-                                   steps=steps, bounds=bounds)
+    bounds = image_bounds(adapter.info.mean, adapter.info.std, x.device) if protocol.clip else None
+    x_adv, zero_steps = ATTACKS.get(protocol.attack)(objective, x, attackable, noise, eps=protocol.eps,
+                                                     step=protocol.step, steps=protocol.steps, bounds=bounds)
     with torch.no_grad():
         maps_adv, logits_adv = forward(x_adv)
     out = measure(adapter, (maps, logits), (maps_adv.clamp(min=0), logits_adv), p_star, in_class)
