@@ -135,7 +135,7 @@ def compare(
     base: Path = typer.Argument(..., help="Baseline: a result directory or its summary.csv."),
     new: Path = typer.Argument(..., help="Candidate: a result directory or its summary.csv."),
     tol: list[str] = typer.Option([], "--tol", help="METRIC=VALUE, absolute (PLC PAC PRC AC acc_before acc_after "
-                                                    "acc); defaults in docs/ci.md."),
+                                                    "acc, and plugin metrics); defaults in docs/ci.md."),
     format: str = typer.Option("table", "--format", help="table or markdown."),
     force: bool = typer.Option(False, help="Compare runs of different protocols or datasets anyway."),
 ) -> None:

@@ -1,6 +1,7 @@
 """The benchmark loop: data -> maps -> protected region -> attack -> metrics -> records.
 
-The attack is looked up by name in protobench.core.attack.ATTACKS: nothing here names one.
+The attack is looked up by name in protobench.core.attack.ATTACKS and the per-image metrics
+come from protobench.core.metrics.METRICS: nothing here names either.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
     forward = forward or model_forward(adapter, Runtime())
     with torch.no_grad():
         maps, logits = forward(x)
-    maps = maps.clamp(min=0)  # SPEC 2: metrics see maps clipped at 0
+    maps = maps.clamp(min=0)  # docs/metrics.md, The procedure: metrics see maps clipped at 0
     attacked, p_star, in_class, attackable = protect(adapter, maps, y, protocol)
     weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
 
@@ -60,31 +61,34 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
                                                      step=protocol.step, steps=protocol.steps, bounds=bounds)
     with torch.no_grad():
         maps_adv, logits_adv = forward(x_adv)
-    out = measure(adapter, (maps, logits), (maps_adv.clamp(min=0), logits_adv), p_star, in_class)
+    outcome = metrics.Outcome(images=x, images_adv=x_adv, attackable=attackable, maps=maps,
+                              maps_adv=maps_adv.clamp(min=0), logits=logits, logits_adv=logits_adv, labels=y,
+                              p_star=p_star, attacked=attacked, in_class=in_class,
+                              identity=adapter.prototype_class_identity, size=adapter.info.input_size)
+    out = measure(outcome)
     out.update(zero_grad_steps=zero_steps, zero_grad=zero_steps > 0,
                protected_frac=1 - attackable.float().mean(dim=(1, 2, 3)))
     return {k: v.detach().cpu() for k, v in out.items()}
 
 
-def measure(adapter: PrototypeAdapter, before: tuple[torch.Tensor, torch.Tensor],
-            after: tuple[torch.Tensor, torch.Tensor], p_star: torch.Tensor,
-            in_class: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image predictions, activations and PAC / PRC / PLC from the clipped maps and logits
-    before and after the attack (SPEC 3.4)."""
-    (maps, logits), (maps_adv, logits_adv) = before, after
-    act, act_adv = maps.amax(dim=(2, 3)), maps_adv.amax(dim=(2, 3))  # (B, P)
-    batch = torch.arange(len(p_star), device=p_star.device)
-    return {
-        "pred_before": logits.argmax(dim=1),
-        "pred_after": logits_adv.argmax(dim=1),
-        "proto": p_star,
-        "proto_class": adapter.prototype_class_identity[p_star].argmax(dim=1),
-        "act_before": act[batch, p_star],
-        "act_after": act_adv[batch, p_star],
-        "PAC": metrics.pac(act[batch, p_star], act_adv[batch, p_star]),
-        "PRC": metrics.prc(act, act_adv, p_star, in_class),
-        "PLC": metrics.plc(maps[batch, p_star], maps_adv[batch, p_star], adapter.info.input_size),
+def measure(outcome: metrics.Outcome) -> dict[str, torch.Tensor]:
+    """Per-image predictions, p* and its activations, and every registered per-image metric
+    (docs/metrics.md, The metrics)."""
+    values = {
+        "pred_before": outcome.logits.argmax(dim=1),
+        "pred_after": outcome.logits_adv.argmax(dim=1),
+        "proto": outcome.p_star,
+        "proto_class": outcome.identity[outcome.p_star].argmax(dim=1),
+        "act_before": outcome.act_star,
+        "act_after": outcome.act_star_adv,
     }
+    for spec in metrics.per_image_specs():
+        value = spec.per_image(outcome)
+        if not isinstance(value, torch.Tensor) or value.shape != outcome.p_star.shape:
+            raise TypeError(f"metric {spec.name!r} must return one value per image, a tensor of shape "
+                            f"{tuple(outcome.p_star.shape)}; got {getattr(value, 'shape', type(value).__name__)}")
+        values[spec.name] = value
+    return values
 
 
 def batch_records(values: dict[str, torch.Tensor], labels: torch.Tensor, ids: torch.Tensor,

@@ -117,11 +117,12 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     continues with cfg.resume and ends with the same files as an uninterrupted one.
     """
     from protobench import files
-    from protobench.run import distributed
+    from protobench.run import distributed, results
     from protobench.run import resume as runstate
     from protobench.data.imagelist import random_subset
 
     cfg.check()
+    results.check_columns()  # a plugin metric named like one of our columns: refused before any work
     out = Path(cfg.out)
     world = distributed.world()
     device = resolve_device(cfg.device, world.local_rank if world.size > 1 else None)
@@ -251,7 +252,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     skipped = sorted(set(skipped) & set(indices))
     if not records:
         raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
-    per_image = pd.DataFrame(records, columns=results.PER_IMAGE_COLUMNS)
+    per_image = pd.DataFrame(records, columns=results.per_image_columns())
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated)
     meta["resumed"] = resumed

@@ -259,12 +259,12 @@ def evaluate_model(cfg: FinetuneConfig, ckpt: str, adapter: str, out: Path, name
     return result["summary"]
 
 
-COMPARED = (("PLC_mean", "PLC (location change, %)"), ("PAC_mean", "PAC (activation change, %)"),
-            ("PRC_mean", "PRC (rank change)"), ("acc_before", "accuracy, clean images (%)"),
-            ("acc_after", "accuracy, attacked images (%)"), ("AC", "AC (accuracy change, points)"))
-
-
 def side_by_side(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, float, float, float]]:
-    """(metric, before, after, after - before) for each headline metric."""
-    return [(label, float(before[key]), float(after[key]), float(after[key]) - float(before[key]))
-            for key, label in COMPARED]
+    """(label, before, after, after - before) for each metric of protobench.core.metrics, in table order."""
+    from protobench.core.metrics import specs
+
+    rows = []
+    for spec in specs():
+        old, new = float(before.get(spec.column, "nan")), float(after.get(spec.column, "nan"))
+        rows.append((spec.label, old, new, new - old))
+    return rows
