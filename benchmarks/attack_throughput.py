@@ -29,6 +29,7 @@ from protobench.core import rng
 from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
 from protobench.core.protocol import EvalProtocol
 from protobench.run.benchmark import run
+from protobench.run.context import RunContext
 from protobench.run.forward import Runtime, frozen_eval, model_forward
 
 
@@ -73,7 +74,8 @@ def sync(device: torch.device) -> None:
 def time_protobench(adapter, data, protocol, batch_size, runtime, workers) -> float:
     paths = [f"synthetic/{i}" for i in range(len(data))]
     start = time.perf_counter()
-    records, _ = run(adapter, data, paths, protocol, batch_size=batch_size, workers=workers, runtime=runtime)
+    context = RunContext(adapter.device, runtime, batch_size, workers)
+    records, _ = run(adapter, data, paths, protocol, context)
     sync(adapter.device)
     assert len(records) == len(data)
     return time.perf_counter() - start

@@ -7,6 +7,7 @@ import torch
 from protobench.run import benchmark
 from protobench.core.protocol import EvalProtocol
 from protobench.run.benchmark import evaluate_batch
+from protobench.run.context import RunContext
 from protobench.run.forward import Runtime, frozen_eval, model_forward
 from protobench.data.imagelist import ImageFolder
 
@@ -14,7 +15,8 @@ from protobench.data.imagelist import ImageFolder
 def _run(adapter, folder, protocol, batch_size):
     info = adapter.info
     ds = ImageFolder(folder, info.input_size, info.mean, info.std)
-    records, skipped = benchmark.run(adapter, ds, ds.paths, protocol, batch_size=batch_size)
+    context = RunContext.resolve(adapter.device, info.input_size, batch_size=batch_size)
+    records, skipped = benchmark.run(adapter, ds, ds.paths, protocol, context)
     assert skipped == []
     return pd.DataFrame(records)
 
@@ -137,3 +139,45 @@ def test_cpu_batches_shrink_with_the_image_side():
     assert [Runtime.for_device(cpu, s).chunk for s in (64, 224, 300, 448, 2048)] == [8, 8, 4, 2, 1]
     assert cpu_images(8, 225) == 7  # 8 * 224^2 // 225^2 = 7.93 -> 7
     assert auto_batch_size(torch.device("cuda"), 2048) == 256  # GPUs halve on out-of-memory instead
+
+
+def test_run_context_defaults_follow_the_device_and_the_image_size():
+    cpu = torch.device("cpu")
+    big = RunContext.resolve(cpu, 448)  # 4x the pixels of 224 px: a quarter of the images
+    assert (big.batch_size, big.runtime.chunk, big.workers, big.world.size) == (8, 2, 0, 1)
+    gpu = RunContext.resolve(torch.device("cuda"), 448)  # resolving never touches the device
+    assert (gpu.batch_size, gpu.runtime.chunk, gpu.runtime.channels_last) == (256, None, True) and gpu.workers >= 1
+    mine = RunContext.resolve(cpu, 64, batch_size=5, workers=2, precision="bf16", compile=True)
+    assert mine.record() == {"device": "cpu", "batch_size": 5, "workers": 2, "processes": 1, "runtime": {
+        "precision": "bf16", "chunk": 8, "channels_last": False, "compile": True}}
+
+
+def test_the_loop_batches_as_its_context_says(tiny_adapter, image_folder):
+    info = tiny_adapter.info
+    ds = ImageFolder(image_folder, info.input_size, info.mean, info.std)
+    sizes = []
+    context = RunContext(torch.device("cpu"), Runtime(chunk=4), batch_size=5, workers=0)
+    benchmark.run(tiny_adapter, ds, ds.paths, EvalProtocol.make(steps=1), context,
+                  on_batch=lambda rows, bad: sizes.append(len(rows)))
+    assert sizes == [5, 5, 2]
+
+
+def test_evaluate_resolves_the_context_once_records_it_and_hands_it_down(tiny_ckpt, image_folder, tmp_path,
+                                                                         monkeypatch):
+    import json
+
+    from protobench.run.evaluate import EvaluateConfig, evaluate
+
+    resolved, handed = [], []
+    real_resolve, real_run = RunContext.resolve.__func__, benchmark.run
+    monkeypatch.setattr(RunContext, "resolve", classmethod(
+        lambda cls, *args, **kw: resolved.append(args) or real_resolve(cls, *args, **kw)))
+    monkeypatch.setattr(benchmark, "run", lambda *args, **kw: handed.append(args[4]) or real_run(*args, **kw))
+    evaluate(EvaluateConfig(ckpt=tiny_ckpt, data=image_folder, out=str(tmp_path / "o"), batch_size=5, limit=6,
+                            protocol=EvalProtocol.make(steps=1)))
+    assert len(resolved) == 1 and resolved[0] == (torch.device("cpu"), 32)
+    assert [c.batch_size for c in handed] == [5] and handed[0].runtime.chunk == 8
+    meta = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert {k: meta[k] for k in ("device", "batch_size", "workers", "processes")} == {
+        "device": "cpu", "batch_size": 5, "workers": 0, "processes": 1}
+    assert meta["runtime"] == {"precision": "fp32", "chunk": 8, "channels_last": False, "compile": False}

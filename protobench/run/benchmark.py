@@ -15,7 +15,8 @@ from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import attackable_pixels, select_prototypes
 from protobench.models.adapter import PrototypeAdapter
-from protobench.run.forward import Forward, Runtime, auto_batch_size, frozen_eval, model_forward
+from protobench.run.context import RunContext
+from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
 
 
 def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,7 +27,8 @@ def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def protect(adapter: PrototypeAdapter, maps: torch.Tensor, y: torch.Tensor, protocol: EvalProtocol):
-    """Which prototypes to attack, p*, and the pixels the attack may change (SPEC 3.1, 3.2).
+    """Which prototypes to attack, p*, and the pixels the attack may change (docs/metrics.md,
+    The procedure, steps 2-3).
 
     Returns attacked (B, P) bool, p_star (B,), in_class (B, P) bool, attackable (B, 1, S, S) bool.
     """
@@ -142,31 +144,30 @@ def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor
     return {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
 
 
-def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: list[str], protocol: EvalProtocol, *,
-        batch_size: int | None = None, workers: int = 0, runtime: Runtime | None = None,
+def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: list[str], protocol: EvalProtocol,
+        context: RunContext | None = None,
         on_batch: Callable[[list[dict[str, Any]], list[int]], None] | None = None) -> tuple[list[dict], list[int]]:
     """Evaluate every item of `dataset`; returns (records, indices of undecodable images).
 
-    `on_batch(records, skipped)` is called after each batch (progress, incremental writes).
-    `batch_size` None: auto_batch_size. `runtime`: how the model is run (default:
-    Runtime.for_device of the adapter's device).
+    `context`: device, runtime, batch size, workers (default: RunContext.resolve for the
+    adapter's device and input size). `on_batch(records, skipped)` is called after each batch
+    (progress, incremental writes).
     """
     from protobench.data.imagelist import collate
 
-    batch_size = batch_size or auto_batch_size(adapter.device, adapter.info.input_size)
-    cuda = adapter.device.type == "cuda"
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=collate, pin_memory=cuda, persistent_workers=False,
-                                         prefetch_factor=4 if workers > 0 else None)
-    forward = model_forward(adapter, runtime or Runtime.for_device(adapter.device, adapter.info.input_size))
-    fit = Fit(batch_size)
+    ctx = context or RunContext.resolve(adapter.device, adapter.info.input_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=ctx.batch_size, shuffle=False, num_workers=ctx.workers,
+                                         collate_fn=collate, pin_memory=ctx.device.type == "cuda",
+                                         persistent_workers=False, prefetch_factor=4 if ctx.workers > 0 else None)
+    forward = model_forward(adapter, ctx.runtime)
+    fit = Fit(ctx.batch_size)
     records: list[dict] = []
     skipped: list[int] = []
     with frozen_eval(adapter.model):
         for x, y, ids, bad in loader:
             rows = []
             if x is not None:
-                x, y = x.to(adapter.device, non_blocking=True), y.to(adapter.device, non_blocking=True)
+                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit)
                 rows = batch_records(values, y.cpu(), ids, paths)
             records.extend(rows)
