@@ -20,22 +20,19 @@ Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # images 
 
 @contextmanager
 def frozen_eval(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and no parameter gradients (only the input's), restored afterwards.
+    """Eval mode and frozen parameters (only the input gets gradients), both restored afterwards.
 
-    Also flushes denormal floats to zero on the CPU: gradients that underflow into the
-    denormal range can slow CPU kernels several times, for no change a metric can show.
+    It leaves torch.set_flush_denormal alone: the demo's whole attack produces no denormal
+    float, and flushing them made no difference in time (docs/performance.md, Denormal floats).
     """
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     for p, _ in flags:
         p.requires_grad_(False)
-    flushing = torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        if flushing:
-            torch.set_flush_denormal(False)
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
