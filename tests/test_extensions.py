@@ -3,6 +3,11 @@ per_image.csv, summary.csv, the CLI's tables, `protobench compare`, `evaluate --
 
 import json
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -174,6 +179,38 @@ def test_an_unknown_attack_is_one_line_with_a_suggestion(tiny_ckpt, image_folder
     result = invoke("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "o", "--attack", "pgdd")
     assert result.exit_code == 2 and not (tmp_path / "o").exists()
     assert "unknown attack 'pgdd'. Did you mean 'pgd'?" in result.stderr and "Traceback" not in result.output
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+
+
+def doc_example(module: str) -> str:
+    """The file `module`.py that docs/metrics.md shows."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    (code,) = [b for b in blocks if b.startswith(f'"""{module}.py')]
+    return code
+
+
+def test_the_doc_examples_work_as_installed_plugins(tiny_ckpt, image_folder, tmp_path):
+    """docs/metrics.md's metric and attack, installed through entry points, in a fresh process."""
+    site = tmp_path / "site"
+    (site / "mylab-0.1.dist-info").mkdir(parents=True)
+    for module in ("mymetrics", "myattacks"):
+        (site / f"{module}.py").write_text(doc_example(module))
+    (site / "mylab-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: mylab\nVersion: 0.1\n")
+    (site / "mylab-0.1.dist-info" / "entry_points.txt").write_text(
+        "[protobench.metrics]\nADROP = mymetrics:ADROP\n\n[protobench.attacks]\nshift = myattacks:shift\n")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "protobench", "evaluate", "--ckpt", tiny_ckpt, "--data", image_folder,
+                           "--out", str(out), "--attack", "shift", "--limit", "4"], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(site), "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert "ADROP (activation drop)" in done.stdout
+    per_image = pd.read_csv(out / "per_image.csv")
+    assert per_image["ADROP"].tolist() == pytest.approx((per_image.act_before - per_image.act_after).tolist(),
+                                                        abs=1e-5)
+    assert (per_image.act_after != per_image.act_before).any()  # the shift did move the activations
+    assert json.loads((out / "meta.json").read_text())["protocol"]["attack"] == "shift"
 
 
 def test_a_metric_named_like_one_of_our_columns_is_refused_before_any_work(tiny_ckpt, image_folder, tmp_path):
