@@ -27,7 +27,10 @@ import torch.nn.functional as F
 from protobench.core import attack
 from protobench.core import rng
 from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
-from protobench.run.benchmark import Protocol, Runtime, inference_mode, model_forward, run
+from protobench.core.protocol import EvalProtocol
+from protobench.run.benchmark import run
+from protobench.run.context import RunContext
+from protobench.run.forward import Runtime, frozen_eval, model_forward
 
 
 class SyntheticImages(torch.utils.data.Dataset):
@@ -71,7 +74,8 @@ def sync(device: torch.device) -> None:
 def time_protobench(adapter, data, protocol, batch_size, runtime, workers) -> float:
     paths = [f"synthetic/{i}" for i in range(len(data))]
     start = time.perf_counter()
-    records, _ = run(adapter, data, paths, protocol, batch_size=batch_size, workers=workers, runtime=runtime)
+    context = RunContext(adapter.device, runtime, batch_size, workers)
+    records, _ = run(adapter, data, paths, protocol, context)
     sync(adapter.device)
     assert len(records) == len(data)
     return time.perf_counter() - start
@@ -85,7 +89,7 @@ def time_ideal(adapter, data, steps, batch_size, runtime) -> float:
                for i in range(0, len(data), batch_size)]
     sync(adapter.device)
     start = time.perf_counter()
-    with inference_mode(adapter.model):
+    with frozen_eval(adapter.model):
         for x in batches:
             x = x.to(adapter.device, non_blocking=True).requires_grad_(True)
             rows = torch.arange(len(x), device=x.device)
@@ -115,15 +119,15 @@ def time_reference(adapter, data, protocol, n_images, runtime) -> float:
     bounds = attack.image_bounds(adapter.info.mean, adapter.info.std, adapter.device)
     sync(adapter.device)
     start = time.perf_counter()
-    with inference_mode(adapter.model):
+    with frozen_eval(adapter.model):
         for i in range(n_images):
             x = data[i][0][None].to(adapter.device)
             with torch.no_grad():
                 maps = forward(x)[0].clamp(min=0).cpu().numpy()
             proto = int(maps.max(axis=(2, 3)).argmax())
-            keep = torch.from_numpy(reference_box_mask(maps[0, proto], size, margin)).to(adapter.device) > 0
+            attackable = torch.from_numpy(reference_box_mask(maps[0, proto], size, margin)).to(adapter.device) > 0
             noise = rng.uniform(protocol.seed, torch.tensor([i], device=adapter.device), (3, size, size), -1, 1)
-            x_adv, _ = attack.pgd(lambda im: forward(im)[0][:, proto].amax(dim=(1, 2)), x, keep, noise,
+            x_adv, _ = attack.pgd(lambda im: forward(im)[0][:, proto].amax(dim=(1, 2)), x, attackable, noise,
                                   eps=protocol.eps, step=protocol.step, steps=protocol.steps, bounds=bounds)
             with torch.no_grad():
                 forward(x_adv)
@@ -159,11 +163,11 @@ def main() -> None:
     adapter = build_model(args.model, args.ckpt).to(device)
     runtime = Runtime.for_device(device, precision=args.precision, compile=args.compile or None,
                                  channels_last=False if args.no_channels_last else None)
-    protocol = Protocol.make(steps=args.steps)
+    protocol = EvalProtocol.make(steps=args.steps)
     data = SyntheticImages(n, adapter.info.input_size, adapter.info.num_classes)
 
     warm = SyntheticImages(min(batch, n), adapter.info.input_size, adapter.info.num_classes)
-    time_protobench(adapter, warm, Protocol.make(steps=2), batch, runtime, 0)  # warm-up (and compile)
+    time_protobench(adapter, warm, EvalProtocol.make(steps=2), batch, runtime, 0)  # warm-up (and compile)
     skip = set(args.skip.split(","))
     runs: dict[str, list[float]] = {"a": [], "b": [], "c": []}
     for _ in range(args.repeat):  # interleaved rounds; the fastest of each is the least disturbed

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from protobench.run.benchmark import Protocol
+from protobench.core.protocol import EvalProtocol
 from protobench.demo import DEMO_DATA, demo_checkpoint
 from protobench.run.evaluate import EvaluateConfig, evaluate
 
@@ -33,7 +33,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for precision in args.precisions.split(","):
             cfg = EvaluateConfig(ckpt=args.ckpt or demo_checkpoint(), data=args.data, out=str(Path(tmp) / precision),
-                                 protocol=Protocol.make(), device=args.device, precision=precision)
+                                 protocol=EvalProtocol.make(), device=args.device, precision=precision)
             result = evaluate(cfg)
             frames[precision] = pd.read_csv(Path(tmp) / precision / "per_image.csv")
             summaries[precision] = {k: result["summary"][k] for k in

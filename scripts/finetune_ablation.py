@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from protobench.run.benchmark import Protocol
+from protobench.core.protocol import EvalProtocol
 from protobench.demo import demo_checkpoint
 from protobench.run.evaluate import EvaluateConfig, evaluate
 from protobench.train.finetune import FinetuneConfig, finetune
@@ -49,7 +49,7 @@ def measure(name: str, ckpt: str, out: Path, settings: dict | None, train_second
     rows = []
     for label, protocol in PROTOCOLS.items():
         result = evaluate(EvaluateConfig(ckpt=ckpt, data="protoshapes", out=str(out / f"eval-{label}"),
-                                         adapter="auto", protocol=Protocol.make(protocol), name=name, overwrite=True))
+                                         adapter="auto", protocol=EvalProtocol.make(protocol), name=name, overwrite=True))
         s = result["summary"]
         rows.append({"run": name, "protocol": label, "acc": s["acc_before"], "acc_attacked": s["acc_after"],
                      "PAC": s["PAC_mean"], "PLC": s["PLC_mean"], "PRC": s["PRC_mean"],

@@ -104,14 +104,14 @@ def test_standard_backbones_are_recognized():
 @pytest.mark.parametrize("name", BUILTIN)
 def test_benchmark_runs_on_every_family(tmp_path, name):
     from conftest import write_image_folder
-    from protobench.run.benchmark import Protocol
+    from protobench.core.protocol import EvalProtocol
     from protobench.run.evaluate import EvaluateConfig, evaluate
 
     path = tmp_path / "m.safetensors"
     get_adapter(name).tiny(seed=2).save(str(path))
     data = write_image_folder(tmp_path / "data", classes=3, per_class=1, size=32)
     cfg = EvaluateConfig(ckpt=str(path), data=data, out=str(tmp_path / "out"), adapter="auto",
-                         protocol=Protocol.make("default", steps=2, select="gt-protos"))
+                         protocol=EvalProtocol.make("default", steps=2, select="gt-protos"))
     summary = evaluate(cfg)["summary"]
     assert summary["images"] == 3 and all(summary[f"{m}_n"] == 3 for m in ("PAC", "PLC", "PRC"))
 

@@ -206,3 +206,14 @@ def test_markdown_cells_keep_the_table_intact(tmp_path):
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 12 and all(line.count(" | ") == 6 for line in table)
     assert "| x\\|y | PLC |" in result.stdout and "| two lines | PLC |" in result.stdout
+
+
+def test_compare_reads_the_metric_table_without_torch():
+    """compare and the CLI's tables read protobench.core.metrics; none of them may pull in torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, protobench.core.metrics, protobench.run.compare, protobench.cli.tables; "
+            "protobench.run.compare.parse_tolerances(['acc=1']); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from protobench.core.protocol import EvalProtocol
 from protobench.run import benchmark
+from protobench.run.context import RunContext
+from protobench.run.forward import Runtime
 from protobench.adapters.protopnet import ProtoPNetAdapter
 from protobench.cli.app import app
 from protobench.data.imagelist import Subset
@@ -26,8 +29,8 @@ PINNED_PAC = 20.73  # mean PAC under pgd with 5 steps
 def demo_records():
     adapter = ProtoPNetAdapter.load(demo_checkpoint())
     data = ProtoShapes("test", adapter.info.mean, adapter.info.std)
-    records, skipped = benchmark.run(adapter, Subset(data, SUBSET), data.paths, benchmark.Protocol.make(steps=5),
-                                     batch_size=16, runtime=benchmark.Runtime(chunk=8))
+    context = RunContext(adapter.device, Runtime(chunk=8), batch_size=16, workers=0)
+    records, skipped = benchmark.run(adapter, Subset(data, SUBSET), data.paths, EvalProtocol.make(steps=5), context)
     assert not skipped
     return pd.DataFrame(records)
 

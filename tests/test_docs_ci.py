@@ -39,3 +39,12 @@ def test_the_ci_yaml_parses():
     assert any("protobench compare" in step.get("run", "") for step in steps)
     for snippet in blocks("yaml")[1:]:
         yaml.safe_load(snippet)
+
+
+def test_the_tolerance_table_is_the_metric_table():
+    """docs/ci.md's tolerance table lists the built-in metrics as protobench.core.metrics defines them."""
+    from protobench.core.metrics import specs
+
+    rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \| (higher|lower) \| ([0-9.]+) \(", DOC.read_text(), flags=re.M)
+    documented = [(name, column, worse == "higher", float(tol)) for name, column, worse, tol in rows]
+    assert documented == [(s.name, s.column, s.higher_is_worse, s.tolerance) for s in specs()]

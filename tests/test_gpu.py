@@ -7,7 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from protobench.run.benchmark import Protocol, Runtime, evaluate_batch, inference_mode, model_forward
+from protobench.core.protocol import EvalProtocol
+from protobench.run.benchmark import evaluate_batch
+from protobench.run.forward import Runtime, frozen_eval, model_forward
 from protobench.cli.app import app
 
 pytestmark = pytest.mark.gpu
@@ -23,13 +25,13 @@ def _batch(adapter, n=16):
 def _evaluate(adapter, x, y, ids, device, protocol, **runtime):
     adapter.to(device)
     forward = model_forward(adapter, Runtime.for_device(torch.device(device), **runtime))
-    with inference_mode(adapter.model):
+    with frozen_eval(adapter.model):
         return evaluate_batch(adapter, x.to(device), y.to(device), ids, protocol, forward)
 
 
 def test_cuda_matches_cpu(tiny_adapter):  # precision fp32 is true fp32 (no TF32) on the GPU too
     x, y, ids = _batch(tiny_adapter)
-    protocol = Protocol.make(steps=5)
+    protocol = EvalProtocol.make(steps=5)
     cpu = _evaluate(tiny_adapter, x, y, ids, "cpu", protocol)
     gpu = _evaluate(tiny_adapter, x, y, ids, "cuda", protocol)
     assert torch.equal(cpu["proto"], gpu["proto"]) and torch.equal(cpu["pred_before"], gpu["pred_before"])
@@ -45,7 +47,7 @@ def test_fp32_is_not_tf32(tiny_adapter):
     hook = tiny_adapter.model.features.register_forward_hook(
         lambda *_: seen.append(torch.backends.cudnn.allow_tf32))
     x, y, ids = _batch(tiny_adapter, 2)
-    _evaluate(tiny_adapter, x, y, ids, "cuda", Protocol.make(steps=1))
+    _evaluate(tiny_adapter, x, y, ids, "cuda", EvalProtocol.make(steps=1))
     hook.remove()
     assert seen and not any(seen)
     assert torch.backends.cudnn.allow_tf32  # restored afterwards
@@ -66,7 +68,7 @@ def test_demo_gpu_matches_cpu_accuracy():
     for device in ("cpu", "cuda"):
         adapter.to(device)
         fn = model_forward(adapter, Runtime.for_device(torch.device(device)))
-        with inference_mode(adapter.model), torch.no_grad():
+        with frozen_eval(adapter.model), torch.no_grad():
             forward[device] = fn(x.to(device))[1].argmax(dim=1).cpu()
     assert torch.equal(forward["cpu"], forward["cuda"])
     assert (forward["cuda"] == y).float().mean() == 1.0
@@ -75,7 +77,7 @@ def test_demo_gpu_matches_cpu_accuracy():
 @pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
 def test_half_precision_stays_close_to_fp32(tiny_adapter, precision):
     x, y, ids = _batch(tiny_adapter, 32)
-    protocol = Protocol.make(steps=5)
+    protocol = EvalProtocol.make(steps=5)
     full = _evaluate(tiny_adapter, x, y, ids, "cuda", protocol)
     half = _evaluate(tiny_adapter, x, y, ids, "cuda", protocol, precision=precision)
     assert all(torch.isfinite(half[k]).all() for k in ("PAC", "PLC", "act_after"))
@@ -85,7 +87,7 @@ def test_half_precision_stays_close_to_fp32(tiny_adapter, precision):
 
 def test_compiled_forward_matches_eager(tiny_adapter):
     x, y, ids = _batch(tiny_adapter)
-    protocol = Protocol.make(steps=3)
+    protocol = EvalProtocol.make(steps=3)
     eager = _evaluate(tiny_adapter, x, y, ids, "cuda", protocol)
     compiled = _evaluate(tiny_adapter, x, y, ids, "cuda", protocol, compile=True)
     assert torch.allclose(eager["act_before"], compiled["act_before"], rtol=1e-3, atol=1e-4)

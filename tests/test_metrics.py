@@ -58,19 +58,3 @@ def test_plc_matches_slow_reference_formula():
         hb, ha = up_b > torch.quantile(up_b.flatten(), 0.9), up_a > torch.quantile(up_a.flatten(), 0.9)
         iou = (hb & ha).sum().item() / (hb | ha).sum().item()
         assert fast[i].item() == pytest.approx(100 * (1 - iou), abs=1e-4)
-
-
-def test_select_top_proto_and_gt_protos():
-    act = torch.tensor([[0.1, 0.9, 0.3, 0.5], [0.8, 0.2, 0.7, 0.1]])
-    in_class = torch.tensor([[False, False, True, True], [True, True, False, False]])
-    attacked, p_star = metrics.select_prototypes(act, in_class, "top-proto")
-    assert p_star.tolist() == [1, 0]
-    assert attacked.tolist() == [[False, True, False, False], [True, False, False, False]]
-    attacked, p_star = metrics.select_prototypes(act, in_class, "gt-protos")
-    assert p_star.tolist() == [3, 0]  # most active own-class prototype
-    assert attacked.tolist() == in_class.tolist()
-
-
-def test_select_rejects_unknown_mode():
-    with pytest.raises(ValueError, match="top-proto"):
-        metrics.select_prototypes(torch.rand(1, 2), torch.ones(1, 2, dtype=torch.bool), "best")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from protobench.run.benchmark import Protocol
+from protobench.core.protocol import EvalProtocol
 from protobench.cli.app import app
 from protobench.run.devices import check_device_name, resolve_device
 from protobench.errors import OptionError, ProtobenchError
@@ -80,9 +80,9 @@ def test_library_checks_are_option_errors():
     """Bad options are ProtobenchErrors (CLI exit 2), and still ValueErrors for library callers."""
     for bad in ({"eps": math.nan}, {"step": math.inf}, {"steps": -1}, {"margin": -1}, {"seed": -1}):
         with pytest.raises(OptionError):
-            Protocol.make(**bad)
+            EvalProtocol.make(**bad)
         with pytest.raises(ValueError):
-            Protocol(**bad).check()  # a Protocol built directly is checked when evaluate starts
+            EvalProtocol(**bad).check()  # an EvalProtocol built directly is checked when evaluate starts
     with pytest.raises(ProtobenchError, match="--lr-last"):
         TrainSettings(lr_last=math.nan).check()
     for name in ("auto", "cpu", "cuda", "cuda:0", "cuda:12"):

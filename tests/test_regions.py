@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protobench.core.regions import default_margin, high_activation_boxes, protected_mask, quantile
+from protobench.core.regions import attackable_pixels, default_margin, high_activation_boxes, quantile, select_prototypes
 
 
 def test_quantile_matches_numpy_and_torch():
@@ -22,25 +22,25 @@ def test_box_by_hand_without_upsampling():
     m = torch.zeros(1, 1, 20, 20)
     m[0, 0, 5:10, 10:15] = 1.0
     assert high_activation_boxes(m, 20).tolist() == [[[5, 10, 10, 15]]]
-    keep = protected_mask(m, torch.tensor([[True]]), size=20, margin=2)
+    attackable = attackable_pixels(m, torch.tensor([[True]]), size=20, margin=2)
     expected = torch.ones(20, 20, dtype=torch.bool)
     expected[3:12, 8:17] = False  # rows 5-2 .. 10+2 (exclusive), cols 10-2 .. 15+2
-    assert torch.equal(keep[0, 0], expected)
+    assert torch.equal(attackable[0, 0], expected)
 
 
 def test_box_end_is_clamped_so_last_row_and_column_stay_attackable():
     m = torch.zeros(1, 1, 20, 20)
     m[0, 0, 15:20, 15:20] = 1.0
-    keep = protected_mask(m, torch.tensor([[True]]), size=20, margin=2)
+    attackable = attackable_pixels(m, torch.tensor([[True]]), size=20, margin=2)
     expected = torch.ones(20, 20, dtype=torch.bool)
     expected[13:19, 13:19] = False  # end clamped to S - 1 = 19, exclusive, as the reference
-    assert torch.equal(keep[0, 0], expected)
+    assert torch.equal(attackable[0, 0], expected)
 
 
-def slow_protected_mask(maps, valid, size, margin):
+def slow_attackable_pixels(maps, valid, size, margin):
     """One image and one prototype at a time, pixel by pixel, like the reference code."""
     b, k = maps.shape[:2]
-    keep = np.ones((b, 1, size, size), dtype=bool)
+    attackable = np.ones((b, 1, size, size), dtype=bool)
     for i in range(b):
         for j in range(k):
             if not valid[i, j]:
@@ -54,25 +54,41 @@ def slow_protected_mask(maps, valid, size, margin):
             x0, x1 = cols[0], cols[-1] + 1
             for r in range(max(y0 - margin, 0), min(y1 + margin, size - 1)):
                 for c in range(max(x0 - margin, 0), min(x1 + margin, size - 1)):
-                    keep[i, 0, r, c] = False
-    return keep
+                    attackable[i, 0, r, c] = False
+    return attackable
 
 
-def test_protected_mask_matches_slow_implementation():
+def test_attackable_pixels_matches_slow_implementation():
     torch.manual_seed(3)
     maps = torch.rand(4, 3, 7, 7) ** 3  # peaky maps, several prototypes per image
     valid = torch.tensor([[True, False, False], [True, True, False], [True, True, True], [False, True, False]])
-    fast = protected_mask(maps, valid, size=56, margin=3)
-    slow = slow_protected_mask(maps, valid, size=56, margin=3)
+    fast = attackable_pixels(maps, valid, size=56, margin=3)
+    slow = slow_attackable_pixels(maps, valid, size=56, margin=3)
     assert np.array_equal(fast.numpy(), slow)
 
 
 def test_no_valid_prototype_protects_nothing():
-    keep = protected_mask(torch.rand(1, 2, 7, 7), torch.tensor([[False, False]]), size=28, margin=2)
-    assert keep.all()
+    attackable = attackable_pixels(torch.rand(1, 2, 7, 7), torch.tensor([[False, False]]), size=28, margin=2)
+    assert attackable.all()
 
 
 def test_default_margin_is_10px_at_224_and_scales():
     assert default_margin(224) == 10
     assert default_margin(64) == 3
     assert default_margin(448) == 20
+
+
+def test_select_top_proto_and_gt_protos():
+    act = torch.tensor([[0.1, 0.9, 0.3, 0.5], [0.8, 0.2, 0.7, 0.1]])
+    in_class = torch.tensor([[False, False, True, True], [True, True, False, False]])
+    attacked, p_star = select_prototypes(act, in_class, "top-proto")
+    assert p_star.tolist() == [1, 0]
+    assert attacked.tolist() == [[False, True, False, False], [True, False, False, False]]
+    attacked, p_star = select_prototypes(act, in_class, "gt-protos")
+    assert p_star.tolist() == [3, 0]  # most active own-class prototype
+    assert attacked.tolist() == in_class.tolist()
+
+
+def test_select_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="top-proto"):
+        select_prototypes(torch.rand(1, 2), torch.ones(1, 2, dtype=torch.bool), "best")

@@ -15,7 +15,7 @@ from conftest import tiny_config, write_image_folder
 from protobench.run import benchmark
 from protobench.run import resume as runstate
 from protobench.adapters.protopnet import ProtoPNetAdapter
-from protobench.run.benchmark import Protocol
+from protobench.core.protocol import EvalProtocol
 from protobench.cli.app import app
 from protobench.errors import Interrupted, ProtobenchError
 from protobench.run.evaluate import EvaluateConfig, NoProgress, evaluate
@@ -52,7 +52,7 @@ class StopAfter(NoProgress):
 def test_ctrl_c_keeps_a_valid_partial_run_and_resume_completes_it(tiny_ckpt, image_folder, tmp_path):
     def cfg(out, **kw):
         options = {"batch_size": 3, "device": "cpu", **kw}
-        return EvaluateConfig(ckpt=tiny_ckpt, data=image_folder, out=str(out), protocol=Protocol.make(steps=4),
+        return EvaluateConfig(ckpt=tiny_ckpt, data=image_folder, out=str(out), protocol=EvalProtocol.make(steps=4),
                               **options)
 
     evaluate(cfg(tmp_path / "full"))

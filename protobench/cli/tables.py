@@ -4,40 +4,53 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from protobench.cli.console import literal
+from protobench.core.metrics import specs
 
-METRIC_LABELS = (("PLC", "PLC (location change, %)"), ("PAC", "PAC (activation change, %)"),
-                 ("PRC", "PRC (rank change)"))
+
+def _number(value: Any, decimals: int) -> str:
+    """A metric's value; 'nan' where a row lacks it (a run finished before a plugin metric was added)."""
+    return f"{float('nan') if value is None else value:.{decimals}f}"
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
+    """One row per metric (protobench.core.metrics): mean, std, CI and n of a per-image metric,
+    the one value of a run-level figure (accuracy)."""
     table = Table(title=literal(f"protobench: {summary['model']} ({summary['images']} images)"))
     for col in ("metric", "mean", "std", "95% CI", "n"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for name, label in METRIC_LABELS:
-        table.add_row(label, f"{summary[f'{name}_mean']:.2f}", f"{summary[f'{name}_std']:.2f}",
-                      literal(f"[{summary[f'{name}_ci_low']:.2f}, {summary[f'{name}_ci_high']:.2f}]"),
-                      str(summary[f"{name}_n"]))
-    table.add_row("accuracy before / after (%)", f"{summary['acc_before']:.1f} / {summary['acc_after']:.1f}", "", "", "")
-    table.add_row("AC (accuracy change, points)", f"{summary['AC']:.1f}", "", "", "")
+    for spec in specs():
+        d = spec.decimals
+        value = _number(summary.get(spec.column), d)
+        if spec.summary is not None:
+            table.add_row(literal(spec.label), value, "", "", "")
+            continue
+        low, high = (_number(summary.get(f"{spec.name}_ci_{end}"), d) for end in ("low", "high"))
+        table.add_row(literal(spec.label), value, _number(summary.get(f"{spec.name}_std"), d),
+                      literal(f"[{low}, {high}]"), str(summary.get(f"{spec.name}_n", "")))
     return table
 
 
-def models_table(summaries: list[dict[str, Any]]) -> Table:
-    """One line per model of a multi-model run; a failed model shows its error in red."""
+def models_table(summaries: list[dict[str, Any]]) -> Group:
+    """One line per model of a multi-model run (each metric's mean or value); the models that
+    failed are listed under it with their errors, in red (a column would squeeze the table)."""
+    metrics = specs()
     table = Table(title=f"protobench: {len(summaries)} models")
-    for col in ("model", "PLC", "PAC", "PRC", "acc before / after", "AC", "error"):
-        table.add_column(col, justify="left" if col in ("model", "error") else "right")
+    table.add_column("model", overflow="fold")
+    for spec in metrics:
+        table.add_column(spec.name, justify="right")
+    failed = []
     for row in summaries:
         if row.get("error"):
-            table.add_row(literal(row["model"]), "", "", "", "", "", literal(row["error"], "red"))
+            table.add_row(literal(row["model"]), *(["-"] * len(metrics)))
+            failed.append(literal(f"{row['model']} failed: {row['error']}", "red"))
         else:
-            table.add_row(literal(row["model"]), *(f"{row[f'{m}_mean']:.2f}" for m in ("PLC", "PAC", "PRC")),
-                          f"{row['acc_before']:.1f} / {row['acc_after']:.1f}", f"{row['AC']:.1f}", "")
-    return table
+            table.add_row(literal(row["model"]), *(_number(row.get(s.column), s.decimals) for s in metrics))
+    return Group(table, *failed)
 
 
 def compare_table(table, notes: list[str]) -> Table:

@@ -1,8 +1,9 @@
-"""Protected regions: the pixels the attack may not touch (SPEC 3.2), batched.
+"""What the attack targets: which prototypes (docs/metrics.md, The procedure, step 2) and which
+pixels it may change, those outside the protected region (step 3). Batched.
 
 For each attacked prototype: upsample its similarity map to S x S (bicubic), take the
 bounding box of pixels >= the 95th percentile, grow it by `margin` px, clamp the end
-to S - 1 (exclusive, as the reference does). Several prototypes per image -> union.
+to S - 1 (exclusive, as the reference does). Several prototypes per image -> union of boxes.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def high_activation_boxes(maps: torch.Tensor, size: int, q: float = 0.95) -> tor
     return torch.stack([y0, y1, x0, x1], dim=-1)
 
 
-def protected_mask(maps: torch.Tensor, valid: torch.Tensor, size: int, margin: int, q: float = 0.95) -> torch.Tensor:
-    """Mask (B, 1, S, S), True where the attack may change pixels.
+def attackable_pixels(maps: torch.Tensor, valid: torch.Tensor, size: int, margin: int, q: float = 0.95
+                      ) -> torch.Tensor:
+    """Mask (B, 1, S, S), True where the attack may change pixels (outside every protected box).
 
     Args:
         maps: (B, K, h, w) maps of the attacked prototypes, clipped at 0.
@@ -73,3 +75,27 @@ def protected_mask(maps: torch.Tensor, valid: torch.Tensor, size: int, margin: i
 def default_margin(size: int) -> int:
     """10 px at 224 px (the reference), scaled with the image side for other sizes."""
     return max(1, round(10 * size / 224))
+
+
+def select_prototypes(act: torch.Tensor, in_class: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which prototypes to attack, and p* for the metrics.
+
+    Args:
+        act: (B, P) max activation of every prototype, clipped at 0.
+        in_class: (B, P) True for the prototypes of each image's true class.
+        mode: 'top-proto' (p* = the most active prototype of any class, attacked alone) or
+            'gt-protos' (all true-class prototypes attacked; p* = the most active of them).
+    Returns:
+        attacked (B, P) bool, p_star (B,) long.
+    """
+    if mode == "top-proto":
+        p_star = act.argmax(dim=1)
+        attacked = F.one_hot(p_star, act.shape[1]).bool()
+    elif mode == "gt-protos":
+        if not in_class.any(dim=1).all():
+            raise ValueError("gt-protos: some images' classes have no prototypes; use --select top-proto")
+        p_star = act.masked_fill(~in_class, -torch.inf).argmax(dim=1)
+        attacked = in_class
+    else:
+        raise ValueError(f"unknown selection {mode!r}: use 'top-proto' or 'gt-protos'")
+    return attacked, p_star

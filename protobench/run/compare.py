@@ -1,9 +1,10 @@
 """`protobench compare BASE NEW`: did any metric get worse by more than its tolerance?
 
 BASE and NEW are result directories (or their summary.csv). A metric regressed when it moved
-in its bad direction by more than its tolerance (absolute, in the metric's own units):
-higher PLC / PAC / PRC / AC is worse, lower accuracy is worse. Runs are comparable only with
-the same protocol and dataset (read from meta.json); --force compares anyway.
+in its bad direction by more than its tolerance (absolute, in the metric's own units). The
+metrics, their directions and default tolerances are protobench.core.metrics.METRICS (plugins
+included): higher PLC / PAC / PRC / AC is worse, lower accuracy is worse. Runs are comparable
+only with the same protocol and dataset (read from meta.json); --force compares anyway.
 """
 
 from __future__ import annotations
@@ -16,18 +17,10 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from protobench.core.metrics import specs
 from protobench.errors import OptionError, ProtobenchError
 from protobench.run.resume import json_kind
 
-# metric name -> (summary.csv column, default tolerance, higher is worse)
-METRICS: dict[str, tuple[str, float, bool]] = {
-    "PLC": ("PLC_mean", 1.0, True),  # percentage points of location change
-    "PAC": ("PAC_mean", 1.0, True),  # percentage points of activation change
-    "PRC": ("PRC_mean", 0.5, True),  # prototypes (mean rank change)
-    "AC": ("AC", 1.0, True),  # accuracy points lost to the attack
-    "acc_before": ("acc_before", 1.0, False),  # clean top-1 accuracy, %
-    "acc_after": ("acc_after", 1.0, False),  # top-1 accuracy under attack, %
-}
 COMPARABLE = ("protocol", "dataset_fingerprint", "dataset_kind", "split", "limit")
 TABLE_COLUMNS = ["model", "metric", "base", "new", "delta", "tolerance", "status"]
 MAX_INPUT_BYTES = 64 * 2**20  # a summary of thousands of models is under 5 MiB; refuse to load a huge file
@@ -47,14 +40,24 @@ class Entry:
     source: str
 
 
+def tolerance_names() -> dict[str, list[str]]:
+    """--tol name -> the metrics it sets: each metric's own name, and its groups ('acc')."""
+    names: dict[str, list[str]] = {}
+    for spec in specs():
+        for name in (spec.name, *spec.tol_groups):
+            names.setdefault(name, []).append(spec.name)
+    return names
+
+
 def parse_tolerances(pairs: Sequence[str]) -> dict[str, float]:
     """Defaults overridden by METRIC=VALUE pairs ('acc' sets acc_before and acc_after)."""
-    tol = {name: default for name, (_, default, _) in METRICS.items()}
+    tol = {spec.name: spec.tolerance for spec in specs()}
+    known = tolerance_names()
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        names = ["acc_before", "acc_after"] if name == "acc" else [name]
-        if not sep or any(n not in METRICS for n in names):
-            raise OptionError(f"--tol wants METRIC=VALUE with METRIC one of {', '.join(METRICS)}, acc; got {pair!r}")
+        names = known.get(name)
+        if not sep or not names:
+            raise OptionError(f"--tol wants METRIC=VALUE with METRIC one of {', '.join(known)}; got {pair!r}")
         try:
             number = float(value)
         except ValueError:
@@ -77,10 +80,11 @@ def judge(base: float, new: float, tolerance: float, higher_is_worse: bool) -> s
 
 def compare_rows(model: str, base: dict[str, Any], new: dict[str, Any], tol: dict[str, float]) -> list[dict]:
     rows = []
-    for name, (column, _, higher_is_worse) in METRICS.items():
-        b, n = _number(base.get(column)), _number(new.get(column))
-        rows.append({"model": model, "metric": name, "base": b, "new": n, "delta": n - b,
-                     "tolerance": tol[name], "status": judge(b, n, tol[name], higher_is_worse)})
+    for spec in specs():
+        b, n = _number(base.get(spec.column)), _number(new.get(spec.column))
+        tolerance = tol.get(spec.name, spec.tolerance)
+        rows.append({"model": model, "metric": spec.name, "base": b, "new": n, "delta": n - b,
+                     "tolerance": tolerance, "status": judge(b, n, tolerance, spec.higher_is_worse)})
     return rows
 
 
@@ -129,9 +133,10 @@ def load(path: str, force: bool) -> list[Entry]:
         frame = pd.read_csv(summary_path)
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise NotComparable(f"{summary_path} is not a readable CSV ({' '.join(str(err).split())})") from None
-    missing = [c for c in ["model", *(col for col, _, _ in METRICS.values())] if c not in frame.columns]
-    if missing or frame.empty:
-        raise NotComparable(f"{summary_path} is not a protobench summary (empty, or no {', '.join(missing)} column)")
+    columns = [spec.column for spec in specs()]
+    if "model" not in frame.columns or frame.empty or not set(columns) & set(frame.columns):
+        raise NotComparable(f"{summary_path} is not a protobench summary (empty, no model column, or none of "
+                            f"the metric columns {', '.join(columns)})")
     meta = _read_json(summary_path.parent / "meta.json")
     if meta is None and not force:
         raise NotComparable(f"no meta.json beside {summary_path}: cannot check that both runs used the same "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 import time
@@ -13,7 +12,8 @@ from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
 from protobench import options
-from protobench.run.benchmark import AUTOCAST_DTYPES, Protocol
+from protobench.core.protocol import EvalProtocol
+from protobench.run.forward import AUTOCAST_DTYPES
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.run.devices import check_device_name, resolve_device
 from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
@@ -42,8 +42,8 @@ class EvaluateConfig:
     out: str
     adapter: str = "auto"  # a registry name, pkg.module:Class, or auto (told from the checkpoint)
     adapter_options: dict[str, Any] = field(default_factory=dict)
-    protocol: Protocol = field(default_factory=Protocol)
-    batch_size: int | None = None  # None: benchmark.auto_batch_size (32 CPU, 256 GPU with back-off)
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
+    batch_size: int | None = None  # None: forward.auto_batch_size (32 CPU, 256 GPU with back-off)
     device: str = "auto"
     workers: int | None = None  # None: 0 on the CPU, up to 8 decoding processes feeding a GPU
     limit: int | None = None
@@ -54,7 +54,7 @@ class EvaluateConfig:
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are skipped unread (0: no limit)
     resume: bool = False  # continue the interrupted run in `out`
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
-    precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see benchmark.Runtime
+    precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see forward.Runtime
     compile: bool = False  # torch.compile the model's forward
 
     def check(self) -> None:
@@ -68,22 +68,12 @@ class EvaluateConfig:
         options.choice("precision", self.precision, tuple(AUTOCAST_DTYPES))
 
 
-def resolve_runtime(cfg: EvaluateConfig, device, size: int):
-    from protobench.run.benchmark import Runtime
+def resolve_context(cfg: EvaluateConfig, adapter, world):
+    """The run context (device, runtime, batch size, workers, world): resolved here, once."""
+    from protobench.run.context import RunContext
 
-    return Runtime.for_device(device, size, precision=cfg.precision, compile=cfg.compile or None)
-
-
-def batch_size(cfg: EvaluateConfig, device, size: int) -> int:
-    from protobench.run.benchmark import auto_batch_size
-
-    return cfg.batch_size if cfg.batch_size is not None else auto_batch_size(device, size)
-
-
-def workers(cfg: EvaluateConfig, device) -> int:
-    if cfg.workers is not None:
-        return cfg.workers
-    return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    return RunContext.resolve(adapter.device, adapter.info.input_size, batch_size=cfg.batch_size,
+                              workers=cfg.workers, precision=cfg.precision, compile=cfg.compile, world=world)
 
 
 def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
@@ -108,11 +98,12 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     continues with cfg.resume and ends with the same files as an uninterrupted one.
     """
     from protobench import files
-    from protobench.run import distributed
+    from protobench.run import distributed, results
     from protobench.run import resume as runstate
     from protobench.data.imagelist import random_subset
 
     cfg.check()
+    results.check_columns()  # a plugin metric named like one of our columns: refused before any work
     out = Path(cfg.out)
     world = distributed.world()
     device = resolve_device(cfg.device, world.local_rank if world.size > 1 else None)
@@ -123,9 +114,10 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     files.check_writable_dir(out)
     adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
     check_selection(cfg.protocol, adapter)
+    context = resolve_context(cfg, adapter, world)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
-    identity = run_identity(cfg, adapter, dataset, device)
+    identity = run_identity(cfg, adapter, dataset, context)
     distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
     if status == "empty":
         if world.main:
@@ -137,21 +129,21 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
             return runstate.load_finished(out) if world.main else None
     distributed.barrier(world)
     timing = _run_remaining(cfg, adapter, dataset, paths, indices, out,
-                            (progress or NoProgress()) if world.main else NoProgress(), world)
+                            (progress or NoProgress()) if world.main else NoProgress(), context)
     distributed.barrier(world)  # every shard is on disk before rank 0 merges them
     if not world.main:
         return None
-    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, world.size)
+    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, context)
 
 
-def check_selection(protocol: Protocol, adapter) -> None:
+def check_selection(protocol: EvalProtocol, adapter) -> None:
     """gt-protos needs prototypes of every class; found now rather than at the first batch."""
     if protocol.select == "gt-protos" and bool((adapter.prototype_class_identity.sum(dim=0) <= 0).any()):
         raise OptionError("--select gt-protos: some of the model's classes have no prototypes; "
                           "use --select top-proto")
 
 
-def run_identity(cfg: EvaluateConfig, adapter, dataset, device) -> dict[str, Any]:
+def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, Any]:
     """What makes two runs the same run: --resume refuses to continue a run that differs in any of it."""
     from protobench.checkpoints.formats import sha256
     from protobench.run.provenance import dataset_fingerprint
@@ -167,13 +159,13 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, device) -> dict[str, Any
                                                    getattr(dataset, "root", cfg.data)),
         "limit": cfg.limit,
         "protocol": cfg.protocol.resolved(adapter.info.input_size),
-        "device_type": device.type,
-        "precision": cfg.precision,  # bf16 numbers differ from fp32 ones: never mixed in one run
+        "device_type": context.device.type,
+        "precision": context.runtime.precision,  # bf16 numbers differ from fp32 ones: never mixed in one run
         "max_image_pixels": cfg.max_image_pixels,  # decides which images are skipped
     }
 
 
-def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) -> tuple[float, int]:
+def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context) -> tuple[float, int]:
     """Evaluate the images the partial logs lack (this rank's share of them), appending each
     batch; (wall time, images evaluated)."""
     from protobench.run import benchmark
@@ -186,7 +178,7 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) 
         raise ProtobenchError(f"{out}: the partial log names images the dataset does not have (damaged): "
                               "use --overwrite to start again")
     report_skipped(skipped, dataset, cfg.strict)
-    todo = world.shard([i for i in indices if i not in done])
+    todo = context.world.shard([i for i in indices if i not in done])
     count = [len(indices) - len(todo), 0]  # images done, of which evaluated now
 
     def on_batch(rows: list[dict], bad: list[int]) -> None:
@@ -199,10 +191,8 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, world) 
     started = time.perf_counter()
     progress.start(len(todo), model_name(cfg))
     try:
-        with runstate.PartialLog(out, world.rank) as log:
-            device, size = adapter.device, adapter.info.input_size
-            benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, batch_size=batch_size(cfg, device, size),
-                          workers=workers(cfg, device), runtime=resolve_runtime(cfg, device, size), on_batch=on_batch)
+        with runstate.PartialLog(out, context.world.rank) as log:
+            benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, context, on_batch=on_batch)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {count[0]} of {len(indices)} images; the partial results in {out} "
                           "are kept: rerun the same command with --resume to continue") from None
@@ -229,7 +219,7 @@ def model_name(cfg: EvaluateConfig) -> str:
     return cfg.name or Path(cfg.ckpt).stem
 
 
-def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated, processes) -> dict[str, Any]:
+def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated, context) -> dict[str, Any]:
     """Per-image table from the partial log (in subset order), summary, meta; written atomically."""
     import pandas as pd
 
@@ -242,11 +232,10 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     skipped = sorted(set(skipped) & set(indices))
     if not records:
         raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
-    per_image = pd.DataFrame(records, columns=results.PER_IMAGE_COLUMNS)
+    per_image = pd.DataFrame(records, columns=results.per_image_columns())
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed)
-    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated)
+    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
     meta["resumed"] = resumed
-    meta["processes"] = processes  # torchrun ranks that shared the images
     try:
         results.write_csv(out / "per_image.csv", per_image)
         results.write_csv(out / "summary.csv", pd.DataFrame([summary]))
@@ -258,7 +247,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     return {"summary": summary, "meta": meta, "out": str(out)}
 
 
-def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evaluated) -> dict[str, Any]:
+def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evaluated, context) -> dict[str, Any]:
     import torch
 
     from protobench import __version__
@@ -281,10 +270,7 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
         "evaluated_images": n_records,
         "skipped_images": [dataset.paths[i] for i in skipped],
         "seed": cfg.protocol.seed,
-        "batch_size": batch_size(cfg, adapter.device, adapter.info.input_size),
-        "workers": workers(cfg, adapter.device),
-        "runtime": resolve_runtime(cfg, adapter.device, adapter.info.input_size).__dict__,
-        "device": str(adapter.device),
+        **context.record(),  # device, batch size, workers, runtime, processes (torchrun ranks)
         **provenance.determinism(),
         "wall_time_s": round(wall, 3),  # this session's share when resumed
         "images_per_s": round(evaluated / wall, 3) if wall > 0 else None,

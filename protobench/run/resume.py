@@ -232,10 +232,10 @@ def rebuild_summary(out: Path, meta: dict[str, Any]) -> None:
     import pandas as pd
 
     from protobench.errors import Notice
-    from protobench.run.results import PER_IMAGE_COLUMNS, summarize, write_csv
+    from protobench.run.results import per_image_columns, summarize, write_csv
 
     per_image = _read_table(out / "per_image.csv")
-    missing = [c for c in PER_IMAGE_COLUMNS if c not in per_image.columns]
+    missing = [c for c in per_image_columns() if c not in per_image.columns]
     seed = meta.get("seed", 0)
     if missing or not isinstance(seed, int):
         raise ProtobenchError(f"cannot rebuild {out / 'summary.csv'}: per_image.csv or meta.json is damaged: "

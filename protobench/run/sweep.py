@@ -89,8 +89,10 @@ def evaluate_models(cfg: EvaluateConfig, models: Sequence[tuple[str, str]],
     from protobench.run import resume as runstate
     from protobench.run.distributed import world
     from protobench.files import check_writable_dir
+    from protobench.run.results import check_columns
 
     cfg.check()
+    check_columns()  # every model would fail the same way
     out = Path(cfg.out)
     names = unique_names([c for c, _ in models])
     if check_top(out, names, cfg.overwrite, cfg.resume) and world().main:  # e.g. CI always passing --resume

@@ -246,7 +246,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 def evaluate_model(cfg: FinetuneConfig, ckpt: str, adapter: str, out: Path, name: str, progress):
     """protobench evaluate (default protocol) on cfg.eval_data; None when there is none."""
     from protobench.run import resume as runstate
-    from protobench.run.benchmark import Protocol
+    from protobench.core.protocol import EvalProtocol
     from protobench.run.evaluate import EvaluateConfig, evaluate
 
     if cfg.eval_data is None:
@@ -254,17 +254,17 @@ def evaluate_model(cfg: FinetuneConfig, ckpt: str, adapter: str, out: Path, name
     resume = out.is_dir() and runstate.state(out) != "empty"
     result = evaluate(EvaluateConfig(ckpt=ckpt, data=cfg.eval_data, out=str(out), adapter=adapter,
                                      adapter_options=cfg.adapter_options if adapter != "auto" else {},
-                                     protocol=Protocol(), device=cfg.device, resume=resume, name=name,
+                                     protocol=EvalProtocol(), device=cfg.device, resume=resume, name=name,
                                      max_image_pixels=cfg.max_image_pixels), progress)
     return result["summary"]
 
 
-COMPARED = (("PLC_mean", "PLC (location change, %)"), ("PAC_mean", "PAC (activation change, %)"),
-            ("PRC_mean", "PRC (rank change)"), ("acc_before", "accuracy, clean images (%)"),
-            ("acc_after", "accuracy, attacked images (%)"), ("AC", "AC (accuracy change, points)"))
-
-
 def side_by_side(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, float, float, float]]:
-    """(metric, before, after, after - before) for each headline metric."""
-    return [(label, float(before[key]), float(after[key]), float(after[key]) - float(before[key]))
-            for key, label in COMPARED]
+    """(label, before, after, after - before) for each metric of protobench.core.metrics, in table order."""
+    from protobench.core.metrics import specs
+
+    rows = []
+    for spec in specs():
+        old, new = float(before.get(spec.column, "nan")), float(after.get(spec.column, "nan"))
+        rows.append((spec.label, old, new, new - old))
+    return rows

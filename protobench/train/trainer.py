@@ -21,7 +21,8 @@ import torch
 
 from protobench import options
 from protobench.models.adapter import PrototypeAdapter
-from protobench.run.benchmark import MAX_RADIUS, inference_mode
+from protobench.core.protocol import MAX_RADIUS
+from protobench.run.forward import frozen_eval
 from protobench.train.compensation import alignment_loss, masking_augmentation
 from protobench.errors import ProtobenchError
 
@@ -176,7 +177,7 @@ def eval_maps(adapter: PrototypeAdapter):
     neither moves batch-norm statistics nor builds a graph through the weights."""
 
     def maps(images: torch.Tensor) -> torch.Tensor:
-        with inference_mode(adapter.model):
+        with frozen_eval(adapter.model):
             return adapter(images)[0]
 
     return maps
