@@ -58,13 +58,14 @@ class Registry(Generic[T]):
         self.reserved = dict(reserved or {})
         self._entries: dict[str, _Entry] = {}
         self._plugins_read = False
+        self._importing: set[str] = set()  # lazy entries whose module is being imported right now
 
     # --- adding -----------------------------------------------------------------------------
     def add(self, name: str, target: Any, *, replace: bool = False, source: str = "registered at run time") -> None:
         """Register `target` (an object, or a "module:attr" / "module" string imported lazily)."""
         self._check_name(name)
         old = self._entries.get(name)
-        if old is not None and not replace and not self._materializes(old, target):
+        if old is not None and not replace and not (name in self._importing or self._materializes(old, target)):
             raise RegistryError(f"{self.kind} {name!r} is already registered ({old.source}): choose another "
                                 "name, or pass replace=True to replace it on purpose")
         lazy = isinstance(target, str)
@@ -150,11 +151,14 @@ class Registry(Generic[T]):
 
     def _import(self, name: str, entry: _Entry) -> Any:
         module_name, _, attr = entry.target.partition(":")
+        self._importing.add(name)  # the module may register this very entry while it is imported
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
             raise RegistryError(f"cannot import {self.kind} {name!r} from {module_name!r} ({err}); "
                                 "is its package installed?") from err
+        finally:
+            self._importing.discard(name)
         if not attr:  # importing the module registered the entry (a decorator in it)
             found = self._entries.get(name)
             if found is None or found.lazy:

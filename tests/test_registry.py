@@ -27,7 +27,7 @@ def fake_module(monkeypatch):
         def spin():
             return "spin"
 
-        spin.__module__ = name
+        spin.__module__ = state.get("module_of_objects", name)
         module.spin, module.not_callable = spin, 3
         module.Nested = types.SimpleNamespace(fn=spin)
         if register_into is not None:
@@ -171,3 +171,13 @@ def test_a_plugin_module_that_registered_itself_is_not_a_clash(monkeypatch, fake
     r = make(group="protobench.widgets")
     r.add("spinner", fake_widgets.spin, source="registered at run time")
     assert r.get("spinner") is fake_widgets.spin
+
+
+def test_an_entry_registered_by_its_own_module_while_imported_is_no_clash(fake_module):
+    """A plugin whose module both is the entry point and registers the object itself (e.g. a spec
+    object whose __module__ is protobench's, not the plugin's) materializes without a clash."""
+    _, state = fake_module
+    r = make()
+    state.update(into=r, module_of_objects="protobench.core.metrics")  # as a MetricSpec instance reports
+    r.add("self-registered", "fake_widgets:spin")  # the module registers 'self-registered' as it loads
+    assert r.get("self-registered")() == "spin"
