@@ -15,7 +15,7 @@ from protobench.report.examples import FILE
 from protobench.report.runs import load_runs
 from protobench.report.tables import picks, prototype_table
 
-STRIP, HISTOGRAMS = (1320, 295), (1200, 340)  # figure inches x 100 dpi (strips.py, figures.py)
+STRIP, HISTOGRAMS = (1320, 295), (1200, 365)  # figure inches x 100 dpi (strips.py, figures.py)
 
 
 def drawn(per_image, worst, best):

@@ -37,9 +37,15 @@ def figure(width: float, height: float) -> Figure:
 
 
 def png(fig: Figure) -> bytes:
-    """The figure as PNG bytes, full colour (a palette would band the heatmaps and the attacked pixels)."""
+    """The figure as full-colour PNG bytes (a palette would band the heatmaps and the attacked pixels).
+
+    Drawn once on the Agg canvas and encoded with Pillow: savefig would lay out and draw it again."""
+    from PIL import Image
+
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white", metadata={"Software": None})
+    Image.fromarray(rgba[..., :3]).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -70,7 +76,7 @@ def bins(metric: str, data: Sequence[np.ndarray]) -> np.ndarray:
 def histograms(runs: Sequence[Run], title: str) -> bytes:
     """One panel per metric (PAC, PLC, PRC); each run one outlined histogram with its mean as a
     vertical line, overlaid on shared bins (e.g. a pgd run and a reference run of one model)."""
-    fig = figure(12, 3.4)
+    fig = figure(12, 3.4 + 0.25 * ((len(runs) + 2) // 3))
     axes = fig.subplots(1, len(HISTOGRAMS))
     for ax, (metric, label) in zip(axes, HISTOGRAMS):
         data = [values(run, metric) for run in runs]
@@ -84,8 +90,9 @@ def histograms(runs: Sequence[Run], title: str) -> bytes:
         ax.set_xlabel(label)
         ax.set_ylabel("images")
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="upper right", fontsize=8, title="vertical line: mean", title_fontsize=8)
-    fig.suptitle(title, fontsize=11)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=9, frameon=False)
+    fig.suptitle(f"{title} (vertical lines: means)", fontsize=11)
     return png(fig)
 
 

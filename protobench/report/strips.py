@@ -99,7 +99,7 @@ def perturbation_panel(fig: Any, ax: Any, pixels: Any, row: int, protected: np.n
     scale = float(np.abs(change).max()) or 1e-6
     shown = ax.imshow(change, cmap=DIVERGING, vmin=-scale, vmax=scale, **show)
     outline(ax, protected, "#000000", "--")
-    panel(ax, f"perturbation x {1 / scale:.0f}")
+    panel(ax, f"perturbation, shown x{1 / scale:.0f}")
     bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
     bar.ax.tick_params(labelsize=7)
     bar.set_label("pixel change (0-1)", fontsize=7)
