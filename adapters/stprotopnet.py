@@ -110,7 +110,7 @@ class STProtoPNetAdapter(FamilyAdapter):
     facts = FamilyFacts(
         display_name="ST-ProtoPNet", paper="Wang et al., ICCV 2023", origin="https://github.com/cwangrun/ST-ProtoPNet",
         commit="935aaa1",
-        license="CC BY-NC 4.0 (non-commercial; `full/LICENSE` and `cropped/LICENSE`, no license at the root)",
+        license="CC BY-NC 4.0, non-commercial (full/LICENSE and cropped/LICENSE; none at the root)",
         files="state dict of `model.STProtoPNet` (`{epoch}nopush{acc}.pth`, `{epoch}push{acc}.pth`), from `full/` "
               "or `cropped/`",
         root_classes=("model.STProtoPNet",), pickled_classes=backbone_classes("models."))

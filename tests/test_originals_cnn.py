@@ -5,15 +5,18 @@ obvious implementation of each family's formula written here."""
 import math
 import os
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
+from conftest import write_image_folder
 from hostile import Call
 from originals import BasicBlockW, ResNetFeaturesW, VGGFeaturesW, original_modules
 from originals_cnn import DEFORMABLE, PROTOPSHARE, STProtoPNetW, share
 from protobench.errors import CheckpointError
 from protobench.models.families import detect_family, get_adapter, read_family_checkpoint
+from test_cli import invoke
 from test_originals import TOL, assert_not_importable, outputs, randomize_batch_norm, slow_ppnet, write_ppnet
 
 
@@ -305,3 +308,20 @@ def test_two_narrower_claims_on_one_pickle_ask_which(tmp_path):
                                               "say which with --adapter deformable or --adapter protopshare"):
         get_adapter("auto").load(str(path))
     assert get_adapter("deformable").load(str(path)).name == "deformable"
+
+
+@pytest.mark.parametrize("write, family", [
+    (write_deformable, "deformable"), (lambda tmp: write_st(tmp, "full", "vgg"), "stprotopnet"),
+    (write_protopshare, "protopshare")])
+def test_the_cli_benchmarks_and_converts_the_original_files(tmp_path, write, family):
+    path = write(tmp_path)[0]
+    data = write_image_folder(tmp_path / "data", classes=3, per_class=1, size=32)
+    result = invoke("evaluate", "--ckpt", path, "--data", data, "--out", tmp_path / "out", "--steps", 2,
+                    "--adapter-option", "img_size=32")
+    assert result.exit_code == 0, result.output
+    per_image = pd.read_csv(tmp_path / "out" / "per_image.csv")
+    assert len(per_image) == 3 and per_image[["PLC", "PRC"]].notna().all().all()
+    result = invoke("convert", path, tmp_path / "m.safetensors", "--adapter-option", "img_size=32")
+    assert result.exit_code == 0 and f"({family}:" in result.stdout, result.output
+    listed = invoke("adapters")
+    assert listed.exit_code == 0 and family in listed.stdout
