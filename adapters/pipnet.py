@@ -86,15 +86,24 @@ class PIPNet(nn.Module):
         return maps, self._classification(pooled)
 
 
-def run_args(checkpoint: str) -> tuple[Path, dict[str, str]] | None:
+Recorded = tuple[Path, dict[str, str]] | None  # what run_args found
+
+
+def run_args(checkpoint: str) -> Recorded:
     """The original's `<log_dir>/metadata/args.txt` for a file in `<log_dir>/checkpoints/`: its
     `key: value` lines as text (strings unquoted), or None when there is none. Only read, never run."""
     path = Path(checkpoint).parent
     args = path.parent / "metadata" / "args.txt"
-    if path.name != "checkpoints" or not args.is_file():  # is_file: a regular file, never a FIFO or device
+    if path.name != "checkpoints":
         return None
-    with open(args, "rb") as f:
-        data = f.read(ARGS_BYTES + 1)
+    try:
+        if not args.is_file():  # a regular file only: never a FIFO or a device
+            return None
+        with open(args, "rb") as f:
+            data = f.read(ARGS_BYTES + 1)
+    except OSError as err:
+        warnings.warn(f"cannot read {args} ({err.strerror or err}): ignored", ProtobenchWarning, stacklevel=2)
+        return None
     if len(data) > ARGS_BYTES:
         warnings.warn(f"{args} is over {ARGS_BYTES >> 10} KB, so not the original's args.txt: ignored",
                       ProtobenchWarning, stacklevel=2)
@@ -105,9 +114,6 @@ def run_args(checkpoint: str) -> tuple[Path, dict[str, str]] | None:
         if sep:  # save_args writes '{key}: {val}', strings in single quotes without escaping
             found[key.strip()] = value[1:-1] if len(value) > 1 and value[0] == value[-1] == "'" else value.strip()
     return args, found
-
-
-Recorded = "tuple[Path, dict[str, str]] | None"  # what run_args found
 
 
 def _variant(ckpt: Checkpoint, backbone: str, net: str | None, recorded: Recorded) -> str | None:

@@ -84,7 +84,7 @@ def test_args_of_a_resnet_run_beside_a_convnext_checkpoint_are_refused(tmp_path)
         get_adapter("auto").load(str(path), net="resnet50")
 
 
-def test_an_args_txt_that_is_not_one_is_not_read(tmp_path):
+def test_an_args_txt_that_is_not_one_is_not_read(tmp_path, monkeypatch):
     path, _ = write_run(tmp_path, args=False)
     metadata = path.parent.parent / "metadata"
     metadata.mkdir()
@@ -95,6 +95,16 @@ def test_an_args_txt_that_is_not_one_is_not_read(tmp_path):
     os.mkfifo(metadata / "args.txt")  # reading a FIFO would block forever: it is never opened
     with pytest.warns(ProtobenchWarning, match="assumed convnext_tiny_26"):
         get_adapter("auto").load(str(path))
+    (metadata / "args.txt").unlink()
+    (metadata / "args.txt").write_text("net: 'convnext_tiny_13'\n")
+
+    def denied(*args, **kwargs):  # as for a file without read permission (the tests may run as root)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("protobench.adapters.pipnet.open", denied, raising=False)
+    with pytest.warns(ProtobenchWarning, match="cannot read .*args.txt \\(Permission denied\\): ignored"):
+        get_adapter("auto").load(str(path))
+    monkeypatch.undo()
     (metadata / "args.txt").unlink()
     save_args(argparse.Namespace(**{**CUB_ARGS, "net": "convnext_tiny_13", "image_size": "huge"}), metadata)
     with pytest.raises(CheckpointError, match="says image_size 'huge', which is not a size in pixels"):
