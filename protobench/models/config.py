@@ -21,9 +21,13 @@ def _size(value: Any) -> str | None:
 
 _SIZES = {"num_classes": "MAX_CLASSES", "num_prototypes": "MAX_PROTOTYPES", "prototype_dim": "MAX_CHANNELS",
           "proto_depth": "MAX_CHANNELS", "num_features": "MAX_CHANNELS", "num_descriptive": "MAX_SLOTS"}
-_CHOICES = {"activation": ("log", "linear"), "add_on": ("bottleneck", "regular", "shallow")}
+_CHOICES = {"activation": ("log", "linear"), "add_on": ("bottleneck", "regular", "shallow", "upsample", "identity"),
+            "variant": ("full", "cropped")}
 _FLAGS = {"focal", "use_last_layer", "use_thresh", "add_on_conv", "bias", "inference", "log_probabilities",
-          "kontschieder"}
+          "kontschieder", "deform", "relu_on_cos", "upsample"}
+_COUNTS = {  # small integers of a prototype layer: (lowest, limit or highest)
+    "hidden_channels": (0, "MAX_CHANNELS"), "eps_channels": (0, 16), "dilation": (1, "MAX_PROTOTYPE_SIZE"),
+    "padding": (0, "MAX_PROTOTYPE_SIZE")}
 
 
 def field_problem(name: str, value: Any) -> str | None:
@@ -36,8 +40,13 @@ def field_problem(name: str, value: Any) -> str | None:
         return None if value in _CHOICES[name] else "one of " + ", ".join(_CHOICES[name])
     if name in _FLAGS:
         return None if isinstance(value, bool) else "true or false"
+    if name in _COUNTS:
+        lo, hi = _COUNTS[name]
+        return int_problem(value, lo, hi if isinstance(hi, int) else limit(hi))
     if name == "epsilon":
         return number_problem(value, 0.0, 1.0, low_open=True)
+    if name == "vector_length":
+        return number_problem(value, 0.0, 1e6, low_open=True)
     if name == "prototype_size":
         return _size(value)
     if name in ("mean", "std"):
