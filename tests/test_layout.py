@@ -78,3 +78,24 @@ def test_the_import_graph_has_no_cycles():
         if start not in done:
             visit(start, [], set(), done)
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
+
+
+FAMILY_WORDS = ("protopnet", "tesnet", "protopool", "pipnet", "pip-net", "prototree", "deformable", "protopshare",
+                "stprotopnet", "st-protopnet", "protovit", "ppnet")
+
+
+def test_no_model_family_is_named_outside_its_own_file():
+    """The core, the loaders, the data and the run code know families only through FAMILIES."""
+    named = []
+    for package in ("core", "models", "checkpoints", "data", "run"):
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text(encoding="utf-8").lower()
+            named += [f"{path.relative_to(ROOT)}: {word}" for word in FAMILY_WORDS if word in text]
+    assert not named, named
+
+
+def test_the_loop_names_no_attack():
+    """Attacks are looked up in ATTACKS by the protocol's name, never switched on in the loop."""
+    for name in ("benchmark.py", "evaluate.py", "forward.py"):
+        text = (ROOT / "run" / name).read_text(encoding="utf-8")
+        assert not any(f"{q}{attack}{q}" in text for attack in ("pgd", "noise") for q in "'\""), name
