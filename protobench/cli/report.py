@@ -1,5 +1,6 @@
 """`protobench report`: the evidence behind a run's numbers as one self-contained HTML page and PNG files
-(protobench.report; docs/report.md). Registered on the same typer app as the other commands."""
+(protobench.report; docs/report.md), and evaluate's --report and --save-examples. cli/app.py registers
+the command; this module never imports it (no import cycle)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ from typing import Any, Optional
 
 import typer
 
-from protobench.cli.app import app
 from protobench.cli.console import line, run_library, say, warnings_to_console
 
 WORST, BEST = 3, 1  # images drawn per metric (PAC, PLC) by default
+REPORT_HELP = "Then write the report (protobench report) into OUT/report [on for the demo, off otherwise]."
+SAVE_EXAMPLES_HELP = ("Then keep the tensors of the K worst and K best images by PAC and PLC in "
+                      "OUT/examples.safetensors (1.2 MB per image at 224 px), so a report can be drawn without "
+                      "the checkpoint.")
 
 
-@app.command()
-def report(
-    run_dir: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Result directories of protobench evaluate (a multi-model run's "
-                                                   "directory counts as all of its models)."),
+def report_command(
+    run_dir: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Result directories of protobench "
+                                         "evaluate (a multi-model run's directory counts as all of its models)."),
     out: Optional[Path] = typer.Option(None, help="Where to write report.html and its PNGs [RUN_DIR/report; "
                                                   "protobench-results/report for several]."),
     worst: int = typer.Option(WORST, help="Draw the K worst images by PAC and by PLC."),
