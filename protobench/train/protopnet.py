@@ -49,13 +49,13 @@ def training_loss(model: ProtoPNet, x: torch.Tensor, y: torch.Tensor,
     """One forward pass of `model` on normalized images x: ProtoPNet's loss terms, plus the
     pass's similarity 'maps' (B, P, h, w) and 'logits' (B, C) (finetune's alignment loss
     reuses the maps as its first pass)."""
-    d = model.distances(model.conv_features(x))
-    min_d = d.amin(dim=(2, 3))
-    logits = model.last_layer(model.similarity(min_d))
+    d = model.distances(model.conv_features(x))  # float64, as the forward's
+    logits = model.last_layer(model.activations(d))
     p = model.prototype_vectors
     max_dist = float(p.shape[1] * p.shape[2] * p.shape[3])
-    terms = loss_terms(min_d, logits, y, model.prototype_class_identity, model.last_layer.weight, max_dist, weights)
-    return {**terms, "maps": model.similarity(d), "logits": logits}
+    terms = loss_terms(d.amin(dim=(2, 3)).float(), logits, y, model.prototype_class_identity, model.last_layer.weight,
+                       max_dist, weights)
+    return {**terms, "maps": model.similarity(d).float(), "logits": logits}
 
 
 def scalar_terms(terms: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -75,7 +75,7 @@ def push(model: ProtoPNet, loader) -> list[tuple[int, int, int] | None]:
     p = model.prototype_vectors
     num, k = p.shape[0], p.shape[-1]
     proto_class = model.prototype_class_identity.argmax(dim=1)  # (P,)
-    best = torch.full((num,), torch.inf, device=p.device)
+    best = torch.full((num,), torch.inf, dtype=torch.float64, device=p.device)  # distances are float64
     patches = p.detach().clone()
     where: list[tuple[int, int, int] | None] = [None] * num
     for x, y, ids in loader:
