@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,16 +38,6 @@ def float32_formula(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
 
 
 VARIANTS = {"float32": float32_formula, "float64": precision.squared_distances}
-
-
-def cpu_description() -> dict:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    return {"cpu": model or platform.processor(), "logical_cpus": info.count("processor\t:"),
-            "vector_extensions": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__}
 
 
 def layer_seconds(distance, shape, device, repeats: int) -> float:
@@ -105,7 +93,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48, help="demo test images for the evaluate timing (0: skip)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    report: dict = {"device": str(device), **(cpu_description() if device.type == "cpu" else
+    report: dict = {"device": str(device), **(precision.machine() if device.type == "cpu" else
                                               {"gpu": torch.cuda.get_device_name(device)})}
     for label, shape in SHAPES.items():
         repeats = 20 if label == "demo" else 2

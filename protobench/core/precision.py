@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -59,3 +62,17 @@ def squared_distances(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor
         ones = torch.ones((1, *p64.shape[1:]), dtype=torch.float64, device=z.device)
         patch_sums = F.conv2d(z64**2, ones)  # (B, 1, h', w'): the families' conv(z^2, ones), one row of it
         return patch_sums - 2 * F.conv2d(z64, p64) + (p64**2).sum(dim=(1, 2, 3)).view(-1, 1, 1)
+
+
+def machine() -> dict[str, Any]:
+    """What decides the last bits of float arithmetic on this CPU: its model, its vector extensions,
+    the kernels torch chose (ATEN_CPU_CAPABILITY can lower them) and the thread count. Docs give
+    every time and every pinned number with these."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    lines = info.splitlines()
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    return {"cpu": model, "logical_cpus": os.cpu_count(),
+            "vector_extensions": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__}
