@@ -9,7 +9,9 @@ with one row of ones per prototype) against the float64 one:
             takes), at the demo's shape (8 images, 32 x 8 x 8 latents, 12 prototypes) and the
             paper's CUB shape (64 images, 128 x 7 x 7, 2000 prototypes);
   evaluate  benchmark.run on the demo model and the first --images demo test images, default
-            protocol (pgd, 40 steps): the whole evaluate loop.
+            protocol (pgd, 40 steps): the whole evaluate loop;
+  train     --batches batches (32 images) of a joint epoch from the demo weights, ProtoPNet's
+            loss: what training and finetune pay.
 
 Prints JSON with the CPU it ran on.  python benchmarks/distance_cost.py [--device cpu] [--rounds 3]
 """
@@ -77,6 +79,20 @@ def evaluate_seconds(distance, adapter, data, paths) -> float:
     return time.perf_counter() - start
 
 
+def train_seconds(distance, adapter, initial, data) -> float:
+    from protobench.train.settings import TrainSettings
+    from protobench.train.state import make_optimizer
+    from protobench.train.trainer import run_epoch
+
+    adapter.model.load_state_dict(initial)  # every timed epoch starts from the demo weights
+    plan = TrainSettings(lambda_align=0.0, mask_aug=False).plan()
+    joint = next(phase for phase in plan.phases if phase.name == "joint")
+    with distance_in_use(distance):
+        start = time.perf_counter()
+        run_epoch(adapter, data, plan, 0, joint, make_optimizer(adapter, joint))
+    return time.perf_counter() - start
+
+
 def best_of(rounds: int, timers: dict) -> dict[str, float]:
     """Each timer once per round, in turn; the fastest round of each."""
     times: dict[str, list[float]] = {name: [] for name in timers}
@@ -91,6 +107,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=48, help="demo test images for the evaluate timing (0: skip)")
+    parser.add_argument("--batches", type=int, default=20, help="training batches for the train timing (0: skip)")
     args = parser.parse_args()
     device = torch.device(args.device)
     report: dict = {"device": str(device), **(precision.machine() if device.type == "cpu" else
@@ -115,6 +132,21 @@ def main() -> None:
         report["evaluate_images"] = args.images
         report["evaluate_s"] = best
         report["evaluate_ratio"] = round(best["float64"] / best["float32"], 3)
+    if args.batches:
+        from protobench.adapters.protopnet import ProtoPNetAdapter
+        from protobench.demo import demo_checkpoint
+        from protobench.demo.shapes import ProtoShapes
+
+        adapter = ProtoPNetAdapter.load(demo_checkpoint()).to(device)
+        initial = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+        train = ProtoShapes("train", adapter.info.mean, adapter.info.std)
+        n = args.batches * 32
+        data = torch.utils.data.TensorDataset(torch.stack([train[i][0] for i in range(n)]),
+                                              torch.tensor(train.labels[:n]), torch.arange(n))
+        best = best_of(args.rounds, {name: (lambda f=f: train_seconds(f, adapter, initial, data)) for name, f in VARIANTS.items()})
+        report["train_images"] = n
+        report["train_s"] = best
+        report["train_ratio"] = round(best["float64"] / best["float32"], 3)
     print(json.dumps(report, indent=2))
 
 

@@ -34,17 +34,22 @@ def activation_masks(maps: torch.Tensor, size: int, q: float) -> tuple[torch.Ten
 
 def masked_distance(s: torch.Tensor, s_tilde: torch.Tensor, m_act: torch.Tensor, kind: str = "l1") -> torch.Tensor:
     """sum(|S - S~| * M_act) / sum(M_act), or with the difference squared ('l2')."""
-    return masked_differences(s, s_tilde, m_act, kind).sum()
+    return weighted_differences(s, s_tilde, m_act, kind).sum() / m_act.sum().clamp(min=1e-12)
 
 
 def masked_differences(s: torch.Tensor, s_tilde: torch.Tensor, m_act: torch.Tensor, kind: str = "l1") -> torch.Tensor:
     """Each image's share (B,) of masked_distance: sum_hw(|S - S~| * M_act) / sum(M_act) over the batch."""
+    return weighted_differences(s, s_tilde, m_act, kind).flatten(1).sum(dim=1) / m_act.sum().clamp(min=1e-12)
+
+
+def weighted_differences(s: torch.Tensor, s_tilde: torch.Tensor, m_act: torch.Tensor, kind: str) -> torch.Tensor:
+    """|S - S~| * M_act (B, h, w), or with the difference squared ('l2')."""
     diff = (s - s_tilde).abs()
     if kind == "l2":
         diff = diff**2
     elif kind != "l1":
         raise ValueError(f"unknown alignment loss {kind!r}: use l1 or l2")
-    return (diff * m_act).flatten(1).sum(dim=1) / m_act.sum().clamp(min=1e-12)
+    return diff * m_act
 
 
 def adversarial_outside(maps_fn: MapsFn, x: torch.Tensor, m_img: torch.Tensor, protos: torch.Tensor,
