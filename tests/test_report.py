@@ -166,3 +166,17 @@ def test_every_run_string_is_escaped(tmp_path):
     html = (out / "report" / "report.html").read_text(encoding="utf-8")
     assert "<b>" not in html and "<i>" not in html
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; &#39;q&#39;" in html and "&lt;i&gt;data&lt;/i&gt;" in html
+
+
+def test_a_long_class_name_is_cut_to_fit_the_strip():
+    from protobench.report.figures import figure
+    from protobench.report.strips import numbers_panel
+
+    ax = figure(3, 3).subplots()
+    row = {"index": 3, "label": 0, "proto": 5, "proto_class": 0, "act_before": 7.5, "act_after": 1.25, "PAC": 83.3,
+           "PLC": 40.0, "PRC": 2, "pred_before": 0, "pred_after": 0}
+    numbers_panel(ax, row, ["y" * 80])
+    lines = ax.texts[0].get_text().splitlines()
+    assert "  of class 0 (" + "y" * 20 + "..." in lines  # 26 characters: "0 (" + 20 + "..."
+    assert "activation 7.5 -> 1.25" in lines and "PAC 83.3 %   PLC 40.0 %" in lines and "PRC +2" in lines
+    assert max(len(line) for line in lines) <= len("  of class ") + 26

@@ -16,6 +16,7 @@ import numpy as np
 
 from protobench.report.figures import figure, png
 
+NAME_WIDTH = 26  # characters of a class name in the numbers panel
 HEATMAP, DIVERGING = "viridis", "PuOr"  # perceptually uniform; colour-blind safe diverging (ColorBrewer)
 REGION, BEFORE, PROTECTED = "#FFFFFF", "#F0E442", "#E69F00"  # outline colours (Okabe-Ito yellow, orange)
 LEGEND = ("white line: the heatmap's top-10% region (what PLC compares); dotted yellow: that region before the "
@@ -106,23 +107,25 @@ def perturbation_panel(fig: Any, ax: Any, pixels: Any, row: int, protected: np.n
 
 
 def numbers_panel(ax: Any, numbers: dict[str, Any], classes: list[str]) -> None:
-    def name(label: Any) -> str:
-        return class_name(int(label), classes)
+    def name(label: Any) -> str:  # cut: a long class name would run off the strip (one column of ~30 characters)
+        text = class_name(int(label), classes)
+        return text if len(text) <= NAME_WIDTH else text[:NAME_WIDTH - 3] + "..."
 
     lines = [
-        f"image {int(numbers['index'])}, class {name(numbers['label'])}",
-        f"prototype {int(numbers['proto'])}, of class {name(numbers['proto_class'])}",
+        f"image {int(numbers['index'])}",
+        f"  class {name(numbers['label'])}",
+        f"prototype {int(numbers['proto'])}",
+        f"  of class {name(numbers['proto_class'])}",
         f"activation {float(numbers['act_before']):.3g} -> {float(numbers['act_after']):.3g}",
-        f"PAC {float(numbers['PAC']):.1f} %",
-        f"PLC {float(numbers['PLC']):.1f} %",
+        f"PAC {float(numbers['PAC']):.1f} %   PLC {float(numbers['PLC']):.1f} %",
         f"PRC {int(numbers['PRC']):+d}",
-        f"prediction {name(numbers['pred_before'])}",
-        f"   -> {name(numbers['pred_after'])}",
+        "prediction",
+        f"  {name(numbers['pred_before'])}",
+        f"  -> {name(numbers['pred_after'])}",
     ]
     ax.axis("off")
-    ax.text(0.0, 0.95, "\n".join(lines), va="top", ha="left", fontsize=9, family="monospace",
-            transform=ax.transAxes, parse_math=False, linespacing=1.5)
-
+    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=9, family="monospace",
+            transform=ax.transAxes, parse_math=False, linespacing=1.35)
 
 
 def class_name(k: int, classes: list[str]) -> str:
