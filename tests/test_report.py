@@ -52,9 +52,11 @@ def test_page_needs_nothing_from_elsewhere(finished, tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     result = invoke("report", finished, "--out", tmp_path / "r", "--worst", 1, "--best", 0)
     assert result.exit_code == 0, result.output
-    page = Page((tmp_path / "r" / "report.html").read_text(encoding="utf-8"))
+    html = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    page = Page(html)
     assert not {"script", "link", "iframe", "object", "embed"} & set(page.tags)
     assert all(link.startswith(("data:image/png;base64,", "#")) for link in page.links)
+    assert "http://" not in html and "https://" not in html and "url(" not in html  # no CSS fetch either
 
 
 def test_prototype_table_equals_a_group_by_of_per_image_csv(finished, tmp_path):
