@@ -83,7 +83,11 @@ def evaluate(
     precision: str = typer.Option("fp32", help="fp32 (true fp32), tf32 (faster on GPUs), bf16 or fp16 (autocast); "
                                                "prototype layers and metrics always run in fp32."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
-    seed: int = typer.Option(0, help="Seeds the random start of each image and --limit's subset."),
+    seed: int = typer.Option(0, help="Seeds the random start of each image, the stability noise and --limit's "
+                                     "subset."),
+    metrics: str = typer.Option("misalignment", help="What to measure, comma-separated: misalignment (the attack: "
+                                                     "PLC, PAC, PRC, accuracy), consistency, stability (need part "
+                                                     "annotations: docs/datasets.md), or a plugin's."),
     limit: Optional[int] = typer.Option(None, help="Evaluate a fixed-seed random subset of N images."),
     overwrite: bool = typer.Option(False, help="Replace results already in --out."),
     resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same options, same results)."),
@@ -114,7 +118,7 @@ def evaluate(
         adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
         device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
         strict=strict, resume=resume, precision=precision, compile=compile,
-        max_image_pixels=max_image_pixels,
+        max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")),
     )
     with warnings_to_console():
         if len(models) > 1:
@@ -125,13 +129,15 @@ def evaluate(
         return
     summary = result["summary"]
     out_console.print(summary_table(summary))
-    if summary["zero_grad_images"]:
+    if summary.get("zero_grad_images"):
         line("warning", "yellow", f"the pgd gradient was exactly zero on the attackable pixels for "
                                   f"{summary['zero_grad_images']} images at some step (see zero_grad in per_image.csv)")
     if result["meta"].get("skipped_images"):
         line("warning", "yellow", f"{len(result['meta']['skipped_images'])} images could not be used and were skipped "
                                   "(the warnings above say why; listed in meta.json, skipped_images)")
-    say(f"results written to {result['out']}/ (per_image.csv, summary.csv, meta.json)")
+    written = [name for name in ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
+               if (Path(result["out"]) / name).is_file()]
+    say(f"results written to {result['out']}/ ({', '.join(written)})")
 
 
 def report_models(result: dict[str, Any]) -> None:
