@@ -1,8 +1,8 @@
 """Which annotated object parts each prototype lands on: the per-batch half of consistency and
 stability (docs/metrics.md, Consistency and stability). Batched, device-agnostic.
 
-Reimplemented from the definitions of Huang et al., ICCV 2023 (hqhQAQ/EvalProtoPNet @ab33e5d,
-util/eval_interpretability.py, get_corresponding_object_parts): for each image and each prototype
+Reimplemented from the definitions of Huang et al., ICCV 2023 (their reference code's repository,
+file and commit: docs/metrics.md, Consistency and stability): for each image and each prototype
 of its true class, upsample the prototype's similarity map to the image size (bicubic), take its
 first maximum in row-major order, put a box of half-size h around it (clipped to the image), and
 mark the visible parts whose keypoints fall inside the box, borders included.
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from protobench.core import rng
 
-REFERENCE_HALF_SIZE = 36  # px at 224 px (EvalProtoPNet: evaluate_consistency / evaluate_stability defaults)
+REFERENCE_HALF_SIZE = 36  # px at 224 px: the reference code's default (docs/metrics.md)
 NOISE_STREAM = 1  # rng stream of the stability noise; stream 0 is the attack's random start
 PEAK_PIXELS = 1 << 24  # upsampled pixels held at once (64 MiB in fp32): bounds memory for many prototypes
 

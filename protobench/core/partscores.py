@@ -6,8 +6,8 @@ one character per part in the order of the part names: `1` visible and inside th
 `0` visible and outside, `-` not visible. E.g. `4:1-0 5:0-0` (parts 0 and 2 visible; prototype 4's
 box holds part 0). `part_hits` is the clean image, `part_hits_noisy` the image with stability noise.
 
-Formulas reimplemented from Huang et al., ICCV 2023 (hqhQAQ/EvalProtoPNet @ab33e5d,
-util/eval_interpretability.py, evaluate_consistency and evaluate_stability).
+Formulas reimplemented from Huang et al., ICCV 2023 (the reference code's repository, file and
+commit: docs/metrics.md, Consistency and stability).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ which knows where it drew each part (protobench.demo.shapes).
 Keypoints are pixel coordinates in the image as displayed (after its EXIF orientation). They follow
 the image's crop and squash to the model's input: a keypoint (x, y) in the crop (left, top, right,
 bottom) lands at u = int(S (x - left) / (right - left)), v = int(S (y - top) / (bottom - top)),
-truncated toward zero, as EvalProtoPNet maps CUB's keypoints into its cropped test images
-(util/eval_interpretability.py @ab33e5d, L93-95).
+truncated toward zero, as Huang et al.'s reference code maps CUB's keypoints into its cropped test
+images (docs/metrics.md, Consistency and stability).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def locate(parts: PartAnnotations, paths: Sequence[str], boxes, indices: Sequenc
 def read_cub_parts(root: Path, image_ids: Sequence[int]) -> PartAnnotations:
     """CUB's parts/parts.txt (`<part_id> <name>`, ids 1..K) and parts/part_locs.txt (`<image_id>
     <part_id> <x> <y> <visible>`) for the images `image_ids`, in that order. Coordinates are truncated
-    to whole pixels first, as EvalProtoPNet reads them (util/local_parts.py L73)."""
+    to whole pixels first, as the reference code reads them (docs/metrics.md)."""
     names_path, locs_path = root / "parts" / "parts.txt", root / "parts" / "part_locs.txt"
     table = read_table(names_path, 2)
     if sorted(table) != list(range(1, len(table) + 1)):

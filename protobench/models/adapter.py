@@ -38,8 +38,11 @@ class FamilyFacts:
     files: str = ""  # which of the original code's files protobench reads, in words
     # dotted class names (module.qualname) as the original code pickles them; protobench never imports
     # them, each becomes an inert stand-in (protobench.checkpoints.pickles)
-    root_classes: tuple[str, ...] = ()  # the model classes of whole-model pickles: such a pickle is this family's
+    root_classes: tuple[str, ...] = ()  # the model classes of whole-model pickles this family reads
     pickled_classes: tuple[str, ...] = ()  # every other class those pickles hold (submodules, blocks)
+    # registered families whose files this family's narrower claim picks out (same pickled class or same
+    # keys plus a signature of its own): where both claim a file, this family's claim wins
+    refines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,11 +84,21 @@ class PrototypeAdapter:
     @classmethod
     def claims(cls, ckpt: Checkpoint) -> bool:
         """Whether `--adapter auto` may read this original checkpoint as this family: a whole-model
-        pickle of one of `facts.root_classes`, or a state dict whose keys `claims_keys` accepts.
-        (protobench's own files name their family; they never come here.)"""
+        pickle of one of `facts.root_classes` that `claims_pickle` accepts, or a state dict whose keys
+        `claims_keys` accepts. (protobench's own files name their family; they never come here.)"""
+        keys = frozenset(ckpt.tensors)
         if ckpt.root is not None:
-            return cls.facts is not None and ckpt.root_class in cls.facts.root_classes
-        return cls.claims_keys(frozenset(ckpt.tensors))
+            return (cls.facts is not None and ckpt.root_class in cls.facts.root_classes
+                    and bool(cls.claims_pickle(ckpt.root.__dict__, keys)))
+        return cls.claims_keys(keys)
+
+    @classmethod
+    def claims_pickle(cls, attributes: dict[str, Any], keys: frozenset[str]) -> bool:
+        """Whether a whole-model pickle of one of `facts.root_classes` is this family's, from the pickled
+        model's attributes (its `__dict__`: plain values and `_modules`, `_parameters`, `_buffers`, all
+        read from an untrusted file) and its state-dict keys. Yes by default: the class name is enough
+        unless several families pickle the same class (declare `facts.refines` then)."""
+        return True
 
     @classmethod
     def claims_keys(cls, keys: frozenset[str]) -> bool:

@@ -123,11 +123,9 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     context = resolve_context(cfg, adapter, world)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
-    found = scorecard.locations(dataset, indices, cfg.metrics)  # part keypoints, when a metric needs them
-    identity = run_identity(cfg, adapter, dataset, context)
-    identity.update(scorecard.identity(cfg.metrics, cfg.parts, adapter.info.input_size, found,
-                                       getattr(dataset, "root", cfg.data)))
-    passes = scorecard.plan(cfg.metrics, cfg.parts, adapter, found, cfg.protocol.seed)
+    found, passes, parts_identity = scorecard.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
+                                                      cfg.protocol.seed)  # keypoints when a metric needs them
+    identity = {**run_identity(cfg, adapter, dataset, context), **parts_identity}
     distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
     if status == "empty":
         if world.main:
@@ -245,9 +243,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     if not records:
         raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
     per_image = pd.DataFrame(records, columns=results.per_image_columns(cfg.metrics))
-    per_prototype = None if found is None else scorecard.prototype_table(
-        per_image, cfg.metrics, adapter.prototype_class_identity.argmax(dim=1).tolist(), found.names,
-        cfg.parts.threshold)
+    per_prototype = scorecard.model_table(per_image, cfg.metrics, adapter, found, cfg.parts.threshold)
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
     meta["resumed"] = resumed

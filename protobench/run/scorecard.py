@@ -27,7 +27,7 @@ PART_COLUMNS = ("part_hits", "part_hits_noisy")  # per_image.csv: clean and nois
 
 @dataclass(frozen=True)
 class PartSettings:
-    """The part pass's parameters; the defaults are EvalProtoPNet's (docs/metrics.md)."""
+    """The part pass's parameters; the defaults are the reference code's (docs/metrics.md)."""
 
     half_size: int | None = None  # box half-size, px; None: 36 at 224 px, scaled with the image side
     threshold: float = 0.8  # a prototype is consistent when one part is in its box in >= this share of images
@@ -123,6 +123,22 @@ def plan(chosen: Sequence[str], settings: PartSettings, adapter, found, seed: in
     return Passes(attack=needs_attack(chosen), parts=torch.from_numpy(found.table).to(adapter.device),
                   members=class_members(adapter.prototype_class_identity), half=resolved["half_size"],
                   noise=(settings.noise_std, settings.noise_clip) if needs_noise(chosen) else None, seed=seed)
+
+
+def prepare(chosen: Sequence[str], settings: PartSettings, adapter, dataset, indices: Sequence[int], data: str,
+            seed: int) -> tuple[Any, Passes, dict[str, Any]]:
+    """(keypoints or None, the passes, what the run's identity gains) for a run of `chosen` suites."""
+    found = locations(dataset, indices, chosen)
+    passes = plan(chosen, settings, adapter, found, seed)
+    return found, passes, identity(chosen, settings, adapter.info.input_size, found, getattr(dataset, "root", data))
+
+
+def model_table(per_image: pd.DataFrame, chosen: Sequence[str], adapter, found, threshold: float):
+    """per_prototype.csv of this model's run (prototype_table), or None without a part pass."""
+    if found is None:
+        return None
+    classes = adapter.prototype_class_identity.argmax(dim=1).tolist()
+    return prototype_table(per_image, chosen, classes, found.names, threshold)
 
 
 def identity(chosen: Sequence[str], settings: PartSettings, size: int, found, root) -> dict[str, Any]:
