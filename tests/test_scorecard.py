@@ -167,3 +167,37 @@ def test_cub_scorecard_end_to_end(tmp_path):
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
     assert meta["scorecard"]["parts"] == ["beak", "left eye", "tail", "crown"]
     assert meta["scorecard"]["parts_fingerprint"]["files"] == 2
+
+
+def _every_family():
+    from test_originals import write_pipnet, write_ppnet, write_protopool, write_prototree
+    from test_originals_cnn import write_deformable, write_protopshare, write_st
+
+    return [(lambda tmp: write_ppnet(tmp)[0], "protopnet"), (lambda tmp: write_ppnet(tmp, family="tesnet")[0], "tesnet"),
+            (lambda tmp: write_protopool(tmp)[0], "protopool"), (lambda tmp: write_pipnet(tmp)[0], "pipnet"),
+            (lambda tmp: write_prototree(tmp)[0] / "model.pth", "prototree"), (lambda tmp: write_deformable(tmp)[0], "deformable"),
+            (lambda tmp: write_st(tmp, "full", "vgg")[0], "stprotopnet"),
+            (lambda tmp: write_protopshare(tmp)[0], "protopshare")]
+
+
+@pytest.mark.parametrize("family", [name for _, name in _every_family()])
+def test_every_family_gets_a_scorecard_from_its_original_file(tmp_path, family):
+    """Consistency and stability need nothing but the similarity maps and the class identity, so each
+    family's original checkpoint gets them, from an ImageFolder with a parts.csv (one part per image,
+    in its centre)."""
+    from conftest import write_image_folder
+
+    write = dict((name, w) for w, name in _every_family())[family]
+    path = write(tmp_path)
+    data = tmp_path / "data"
+    write_image_folder(data, classes=3, per_class=2, size=32)
+    (data / "parts.csv").write_text("image,part,x,y,visible\n" + "".join(
+        f"class{c}/img{i}.png,middle,16,16,1\n" for c in range(3) for i in range(2)))
+    result = invoke("evaluate", "--ckpt", path, "--data", data, "--out", tmp_path / "out", "--metrics",
+                    "consistency,stability", "--adapter-option", "img_size=32")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "out" / "per_prototype.csv")
+    scored = table[table["images"] > 0]
+    assert len(scored) and scored["consistency"].isin([0.0, 100.0]).all()
+    assert scored["stability"].between(0, 100).all() and (scored["part"] == "middle").all()
+    assert table.loc[table["images"] == 0, "consistency"].isna().all()  # a prototype of no class: not scored
