@@ -40,7 +40,7 @@ CUB_PARTS = [
 ]
 
 
-def write_cub(root: Path) -> Path:
+def write_cub(root: Path, parts: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     names = {}
     for image_id, class_id, _, *_ in CUB_IMAGES:
@@ -53,6 +53,8 @@ def write_cub(root: Path) -> Path:
     (root / "train_test_split.txt").write_text("".join(f"{i} {rows[i][2]}\n" for i in order))
     (root / "bounding_boxes.txt").write_text("".join(f"{i} {' '.join(str(v) for v in rows[i][3:])}\n" for i in order))
     (root / "classes.txt").write_text("".join(f"{c} {n}\n" for c, n in CUB_CLASSES.items()))
+    if not parts:  # parts/ only where a test reads it: a forced ImageFolder would count it as a class folder
+        return root
     (root / "parts").mkdir()
     (root / "parts" / "parts.txt").write_text("".join(f"{k} {n}\n" for k, n in enumerate(CUB_PART_NAMES, 1)))
     (root / "parts" / "part_locs.txt").write_text("".join(f"{i} {k} {x} {y} {v}\n" for i, k, x, y, v in CUB_PARTS))

@@ -24,7 +24,7 @@ def info(size: int, classes: int = 2) -> ModelInfo:
 
 @pytest.fixture
 def cub(tmp_path):
-    return write_cub(tmp_path / "CUB_200_2011")
+    return write_cub(tmp_path / "CUB_200_2011", parts=True)
 
 
 def test_the_mapping_by_hand():

@@ -157,7 +157,7 @@ def test_cub_scorecard_end_to_end(tmp_path):
 
     from conftest import tiny_config
 
-    cub = write_cub(tmp_path / "CUB_200_2011")
+    cub = write_cub(tmp_path / "CUB_200_2011", parts=True)
     ckpt = tmp_path / "m.safetensors"
     ProtoPNetAdapter.from_config(tiny_config(num_classes=2, num_prototypes=4, img_size=16), seed=0).save(str(ckpt))
     result = invoke("evaluate", "--ckpt", ckpt, "--data", cub, "--out", tmp_path / "o", "--metrics", "consistency")
