@@ -6,7 +6,9 @@ Times, in interleaved rounds (fastest of each kept), on the same model, images, 
   (c) the scorecard  all three in one run (--metrics misalignment,consistency,stability).
 Images are synthetic (a pool of random images in memory) with 15 random keypoints each (CUB's part
 count), so the figures are compute. Prints JSON with b / a, (c - a) / a and the seconds per image of
-each, and those seconds times 5,794 (CUB-200-2011's test split). Examples:
+each, and those seconds times 5,794 (CUB-200-2011's test split); on the CPU also the process's CPU
+seconds (`cpu_seconds`), which other work on a shared machine disturbs far less than wall time.
+Examples:
   python benchmarks/scorecard_cost.py --model demo --device cpu
   python benchmarks/scorecard_cost.py --model resnet34 --device cpu --images 16 --repeat 1
   python benchmarks/scorecard_cost.py --model resnet34 --device cuda --precision bf16 --images 1024
@@ -39,14 +41,15 @@ def keypoints(n: int, parts: int, size: int, device) -> torch.Tensor:
     return torch.cat([uv, visible], dim=-1).to(device)
 
 
-def time_run(adapter, data, protocol, context, passes) -> float:
+def time_run(adapter, data, protocol, context, passes) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of one benchmark.run."""
     paths = [f"synthetic/{i}" for i in range(len(data))]
     sync(adapter.device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     records, _ = run(adapter, data, paths, protocol, context, passes=passes)
     sync(adapter.device)
     assert len(records) == len(data)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -80,16 +83,22 @@ def main() -> None:
     warm = SyntheticImages(min(context.batch_size, n), size, adapter.info.num_classes)
     time_run(adapter, warm, EvalProtocol.make(steps=1), context, passes(SUITES["c"]))  # warm-up
     rounds: dict[str, list[float]] = {k: [] for k in SUITES}
+    cpu_rounds: dict[str, list[float]] = {k: [] for k in SUITES}
     for _ in range(args.repeat):
         for key, suites in SUITES.items():
-            rounds[key].append(time_run(adapter, data, protocol, context, passes(suites)))
+            wall, cpu = time_run(adapter, data, protocol, context, passes(suites))
+            rounds[key].append(wall)
+            cpu_rounds[key].append(cpu)
     a, b, c = (min(rounds[k]) for k in "abc")
+    ca, cb, cc = (min(cpu_rounds[k]) for k in "abc")
     print(json.dumps({
         "label": args.label, "model": args.model, "device": str(device), "precision": args.precision,
         "threads": torch.get_num_threads(), "batch_size": context.batch_size, "images": n, "steps": args.steps,
         "parts": args.parts, "seconds": {"misalignment": a, "parts": b, "all": c}, "rounds_s": rounds,
         "parts_over_misalignment": b / a, "added_to_misalignment": (c - a) / a,
         "cub_test_split_s": {k: v / n * CUB_TEST_IMAGES for k, v in (("misalignment", a), ("parts", b), ("all", c))},
+        "cpu_seconds": {"misalignment": ca, "parts": cb, "all": cc, "parts_over_misalignment": cb / ca,
+                        "added_to_misalignment": (cc - ca) / ca},
         "torch": torch.__version__,
     }, indent=2))
 
