@@ -56,7 +56,7 @@ def test_judge(base, new, tol, higher_is_worse, expected):
 
 def test_tolerances():
     assert parse_tolerances([]) == {"PLC": 1.0, "PAC": 1.0, "PRC": 0.5, "AC": 1.0, "acc_before": 1.0,
-                                    "acc_after": 1.0}
+                                    "acc_after": 1.0, "consistency": 2.0, "stability": 2.0}
     tol = parse_tolerances(["PAC=2.5", "PLC=2", "acc=0.25"])
     assert (tol["PAC"], tol["PLC"], tol["acc_before"], tol["acc_after"], tol["PRC"]) == (2.5, 2.0, 0.25, 0.25, 0.5)
     for bad, needle in (("PAX=1", "METRIC=VALUE"), ("PAC", "METRIC=VALUE"), ("PAC=lots", "not a number"),

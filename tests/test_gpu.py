@@ -100,3 +100,29 @@ def test_cli_on_cuda(tiny_ckpt, image_folder, tmp_path):
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "meta.json").read_text())
     assert meta["device"].startswith("cuda") and meta["runtime"]["channels_last"] is True
+
+
+def test_the_part_pass_on_cuda_matches_the_cpu():
+    """Consistency and stability of the demo model on the GPU: the CPU's part codes, up to the rare
+    peak that float rounding moves by a pixel across a box border."""
+    import pandas as pd
+
+    from protobench.adapters.protopnet import ProtoPNetAdapter
+    from protobench.demo import demo_checkpoint
+    from protobench.demo.shapes import ProtoShapes
+    from protobench.run import benchmark, scorecard
+    from protobench.run.context import RunContext
+
+    suites = ("consistency", "stability")
+    tables = {}
+    for device in ("cpu", "cuda"):
+        adapter = ProtoPNetAdapter.load(demo_checkpoint()).to(device)
+        data = ProtoShapes("test", adapter.info.mean, adapter.info.std)
+        found = scorecard.locations(data, range(len(data)), suites)
+        passes = scorecard.plan(suites, scorecard.PartSettings(), adapter, found, 0)
+        context = RunContext.resolve(adapter.device, adapter.info.input_size)
+        records, _ = benchmark.run(adapter, data, data.paths, EvalProtocol(), context, passes=passes)
+        tables[device] = pd.DataFrame(records)
+    for column in ("part_hits", "part_hits_noisy"):
+        same = (tables["cpu"][column] == tables["cuda"][column]).mean()
+        assert same >= 0.95, column

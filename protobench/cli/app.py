@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 import typer
 
-from protobench.cli.console import err_console, fail, line, out_console, run_library, say, warnings_to_console
+from protobench.cli.console import (err_console, fail, line, out_console, parse_options, run_library, say,
+                                    warnings_to_console)
 from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -18,22 +19,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions
                        "Exit codes: 0 done; 1 the run finished but a model failed or compare found a "
                        "regression; 2 bad input, option or output location; 3 a bug (traceback saved to a "
                        "file); 130 interrupted.")
-
-
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """--adapter-option key=value (values parsed as JSON when they can be)."""
-    import json
-
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            fail(f"--adapter-option wants key=value, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except (ValueError, RecursionError):
-            options[key] = value
-    return options
 
 
 MAX_PIXELS = 50_000_000  # protobench.data.imagelist.MAX_IMAGE_PIXELS, written out: that module imports torch
@@ -84,7 +69,11 @@ def evaluate(
     precision: str = typer.Option("fp32", help="fp32 (true fp32), tf32 (faster on GPUs), bf16 or fp16 (autocast); "
                                                "prototype layers and metrics always run in fp32."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
-    seed: int = typer.Option(0, help="Seeds the random start of each image and --limit's subset."),
+    seed: int = typer.Option(0, help="Seeds the random start of each image, the stability noise and --limit's "
+                                     "subset."),
+    metrics: str = typer.Option("misalignment", help="What to measure, comma-separated: misalignment (the attack: "
+                                                     "PLC, PAC, PRC, accuracy), consistency, stability (need part "
+                                                     "annotations: docs/datasets.md), or a plugin's."),
     limit: Optional[int] = typer.Option(None, help="Evaluate a fixed-seed random subset of N images."),
     overwrite: bool = typer.Option(False, help="Replace results already in --out."),
     resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same options, same results)."),
@@ -118,7 +107,7 @@ def evaluate(
         adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
         device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
         strict=strict, resume=resume, precision=precision, compile=compile,
-        max_image_pixels=max_image_pixels,
+        max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")),
     )
     check_examples(save_examples)
     with warnings_to_console():
@@ -131,13 +120,15 @@ def evaluate(
         return
     summary = result["summary"]
     out_console.print(summary_table(summary))
-    if summary["zero_grad_images"]:
+    if summary.get("zero_grad_images"):
         line("warning", "yellow", f"the pgd gradient was exactly zero on the attackable pixels for "
                                   f"{summary['zero_grad_images']} images at some step (see zero_grad in per_image.csv)")
     if result["meta"].get("skipped_images"):
         line("warning", "yellow", f"{len(result['meta']['skipped_images'])} images could not be used and were skipped "
                                   "(the warnings above say why; listed in meta.json, skipped_images)")
-    say(f"results written to {result['out']}/ (per_image.csv, summary.csv, meta.json)")
+    written = [name for name in ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
+               if (Path(result["out"]) / name).is_file()]
+    say(f"results written to {result['out']}/ ({', '.join(written)})")
     after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device)
 
 

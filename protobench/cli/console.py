@@ -83,3 +83,19 @@ def warnings_to_console():
         warnings.simplefilter("always", ProtobenchWarning)
         warnings.showwarning = show
         yield
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """--adapter-option key=value (values parsed as JSON when they can be)."""
+    import json
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"--adapter-option wants key=value, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except (ValueError, RecursionError):
+            options[key] = value
+    return options

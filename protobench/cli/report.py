@@ -69,6 +69,10 @@ def after_evaluate(out: str, model_dirs: list[str], save_examples: Optional[int]
     from protobench.report.build import Options
     from protobench.report.examples import save_examples as keep
 
+    if not _attacked(out):  # --metrics without misalignment: no attack, nothing for the report to draw
+        if report or save_examples:
+            say("no report and no saved examples: this run did not attack (add misalignment to --metrics)")
+        return
     with warnings_to_console():
         for run_dir in model_dirs if save_examples else []:
             kept = run_library(keep, run_dir, save_examples, device, trace_dir=run_dir)
@@ -78,3 +82,14 @@ def after_evaluate(out: str, model_dirs: list[str], save_examples: Optional[int]
         write_report([out], Options(device=device))
     else:
         say(f"to see the worst images and the per-prototype table: protobench report {out}")
+
+
+def _attacked(out: str) -> bool:
+    """Whether the run in `out` measured misalignment (meta.json's `metrics`; older runs always did)."""
+    import json
+
+    try:
+        metrics = json.loads((Path(out) / "meta.json").read_text()).get("metrics", ["misalignment"])
+    except (OSError, ValueError, AttributeError):
+        return True  # let the report itself say what is wrong with the run
+    return "misalignment" in metrics

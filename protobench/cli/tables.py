@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from protobench.cli.console import literal
-from protobench.core.metrics import specs
+from protobench.core.metrics import measured
 
 
 def number_problem(value: Any, decimals: int) -> str:
@@ -18,12 +18,13 @@ def number_problem(value: Any, decimals: int) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    """One row per metric (protobench.core.metrics): mean, std, CI and n of a per-image metric,
-    the one value of a run-level figure (accuracy)."""
+    """One row per metric the run measured (protobench.core.metrics): mean, std, CI and n of a
+    per-image metric (n images) or a per-prototype one (n prototypes), the one value of a run-level
+    figure (accuracy)."""
     table = Table(title=literal(f"protobench: {summary['model']} ({summary['images']} images)"))
     for col in ("metric", "mean", "std", "95% CI", "n"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for spec in specs():
+    for spec in measured([summary]):
         d = spec.decimals
         value = number_problem(summary.get(spec.column), d)
         if spec.summary is not None:
@@ -38,7 +39,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
 def models_table(summaries: list[dict[str, Any]]) -> Group:
     """One line per model of a multi-model run (each metric's mean or value); the models that
     failed are listed under it with their errors, in red (a column would squeeze the table)."""
-    metrics = specs()
+    metrics = measured(summaries)
     table = Table(title=f"protobench: {len(summaries)} models")
     table.add_column("model", overflow="fold")
     for spec in metrics:

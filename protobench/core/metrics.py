@@ -1,10 +1,16 @@
 """The metrics (docs/metrics.md, The metrics): one spec per metric, in one registry.
 
 Everything that computes, writes or shows a metric reads METRICS: the benchmark loop's measure
-step (per-image values), per_image.csv and summary.csv, `protobench compare` (direction,
-tolerance, --tol names), the CLI's tables and finetune's before/after table. A new metric is
-one MetricSpec, registered with `register(spec)` or through the entry-point group
+step (per-image values), per_image.csv, per_prototype.csv and summary.csv, `protobench compare`
+(direction, tolerance, --tol names), the CLI's tables and finetune's before/after table. A new
+metric is one MetricSpec, registered with `register(spec)` or through the entry-point group
 "protobench.metrics" (docs/metrics.md, Adding a metric).
+
+Each metric belongs to a suite, the name `evaluate --metrics` selects it by: `misalignment` (the
+attack's PLC, PAC, PRC and accuracies, the default), `consistency`, `stability`. What a metric is
+computed from says which passes a run makes: a per-image or summary function reads the attack's
+results; a per-prototype function reads the part hits of every (image, own-class prototype) pair
+(protobench.core.partscores), and `needs_noise` adds the stability pass's noisy images.
 
 This module imports no torch (compare and the CLI read the table without it); the
 per-image functions get tensors and use their methods.
@@ -16,7 +22,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from protobench.registry import Registry, RegistryError
 
@@ -84,6 +90,9 @@ class Outcome:
 
 PerImage = Callable[[Outcome], "Tensor"]  # -> (B,) one value per image
 Summary = Callable[[Any], float]  # the per_image.csv table (a pandas DataFrame) -> one number
+# PartRecords (protobench.core.partscores) -> per_prototype.csv columns, (P,) each; the metric's own among them
+PerPrototype = Callable[[Any], dict[str, Any]]
+MISALIGNMENT = "misalignment"  # the default suite: the attack's metrics
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
@@ -102,13 +111,21 @@ class MetricSpec:
     csv_order: int | None = None  # position among per_image.csv's metric columns [order]
     decimals: int = 2  # shown with this many decimals in the CLI's summary and models tables
     tol_groups: tuple[str, ...] = ()  # other --tol names that set this one too ('acc': both accuracies)
+    suite: str = MISALIGNMENT  # the `evaluate --metrics` name that selects it
+    per_prototype: PerPrototype | None = None  # one value per prototype: a per_prototype.csv column
+    needs_noise: bool = False  # its per_prototype function reads the stability pass (codes_noisy)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise RegistryError(f"metric name {self.name!r} must be a word of letters, digits and _ "
-                                "(it becomes a CSV column)")
-        if self.per_image is None and self.summary is None:
-            raise RegistryError(f"metric {self.name!r} needs a per_image function, a summary function, or both")
+        for kind, word in (("metric name", self.name), ("suite", self.suite)):
+            if not isinstance(word, str) or not _NAME.fullmatch(word):
+                raise RegistryError(f"{kind} {word!r} must be a word of letters, digits and _ "
+                                    "(it becomes a CSV column or an --metrics name)")
+        if self.per_prototype is not None and (self.per_image is not None or self.summary is not None):
+            raise RegistryError(f"metric {self.name!r}: a per_prototype function goes alone (no per_image "
+                                "or summary function beside it)")
+        if self.per_image is None and self.summary is None and self.per_prototype is None:
+            raise RegistryError(f"metric {self.name!r} needs a per_image function, a summary function, or both "
+                                "(or a per_prototype function)")
         if not (isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise RegistryError(f"metric {self.name!r}: tolerance must be a finite number >= 0")
 
@@ -135,20 +152,39 @@ def register(spec: MetricSpec, *, replace: bool = False, source: str = "register
     return spec
 
 
-def specs() -> list[MetricSpec]:
-    """Every registered metric (plugins included), in table order."""
+def specs(suites: Sequence[str] | None = None) -> list[MetricSpec]:
+    """Every registered metric (plugins included), or those of `suites`, in table order."""
     found = []
     for name, spec in METRICS.items():
         if spec.name != name:
             raise RegistryError(f"metric {name!r} is registered with a spec named {spec.name!r}: use one name")
-        found.append(spec)
+        if suites is None or spec.suite in suites:
+            found.append(spec)
     return sorted(found, key=lambda s: (s.order, s.name))
 
 
-def per_image_specs() -> list[MetricSpec]:
+def per_image_specs(suites: Sequence[str] | None = None) -> list[MetricSpec]:
     """The metrics with a per-image column, in per_image.csv's order."""
-    chosen = [s for s in specs() if s.per_image is not None]
+    chosen = [s for s in specs(suites) if s.per_image is not None]
     return sorted(chosen, key=lambda s: (s.order if s.csv_order is None else s.csv_order, s.name))
+
+
+def per_prototype_specs(suites: Sequence[str] | None = None) -> list[MetricSpec]:
+    """The metrics with a per-prototype column, in table order."""
+    return [s for s in specs(suites) if s.per_prototype is not None]
+
+
+def suites() -> list[str]:
+    """Every suite name, in the order of its first metric (misalignment first)."""
+    return list(dict.fromkeys(spec.suite for spec in specs()))
+
+
+def measured(rows: Sequence[dict[str, Any]]) -> list[MetricSpec]:
+    """The metrics of every suite that one of `rows` (summary rows) measured: a suite is measured
+    when a row holds a column of one of its metrics. Tables and compare show these and no others,
+    so a run without --metrics consistency shows no empty consistency line."""
+    chosen = {spec.suite for spec in specs() for row in rows if spec.column in row}
+    return specs(sorted(chosen))
 
 
 # --- the built-in metrics' functions ----------------------------------------------------------
@@ -185,6 +221,12 @@ def plc(map_before: Tensor, map_after: Tensor, size: int, q: float = 0.9) -> Ten
     return (100 * (1 - inter / union.clamp(min=1))).where(union > 0, 0.0)
 
 
+def _partscores():
+    from protobench.core import partscores  # numpy: imported when a per-prototype table is made
+
+    return partscores
+
+
 def accuracy(column: str) -> Summary:
     """Top-1 accuracy in % of the predictions in `column` against `label` (0 for no images)."""
     def summarize(frame: Any) -> float:
@@ -211,5 +253,9 @@ for _spec in (
                summary=accuracy("pred_after"), tol_groups=("acc",)),
     MetricSpec("AC", "AC (accuracy change, points)", "points", True, 1.0, order=60, decimals=1,
                summary=accuracy_change),
+    MetricSpec("consistency", "consistency (prototypes on one part, %)", "%", False, 2.0, order=70,
+               suite="consistency", per_prototype=lambda records: _partscores().consistency(records)),
+    MetricSpec("stability", "stability (part hits kept under noise, %)", "%", False, 2.0, order=80,
+               suite="stability", per_prototype=lambda records: _partscores().stability(records), needs_noise=True),
 ):
     register(_spec, source="built-in")

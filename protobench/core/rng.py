@@ -43,3 +43,21 @@ def uniform(seed: int, ids: torch.Tensor, shape: tuple[int, ...], low: float = 0
     bits = hash32(hash32(keys ^ counter) ^ keys)  # (B, n); double mix decorrelates neighbouring counters
     u = (bits >> 8).to(torch.float32) * (1.0 / (1 << 24))  # 24 random bits: exact in float32, in [0, 1)
     return (low + (high - low) * u).view(len(ids), *shape)
+
+
+def normal(seed: int, ids: torch.Tensor, shape: tuple[int, ...], stream: int = 1) -> torch.Tensor:
+    """Float32 tensor (len(ids), *shape) of standard normal draws (Box-Muller); row i depends only on
+    (seed, ids[i], stream). `stream` keeps it apart from `uniform`'s draws of the same image (stream 0)."""
+    n = 1
+    for s in shape:
+        n *= s
+    pairs = uniform(_stream_seed(seed, stream), ids, (2, n))  # two independent uniforms per element
+    radius = torch.sqrt(-2.0 * torch.log1p(-pairs[:, 0]))  # 1 - u in (0, 1]: log never sees 0
+    return (radius * torch.cos(2.0 * torch.pi * pairs[:, 1])).view(len(ids), *shape)
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    """A seed for stream `stream` of `seed` (stream 0 is the seed itself)."""
+    if stream == 0:
+        return seed
+    return int(hash32(torch.tensor((seed ^ (stream * 0x85EBCA6B)) & _MASK32, dtype=torch.int64)))

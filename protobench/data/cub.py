@@ -2,7 +2,8 @@
 
 Conventions, from the archive's own README: `bounding_boxes.txt` lines are `<image_id> <x> <y>
 <width> <height>`, pixels, with 1-based image ids shared by images.txt / image_class_labels.txt /
-train_test_split.txt (`1` = training image); class ids are 1-based.
+train_test_split.txt (`1` = training image); class ids are 1-based. Part keypoints (parts/) are read
+only when a run asks for them (protobench.data.parts).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from protobench.data.annotations import ID, check_image_folder, read_table, relative_name, short
 from protobench.data.imagelist import ImageList
 from protobench.data.layouts import Layout, Splits, marked_root
+from protobench.data.parts import read_cub_parts
 from protobench.errors import DataError
 
 FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "classes.txt")
@@ -57,7 +59,7 @@ def open_cub(root: Path, split: str, size: int, mean, std, max_pixels: int) -> I
     crops = [(x, y, x + w, y + h) for x, y, w, h in xywh]
     return ImageList(root, paths, targets, [class_table[c][0] for c in class_ids], size, mean, std, boxes=crops,
                      annotations=[str(root / name) for name in FILES], kind="cub", split=split,
-                     max_pixels=max_pixels)
+                     max_pixels=max_pixels, parts=lambda: read_cub_parts(root, ids))
 
 
 def _field(root: Path, table: dict[int, list[str]], image_id: int, name: str) -> list[str]:

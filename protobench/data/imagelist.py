@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from protobench.errors import DataError
 from protobench.data.images import (  # noqa: F401 - normalize, pixel_box: re-exported, others import them from here
     MAX_IMAGE_PIXELS, Box, Unusable, load_image, normalize, pixel_box, probe)
 
+if TYPE_CHECKING:
+    from protobench.data.parts import PartAnnotations
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -27,13 +30,15 @@ class ImageList(torch.utils.data.Dataset):
     """Images with labels (0-based) and optional crop boxes: what every dataset layout becomes.
 
     `files` lists every file the dataset depends on (images and annotations), for its fingerprint.
+    `parts` reads the part keypoints (protobench.data.parts) when a run first asks for them.
     """
 
     def __init__(self, root: str | os.PathLike, paths: Sequence[str], labels: Sequence[int], classes: Sequence[str],
                  size: int, mean: Sequence[float], std: Sequence[float], boxes: Sequence[Box] | None = None,
                  annotations: Sequence[str] = (), kind: str = "images", split: str | None = None,
-                 max_pixels: int = MAX_IMAGE_PIXELS):
+                 max_pixels: int = MAX_IMAGE_PIXELS, parts: Callable[[], PartAnnotations] | None = None):
         self.root, self.kind, self.split = Path(root), kind, split
+        self.parts = parts
         self.paths, self.labels, self.classes = list(paths), list(labels), list(classes)
         self.boxes = list(boxes) if boxes is not None else None
         self.files = [*self.paths, *annotations]
@@ -59,6 +64,15 @@ class ImageList(torch.utils.data.Dataset):
     def probe(self, index: int) -> None:
         """Unusable if image `index`'s header already shows it cannot be used (no decoding)."""
         probe(self.paths[index], self.max_pixels)
+
+    def part_locations(self, indices: Sequence[int]):
+        """The part keypoints of images `indices` in the model's input (protobench.data.parts.locate);
+        None when the dataset has no part annotations."""
+        if self.parts is None:
+            return None
+        from protobench.data.parts import locate
+
+        return locate(self.parts(), self.paths, self.boxes, indices, self.size, self.max_pixels)
 
     def why_skipped(self, index: int) -> str:
         """Why image `index` is unusable, found again (cheap: header checks come first); the
@@ -89,7 +103,18 @@ class ImageFolder(ImageList):
             raise DataError(f"cannot list {err.filename or root}: {err.strerror or err}") from None
         if not paths:
             raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) under the class folders of {root}")
-        super().__init__(root, paths, labels, classes, size, mean, std, kind="imagefolder", max_pixels=max_pixels)
+        super().__init__(root, paths, labels, classes, size, mean, std, kind="imagefolder", max_pixels=max_pixels,
+                         parts=_parts_csv(root, paths) if (root / "parts.csv").is_file() else None)
+
+
+def _parts_csv(root: Path, paths: list[str]) -> Callable[[], PartAnnotations]:
+    """Reads root/parts.csv when a run asks for part keypoints (docs/datasets.md, Part annotations)."""
+    def read() -> PartAnnotations:
+        from protobench.data.parts import read_parts_csv
+
+        return read_parts_csv(root / "parts.csv", root, paths)
+
+    return read
 
 
 def _image_files(root: Path, classes: list[str]) -> tuple[list[str], list[int]]:

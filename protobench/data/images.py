@@ -54,6 +54,15 @@ def probe(path: str | os.PathLike, max_pixels: int) -> None:
         pass
 
 
+def displayed_size(path: str | os.PathLike, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of the image as displayed (its EXIF orientation applied), from its header
+    alone; Unusable as `probe`."""
+    with _as_unusable(max_pixels), opened(path, max_pixels) as img:
+        width, height = img.size
+        turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap the axes
+        return (height, width) if turned else (width, height)
+
+
 def opened(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     """The image at `path`, its header read and its size checked, its pixels not yet decoded."""
     check_file(path)

@@ -30,6 +30,9 @@ from protobench.errors import DataError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD
 
 SPLITS = {"train": 0, "test": 1}
+# the parts that define a class: the coloured square (colour) and the striped frame around it
+# (orientation), whose band is annotated at the middle of each side; the field beyond is context
+PARTS = ("square", "frame-top", "frame-right", "frame-bottom", "frame-left")
 COLOURS = {"red": (0.86, 0.18, 0.16), "green": (0.20, 0.70, 0.22), "blue": (0.18, 0.32, 0.92)}
 ORIENTATIONS = ("horizontal", "vertical")
 
@@ -61,13 +64,19 @@ class ShapesDesign:
         return asdict(self)
 
 
+def _placement(design: ShapesDesign, split: str, index: int) -> tuple[np.random.Generator, int, int]:
+    """The image's generator and the square's top-left corner: its first draw, 2 px from the edges at least."""
+    rng = np.random.default_rng([design.seed, SPLITS[split], index])
+    top, left = (int(v) for v in rng.integers(2, design.size - design.part - 2 + 1, size=2))
+    return rng, top, left
+
+
 def draw(design: ShapesDesign, split: str, index: int) -> tuple[np.ndarray, int]:
     """One image (size, size, 3) uint8 and its label; a pure function of (design, split, index)."""
     label = index % len(design.classes)
     vertical = label // len(COLOURS) == 1
-    rng = np.random.default_rng([design.seed, SPLITS[split], index])
+    rng, top, left = _placement(design, split, index)
     s, k = design.size, design.part
-    top, left = (int(v) for v in rng.integers(2, s - k - 2 + 1, size=2))  # the square, 2 px from the edges at least
     phase = int(rng.integers(design.period))
     grey = design.grey + rng.uniform(-design.jitter, design.jitter)
     colour = np.array(list(COLOURS.values())[label % len(COLOURS)])
@@ -83,6 +92,19 @@ def draw(design: ShapesDesign, split: str, index: int) -> tuple[np.ndarray, int]
     img = np.full((s, s, 3), grey) + np.where(dist > design.ring, stripes, 0.0)[..., None]
     img[top:top + k, left:left + k] = colour
     return np.clip(np.round(img * 255), 0, 255).astype(np.uint8), label
+
+
+def part_keypoints(design: ShapesDesign, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where image `index` holds each of PARTS: (K, 2) x, y in pixels (continuous: pixel i spans [i, i+1))
+    and (K,) visible, without drawing it. The square's centre, and the middle of each side of the
+    striped frame's band (its centre line, half-way along the side); a frame side off the image is not
+    visible."""
+    _, top, left = _placement(design, split, index)
+    centre = np.array([left + design.part / 2, top + design.part / 2])
+    reach = design.part / 2 + design.ring + design.frame / 2  # square centre -> the band's centre line
+    offsets = np.array([[0, 0], [0, -reach], [reach, 0], [0, reach], [-reach, 0]])
+    xy = centre + offsets
+    return xy, ((xy >= 0) & (xy < design.size)).all(axis=1)
 
 
 class ProtoShapes(torch.utils.data.Dataset):
@@ -115,6 +137,16 @@ class ProtoShapes(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         x = torch.from_numpy(self.pixels(index).astype(np.float32) / 255.0).permute(2, 0, 1)
         return normalize(x, self.mean, self.std), self.labels[index], index
+
+    def part_locations(self, indices: Sequence[int]):
+        """The keypoints of PARTS in images `indices` (the images are the model's input: no crop, no resize)."""
+        from protobench.data.parts import PartLocations, to_input
+
+        xy, visible = np.zeros((self.n, len(PARTS), 2)), np.zeros((self.n, len(PARTS)), dtype=bool)
+        for i in indices:
+            xy[i], visible[i] = part_keypoints(self.design, self.split, i)
+        crops = np.tile([0.0, 0.0, self.design.size, self.design.size], (self.n, 1))
+        return PartLocations(PARTS, to_input(xy, visible, crops, self.design.size), ())
 
 
 class ShapesLayout(Layout):

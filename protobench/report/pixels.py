@@ -70,7 +70,8 @@ def checkpoint_path(run: Run, override: str | None) -> str:
 def open_data(run: Run, override: str | None, info: Any):
     """The run's dataset, verified: its fingerprint (file list and sizes) is the recorded one."""
     from protobench.errors import DataError
-    from protobench.run.evaluate import fingerprint, load_dataset
+    from protobench.run.evaluate import load_dataset
+    from protobench.run.provenance import dataset_fingerprint_of as fingerprint
 
     meta = run.meta
     data = override or str(meta.get("dataset"))

@@ -1,4 +1,5 @@
-"""The benchmark loop: data -> maps -> protected region -> attack -> metrics -> records.
+"""The benchmark loop: data -> maps -> protected region -> attack -> metrics -> records, and the
+part pass of consistency and stability on the same maps (protobench.run.scorecard).
 
 The attack is looked up by name in protobench.core.attack.ATTACKS and the per-image metrics
 come from protobench.core.metrics.METRICS: nothing here names either.
@@ -15,8 +16,10 @@ from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import attackable_pixels, select_prototypes
 from protobench.models.adapter import PrototypeAdapter
+from protobench.run import scorecard
 from protobench.run.context import RunContext
 from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
+from protobench.run.scorecard import Passes
 
 
 def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,16 +49,29 @@ OnOutcome = Callable[[metrics.Outcome, torch.Tensor], None]  # (a batch's Outcom
 
 def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                    protocol: EvalProtocol, forward: Forward | None = None,
-                   on_outcome: OnOutcome | None = None) -> dict[str, torch.Tensor]:
-    """Attack one batch and measure it; returns per-image tensors (B,) on the CPU.
+                   on_outcome: OnOutcome | None = None, passes: Passes | None = None) -> dict[str, torch.Tensor]:
+    """Measure one batch: the attack and, when `passes` asks, the part pass (scorecard.Passes;
+    default: the attack alone). Returns per-image tensors on the CPU.
 
     `forward` (default: the adapter's, in fp32) runs the model: see forward.model_forward.
     `on_outcome(outcome, ids)` sees the batch's tensors (images, maps, ...) before they are dropped
     (protobench report keeps those of the images it draws).
     """
     forward = forward or model_forward(adapter, Runtime())
+    passes = passes or Passes()
     with torch.no_grad():
         maps, logits = forward(x)
+    out = attack_batch(adapter, x, y, ids, protocol, forward, maps, logits, on_outcome) if passes.attack else {
+        "pred_before": logits.argmax(dim=1)}
+    if passes.parts is not None:
+        out.update(scorecard.measure_parts(forward, x, y, ids, maps, passes, adapter.info.input_size))
+    return {k: v.detach().cpu() for k, v in out.items()}
+
+
+def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+                 protocol: EvalProtocol, forward: Forward, maps: torch.Tensor,
+                 logits: torch.Tensor, on_outcome: OnOutcome | None = None) -> dict[str, torch.Tensor]:
+    """Attack one batch whose clean `maps` and `logits` are known, and measure it."""
     maps = maps.clamp(min=0)  # docs/metrics.md, The procedure: metrics see maps clipped at 0
     attacked, p_star, in_class, attackable = protect(adapter, maps, y, protocol)
     weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
@@ -78,7 +94,7 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
         on_outcome(outcome, ids)
     out.update(zero_grad_steps=zero_steps, zero_grad=zero_steps > 0,
                protected_frac=1 - attackable.float().mean(dim=(1, 2, 3)))
-    return {k: v.detach().cpu() for k, v in out.items()}
+    return out
 
 
 def measure(outcome: metrics.Outcome) -> dict[str, torch.Tensor]:
@@ -104,7 +120,10 @@ def measure(outcome: metrics.Outcome) -> dict[str, torch.Tensor]:
 def batch_records(values: dict[str, torch.Tensor], labels: torch.Tensor, ids: torch.Tensor,
                   paths: list[str]) -> list[dict[str, Any]]:
     """Per-image tensors -> one flat dict per image (the rows of per_image.csv)."""
+    values = dict(values)
+    cells = scorecard.part_cells(values)  # the part pass's tensors, as text cells
     columns = {k: v.tolist() for k, v in values.items()}
+    columns.update(cells)
     rows = []
     for i, (index, label) in enumerate(zip(ids.tolist(), labels.tolist())):
         row = {"index": index, "path": paths[index], "label": label}
@@ -127,7 +146,7 @@ class Fit:
 
 def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                      protocol: EvalProtocol, forward: Forward, fit: Fit,
-                     on_outcome: OnOutcome | None = None) -> dict[str, torch.Tensor]:
+                     on_outcome: OnOutcome | None = None, passes: Passes | None = None) -> dict[str, torch.Tensor]:
     """evaluate_batch in pieces of at most fit.limit images, halving the piece on out-of-memory
     (never a crash, unless a single image does not fit). Images are independent, so pieces
     give the same per-image numbers as one call."""
@@ -140,7 +159,7 @@ def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor
         n = min(fit.limit, len(x) - start)
         try:
             pieces.append(evaluate_batch(adapter, x[start:start + n], y[start:start + n], ids[start:start + n],
-                                         protocol, forward, on_outcome))
+                                         protocol, forward, on_outcome=on_outcome, passes=passes))
             start += n
         except RuntimeError as err:
             if not is_out_of_memory(err) or n == 1:
@@ -156,12 +175,13 @@ def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor
 def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: list[str], protocol: EvalProtocol,
         context: RunContext | None = None,
         on_batch: Callable[[list[dict[str, Any]], list[int]], None] | None = None,
-        on_outcome: OnOutcome | None = None) -> tuple[list[dict], list[int]]:
+        on_outcome: OnOutcome | None = None, passes: Passes | None = None) -> tuple[list[dict], list[int]]:
     """Evaluate every item of `dataset`; returns (records, indices of undecodable images).
 
     `context`: device, runtime, batch size, workers (default: RunContext.resolve for the
     adapter's device and input size). `on_batch(records, skipped)` is called after each batch
-    (progress, incremental writes); `on_outcome`: see evaluate_batch.
+    (progress, incremental writes); `on_outcome`: see evaluate_batch. `passes`: what to measure
+    (default: the attack alone).
     """
     from protobench.data.imagelist import collate
 
@@ -178,7 +198,7 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
             rows = []
             if x is not None:
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit, on_outcome)
+                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit, on_outcome, passes)
                 rows = batch_records(values, y.cpu(), ids, paths)
             records.extend(rows)
             skipped.extend(bad)

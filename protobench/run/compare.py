@@ -17,11 +17,12 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from protobench.core.metrics import specs
+from protobench.core.metrics import measured, per_prototype_specs, specs
 from protobench.errors import OptionError, ProtobenchError
 from protobench.run.resume import json_kind
 
 COMPARABLE = ("protocol", "dataset_fingerprint", "dataset_kind", "split", "limit")
+PART_COMPARABLE = ("scorecard",)  # consistency and stability's parameters and part annotations, when both have them
 TABLE_COLUMNS = ["model", "metric", "base", "new", "delta", "tolerance", "status"]
 MAX_INPUT_BYTES = 64 * 2**20  # a summary of thousands of models is under 5 MiB; refuse to load a huge file
 
@@ -38,6 +39,7 @@ class Entry:
     row: dict[str, Any]  # the summary.csv row
     meta: dict[str, Any] | None  # that model's meta.json, if found
     source: str
+    folder: Path | None = None  # that model's result directory (its per_prototype.csv), if known
 
 
 def tolerance_names() -> dict[str, list[str]]:
@@ -79,8 +81,9 @@ def judge(base: float, new: float, tolerance: float, higher_is_worse: bool) -> s
 
 
 def compare_rows(model: str, base: dict[str, Any], new: dict[str, Any], tol: dict[str, float]) -> list[dict]:
+    """One row per metric of every suite either run measured (a metric one of them lacks: NaN there)."""
     rows = []
-    for spec in specs():
+    for spec in measured([base, new]):
         b, n = number_problem(base.get(spec.column)), number_problem(new.get(spec.column))
         tolerance = tol.get(spec.name, spec.tolerance)
         rows.append({"model": model, "metric": spec.name, "base": b, "new": n, "delta": n - b,
@@ -115,6 +118,7 @@ def compare(base_path: str, new_path: str, tolerances: dict[str, float],
         if _error(n.row):
             notes.append(f"{n.model} failed in {n.source}: {_error(n.row)}")
         rows += compare_rows(n.model, b.row, n.row, tolerances)
+        notes += prototype_notes(n.model, b.folder, n.folder, tolerances)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS), notes
 
 
@@ -149,21 +153,23 @@ def load(path: str, force: bool) -> list[Entry]:
     entries = []
     for row in frame.to_dict("records"):
         model = str(row["model"])
-        entries.append(Entry(model, row, _model_meta(meta, model, summary_path.parent, len(frame)), str(path)))
+        folder = _model_folder(meta, model, summary_path.parent, len(frame))
+        model_meta = meta if folder == summary_path.parent else _read_json(folder / "meta.json") if folder else None
+        entries.append(Entry(model, row, model_meta, str(path), folder))
     return entries
 
 
-def _model_meta(meta: dict | None, model: str, root: Path, rows: int) -> dict | None:
-    """A multi-model run keeps each model's meta.json in its folder; a single run has one beside the CSV."""
+def _model_folder(meta: dict | None, model: str, root: Path, rows: int) -> Path | None:
+    """A multi-model run keeps each model's results in its folder; a single run has them beside the CSV."""
     if meta is None or "models" not in meta:
-        return meta if rows == 1 else None
+        return root if rows == 1 else None
     models = meta["models"]
     if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
         raise NotComparable(f"{root / 'meta.json'}: 'models' is not a list of objects (damaged file)")
     folder = next((m.get("dir", model) for m in models if m.get("model") == model), model)
     if not isinstance(folder, str) or Path(folder).name != folder or folder in ("", ".", ".."):
         raise NotComparable(f"{root / 'meta.json'}: {folder!r} is not a model folder name (damaged file)")
-    return _read_json(root / folder / "meta.json")
+    return root / folder
 
 
 def _read_json(path: Path) -> dict | None:
@@ -187,6 +193,45 @@ def _check_size(path: Path) -> None:
                             f"(they are under {MAX_INPUT_BYTES // 2**20} MiB)")
 
 
+def prototype_notes(model: str, base_dir: Path | None, new_dir: Path | None, tol: dict[str, float]) -> list[str]:
+    """How each per-prototype metric moved prototype by prototype (both runs' per_prototype.csv), as
+    notes: the gate is the metric's overall value, so single prototypes are reported, never failed."""
+    if base_dir is None or new_dir is None:
+        return []
+    base, new = _prototypes(base_dir / "per_prototype.csv"), _prototypes(new_dir / "per_prototype.csv")
+    if base is None or new is None:
+        return []
+    notes = []
+    for spec in per_prototype_specs():
+        if spec.name not in base.columns or spec.name not in new.columns:
+            continue
+        if base["prototype"].tolist() != new["prototype"].tolist():
+            notes.append(f"{model}: {spec.name} per prototype not compared: the runs list different prototypes")
+            continue
+        delta = pd.to_numeric(new[spec.name], errors="coerce") - pd.to_numeric(base[spec.name], errors="coerce")
+        worse_by = delta if spec.higher_is_worse else -delta
+        limit = tol.get(spec.name, spec.tolerance) + 1e-9
+        worse, better = base["prototype"][worse_by > limit].tolist(), base["prototype"][worse_by < -limit].tolist()
+        shown = f" ({', '.join(str(p) for p in worse[:10])}{', ...' if len(worse) > 10 else ''})" if worse else ""
+        notes.append(f"{model}: {spec.name} per prototype: {len(worse)} of {len(base)} worse by more than "
+                     f"{fmt(limit)}{shown}, {len(better)} better")
+    return notes
+
+
+def _prototypes(path: Path) -> pd.DataFrame | None:
+    """A per_prototype.csv, or None when there is none; NotComparable when it is not ours."""
+    if not path.is_file():
+        return None
+    _check_size(path)
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise NotComparable(f"{path} is not a readable CSV ({' '.join(str(err).split())})") from None
+    if "prototype" not in frame.columns:
+        raise NotComparable(f"{path} is not a protobench per_prototype.csv (no prototype column)")
+    return frame
+
+
 def pair(base: list[Entry], new: list[Entry], notes: list[str]) -> list[tuple[Entry, Entry]]:
     """One model each: compare them whatever their names. Several: match by model name."""
     if len(base) == 1 and len(new) == 1:
@@ -207,7 +252,8 @@ def differences(base: dict | None, new: dict | None) -> str:
 
     if base is None or new is None:
         return "a meta.json is missing, so protocol and dataset are unchecked"
-    return describe_differences(base, new, list(COMPARABLE), ("base", "new"))
+    both = [key for key in PART_COMPARABLE if key in base and key in new]  # a run without parts has none
+    return describe_differences(base, new, [*COMPARABLE, *both], ("base", "new"))
 
 
 def _error(row: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""`protobench evaluate` as a library call: load, check, run, write the three result files."""
+"""`protobench evaluate` as a library call: load, check, run, write the result files."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from protobench.core.protocol import EvalProtocol
 from protobench.run.forward import AUTOCAST_DTYPES
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.run.devices import check_device_name, resolve_device
+from protobench.run import scorecard
+from protobench.run.scorecard import DEFAULT_METRICS, PartSettings, check_metrics
 from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
 
 MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
 
-RESULT_FILES = ("per_image.csv", "summary.csv", "meta.json")
+RESULT_FILES = ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
 
 
 class Progress(TypingProtocol):
@@ -56,9 +58,13 @@ class EvaluateConfig:
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see forward.Runtime
     compile: bool = False  # torch.compile the model's forward
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.scorecard
+    parts: PartSettings = field(default_factory=PartSettings)  # consistency and stability's parameters
 
     def check(self) -> None:
         """OptionError for any option out of its range: before the output directory is touched."""
+        self.metrics = check_metrics(self.metrics)
+        self.parts.check()
         self.protocol.check()
         check_device_name(self.device)
         options.optional_integer("--batch-size", self.batch_size, 1, MAX_BATCH)
@@ -103,7 +109,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     from protobench.data.imagelist import random_subset
 
     cfg.check()
-    results.check_columns()  # a plugin metric named like one of our columns: refused before any work
+    results.check_columns(cfg.metrics)  # a plugin metric named like one of our columns: refused before any work
     out = Path(cfg.out)
     world = distributed.world()
     device = resolve_device(cfg.device, world.local_rank if world.size > 1 else None)
@@ -117,7 +123,9 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     context = resolve_context(cfg, adapter, world)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
-    identity = run_identity(cfg, adapter, dataset, context)
+    found, passes, parts_identity = scorecard.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
+                                                      cfg.protocol.seed)  # keypoints when a metric needs them
+    identity = {**run_identity(cfg, adapter, dataset, context), **parts_identity}
     distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
     if status == "empty":
         if world.main:
@@ -129,11 +137,11 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
             return runstate.load_finished(out) if world.main else None
     distributed.barrier(world)
     timing = _run_remaining(cfg, adapter, dataset, paths, indices, out,
-                            (progress or NoProgress()) if world.main else NoProgress(), context)
+                            (progress or NoProgress()) if world.main else NoProgress(), context, passes)
     distributed.barrier(world)  # every shard is on disk before rank 0 merges them
     if not world.main:
         return None
-    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, context)
+    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, context, found)
 
 
 def check_selection(protocol: EvalProtocol, adapter) -> None:
@@ -146,6 +154,7 @@ def check_selection(protocol: EvalProtocol, adapter) -> None:
 def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, Any]:
     """What makes two runs the same run: --resume refuses to continue a run that differs in any of it."""
     from protobench.checkpoints.formats import sha256
+    from protobench.run.provenance import dataset_fingerprint_of
 
     return {
         "adapter": adapter.name or cfg.adapter,  # the family `auto` chose
@@ -154,7 +163,7 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, An
         # datasets from other loaders may lack these: ImageList has them all
         "dataset_kind": getattr(dataset, "kind", None),
         "split": getattr(dataset, "split", None),
-        "dataset_fingerprint": fingerprint(dataset, cfg.data),
+        "dataset_fingerprint": dataset_fingerprint_of(dataset, cfg.data),
         "limit": cfg.limit,
         "protocol": cfg.protocol.resolved(adapter.info.input_size),
         "device_type": context.device.type,
@@ -163,14 +172,7 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, An
     }
 
 
-def fingerprint(dataset, data: str) -> dict[str, Any]:
-    """The dataset's fingerprint as meta.json records it (protobench report checks it again)."""
-    from protobench.run.provenance import dataset_fingerprint
-
-    return dataset_fingerprint(getattr(dataset, "files", dataset.paths), getattr(dataset, "root", data))
-
-
-def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context) -> tuple[float, int]:
+def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context, passes) -> tuple[float, int]:
     """Evaluate the images the partial logs lack (this rank's share of them), appending each
     batch; (wall time, images evaluated)."""
     from protobench.run import benchmark
@@ -197,7 +199,8 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context
     progress.start(len(todo), model_name(cfg))
     try:
         with runstate.PartialLog(out, context.world.rank) as log:
-            benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, context, on_batch=on_batch)
+            benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, context, on_batch=on_batch,
+                          passes=passes)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {count[0]} of {len(indices)} images; the partial results in {out} "
                           "are kept: rerun the same command with --resume to continue") from None
@@ -224,8 +227,9 @@ def model_name(cfg: EvaluateConfig) -> str:
     return cfg.name or Path(cfg.ckpt).stem
 
 
-def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated, context) -> dict[str, Any]:
-    """Per-image table from the partial log (in subset order), summary, meta; written atomically."""
+def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated, context, found) -> dict[str, Any]:
+    """Per-image table from the partial log (in subset order), per-prototype table, summary, meta;
+    written atomically."""
     import pandas as pd
 
     from protobench.run import resume as runstate
@@ -237,12 +241,15 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     skipped = sorted(set(skipped) & set(indices))
     if not records:
         raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
-    per_image = pd.DataFrame(records, columns=results.per_image_columns())
-    summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed)
+    per_image = pd.DataFrame(records, columns=results.per_image_columns(cfg.metrics))
+    per_prototype = scorecard.model_table(per_image, cfg.metrics, adapter, found, cfg.parts.threshold)
+    summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
     meta["resumed"] = resumed
     try:
         results.write_csv(out / "per_image.csv", per_image)
+        if per_prototype is not None:
+            results.write_csv(out / "per_prototype.csv", per_prototype)
         results.write_csv(out / "summary.csv", pd.DataFrame([summary]))
         results.write_json(out / "meta.json", meta)  # last: its presence marks the run complete
         runstate.finish(out)

@@ -50,7 +50,7 @@ class RichProgress:
 
     def update(self, rows: list[dict], skipped: list[int]) -> None:
         self.done += len(rows) + len(skipped)
-        self.pac.add(r["PAC"] for r in rows)
+        self.pac.add(r.get("PAC") for r in rows)  # none without the attack (--metrics consistency)
         now = time.perf_counter()
         rate = self.done / max(now - self.t0, 1e-9)
         if self.bar is not None:

@@ -67,3 +67,8 @@ def determinism() -> dict[str, bool]:
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
     }
+
+
+def dataset_fingerprint_of(dataset, data: str) -> dict[str, Any]:
+    """The dataset's fingerprint as meta.json records it (protobench report checks it again)."""
+    return dataset_fingerprint(getattr(dataset, "files", dataset.paths), getattr(dataset, "root", data))

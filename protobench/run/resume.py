@@ -21,10 +21,11 @@ from typing import Any
 from protobench.errors import ProtobenchError
 from protobench.files import writing
 from protobench.run.results import write_json
+from protobench.run.scorecard import DEFAULT_METRICS, IDENTITY_KEYS, recorded
 
 PARTIAL = "per_image.partial.jsonl"
 RUN = "run.json"
-FINAL = ("per_image.csv", "summary.csv", "meta.json")
+FINAL = ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
 
 
 def state(out: Path) -> str:
@@ -105,9 +106,10 @@ def json_kind(value: Any) -> str:
 
 
 def check_identity(recorded: dict[str, Any], current: dict[str, Any], out: Path) -> None:
-    """--resume continues only the same run: same protocol, checkpoint, dataset, subset, device type."""
+    """--resume continues only the same run: same protocol, checkpoint, dataset, subset, device type,
+    metrics (a default run records none: then the recorded run must have none either)."""
     current = json.loads(json.dumps(current, default=str))  # as it would read back from disk
-    differ = describe_differences(recorded, current, list(current))
+    differ = describe_differences(recorded, current, list(dict.fromkeys([*current, *IDENTITY_KEYS])))
     if differ:
         raise ProtobenchError(f"--resume: {out} holds a different run ({differ}); "
                               "rerun with the original options or use --overwrite / another --out")
@@ -211,7 +213,7 @@ def load_finished(out: Path) -> dict[str, Any]:
                               "log it was made from is gone: restore the file, or rerun with --overwrite")
     if not (out / "summary.csv").is_file():
         rebuild_summary(out, meta)
-    summary = read_summary(out / "summary.csv")
+    summary = read_summary(out / "summary.csv", recorded(meta))
     summary["model"] = meta.get("model", summary.get("model"))  # the name as given ('NA' reads back as NaN)
     return {"summary": summary, "meta": meta, "out": str(out)}
 
@@ -231,25 +233,34 @@ def rebuild_summary(out: Path, meta: dict[str, Any]) -> None:
 
     import pandas as pd
 
+    from protobench.core.metrics import per_prototype_specs
     from protobench.errors import Notice
     from protobench.run.results import per_image_columns, summarize, write_csv
 
+    suites = recorded(meta)
     per_image = _read_table(out / "per_image.csv")
-    missing = [c for c in per_image_columns() if c not in per_image.columns]
+    missing = [c for c in per_image_columns(suites) if c not in per_image.columns]
     seed = meta.get("seed", 0)
     if missing or not isinstance(seed, int):
         raise ProtobenchError(f"cannot rebuild {out / 'summary.csv'}: per_image.csv or meta.json is damaged: "
                               "rerun with --overwrite")
-    write_csv(out / "summary.csv", pd.DataFrame([summarize(per_image, str(meta.get("model")), seed)]))
+    per_prototype = None
+    if per_prototype_specs(suites):  # the per-prototype metrics' summaries come from their own table
+        if not (out / "per_prototype.csv").is_file():
+            raise ProtobenchError(f"cannot rebuild {out / 'summary.csv'}: per_prototype.csv is missing too: "
+                                  "restore it, or rerun with --overwrite")
+        per_prototype = _read_table(out / "per_prototype.csv")
+    row = summarize(per_image, str(meta.get("model")), seed, suites, per_prototype)
+    write_csv(out / "summary.csv", pd.DataFrame([row]))
     warnings.warn(f"{out / 'summary.csv'} was missing: rebuilt it from per_image.csv", Notice, stacklevel=2)
 
 
-def read_summary(path: Path) -> dict[str, Any]:
-    """The one row of a single-model summary.csv, every metric a number (NaN allowed)."""
+def read_summary(path: Path, suites: tuple[str, ...] = DEFAULT_METRICS) -> dict[str, Any]:
+    """The one row of a single-model summary.csv, every metric of `suites` a number (NaN allowed)."""
     from protobench.run.results import error_row
 
     frame = _read_table(path)
-    wanted = [k for k in error_row("", "") if k not in ("model", "error")]
+    wanted = [k for k in error_row("", "", suites) if k not in ("model", "error")]
     row = frame.iloc[0].to_dict() if len(frame) == 1 else {}
     bad = [k for k in wanted if not isinstance(row.get(k), (int, float)) or isinstance(row.get(k), bool)]
     if bad:

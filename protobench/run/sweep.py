@@ -124,14 +124,14 @@ def run_one(cfg: EvaluateConfig, progress: Progress | None) -> dict[str, Any]:
     except (Interrupted, KeyboardInterrupt, OutputError):  # the run's problems, not this model's
         raise
     except ProtobenchError as err:
-        return error_row(cfg.name, str(err))
+        return error_row(cfg.name, str(err), cfg.metrics)
     except Exception as err:  # a sweep survives any failure of one model (bad weights, OOM, adapter bugs)
         from protobench.run.bugs import out_of_memory, save_traceback
 
         message = f"{type(err).__name__}: {' '.join(str(err).split()) or 'no message'}"
         if not out_of_memory(err):  # anything else is a bug somewhere: keep the evidence
             message += f" (a bug in protobench, the adapter or torch: {save_traceback(err, cfg.out)})"
-        return error_row(cfg.name, message)
+        return error_row(cfg.name, message, cfg.metrics)
 
 
 def write_top(out: Path, rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:

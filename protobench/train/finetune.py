@@ -267,10 +267,10 @@ def evaluate_model(cfg: FinetuneConfig, ckpt: str, adapter: str, adapter_options
 
 def side_by_side(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, float, float, float]]:
     """(label, before, after, after - before) for each metric of protobench.core.metrics, in table order."""
-    from protobench.core.metrics import specs
+    from protobench.core.metrics import measured
 
     rows = []
-    for spec in specs():
+    for spec in measured([before, after]):
         old, new = float(before.get(spec.column, "nan")), float(after.get(spec.column, "nan"))
         rows.append((spec.label, old, new, new - old))
     return rows
