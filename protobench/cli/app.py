@@ -67,14 +67,22 @@ def evaluate(
                                                    "all); an ImageFolder has none."),
     out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
                                                   "or protobench-results/models for several)."),
-    protocol: str = typer.Option("default", help="default (pgd, clipped) or reference (the paper's code: noise, no clip)."),
+    protocol: str = typer.Option("default", help="default (pgd, clipped), reference (the paper's code: noise, no clip) "
+                                                 "or protovit (ProtoViT's copy: noise, no clip, token region and PLC)."),
     attack: Optional[str] = typer.Option(None, help="pgd, noise, or an attack a plugin registered "
                                                     "[default: from --protocol]."),
     eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
     step: Optional[float] = typer.Option(None, help="pgd step size [0.01]."),
     steps: Optional[int] = typer.Option(None, help="pgd steps [40]."),
     select: Optional[str] = typer.Option(None, help="top-proto or gt-protos [top-proto]."),
-    margin: Optional[int] = typer.Option(None, help="Pixels around each protected box [10 at 224 px, scaled]."),
+    margin: Optional[int] = typer.Option(None, help="Pixels around each protected box [box: 10 at 224 px, scaled; "
+                                                    "tokens: 0]."),
+    region: Optional[str] = typer.Option(None, help="Protected region: box (the paper's: the upsampled map's top-5% "
+                                                    "box plus --margin) or tokens (the boxes of the tokens the "
+                                                    "prototype matched) [from --protocol]."),
+    plc: Optional[str] = typer.Option(None, help="PLC on pixels (the paper's: upsampled map, top 10%) or tokens "
+                                                 "(ProtoViT's: per part on the model's grid, 0 unless a matched token "
+                                                 "moved) [from --protocol]."),
     clip: Optional[bool] = typer.Option(None, "--clip/--no-clip", help="Keep attacked images in the valid range."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch (default: 32 on CPU; 256 on GPU, "
                                                         "halved automatically until it fits)."),
@@ -101,7 +109,7 @@ def evaluate(
     from protobench.run.sweep import evaluate_models, pair_adapters
 
     proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
-                        margin=margin, clip=clip, seed=seed)
+                        margin=margin, clip=clip, seed=seed, region=region, plc=plc)
     if not ckpt and (data is None or is_demo_data(data)):  # the built-in demo
         ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
         out = out or Path("protobench-results") / "demo"
