@@ -6,7 +6,8 @@ code is copied), with tiny widths. `original_modules` puts thin subclasses of th
 throwaway modules under the original import paths (`model.PPNet`,
 `models.resnet_features.BasicBlock`, `prototree.prototree.ProtoTree`, ...), so that
 `torch.save(model)` writes exactly the class references the original files hold; on exit
-the modules are gone again, so protobench must read the files without them.
+the modules are gone again, so protobench must read the files without them. ProtoViT's
+classes (its model.PPNet and timm 0.4.12's DeiT and CaiT) are in tests/originals_vit.py.
 
 Their `forward` methods are the slow, obvious reference implementations the tests compare against.
 """
@@ -21,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from originals_vit import VIT_LAYOUT
 
 
 class BasicBlockW(nn.Module):
@@ -270,6 +273,9 @@ LAYOUTS = {
 }
 
 
+LAYOUTS["protovit"] = VIT_LAYOUT
+
+
 class Namespace:
     pass
 
@@ -285,7 +291,7 @@ def original_modules(root: Path, family: str):
     for dotted, classes in layout.items():
         file = root / (dotted.replace(".", "/") + ".py")
         file.parent.mkdir(parents=True, exist_ok=True)
-        lines = [f"from originals import {base.__name__} as _{name}" for name, base in classes.items()]
+        lines = [f"from {base.__module__} import {base.__name__} as _{name}" for name, base in classes.items()]
         lines += [f"class {name}(_{name}):\n    pass" for name in classes]
         file.write_text("\n".join(lines) + "\n")
     sys.path.insert(0, str(root))

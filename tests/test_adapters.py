@@ -11,7 +11,7 @@ from protobench.errors import AdapterError, CheckpointError
 from protobench.models.infer import infer_backbone
 from protobench.models.family import FamilyAdapter
 
-BUILTIN = ["pipnet", "protopnet", "protopool", "prototree", "tesnet"]
+BUILTIN = ["pipnet", "protopnet", "protopool", "prototree", "protovit", "tesnet"]
 
 
 @pytest.mark.parametrize("name", BUILTIN)

@@ -88,7 +88,8 @@ def _size(value: Any) -> str | None:
 
 
 _SIZES = {"num_classes": "MAX_CLASSES", "num_prototypes": "MAX_PROTOTYPES", "prototype_dim": "MAX_CHANNELS",
-          "proto_depth": "MAX_CHANNELS", "num_features": "MAX_CHANNELS", "num_descriptive": "MAX_SLOTS"}
+          "proto_depth": "MAX_CHANNELS", "num_features": "MAX_CHANNELS", "num_descriptive": "MAX_SLOTS",
+          "num_parts": "MAX_SLOTS"}
 _CHOICES = {"activation": ("log", "linear"), "add_on": ("bottleneck", "regular", "shallow")}
 _FLAGS = {"focal", "use_last_layer", "use_thresh", "add_on_conv", "bias", "inference", "log_probabilities",
           "kontschieder"}
@@ -108,6 +109,10 @@ def field_problem(name: str, value: Any) -> str | None:
         return _number(value, 0.0, 1.0, low_open=True)
     if name == "prototype_size":
         return _size(value)
+    if name == "radius":  # ProtoViT: how far (in tokens) consecutive matched parts may lie
+        return _int(value, 0, limit("MAX_IMG_SIZE"))
+    if name == "temp":  # ProtoViT: the slots' sigmoid sharpness
+        return _number(value, 0.0, 1e6, low_open=True)
     if name in ("mean", "std"):
         return _triple(value, *(MEAN_RANGE if name == "mean" else STD_RANGE))
     if name == "backbone":
