@@ -73,19 +73,23 @@ def greedy_match(sim: torch.Tensor, grid: tuple[int, int], radius: int) -> tuple
     b, p, n, k = sim.shape
     token = torch.arange(n, device=sim.device)
     rows, cols = token // grid[1], token % grid[1]
-    free = torch.ones(b, p, n, k, dtype=torch.bool, device=sim.device)
-    near = torch.ones(b, p, n, dtype=torch.bool, device=sim.device)
+    near = ((rows[:, None] - rows).abs() <= radius) & ((cols[:, None] - cols).abs() <= radius)  # (N, N)
+    lowered = sim + MASKED
+    allowed = torch.ones(b, p, n, dtype=torch.bool, device=sim.device)  # free tokens near the last one picked
+    taken = torch.zeros(b, p, n, dtype=torch.bool, device=sim.device)
+    part_free = torch.ones(b, p, k, dtype=torch.bool, device=sim.device)
     values = sim.new_zeros(b, p, k)
     cells = torch.zeros(b, p, k, dtype=torch.long, device=sim.device)
     for _ in range(k):
-        masked = sim + (~(free & near[..., None])).to(sim.dtype) * MASKED
+        masked = torch.where(allowed[..., None] & part_free[:, :, None, :], sim, lowered)
         best, best_cell = masked.max(dim=2)  # (B, P, K): each sub-prototype's best token
         value, part = best.max(dim=2)  # (B, P): the best sub-prototype
         cell = best_cell.gather(2, part[..., None])  # (B, P, 1)
         values = values.scatter(2, part[..., None], value[..., None])
         cells = cells.scatter(2, part[..., None], cell)
-        near = ((rows - rows[cell]).abs() <= radius) & ((cols - cols[cell]).abs() <= radius)  # (B, P, N)
-        free = free & (token != cell)[..., None] & (torch.arange(k, device=sim.device) != part[..., None])[:, :, None]
+        taken = taken.scatter(2, cell, True)
+        part_free = part_free.scatter(2, part[..., None], False)
+        allowed = near[cell[..., 0]] & ~taken
     return values, cells
 
 
