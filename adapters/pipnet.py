@@ -11,13 +11,17 @@ Its prototypes are the backbone's output channels:
     logits = pooled @ relu(W)^T (+ bias)        non-negative scores
 
 The weights cannot tell the backbone's strides: `net` says which PIP-Net variant it was
-(convnext_tiny_26, the default, or convnext_tiny_13; ResNets always use PIP-Net's
-stride-1 stages 3 and 4).
+(convnext_tiny_26 or convnext_tiny_13; ResNets always use PIP-Net's stride-1 stages 3 and 4).
+The original records it in its log directory, `<log_dir>/metadata/args.txt` beside
+`<log_dir>/checkpoints/`: protobench reads `net` (and `image_size`) from there as text, and
+otherwise assumes convnext_tiny_26 with a warning that names the option.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +30,7 @@ from torch import nn
 
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
-from protobench.errors import AdapterError, CheckpointError
+from protobench.errors import AdapterError, CheckpointError, ProtobenchWarning
 from protobench.models.families import FAMILIES
 from protobench.models.family import FamilyAdapter, take_options
 from protobench.models.infer import backbone_from, sub_state
@@ -36,6 +40,7 @@ from protobench.checkpoints.loading import Checkpoint
 CONVNEXT_VARIANTS = {"convnext_tiny_26": 100, "convnext_tiny_13": 300}  # --net -> stride-1 threshold
 RESNET_STRIDES = [1, 2, 1, 1]  # PIP-Net's copy of resnet_features: no stride in layer3 and layer4
 RELEVANT = 1e-3  # PIP-Net's threshold on relu(W) for "prototype p is relevant to class c"
+ARGS_BYTES = 64 << 10  # the original's args.txt is under 1 KB; anything past this is not one
 
 
 @dataclass
@@ -81,21 +86,79 @@ class PIPNet(nn.Module):
         return maps, self._classification(pooled)
 
 
-def _backbone(ckpt: Checkpoint, net: str | None, stride1_above: int | None) -> tuple[str, dict[str, Any]]:
-    if net is not None and not isinstance(net, str):
-        raise AdapterError(f"adapter option net={short(net)} should be one of {', '.join(CONVNEXT_VARIANTS)}")
+Recorded = tuple[Path, dict[str, str]] | None  # what run_args found
+
+
+def run_args(checkpoint: str) -> Recorded:
+    """The original's `<log_dir>/metadata/args.txt` for a file in `<log_dir>/checkpoints/`: its
+    `key: value` lines as text (strings unquoted), or None when there is none. Only read, never run."""
+    path = Path(checkpoint).parent
+    args = path.parent / "metadata" / "args.txt"
+    if path.name != "checkpoints":
+        return None
+    try:
+        if not args.is_file():  # a regular file only: never a FIFO or a device
+            return None
+        with open(args, "rb") as f:
+            data = f.read(ARGS_BYTES + 1)
+    except OSError as err:
+        warnings.warn(f"cannot read {args} ({err.strerror or err}): ignored", ProtobenchWarning, stacklevel=2)
+        return None
+    if len(data) > ARGS_BYTES:
+        warnings.warn(f"{args} is over {ARGS_BYTES >> 10} KB, so not the original's args.txt: ignored",
+                      ProtobenchWarning, stacklevel=2)
+        return None
+    found = {}
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        key, sep, value = line.partition(": ")
+        if sep:  # save_args writes '{key}: {val}', strings in single quotes without escaping
+            found[key.strip()] = value[1:-1] if len(value) > 1 and value[0] == value[-1] == "'" else value.strip()
+    return args, found
+
+
+def _variant(ckpt: Checkpoint, backbone: str, net: str | None, recorded: Recorded) -> str | None:
+    """`net` as given, else as the run's args.txt records it (None: not recorded); checked against the weights."""
+    if net is not None:
+        if not isinstance(net, str) or (backbone == "convnext") != (net in CONVNEXT_VARIANTS):
+            allowed = f"one of {', '.join(CONVNEXT_VARIANTS)}" if backbone == "convnext" else "a resnet"
+            raise AdapterError(f"{ckpt.path} has a {backbone} backbone; net must be {allowed}, not {short(net)}")
+        return net
+    if recorded is None or "net" not in recorded[1]:
+        return None
+    args, net = recorded[0], recorded[1]["net"]
+    if (backbone == "convnext") != (net in CONVNEXT_VARIANTS):
+        raise CheckpointError(f"{args} says net {short(net)}, but {ckpt.path} has a {backbone} backbone: "
+                              "is it the args of another run? pass --adapter-option net=... to say which")
+    return net
+
+
+def _image_size(recorded: Recorded) -> int:
+    """The run's --image_size from its args.txt, else the original's default, 224."""
+    value = recorded[1].get("image_size", "224") if recorded is not None else "224"
+    if not value.isdigit() or len(value) > 6:
+        raise CheckpointError(f"{recorded[0]} says image_size {short(value)}, which is not a size in pixels; "
+                              "pass --adapter-option img_size=N")
+    return int(value)  # its range is checked with the rest of the config
+
+
+def _backbone(ckpt: Checkpoint, net: str | None, stride1_above: int | None,
+              recorded: Recorded) -> tuple[str, dict[str, Any]]:
     if stride1_above is not None and (isinstance(stride1_above, bool) or not isinstance(stride1_above, int)):
         raise AdapterError(f"adapter option stride1_above={short(stride1_above)} should be an integer")
     name, kwargs = backbone_from(sub_state(ckpt.tensors, "_net."), strides=RESNET_STRIDES)
-    if name == "convnext":
-        if net is not None and net not in CONVNEXT_VARIANTS:
-            raise AdapterError(f"{ckpt.path} has a ConvNeXt backbone; net must be one of {', '.join(CONVNEXT_VARIANTS)}")
-        default = CONVNEXT_VARIANTS[net or "convnext_tiny_26"]
-        kwargs["stride1_above"] = default if stride1_above is None else stride1_above
-    elif net is not None and not net.startswith("resnet"):
-        raise AdapterError(f"{ckpt.path} has a {name} backbone, not {net}")
-    elif name != "resnet":
+    if name not in ("convnext", "resnet"):
         raise CheckpointError(f"{ckpt.path}: PIP-Net has ConvNeXt or ResNet backbones, this one is a {name}")
+    if name == "resnet" and net is None:
+        return name, kwargs  # every ResNet variant has the same strides
+    net = _variant(ckpt, name, net, recorded)
+    if name == "convnext" and stride1_above is None:
+        if net is None:
+            warnings.warn(f"{ckpt.path}: no metadata/args.txt in its log directory says which PIP-Net ConvNeXt this "
+                          "is; assumed convnext_tiny_26 (26x26 maps at 224 px): pass --adapter-option "
+                          "net=convnext_tiny_13 if it is that one", ProtobenchWarning, stacklevel=2)
+        stride1_above = CONVNEXT_VARIANTS[net or "convnext_tiny_26"]
+    if name == "convnext":
+        kwargs["stride1_above"] = stride1_above
     return name, kwargs
 
 
@@ -144,11 +207,12 @@ class PIPNetAdapter(FamilyAdapter):
         t = ckpt.tensors
         if "_classification.weight" not in t:
             raise CheckpointError(f"{ckpt.path}: no _classification.weight in the weights")
-        backbone, kwargs = _backbone(ckpt, opts["net"], opts["stride1_above"])
+        recorded = run_args(ckpt.path)
+        backbone, kwargs = _backbone(ckpt, opts["net"], opts["stride1_above"], recorded)
         num_classes, num_prototypes = t["_classification.weight"].shape
         cfg = PIPNetConfig(backbone=backbone, backbone_kwargs=kwargs, num_classes=int(num_classes),
                            num_prototypes=int(num_prototypes), add_on_conv="_add_on.0.weight" in t,
-                           bias="_classification.bias" in t, img_size=int(opts["img_size"] or 224),
+                           bias="_classification.bias" in t, img_size=opts["img_size"] or _image_size(recorded),
                            inference=True if opts["inference"] is None else bool(opts["inference"]))
         t = {k: v for k, v in t.items() if k != "_multiplier"}  # the same parameter as the classifier's
         return cls.from_weights(cfg, t, ckpt.path, original=True)

@@ -183,16 +183,22 @@ def original_config(ckpt: Checkpoint, img_size: int | None, activation: str | No
         epsilon=_pickled(root, "epsilon", 1e-4), focal=_pickled(root, "focal_sim", False),
         img_size=img_size or _pickled(root, "img_size", 224),
     )
-    identity = _pickled(root, "prototype_class_identity", None)
-    if identity is None:  # a bare state dict: the allocation ProtoPNet's constructor makes
+    return cfg, class_identity(ckpt, cfg.num_prototypes, cfg.num_classes)
+
+
+def class_identity(ckpt: Checkpoint, num_prototypes: int, num_classes: int) -> torch.Tensor:
+    """The pickle's prototype_class_identity (P, C), or for a bare state dict the allocation
+    ProtoPNet's constructor makes."""
+    identity = _pickled(ckpt.root, "prototype_class_identity", None)
+    if identity is None:
         try:
-            identity = default_class_identity(cfg.num_prototypes, cfg.num_classes)
+            identity = default_class_identity(num_prototypes, num_classes)
         except ValueError as err:
             raise CheckpointError(f"{ckpt.path}: {err}; load the whole-model pickle, which records the identity") from None
-    if not isinstance(identity, torch.Tensor) or tuple(identity.shape) != (cfg.num_prototypes, cfg.num_classes):
+    if not isinstance(identity, torch.Tensor) or tuple(identity.shape) != (num_prototypes, num_classes):
         raise CheckpointError(f"{ckpt.path}: prototype_class_identity does not have shape "
-                              f"({cfg.num_prototypes}, {cfg.num_classes})")
-    return cfg, identity.float()
+                              f"({num_prototypes}, {num_classes})")
+    return identity.float()
 
 
 @FAMILIES.register("protopnet")

@@ -192,7 +192,7 @@ class ProtoViTAdapter(FamilyAdapter):
         commit="31f6378", license="MIT, (c) 2024 Henry",
         files="whole pickle `torch.save(model)` of `model.PPNet` with a timm 0.4.12 DeiT or CaiT backbone "
               "(`{epoch}finetuned{acc}.pth`, `{epoch}push{acc}.pth`), or its state dict",
-        root_classes=("model.PPNet",), pickled_classes=TIMM_CLASSES)
+        root_classes=("model.PPNet",), pickled_classes=TIMM_CLASSES, refines=("protopnet",))
 
     config_class = ProtoViTConfig
     model_class = ProtoViT
@@ -204,11 +204,9 @@ class ProtoViTAdapter(FamilyAdapter):
         return {"prototype_vectors", "patch_select", "last_layer.weight"} <= keys
 
     @classmethod
-    def claims(cls, ckpt: Checkpoint) -> bool:
-        """A `model.PPNet` pickle is ProtoViT's when it has `patch_select` (ProtoPNet's has not)."""
-        if ckpt.root is not None:
-            return ckpt.root_class in cls.facts.root_classes and cls.claims_keys(frozenset(ckpt.tensors))
-        return cls.claims_keys(frozenset(ckpt.tensors))
+    def claims_pickle(cls, attributes: dict[str, Any], keys: frozenset[str]) -> bool:
+        """ProtoPNet's class name, `model.PPNet`, with ProtoViT's slots (`patch_select`), which ProtoPNet has not."""
+        return cls.claims_keys(keys)
 
     def __init__(self, model: ProtoViT):
         cfg = model.cfg

@@ -281,12 +281,13 @@ class Namespace:
 
 
 @contextlib.contextmanager
-def original_modules(root: Path, family: str):
+def original_modules(root: Path, family: str | dict):
     """Import throwaway modules named as in the original repository; remove them on exit.
 
+    `family`: a name in LAYOUTS, or a layout of its own ({dotted module: {class name: base class}}).
     Yields a namespace with every class by its original name (`mods.PPNet`, `mods.BasicBlock`).
     """
-    layout = LAYOUTS[family]
+    layout = LAYOUTS[family] if isinstance(family, str) else family
     mods = Namespace()
     for dotted, classes in layout.items():
         file = root / (dotted.replace(".", "/") + ".py")

@@ -31,7 +31,8 @@ class PatchEmbedW(nn.Module):
 class MlpW(nn.Module):
     def __init__(self, dim, hidden):
         super().__init__()
-        self.fc1, self.act, self.fc2, self.drop = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(0.0)
+        self.fc1, self.act = nn.Linear(dim, hidden), nn.GELU()
+        self.fc2, self.drop = nn.Linear(hidden, dim), nn.Dropout(0.0)
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
@@ -78,7 +79,8 @@ class TalkingHeadAttnW(AttentionW):
         logits = torch.stack([_heads(q, h, d) * self.scale @ _heads(k, h, d).transpose(1, 2) for h in range(n)], dim=1)
         mixed = torch.stack([sum(self.proj_l.weight[g, h] * logits[:, h] for h in range(n)) + self.proj_l.bias[g]
                              for g in range(n)], dim=1).softmax(dim=-1)
-        weights = [sum(self.proj_w.weight[g, h] * mixed[:, h] for h in range(n)) + self.proj_w.bias[g] for g in range(n)]
+        weights = [sum(self.proj_w.weight[g, h] * mixed[:, h] for h in range(n)) + self.proj_w.bias[g]
+                   for g in range(n)]
         return self.proj(torch.cat([weights[h] @ _heads(v, h, d) for h in range(n)], dim=-1))
 
 

@@ -113,7 +113,8 @@ def test_different_runs_are_not_comparable_unless_forced(tmp_path, change):
 
 def test_a_run_recorded_before_regions_existed_compares_as_box_and_pixels(tmp_path):
     base = write(tmp_path / "base", [{}])  # its protocol has no region and no plc: it was the paper's box and PLC
-    now = write(tmp_path / "now", [{}], meta={**META, "protocol": {**META["protocol"], "region": "box", "plc": "pixels"}})
+    recorded_now = {**META["protocol"], "region": "box", "plc": "pixels"}
+    now = write(tmp_path / "now", [{}], meta={**META, "protocol": recorded_now})
     assert compare(base, now).exit_code == 0
     tokens = write(tmp_path / "tokens", [{}], meta={**META, "protocol": {**META["protocol"], "region": "tokens"}})
     result = compare(base, tokens)

@@ -113,7 +113,8 @@ def test_the_allowlist_is_the_registered_families_classes():
                  "vgg_features.VGG_features", "densenet_features.DenseNet_features", "densenet_features._DenseBlock",
                  "densenet_features._DenseLayer", "densenet_features._Transition"]
     expected = {prefix + name for prefix in ("", "models.", "features.", "protopool.") for name in backbones} | {
-        "model.PPNet", "model.TESNet", "model.PrototypeChooser", "protopool.model.PrototypeChooser",
+        "model.PPNet", "model.TESNet", "model.STProtoPNet", "model.PrototypeChooser",
+        "protopool.model.PrototypeChooser",
         "prototree.prototree.ProtoTree", "pipnet.pipnet.PIPNet", "prototree.branch.Branch", "prototree.leaf.Leaf",
         "prototree.node.Node", "util.l2conv.L2Conv2D", "pipnet.pipnet.NonNegLinear"}
     expected |= {"timm.models." + name for name in (  # ProtoViT's backbones, as timm 0.4.12 names them

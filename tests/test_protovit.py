@@ -60,7 +60,8 @@ def expected_maps(net, sim):
 @pytest.mark.parametrize("arc", ["deit", "cait"])
 def test_original_pickle_equals_the_slow_formula(tmp_path, arc):
     path, net = write_protovit(tmp_path, arc)
-    adapter = get_adapter("protovit").load(str(path))
+    adapter = get_adapter("auto").load(str(path))  # a model.PPNet, told from ProtoPNet's by its slots
+    assert adapter.name == "protovit"
     cfg = adapter.model.cfg
     assert (cfg.backbone, cfg.backbone_kwargs["num_heads"], cfg.radius, cfg.temp, cfg.num_parts) == (arc, 2, 1, 100, 4)
     assert adapter.info.input_size == 56 and adapter.info.mean == (0.485, 0.456, 0.406)
@@ -77,7 +78,7 @@ def test_original_pickle_equals_the_slow_formula(tmp_path, arc):
     assert torch.equal(logits_again, found.logits)
     logits_again.sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    converted = convert(str(path), str(tmp_path / "protovit.safetensors"), "protovit")  # checks the outputs itself
+    converted = convert(str(path), str(tmp_path / "protovit.safetensors"))  # checks the outputs itself
     assert converted["adapter"] == "protovit" and converted["max_abs_diff"] == 0
 
 
@@ -105,7 +106,8 @@ def test_full_size_deit_small_and_cait_xxs24(tmp_path, arc, dim, depth, heads):
 def test_a_bare_state_dict_loads_with_the_original_settings(tmp_path):
     # no pickle: the class identity is the constructor's, temp and radius settings.py's; one head per 64 channels
     _, net = write_protovit(tmp_path, dim=64, heads=1)
-    adapter = get_adapter("protovit").load(str(tmp_path / "state.pth"))
+    adapter = get_adapter("auto").load(str(tmp_path / "state.pth"))  # patch_select: no other family has it
+    assert adapter.name == "protovit"
     x = torch.randn(2, 3, 56, 56)
     with torch.no_grad():
         assert torch.allclose(adapter.evidence(x).logits, net.slow(x)[0], **TOL)
@@ -113,6 +115,22 @@ def test_a_bare_state_dict_loads_with_the_original_settings(tmp_path):
     net.radius = 3
     with torch.no_grad():
         assert torch.equal(wider.evidence(x).cells, net.slow(x)[3])
+
+
+def test_protopnet_s_class_name_is_not_enough(tmp_path):
+    """ProtoViT pickles model.PPNet as ProtoPNet does: --adapter protopnet names the family it is,
+    and ProtoPNet's own pickles still load as ProtoPNet."""
+    from test_originals import write_ppnet
+
+    path, _ = write_protovit(tmp_path / "vit")
+    with pytest.raises(CheckpointError, match="holds a ProtoViT checkpoint, not 'protopnet': run with --adapter "
+                                              "protovit"):
+        get_adapter("protopnet").load(str(path))
+    ppnet, _ = write_ppnet(tmp_path)
+    assert get_adapter("auto").load(str(ppnet)).name == "protopnet"
+    with pytest.raises(CheckpointError, match="holds a ProtoPNet checkpoint, not 'protovit': run with --adapter "
+                                              "protopnet"):
+        get_adapter("protovit").load(str(ppnet))
 
 
 def test_greedy_matching_by_hand():
@@ -188,7 +206,8 @@ def test_the_protovit_protocol_equals_its_benchmark_copy(tmp_path):
     assert torch.allclose(got["protected_frac"], torch.tensor(4 * 9 / 56 ** 2).expand(4))  # four 3 x 3 px boxes
     assert torch.allclose(got["protected_frac"].double(), torch.tensor(expected["protected_frac"].values), atol=1e-6)
     for metric in ("PAC", "PRC", "PLC"):
-        assert torch.allclose(got[metric].double(), torch.tensor(expected[metric].values, dtype=torch.float64), atol=1e-3), metric
+        want = torch.tensor(expected[metric].values, dtype=torch.float64)
+        assert torch.allclose(got[metric].double(), want, atol=1e-3), metric
     assert (got["zero_grad_steps"] == 0).all()  # noise takes no steps, so none can have a zero gradient
 
 
@@ -197,14 +216,14 @@ def test_the_whole_benchmark_runs_from_the_cli_on_the_original_file(tmp_path):
     data = write_image_folder(tmp_path / "data", classes=3, per_class=2, size=56)
     for protocol in ("protovit", "default"):
         out = tmp_path / protocol
-        result = invoke("evaluate", "--ckpt", path, "--adapter", "protovit", "--data", data, "--out", out,
-                        "--protocol", protocol, "--steps", 2)
+        result = invoke("evaluate", "--ckpt", path, "--data", data, "--out", out, "--protocol", protocol, "--steps", 2)
         assert result.exit_code == 0, result.output
         meta = json.loads((out / "meta.json").read_text())
         per_image = pd.read_csv(out / "per_image.csv")
         assert meta["adapter"] == "protovit" and meta["model_info"]["similarity"] == "greedy-cosine"
         assert len(per_image) == 6 and per_image[["PAC", "PLC", "PRC"]].notna().all().all()
         region = (meta["protocol"]["region"], meta["protocol"]["plc"], meta["protocol"]["margin"])
-        assert region == (("tokens", "tokens", 0) if protocol == "protovit" else ("box", "pixels", 2))  # 10 px at 224, scaled
+        # the box's margin is 10 px at 224, scaled to 2 px at 56
+        assert region == (("tokens", "tokens", 0) if protocol == "protovit" else ("box", "pixels", 2))
     result = invoke("compare", tmp_path / "default", tmp_path / "protovit")
     assert result.exit_code == 2 and "protocol.region" in " ".join(result.stderr.split())

@@ -52,95 +52,31 @@ def limit(name: str) -> int:
     return value
 
 
-def _int(value: Any, lo: int, hi: int) -> str | None:
+def int_problem(value: Any, lo: int, hi: int) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         return f"an integer in {lo}..{hi}"
     return None
 
 
-def _number(value: Any, lo: float, hi: float, low_open: bool = False) -> str | None:
+def number_problem(value: Any, lo: float, hi: float, low_open: bool = False) -> str | None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not (lo < value if low_open else lo <= value) or value > hi:
         return f"a number in {'(' if low_open else '['}{lo:g}, {hi:g}]"
     return None
 
 
-def _triple(value: Any, lo: float, hi: float) -> str | None:
-    if not isinstance(value, (list, tuple)) or len(value) != 3 or any(_number(v, lo, hi) for v in value):
+def triple_problem(value: Any, lo: float, hi: float) -> str | None:
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or any(number_problem(v, lo, hi) for v in value):
         return f"3 numbers in [{lo:g}, {hi:g}], one per RGB channel"
     return None
 
 
 def check_ints(value: Any, lo: int, hi: int, min_len: int = 1, max_len: int = 8) -> str | None:
     """None if `value` is a list of min_len..max_len integers in lo..hi, else what it should be."""
-    if not isinstance(value, (list, tuple)) or not min_len <= len(value) <= max_len or any(_int(v, lo, hi)
+    if not isinstance(value, (list, tuple)) or not min_len <= len(value) <= max_len or any(int_problem(v, lo, hi)
                                                                                          for v in value):
         count = f"{min_len}" if min_len == max_len else f"{min_len} to {max_len}"
         return f"a list of {count} integers in {lo}..{hi}"
-    return None
-
-
-def _size(value: Any) -> str | None:
-    hi = limit("MAX_PROTOTYPE_SIZE")
-    if isinstance(value, (list, tuple)):
-        return check_ints(value, 1, hi, 2, 2)
-    return _int(value, 1, hi)
-
-
-_SIZES = {"num_classes": "MAX_CLASSES", "num_prototypes": "MAX_PROTOTYPES", "prototype_dim": "MAX_CHANNELS",
-          "proto_depth": "MAX_CHANNELS", "num_features": "MAX_CHANNELS", "num_descriptive": "MAX_SLOTS",
-          "num_parts": "MAX_SLOTS"}
-_CHOICES = {"activation": ("log", "linear"), "add_on": ("bottleneck", "regular", "shallow")}
-_FLAGS = {"focal", "use_last_layer", "use_thresh", "add_on_conv", "bias", "inference", "log_probabilities",
-          "kontschieder"}
-
-
-def field_problem(name: str, value: Any) -> str | None:
-    """What is wrong with one config value (None if nothing, or if protobench has no rule for `name`)."""
-    if name == "img_size":
-        return _int(value, limit("MIN_IMG_SIZE"), limit("MAX_IMG_SIZE"))
-    if name in _SIZES:
-        return _int(value, 1, limit(_SIZES[name]))
-    if name in _CHOICES:
-        return None if value in _CHOICES[name] else "one of " + ", ".join(_CHOICES[name])
-    if name in _FLAGS:
-        return None if isinstance(value, bool) else "true or false"
-    if name == "epsilon":
-        return _number(value, 0.0, 1.0, low_open=True)
-    if name == "prototype_size":
-        return _size(value)
-    if name == "radius":  # ProtoViT: how far (in tokens) consecutive matched parts may lie
-        return _int(value, 0, limit("MAX_IMG_SIZE"))
-    if name == "temp":  # ProtoViT: the slots' sigmoid sharpness
-        return _number(value, 0.0, 1e6, low_open=True)
-    if name in ("mean", "std"):
-        return _triple(value, *(MEAN_RANGE if name == "mean" else STD_RANGE))
-    if name == "backbone":
-        return _backbone(value)
-    return None
-
-
-def _backbone(value: Any) -> str | None:
-    from protobench.models.backbones import BACKBONES
-
-    return None if isinstance(value, str) and value in BACKBONES else "one of " + ", ".join(sorted(BACKBONES))
-
-
-def config_problem(cfg: Any) -> str | None:
-    """The first invalid field of an architecture config dataclass, as 'name value: should be ...'."""
-    from dataclasses import fields
-
-    from protobench.models.backbones import backbone_problem
-
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        wrong = field_problem(f.name, value)
-        if wrong:
-            return f"{f.name} {short(value)} should be {wrong}"
-    if hasattr(cfg, "backbone") and hasattr(cfg, "backbone_kwargs"):
-        wrong = backbone_problem(cfg.backbone, cfg.backbone_kwargs)
-        if wrong:
-            return f"backbone_kwargs of {cfg.backbone}: {wrong}"
     return None
 
 

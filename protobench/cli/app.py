@@ -68,7 +68,8 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
                                                   "or protobench-results/models for several)."),
     protocol: str = typer.Option("default", help="default (pgd, clipped), reference (the paper's code: noise, no clip) "
-                                                 "or protovit (ProtoViT's copy: noise, no clip, token region and PLC)."),
+                                                 "or protovit (ProtoViT's copy: noise, no clip, token region, "
+                                                 "token PLC)."),
     attack: Optional[str] = typer.Option(None, help="pgd, noise, or an attack a plugin registered "
                                                     "[default: from --protocol]."),
     eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),

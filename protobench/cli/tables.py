@@ -12,7 +12,7 @@ from protobench.cli.console import literal
 from protobench.core.metrics import specs
 
 
-def _number(value: Any, decimals: int) -> str:
+def number_problem(value: Any, decimals: int) -> str:
     """A metric's value; 'nan' where a row lacks it (a run finished before a plugin metric was added)."""
     return f"{float('nan') if value is None else value:.{decimals}f}"
 
@@ -25,12 +25,12 @@ def summary_table(summary: dict[str, Any]) -> Table:
         table.add_column(col, justify="left" if col == "metric" else "right")
     for spec in specs():
         d = spec.decimals
-        value = _number(summary.get(spec.column), d)
+        value = number_problem(summary.get(spec.column), d)
         if spec.summary is not None:
             table.add_row(literal(spec.label), value, "", "", "")
             continue
-        low, high = (_number(summary.get(f"{spec.name}_ci_{end}"), d) for end in ("low", "high"))
-        table.add_row(literal(spec.label), value, _number(summary.get(f"{spec.name}_std"), d),
+        low, high = (number_problem(summary.get(f"{spec.name}_ci_{end}"), d) for end in ("low", "high"))
+        table.add_row(literal(spec.label), value, number_problem(summary.get(f"{spec.name}_std"), d),
                       literal(f"[{low}, {high}]"), str(summary.get(f"{spec.name}_n", "")))
     return table
 
@@ -49,7 +49,7 @@ def models_table(summaries: list[dict[str, Any]]) -> Group:
             table.add_row(literal(row["model"]), *(["-"] * len(metrics)))
             failed.append(literal(f"{row['model']} failed: {row['error']}", "red"))
         else:
-            table.add_row(literal(row["model"]), *(_number(row.get(s.column), s.decimals) for s in metrics))
+            table.add_row(literal(row["model"]), *(number_problem(row.get(s.column), s.decimals) for s in metrics))
     return Group(table, *failed)
 
 

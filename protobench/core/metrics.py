@@ -205,7 +205,7 @@ def plc(map_before: Tensor, map_after: Tensor, size: int, q: float = 0.9) -> Ten
 
 def plc_tokens(parts_before: Tensor, parts_after: Tensor, cells_before: Tensor, cells_after: Tensor,
                q: float = 0.9) -> Tensor:
-    """ProtoViT's location change in %, on the model's own grid (docs/metrics.md, The protovit protocol).
+    """The token-level location change in %, on the model's own grid (docs/metrics.md, `--plc tokens`).
 
     Per part j, the cells at or above the q-quantile of its map (B, J, h, w), no upsampling;
     100 (1 - IoU) of those sets before and after, over all parts together. 0 when every cell

@@ -2,10 +2,10 @@
 protected region, the PLC definition, the seed.
 
 The named protocols (docs/metrics.md, Protocols) are data: `reference` is the `noise` attack
-without clipping, which is what the paper's code computes; `protovit` is what ProtoViT's copy of
-that code computes. Attack and region names are looked up in protobench.core.attack.ATTACKS and
-protobench.core.regions.REGIONS, so a registered one is a valid `--attack` / `--region` with no
-change here.
+without clipping, which is what the paper's code computes; the third preset is what a later
+paper's copy of that code computes, and works on every family. Attack and region names are
+looked up in protobench.core.attack.ATTACKS and protobench.core.regions.REGIONS, so a
+registered one is a valid `--attack` / `--region` with no change here.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ MAX_RADIUS, MAX_STEPS, MAX_MARGIN = 100.0, 1_000_000, 100_000
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "default": {},  # pgd, clipped to the valid image range
     "reference": {"attack": "noise", "clip": False},  # docs/metrics.md, Why the reference code's "PGD" is noise
-    # ProtoViT's spatial_alignment_test/run_adv_test.py: the same zero-gradient "PGD" (so noise), 50 iterations,
-    # token boxes without margin, its token-level PLC (docs/metrics.md, The protovit protocol)
+    # the benchmark copy published with that paper (spatial_alignment_test/run_adv_test.py): the same
+    # zero-gradient "PGD" (so noise), 50 iterations, token boxes without margin, its token-level PLC
     "protovit": {"attack": "noise", "clip": False, "steps": 50, "region": "tokens", "plc": "tokens"},
 }
 SELECTIONS = ("top-proto", "gt-protos")
@@ -47,7 +47,7 @@ class EvalProtocol:
     margin: int | None = None  # px added around each box; None: the region's default (box: 10 px at 224, scaled)
     seed: int = 0  # seeds the per-image random start and the subset
     region: str = "box"  # a name in protobench.core.regions.REGIONS: which pixels are protected
-    plc: str = "pixels"  # 'pixels' (the paper's PLC) or 'tokens' (ProtoViT's, on the model's grid)
+    plc: str = "pixels"  # 'pixels' (the paper's PLC) or 'tokens' (on the model's grid, per part)
 
     @classmethod
     def make(cls, name: str = "default", **overrides: Any) -> EvalProtocol:

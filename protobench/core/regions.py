@@ -6,9 +6,9 @@ The protected region is a registered `Region` (REGIONS, `--region NAME`):
 - `box` (the paper's): for each attacked prototype, upsample its similarity map to S x S
   (bicubic), take the bounding box of pixels >= the 95th percentile, grow it by `margin` px,
   clamp the end to S - 1 (exclusive, as the reference does).
-- `tokens` (ProtoViT's copy of the benchmark): for each attacked prototype, the pixel box of
-  every map cell (token) one of its parts matched, without its last row and column (that
-  copy's off-by-one), grown by `margin` px (none by default).
+- `tokens` (a later paper's copy of the benchmark, docs/metrics.md): for each attacked
+  prototype, the pixel box of every map cell (token) one of its parts matched, without its last
+  row and column (that copy's off-by-one), grown by `margin` px (none by default).
 
 Several prototypes per image -> union of their boxes.
 """
@@ -101,7 +101,7 @@ def token_region(maps: torch.Tensor, cells: torch.Tensor, valid: torch.Tensor, *
                  ) -> torch.Tensor:
     """`--region tokens`: the boxes of the cells each attacked prototype's parts matched.
 
-    ProtoViT's benchmark copy zeroes mask[16 r : 16 (r + 1) - 1] for token (r, c): its end is
+    That benchmark copy zeroes mask[16 r : 16 (r + 1) - 1] for token (r, c): its end is
     exclusive already, so the token's last pixel row and column stay attackable (15 x 15 boxes
     at 16 px per token). Reproduced: each cell box loses its last row and column."""
     y0, y1, x0, x1 = cell_boxes(cells, tuple(maps.shape[-2:]), size)
@@ -138,9 +138,8 @@ REGIONS: Registry[Region] = Registry("region", group="protobench.regions", check
                                      expects="a protobench.core.regions.Region")
 REGIONS.add("box", Region(box_region, default_margin, "the paper's: the box of the upsampled map's top 5%, "
                                                       "plus a margin (10 px at 224 px)"), source="built-in")
-REGIONS.add("tokens", Region(token_region, lambda size: 0, "ProtoViT's: the boxes of the tokens (map cells) "
-                                                           "the prototype's parts matched, no margin"),
-            source="built-in")
+REGIONS.add("tokens", Region(token_region, lambda size: 0, "the boxes of the tokens (map cells) the "
+                                                           "prototype's parts matched, no margin"), source="built-in")
 
 
 def select_prototypes(act: torch.Tensor, in_class: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,7 +76,7 @@ def _row(record, where: str, folder: str, classes: int) -> tuple[str, int, tuple
     if not isinstance(fname, str) or not fname:
         raise DataError(f"{where}: fname is {_shown(fname)}, not a file name")
     relative_name(fname, f"{where} (fname)", folder)
-    x1, y1, x2, y2, label = (_number(record[k], f"{where} ({fname}): {k}") for k in FIELDS[:5])
+    x1, y1, x2, y2, label = (number_problem(record[k], f"{where} ({fname}): {k}") for k in FIELDS[:5])
     if label != int(label) or not 1 <= label <= classes:
         raise DataError(f"{where} ({fname}): class {label:g} is not a whole number in 1..{classes}")
     if x2 < x1 or y2 < y1:
@@ -84,7 +84,7 @@ def _row(record, where: str, folder: str, classes: int) -> tuple[str, int, tuple
     return fname, int(label) - 1, (x1 - 1, y1 - 1, x2, y2)  # 1-based inclusive -> 0-based, right/bottom exclusive
 
 
-def _number(value, where: str) -> float:
+def number_problem(value, where: str) -> float:
     array = np.asarray(value)
     if array.shape != () or array.dtype.kind not in "iuf" or not np.isfinite(array):
         raise DataError(f"{where} is {_shown(value)}, not a finite number")

@@ -40,8 +40,11 @@ class FamilyFacts:
     files: str = ""  # which of the original code's files protobench reads, in words
     # dotted class names (module.qualname) as the original code pickles them; protobench never imports
     # them, each becomes an inert stand-in (protobench.checkpoints.pickles)
-    root_classes: tuple[str, ...] = ()  # the model classes of whole-model pickles: such a pickle is this family's
+    root_classes: tuple[str, ...] = ()  # the model classes of whole-model pickles this family reads
     pickled_classes: tuple[str, ...] = ()  # every other class those pickles hold (submodules, blocks)
+    # registered families whose files this family's narrower claim picks out (same pickled class or same
+    # keys plus a signature of its own): where both claim a file, this family's claim wins
+    refines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class Evidence:
     """What the benchmark reads from one forward pass (docs/adapters.md, What an adapter gives).
 
     Only maps and logits are required. A family whose prototype activation is not the maximum
-    of its map (ProtoViT: a weighted sum over parts matched to several tokens) gives its
+    of its map (e.g. a weighted sum over parts matched to several tokens) gives its
     `activations`; a family whose prototypes are made of parts gives each part's map (`parts`)
     and the map cell each part matched (`cells`). Left out, they are derived from the maps:
     the activation is the map's maximum, and a prototype is one part, its map, at its argmax.
@@ -75,7 +78,7 @@ class Evidence:
 
     @property
     def act(self) -> torch.Tensor:
-        return self.maps.amax(dim=(2, 3)) if self.activations is None else self.activations
+        return map_maxima(self.maps) if self.activations is None else self.activations
 
     @property
     def part_maps(self) -> torch.Tensor:
@@ -83,12 +86,22 @@ class Evidence:
 
     @property
     def part_cells(self) -> torch.Tensor:
-        return self.maps.flatten(2).argmax(dim=2, keepdim=True) if self.cells is None else self.cells
+        return map_argmax_cells(self.maps) if self.cells is None else self.cells
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The fields that are given, by name."""
         fields = ("maps", "logits", "activations", "parts", "cells")
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
+
+
+def map_maxima(maps: torch.Tensor) -> torch.Tensor:
+    """(B, P, h, w) -> (B, P): each map's maximum, the activation of a family that gives no other."""
+    return maps.amax(dim=(2, 3))
+
+
+def map_argmax_cells(maps: torch.Tensor) -> torch.Tensor:
+    """(B, P, h, w) -> (B, P, 1): the cell (row * w + col) of each map's maximum, its one part's match."""
+    return maps.flatten(2).argmax(dim=2, keepdim=True)
 
 
 class PrototypeAdapter:
@@ -118,11 +131,21 @@ class PrototypeAdapter:
     @classmethod
     def claims(cls, ckpt: Checkpoint) -> bool:
         """Whether `--adapter auto` may read this original checkpoint as this family: a whole-model
-        pickle of one of `facts.root_classes`, or a state dict whose keys `claims_keys` accepts.
-        (protobench's own files name their family; they never come here.)"""
+        pickle of one of `facts.root_classes` that `claims_pickle` accepts, or a state dict whose keys
+        `claims_keys` accepts. (protobench's own files name their family; they never come here.)"""
+        keys = frozenset(ckpt.tensors)
         if ckpt.root is not None:
-            return cls.facts is not None and ckpt.root_class in cls.facts.root_classes
-        return cls.claims_keys(frozenset(ckpt.tensors))
+            return (cls.facts is not None and ckpt.root_class in cls.facts.root_classes
+                    and bool(cls.claims_pickle(ckpt.root.__dict__, keys)))
+        return cls.claims_keys(keys)
+
+    @classmethod
+    def claims_pickle(cls, attributes: dict[str, Any], keys: frozenset[str]) -> bool:
+        """Whether a whole-model pickle of one of `facts.root_classes` is this family's, from the pickled
+        model's attributes (its `__dict__`: plain values and `_modules`, `_parameters`, `_buffers`, all
+        read from an untrusted file) and its state-dict keys. Yes by default: the class name is enough
+        unless several families pickle the same class (declare `facts.refines` then)."""
+        return True
 
     @classmethod
     def claims_keys(cls, keys: frozenset[str]) -> bool:

@@ -118,12 +118,27 @@ def read_family_checkpoint(path: str, family: type[PrototypeAdapter] | None = No
     return read_checkpoint(path, classes)
 
 
+def _refines(name: str, cls: type[PrototypeAdapter]) -> tuple[str, ...]:
+    declared = cls.facts.refines if cls.facts is not None else ()
+    if not isinstance(declared, (tuple, list)) or not all(isinstance(n, str) for n in declared):
+        raise AdapterError(f"model family {name!r} declares refines wrongly: it must be a tuple of family names")
+    return tuple(declared)
+
+
+def most_specific(found: dict[str, type[PrototypeAdapter]]) -> tuple[str, ...]:
+    """The claimants no other claimant refines: a family whose narrower claim (a signature of its own
+    on the same pickled class or keys) picked the file out wins over the family it refines."""
+    refined = {general for name, cls in found.items() for general in _refines(name, cls) if general != name}
+    return tuple(name for name in found if name not in refined)
+
+
 def claimants(ckpt: Checkpoint) -> tuple[str, ...]:
-    """The families that could read this checkpoint: the one its metadata names, or every
-    registered family whose `claims` accepts it (pickled model class or key signature)."""
+    """The families that could read this checkpoint: the one its metadata names, or the most
+    specific of the registered families whose `claims` accepts it (pickled model class and its
+    attributes, or key signature)."""
     if ckpt.is_protobench:
         return (ckpt.adapter,)
-    found = tuple(name for name, cls in usable_families() if cls.claims(ckpt))
+    found = most_specific({name: cls for name, cls in usable_families() if cls.claims(ckpt)})
     if ckpt.root is not None and not found:
         raise CheckpointError(f"{ckpt.path} holds a pickled {ckpt.root_class}, which no registered model family "
                               "reads; write an adapter for it (see docs/adapters.md)")
@@ -153,7 +168,11 @@ def check_family(ckpt: Checkpoint, family: type[PrototypeAdapter]) -> None:
     if ckpt.is_protobench:
         found: tuple[str, ...] = (ckpt.adapter,)
     elif family.claims(ckpt):  # registered or not (an adapter loaded by import path)
-        return
+        narrower = {n: cls for n, cls in usable_families()
+                    if n != name and name in _refines(n, cls) and cls.claims(ckpt)}
+        if not narrower:
+            return
+        found = tuple(narrower)  # e.g. a variant of the family, pickled under the same class name
     else:
         found = claimants(ckpt)
     if name in found:

@@ -16,7 +16,8 @@ from protobench.models.adapter import PrototypeAdapter
 from protobench.models.families import check_family, read_family_checkpoint
 from protobench.checkpoints.formats import check_state, write_protobench
 from protobench.errors import AdapterError, CheckpointError
-from protobench.checkpoints.limits import config_problem, field_problem, short
+from protobench.checkpoints.limits import short
+from protobench.models.config import config_problem, field_problem
 from protobench.checkpoints.loading import Checkpoint
 
 # what reading a malformed checkpoint's values can raise, past the checks that name the problem

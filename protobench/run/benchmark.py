@@ -17,7 +17,7 @@ from protobench.core import metrics, rng
 from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import REGIONS, select_prototypes
-from protobench.models.adapter import PrototypeAdapter
+from protobench.models.adapter import PrototypeAdapter, map_argmax_cells, map_maxima
 from protobench.run.context import RunContext
 from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
 
@@ -29,14 +29,16 @@ def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return order.indices, order.values > 0
 
 
-def protect(adapter: PrototypeAdapter, maps: torch.Tensor, act: torch.Tensor, cells: torch.Tensor, y: torch.Tensor,
-            protocol: EvalProtocol):
+def protect(adapter: PrototypeAdapter, maps: torch.Tensor, y: torch.Tensor, protocol: EvalProtocol,
+            act: torch.Tensor | None = None, cells: torch.Tensor | None = None):
     """Which prototypes to attack, p*, and the pixels the attack may change (docs/metrics.md,
-    The procedure, steps 2-3), from the clipped maps (B, P, h, w) and activations (B, P) and the
-    cells the prototypes' parts matched (B, P, J).
+    The procedure, steps 2-3), from the clipped maps (B, P, h, w), activations (B, P; default:
+    the maps' maxima) and the cells the prototypes' parts matched (B, P, J; default: the maps' argmax).
 
     Returns attacked (B, P) bool, p_star (B,), in_class (B, P) bool, attackable (B, 1, S, S) bool.
     """
+    act = map_maxima(maps) if act is None else act
+    cells = map_argmax_cells(maps) if cells is None else cells
     size = adapter.info.input_size
     in_class = adapter.prototype_class_identity[:, y].t() > 0  # (B, P)
     attacked, p_star = select_prototypes(act, in_class, protocol.select)
@@ -59,7 +61,7 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
         clean = forward(x)
     maps = clean.maps.clamp(min=0)  # docs/metrics.md, The procedure: metrics see maps clipped at 0
     act = clean.act.clamp(min=0)
-    attacked, p_star, in_class, attackable = protect(adapter, maps, act, clean.part_cells, y, protocol)
+    attacked, p_star, in_class, attackable = protect(adapter, maps, y, protocol, act, clean.part_cells)
     weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
 
     def objective(images: torch.Tensor) -> torch.Tensor:  # mean activation of the attacked prototypes

@@ -83,14 +83,14 @@ def judge(base: float, new: float, tolerance: float, higher_is_worse: bool) -> s
 def compare_rows(model: str, base: dict[str, Any], new: dict[str, Any], tol: dict[str, float]) -> list[dict]:
     rows = []
     for spec in specs():
-        b, n = _number(base.get(spec.column)), _number(new.get(spec.column))
+        b, n = number_problem(base.get(spec.column)), number_problem(new.get(spec.column))
         tolerance = tol.get(spec.name, spec.tolerance)
         rows.append({"model": model, "metric": spec.name, "base": b, "new": n, "delta": n - b,
                      "tolerance": tolerance, "status": judge(b, n, tolerance, spec.higher_is_worse)})
     return rows
 
 
-def _number(value: Any) -> float:
+def number_problem(value: Any) -> float:
     """A metric value; NaN when it is missing, not a number, or infinite (no metric can be)."""
     try:
         number = float(value)
