@@ -159,7 +159,10 @@ def original_config(ckpt: Checkpoint, img_size: int | None, radius: int | None, 
     if len(shape) != 3 or tuple(t["patch_select"].shape) != (1, shape[0], shape[2]):
         raise CheckpointError(f"{ckpt.path}: prototype_vectors {shape} and patch_select "
                               f"{tuple(t['patch_select'].shape)} are not ProtoViT's (P, D, K) and (1, P, K)")
-    backbone, kwargs = backbone_from(sub_state(t, "features."), root)
+    try:
+        backbone, kwargs = backbone_from(sub_state(t, "features."), root)
+    except CheckpointError as err:  # the backbone's reasons say what is wrong, not in which file
+        raise CheckpointError(f"{ckpt.path}: {err}") from None
     arc = _pickled(root, "arc", {"deit": "deit", "cait": "cait"}.get(backbone))
     if backbone not in ("deit", "cait") or arc != backbone:
         raise CheckpointError(f"{ckpt.path}: ProtoViT's backbone must be a DeiT or CaiT transformer; this one is "

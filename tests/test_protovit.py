@@ -24,10 +24,11 @@ from test_originals import assert_not_importable
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
-def write_protovit(tmp_path, arc="deit", dim=16, heads=2, img_size=56, patch=4, prototypes=12, edit=None):
+def write_protovit(tmp_path, arc="deit", dim=16, heads=2, img_size=56, patch=4, prototypes=12, edit=None,
+                   layout="protovit"):
     """A tiny ProtoViT written as the original saves it: torch.save of model.PPNet with a timm backbone
     (14 x 14 tokens at 56 px, as the original's hard-coded grid); some slots pushed to exactly on/off."""
-    with original_modules(tmp_path / "src", "protovit") as m:
+    with original_modules(tmp_path / "src", layout) as m:
         torch.manual_seed(0)
         build = m.VisionTransformer if arc == "deit" else m.Cait
         net = m.PPNet(build(m, img_size, patch, dim, 2, heads), img_size, (prototypes, dim, 4), 3, arc).eval()
@@ -227,3 +228,5 @@ def test_the_whole_benchmark_runs_from_the_cli_on_the_original_file(tmp_path):
         assert region == (("tokens", "tokens", 0) if protocol == "protovit" else ("box", "pixels", 2))
     result = invoke("compare", tmp_path / "default", tmp_path / "protovit")
     assert result.exit_code == 2 and "protocol.region" in " ".join(result.stderr.split())
+    listed = invoke("adapters")
+    assert listed.exit_code == 0 and "protovit" in listed.stdout and "ProtoViT" in listed.stdout

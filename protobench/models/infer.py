@@ -82,7 +82,8 @@ def _vit(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
     The head count is not in the weights: CaiT's talking-heads mixer (proj_l, H x H) tells it,
     DeiT's default is one head per 64 channels (DeiT-Ti 3, -S 6, -B 12); a pickle overrides it."""
     if "dist_token" in state:
-        raise CheckpointError("a distilled DeiT backbone (dist_token) is not supported")
+        raise CheckpointError("its DeiT backbone is a distilled one (dist_token), which protobench does not "
+                              "support; use a checkpoint with a plain DeiT or a CaiT backbone")
     cait = "blocks_token_only.0.attn.q.weight" in state
     dim = int(state["cls_token"].shape[-1])
     patch = state["patch_embed.proj.weight"].shape[-2:]
