@@ -34,7 +34,7 @@ from torch import nn
 from protobench.checkpoints.limits import short
 from protobench.checkpoints.loading import Checkpoint
 from protobench.core.precision import full_precision
-from protobench.errors import CheckpointError
+from protobench.errors import CheckpointError, OptionError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, Evidence, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.models.families import FAMILIES
@@ -163,6 +163,11 @@ def original_config(ckpt: Checkpoint, img_size: int | None, radius: int | None, 
         backbone, kwargs = backbone_from(sub_state(t, "features."), root)
     except CheckpointError as err:  # the backbone's reasons say what is wrong, not in which file
         raise CheckpointError(f"{ckpt.path}: {err}") from None
+    own = kwargs["img_size"]
+    if img_size is not None and img_size != own:  # the original never resizes its position embeddings
+        side = own // kwargs["patch_size"]
+        raise OptionError(f"adapter option img_size={img_size}: {ckpt.path} is a transformer for {own} px images "
+                          f"(its {side} x {side} position embeddings); leave img_size out")
     arc = _pickled(root, "arc", {"deit": "deit", "cait": "cait"}.get(backbone))
     if backbone not in ("deit", "cait") or arc != backbone:
         raise CheckpointError(f"{ckpt.path}: ProtoViT's backbone must be a DeiT or CaiT transformer; this one is "

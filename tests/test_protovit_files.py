@@ -11,7 +11,7 @@ from torch import nn
 
 from hostile import Call
 from originals_vit import VIT_LAYOUT
-from protobench.errors import CheckpointError
+from protobench.errors import CheckpointError, OptionError
 from protobench.models.families import get_adapter
 from test_protovit import write_protovit
 
@@ -57,3 +57,11 @@ def test_a_distilled_deit_is_a_one_line_error_naming_the_file(tmp_path):
         get_adapter("protovit").load(str(path))
     message = str(err.value)
     assert "\n" not in message and str(path) in message and "dist_token" in message
+
+
+def test_an_img_size_other_than_the_transformer_s_own_says_so(tmp_path):
+    path, _ = write_protovit(tmp_path)  # 56 px: 14 x 14 tokens of 4 px, fixed by the position embeddings
+    with pytest.raises(OptionError, match=r"img_size=28: .*10finetuned0\.8530\.pth is a transformer for 56 px images "
+                                          r"\(its 14 x 14 position embeddings\); leave img_size out"):
+        get_adapter("protovit").load(str(path), img_size=28)
+    assert get_adapter("protovit").load(str(path), img_size=56).info.input_size == 56
