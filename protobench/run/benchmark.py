@@ -50,11 +50,17 @@ def protect(adapter: PrototypeAdapter, maps: torch.Tensor, y: torch.Tensor, prot
     return attacked, p_star, in_class, attackable
 
 
+OnOutcome = Callable[[metrics.Outcome, torch.Tensor], None]  # (a batch's Outcome, its dataset indices)
+
+
 def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                   protocol: EvalProtocol, forward: Forward | None = None) -> dict[str, torch.Tensor]:
+                   protocol: EvalProtocol, forward: Forward | None = None,
+                   on_outcome: OnOutcome | None = None) -> dict[str, torch.Tensor]:
     """Attack one batch and measure it; returns per-image tensors (B,) on the CPU.
 
     `forward` (default: the adapter's, in fp32) runs the model: see forward.model_forward.
+    `on_outcome(outcome, ids)` sees the batch's tensors (images, maps, ...) before they are dropped
+    (protobench report keeps those of the images it draws).
     """
     forward = forward or model_forward(adapter, Runtime())
     with torch.no_grad():
@@ -80,6 +86,8 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
                               act=act, act_adv=adv.act.clamp(min=0), parts=clean.part_maps, parts_adv=adv.part_maps,
                               cells=clean.part_cells, cells_adv=adv.part_cells, plc=protocol.plc)
     out = measure(outcome)
+    if on_outcome is not None:
+        on_outcome(outcome, ids)
     out.update(zero_grad_steps=zero_steps, zero_grad=zero_steps > 0,
                protected_frac=1 - attackable.float().mean(dim=(1, 2, 3)))
     return {k: v.detach().cpu() for k, v in out.items()}
@@ -130,7 +138,8 @@ class Fit:
 
 
 def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                     protocol: EvalProtocol, forward: Forward, fit: Fit) -> dict[str, torch.Tensor]:
+                     protocol: EvalProtocol, forward: Forward, fit: Fit,
+                     on_outcome: OnOutcome | None = None) -> dict[str, torch.Tensor]:
     """evaluate_batch in pieces of at most fit.limit images, halving the piece on out-of-memory
     (never a crash, unless a single image does not fit). Images are independent, so pieces
     give the same per-image numbers as one call."""
@@ -143,7 +152,7 @@ def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor
         n = min(fit.limit, len(x) - start)
         try:
             pieces.append(evaluate_batch(adapter, x[start:start + n], y[start:start + n], ids[start:start + n],
-                                         protocol, forward))
+                                         protocol, forward, on_outcome))
             start += n
         except RuntimeError as err:
             if not is_out_of_memory(err) or n == 1:
@@ -158,12 +167,13 @@ def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor
 
 def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: list[str], protocol: EvalProtocol,
         context: RunContext | None = None,
-        on_batch: Callable[[list[dict[str, Any]], list[int]], None] | None = None) -> tuple[list[dict], list[int]]:
+        on_batch: Callable[[list[dict[str, Any]], list[int]], None] | None = None,
+        on_outcome: OnOutcome | None = None) -> tuple[list[dict], list[int]]:
     """Evaluate every item of `dataset`; returns (records, indices of undecodable images).
 
     `context`: device, runtime, batch size, workers (default: RunContext.resolve for the
     adapter's device and input size). `on_batch(records, skipped)` is called after each batch
-    (progress, incremental writes).
+    (progress, incremental writes); `on_outcome`: see evaluate_batch.
     """
     from protobench.data.imagelist import collate
 
@@ -180,7 +190,7 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
             rows = []
             if x is not None:
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit)
+                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit, on_outcome)
                 rows = batch_records(values, y.cpu(), ids, paths)
             records.extend(rows)
             skipped.extend(bad)
