@@ -11,6 +11,8 @@ from typing import Any, Optional
 import typer
 
 from protobench.cli.console import err_console, fail, line, out_console, run_library, say, warnings_to_console
+from protobench.cli.helptext import (DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP, PLC_HELP, PROTOCOL_HELP,
+                                     REGION_HELP)
 from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -34,14 +36,6 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
         except (ValueError, RecursionError):
             options[key] = value
     return options
-
-
-MAX_PIXELS = 50_000_000  # protobench.data.imagelist.MAX_IMAGE_PIXELS, written out: that module imports torch
-MAX_PIXELS_HELP = "Skip images with more pixels than this (read from the header, before decoding); 0: no limit."
-# The built-in layouts, written out: listing the registry here would read every installed plugin's
-# entry points on each start. An unknown name still gets the registry's full list and a did-you-mean.
-DATASET_HELP = ("Dataset layout: protoshapes, cub, cars, imagefolder or a plugin's (protobench.data.layouts; "
-                "default: detected from --data).")
 
 
 def layout_name(name: Optional[str]) -> Optional[str]:
@@ -68,23 +62,16 @@ def evaluate(
                                                    "all); an ImageFolder has none."),
     out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
                                                   "or protobench-results/models for several)."),
-    protocol: str = typer.Option("default", help="default (pgd, clipped), reference (the paper's code: noise, no clip) "
-                                                 "or protovit (ProtoViT's copy: noise, no clip, token region, "
-                                                 "token PLC)."),
+    protocol: str = typer.Option("default", help=PROTOCOL_HELP),
     attack: Optional[str] = typer.Option(None, help="pgd, noise, or an attack a plugin registered "
                                                     "[default: from --protocol]."),
     eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
     step: Optional[float] = typer.Option(None, help="pgd step size [0.01]."),
     steps: Optional[int] = typer.Option(None, help="pgd steps [40]."),
     select: Optional[str] = typer.Option(None, help="top-proto or gt-protos [top-proto]."),
-    margin: Optional[int] = typer.Option(None, help="Pixels around each protected box [box: 10 at 224 px, scaled; "
-                                                    "tokens: 0]."),
-    region: Optional[str] = typer.Option(None, help="Protected region: box (the paper's: the upsampled map's top-5% "
-                                                    "box plus --margin) or tokens (the boxes of the tokens the "
-                                                    "prototype matched) [from --protocol]."),
-    plc: Optional[str] = typer.Option(None, help="PLC on pixels (the paper's: upsampled map, top 10%) or tokens "
-                                                 "(ProtoViT's: per part on the model's grid, 0 unless a matched token "
-                                                 "moved) [from --protocol]."),
+    margin: Optional[int] = typer.Option(None, help=MARGIN_HELP),
+    region: Optional[str] = typer.Option(None, help=REGION_HELP),
+    plc: Optional[str] = typer.Option(None, help=PLC_HELP),
     clip: Optional[bool] = typer.Option(None, "--clip/--no-clip", help="Keep attacked images in the valid range."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch (default: 32 on CPU; 256 on GPU, "
                                                         "halved automatically until it fits)."),
