@@ -6,7 +6,8 @@ code is copied), with tiny widths. `original_modules` puts thin subclasses of th
 throwaway modules under the original import paths (`model.PPNet`,
 `models.resnet_features.BasicBlock`, `prototree.prototree.ProtoTree`, ...), so that
 `torch.save(model)` writes exactly the class references the original files hold; on exit
-the modules are gone again, so protobench must read the files without them.
+the modules are gone again, so protobench must read the files without them. ProtoViT's
+classes (its model.PPNet and timm 0.4.12's DeiT and CaiT) are in tests/originals_vit.py.
 
 Their `forward` methods are the slow, obvious reference implementations the tests compare against.
 """
@@ -21,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from originals_vit import VIT_LAYOUT
 
 
 class BasicBlockW(nn.Module):
@@ -268,6 +271,9 @@ LAYOUTS = {
                   "features.resnet_features": {"ResNet_features": ResNetFeaturesW, "BasicBlock": BasicBlockW,
                                                "Bottleneck": BottleneckW}},
 }
+
+
+LAYOUTS["protovit"] = VIT_LAYOUT
 
 
 class Namespace:

@@ -11,7 +11,8 @@ from protobench.errors import AdapterError, CheckpointError
 from protobench.models.infer import infer_backbone
 from protobench.models.family import FamilyAdapter
 
-BUILTIN = ["deformable", "pipnet", "protopnet", "protopool", "protopshare", "prototree", "stprotopnet", "tesnet"]
+BUILTIN = ["deformable", "pipnet", "protopnet", "protopool", "protopshare", "prototree", "protovit", "stprotopnet",
+           "tesnet"]
 
 
 @pytest.mark.parametrize("name", BUILTIN)
@@ -84,6 +85,11 @@ def test_registry_lists_every_family():
     ("vgg", {"cfg": [4, 4, "M", 8, "M"], "batch_norm": False}),
     ("densenet", {"growth_rate": 4, "block_config": [1, 2, 1], "num_init_features": 6, "bn_size": 2}),
     ("convnext", {"widths": [4, 8, 8, 16], "depths": [1, 2, 1, 1]}),
+    # one head per 64 channels is DeiT's rule (the pickle says otherwise); CaiT's heads are in its weights
+    ("deit", {"img_size": 48, "patch_size": 8, "embed_dim": 128, "depth": 2, "num_heads": 2, "mlp_hidden": 40,
+              "qkv_bias": False, "eps": 1e-6}),
+    ("cait", {"img_size": 32, "patch_size": 4, "embed_dim": 12, "depth": 3, "num_heads": 3, "mlp_hidden": 24,
+              "qkv_bias": True, "eps": 1e-6, "depth_token_only": 1, "mlp_hidden_token": 36}),
 ])
 def test_backbone_architecture_is_read_back_from_its_weights(name, kwargs):
     net = build_backbone(name, **kwargs)
@@ -99,6 +105,10 @@ def test_standard_backbones_are_recognized():
         assert infer_backbone(build_backbone("densenet121").state_dict())[1]["block_config"] == [6, 12, 24, 16]
         assert infer_backbone(build_backbone("vgg16_bn").state_dict())[1]["cfg"] == [
             64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+        for name, heads in (("deit_tiny_patch16_224", 3), ("deit_small_patch16_224", 6), ("deit_base_patch16_224", 12),
+                            ("cait_xxs24_224", 4)):
+            found, kwargs = infer_backbone(build_backbone(name).state_dict())
+            assert (found, kwargs["num_heads"], kwargs["img_size"], kwargs["patch_size"]) == (name[:4], heads, 224, 16)
 
 
 @pytest.mark.parametrize("name", BUILTIN)

@@ -76,6 +76,70 @@ def test_protocols():
         EvalProtocol.make(attack="fgsm")
 
 
+def test_the_protovit_protocol_and_the_region_options():
+    vit = EvalProtocol.make("protovit")
+    assert (vit.attack, vit.clip, vit.steps, vit.eps, vit.step) == ("noise", False, 50, 0.4, 0.01)
+    assert vit.select == "top-proto"
+    assert (vit.region, vit.plc, vit.resolved(224)["margin"]) == ("tokens", "tokens", 0)
+    default = EvalProtocol.make()
+    assert (default.region, default.plc) == ("box", "pixels")
+    assert EvalProtocol.make(region="tokens").resolved(224)["margin"] == 0  # each region has its default margin
+    assert EvalProtocol.make("protovit", region="box").resolved(224)["margin"] == 10
+    assert EvalProtocol.make("protovit", margin=3).resolved(224)["margin"] == 3
+    with pytest.raises(ValueError, match="--region: unknown region 'token'. Did you mean 'tokens'"):
+        EvalProtocol.make(region="token")
+    with pytest.raises(ValueError, match="--plc 'grid': use pixels or tokens"):
+        EvalProtocol.make(plc="grid")
+
+
+class MeanActivation:
+    """A family whose activation is the mean of its map, not its maximum, and whose prototypes
+    have two parts that matched fixed cells (0 and 5 of a 4 x 4 map): the loop must follow them."""
+
+    def __init__(self, adapter):
+        self.inner, self.info, self.prototype_class_identity = adapter, adapter.info, adapter.prototype_class_identity
+        self.model = adapter.model
+
+    def evidence(self, x):
+        from protobench.models.adapter import Evidence
+
+        maps, logits = self.inner(x)
+        maps = torch.nn.functional.adaptive_avg_pool2d(maps, 4)
+        cells = torch.tensor([0, 5], device=x.device).expand(len(x), maps.shape[1], 2)
+        parts = maps[:, :, None].expand(-1, -1, 2, -1, -1)
+        return Evidence(maps, logits, activations=maps.mean(dim=(2, 3)), parts=parts, cells=cells)
+
+
+def test_the_loop_follows_the_family_s_activations_and_cells(tiny_adapter):
+    from protobench.core.attack import ATTACKS
+
+    family = MeanActivation(tiny_adapter)
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    y, ids = torch.arange(6) % 3, torch.arange(6)
+    with torch.no_grad():
+        act = family.evidence(x).activations
+    seen = {}
+
+    def probe(objective, images, attackable, noise, *, eps, step, steps, bounds=None):
+        seen["objective"] = objective(images)
+        return images, torch.zeros(len(images), dtype=torch.long)
+
+    ATTACKS.add("probe", probe)
+    try:
+        with frozen_eval(family.model):
+            out = evaluate_batch(family, x, y, ids, EvalProtocol.make(attack="probe", region="tokens"),
+                                 model_forward(family, Runtime()))
+    finally:
+        ATTACKS.remove("probe")
+    p_star = act.clamp(min=0).argmax(dim=1)  # the most active prototype by the family's activation
+    assert torch.equal(out["proto"], p_star)
+    assert torch.allclose(out["act_before"], act.clamp(min=0)[torch.arange(6), p_star])
+    assert torch.allclose(seen["objective"], act[torch.arange(6), p_star])  # the attack lowers that activation
+    # cells 0 and 5 of a 4 x 4 map on 32 px: two 8 px tokens, each protected as 7 x 7 pixels
+    assert torch.allclose(out["protected_frac"], torch.full((6,), 2 * 49 / 1024))
+    assert (out["PLC"] == 0).all()  # nothing moved: the parts matched the same cells after the attack
+
+
 def test_out_of_memory_halves_the_batch_and_keeps_the_numbers(tiny_adapter, image_folder, monkeypatch):
     from protobench.errors import MemoryWarning
 

@@ -1,5 +1,5 @@
 """`--adapter auto` between families that pickle the same class (`model.PPNet`: ProtoPNet, Deformable
-ProtoPNet, ProtoPShare, and later ProtoViT) or share state-dict keys: a family claims a file by its
+ProtoPNet, ProtoPShare and ProtoViT) or share state-dict keys: a family claims a file by its
 class name and a signature of its own, and the family it `refines` yields to it."""
 
 import pytest
@@ -15,14 +15,15 @@ from test_originals import write_ppnet
 
 
 class PatchSelectAdapter(FamilyAdapter):
-    """A family as ProtoViT's will be: ProtoPNet's pickled class, told by a parameter of its own."""
+    """A family as ProtoViT is: ProtoPNet's pickled class, told by a parameter of its own (a toy one,
+    `part_gate`: ProtoViT's own `patch_select` is taken)."""
 
     facts = FamilyFacts(display_name="PatchNet", paper="Nobody et al., TESTS 2025", root_classes=("model.PPNet",),
                         refines=("protopnet",))
 
     @classmethod
     def claims_pickle(cls, attributes, keys):
-        return "patch_select" in keys
+        return "part_gate" in keys
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def test_a_family_plugs_in_beside_protopnet_by_a_signature(tmp_path, patchnet):
     plain, _ = write_ppnet(tmp_path / "plain")
     with original_modules(tmp_path / "src", "protopnet") as m:
         net = m.PPNet(m.VGG_features([4, "M"]), 4, (6, 4, 1, 1), 3)
-        net.patch_select = nn.Parameter(torch.zeros(1, 6, 4))
+        net.part_gate = nn.Parameter(torch.zeros(1, 6, 4))
         torch.save(net, tmp_path / "vit.pth")
     assert claimed(plain) == ("protopnet",)
     assert claimed(tmp_path / "vit.pth") == ("patchnet",)  # ProtoPNet claims it too, and yields

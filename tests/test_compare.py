@@ -94,6 +94,8 @@ def test_summary_csv_paths_work_too(tmp_path):
 
 
 @pytest.mark.parametrize("change", [{"protocol": {**META["protocol"], "steps": 10}},
+                                    {"protocol": {**META["protocol"], "region": "tokens"}},
+                                    {"protocol": {**META["protocol"], "plc": "tokens"}},
                                     {"dataset_fingerprint": {"sha256": "cd" * 32, "files": 5794}},
                                     {"split": "train"}, {"limit": 500}])
 def test_different_runs_are_not_comparable_unless_forced(tmp_path, change):
@@ -102,8 +104,21 @@ def test_different_runs_are_not_comparable_unless_forced(tmp_path, change):
     result = compare(base, new)
     assert result.exit_code == 2 and "different runs" in result.stderr and "--force" in result.stderr
     assert next(iter(change)) in " ".join(result.stderr.split())
+    if "protocol" in change:  # which field of the protocol, and both values
+        field = next(k for k in change["protocol"] if change["protocol"][k] != META["protocol"].get(k, k))
+        assert f"protocol.{field}" in " ".join(result.stderr.split())
     forced = compare(base, new, "--force", "--format", "markdown")
     assert forced.exit_code == 0 and "despite differences" in forced.stdout
+
+
+def test_a_run_recorded_before_regions_existed_compares_as_box_and_pixels(tmp_path):
+    base = write(tmp_path / "base", [{}])  # its protocol has no region and no plc: it was the paper's box and PLC
+    recorded_now = {**META["protocol"], "region": "box", "plc": "pixels"}
+    now = write(tmp_path / "now", [{}], meta={**META, "protocol": recorded_now})
+    assert compare(base, now).exit_code == 0
+    tokens = write(tmp_path / "tokens", [{}], meta={**META, "protocol": {**META["protocol"], "region": "tokens"}})
+    result = compare(base, tokens)
+    assert result.exit_code == 2 and 'protocol.region: base "box", new "tokens"' in " ".join(result.stderr.split())
 
 
 def test_unusable_inputs_exit_2(tmp_path):

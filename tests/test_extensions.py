@@ -213,6 +213,25 @@ def test_the_doc_examples_work_as_installed_plugins(tiny_ckpt, image_folder, tmp
     assert json.loads((out / "meta.json").read_text())["protocol"]["attack"] == "shift"
 
 
+def test_the_doc_region_works_as_an_installed_plugin(tiny_ckpt, image_folder, tmp_path):
+    """docs/metrics.md's region, installed through an entry point, in a fresh process: the tiny
+    ProtoPNet's 4 x 4 maps at 32 px, one matched cell (its argmax) per prototype: an 8-row band."""
+    site = tmp_path / "site"
+    (site / "mylab-0.1.dist-info").mkdir(parents=True)
+    (site / "myregions.py").write_text(doc_example("myregions"))
+    (site / "mylab-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: mylab\nVersion: 0.1\n")
+    (site / "mylab-0.1.dist-info" / "entry_points.txt").write_text("[protobench.regions]\nband = myregions:BAND\n")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "protobench", "evaluate", "--ckpt", tiny_ckpt, "--data", image_folder,
+                           "--out", str(out), "--region", "band", "--steps", "2", "--limit", "4"], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr
+    per_image = pd.read_csv(out / "per_image.csv")
+    assert per_image["protected_frac"].tolist() == pytest.approx([8 / 32] * 4)
+    protocol = json.loads((out / "meta.json").read_text())["protocol"]
+    assert (protocol["region"], protocol["margin"]) == ("band", 0)
+
+
 def test_a_metric_named_like_one_of_our_columns_is_refused_before_any_work(tiny_ckpt, image_folder, tmp_path):
     register(MetricSpec("label", "x", "%", True, 1.0, per_image=lambda o: o.labels))
     try:

@@ -30,9 +30,9 @@ from protobench.models.families import get_adapter
 from protobench.errors import ProtobenchError
 from test_cli import invoke
 
-FAMILIES = ("protopnet", "tesnet", "protopool", "pipnet", "prototree")
+FAMILIES = ("protopnet", "tesnet", "protopool", "pipnet", "prototree", "protovit")
 PICKLED_MODULES = ("model", "models", "resnet_features", "vgg_features", "features", "prototree", "util", "pipnet",
-                   "protopool", "pwn_marker")
+                   "protopool", "timm", "pwn_marker")
 HOSTILE_VALUES = [-1, 0, 1, 2**31 - 1, 10**12, -(10**12), 6.5, float("nan"), float("inf"), True, None, "abc", "",
                   [], {}, [1] * 50, {"a": 1}, "pwn_marker:Adapter", "auto", [[[[[]]]]]]
 HOSTILE_NAMES = [b"pwn_marker", b"os", b"system", b"builtins", b"eval", b"bytearray", b"_parameters", b"_modules",
@@ -44,6 +44,7 @@ MEMORY_BOUND_MB = 256
 def seeds(tmp_path_factory) -> list[tuple[str, bytes]]:
     """(kind, bytes) of every valid seed file: 'safetensors', 'zip' or 'legacy'."""
     from test_originals import write_pipnet, write_ppnet, write_protopool, write_prototree
+    from test_protovit import write_protovit
 
     root = tmp_path_factory.mktemp("seeds")
     files = []
@@ -57,6 +58,8 @@ def seeds(tmp_path_factory) -> list[tuple[str, bytes]]:
         (root / str(i)).mkdir()
         path = write(root / str(i), **kwargs)[0]
         files.append(path / "model.pth" if write is write_prototree else path)
+    (root / "vit").mkdir()  # ProtoViT's model.PPNet with timm's DeiT, and its state dict
+    files += [write_protovit(root / "vit", prototypes=6)[0], root / "vit" / "state.pth"]
     kinds = {b"PK": "zip", b"\x80\x02": "legacy"}
     return [(kinds.get(p.read_bytes()[:2], "safetensors"), p.read_bytes()) for p in files]
 

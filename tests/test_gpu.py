@@ -69,7 +69,7 @@ def test_demo_gpu_matches_cpu_accuracy():
         adapter.to(device)
         fn = model_forward(adapter, Runtime.for_device(torch.device(device)))
         with frozen_eval(adapter.model), torch.no_grad():
-            forward[device] = fn(x.to(device))[1].argmax(dim=1).cpu()
+            forward[device] = fn(x.to(device)).logits.argmax(dim=1).cpu()
     assert torch.equal(forward["cpu"], forward["cuda"])
     assert (forward["cuda"] == y).float().mean() == 1.0
 

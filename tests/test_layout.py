@@ -84,12 +84,19 @@ FAMILY_WORDS = ("protopnet", "tesnet", "protopool", "pipnet", "pip-net", "protot
                 "stprotopnet", "st-protopnet", "protovit", "ppnet")
 
 
+# A protocol preset is named after the paper whose benchmark code it reproduces and runs on every
+# family (docs/metrics.md, Protocols): its name, as a quoted key, is the one mention core may make.
+PROTOCOL_NAMES = {"core/protocol.py": ('"protovit"',)}
+
+
 def test_no_model_family_is_named_outside_its_own_file():
     """The core, the loaders, the data and the run code know families only through FAMILIES."""
     named = []
     for package in ("core", "models", "checkpoints", "data", "run"):
         for path in (ROOT / package).rglob("*.py"):
             text = path.read_text(encoding="utf-8").lower()
+            for name in PROTOCOL_NAMES.get(str(path.relative_to(ROOT)), ()):
+                text = text.replace(name, "")
             named += [f"{path.relative_to(ROOT)}: {word}" for word in FAMILY_WORDS if word in text]
     assert not named, named
 

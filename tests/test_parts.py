@@ -203,12 +203,12 @@ def test_fast_path_agrees_with_the_slow_transcription(tiny_adapter):
     ids = torch.arange(n)
     with frozen_eval(tiny_adapter.model):
         forward = model_forward(tiny_adapter, Runtime(chunk=4))
-        whole = evaluate_batch(tiny_adapter, x, labels, ids, EvalProtocol(), forward, passes)
+        whole = evaluate_batch(tiny_adapter, x, labels, ids, EvalProtocol(), forward, passes=passes)
         pieces = [evaluate_batch(tiny_adapter, x[i:i + 5], labels[i:i + 5], ids[i:i + 5], EvalProtocol(), forward,
-                                 passes) for i in range(0, n, 5)]
+                                 passes=passes) for i in range(0, n, 5)]
         with torch.no_grad():
-            clean = [forward(x[i:i + 1])[0][0].numpy() for i in range(n)]
-            noisy = [forward(parts.perturb(x[i:i + 1], 5, ids[i:i + 1], 0.2, 0.25))[0][0].numpy() for i in range(n)]
+            clean = [forward(x[i:i + 1]).maps[0].numpy() for i in range(n)]
+            noisy = [forward(parts.perturb(x[i:i + 1], 5, ids[i:i + 1], 0.2, 0.25)).maps[0].numpy() for i in range(n)]
     for key in whole:
         assert torch.equal(whole[key], torch.cat([p[key] for p in pieces])), key
     slow_consistency, slow_clean = slow_scores(clean, labels, keypoints, 2, size, half)

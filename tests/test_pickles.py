@@ -117,6 +117,10 @@ def test_the_allowlist_is_the_registered_families_classes():
         "protopool.model.PrototypeChooser",
         "prototree.prototree.ProtoTree", "pipnet.pipnet.PIPNet", "prototree.branch.Branch", "prototree.leaf.Leaf",
         "prototree.node.Node", "util.l2conv.L2Conv2D", "pipnet.pipnet.NonNegLinear"}
+    expected |= {"timm.models." + name for name in (  # ProtoViT's backbones, as timm 0.4.12 names them
+        "vision_transformer.VisionTransformer", "vision_transformer.Block", "vision_transformer.Attention",
+        "cait.Cait", "cait.LayerScaleBlock", "cait.LayerScaleBlockClassAttn", "cait.TalkingHeadAttn", "cait.ClassAttn",
+        "layers.mlp.Mlp", "layers.patch_embed.PatchEmbed", "layers.drop.DropPath")}
     assert pickled_classes() == expected
     assert not allowed_standin("model.PPNet")  # without the families' classes: torch.nn and generic values only
     assert allowed_standin("torch.nn.modules.conv.Conv2d") and allowed_standin("argparse.Namespace")

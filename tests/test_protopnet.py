@@ -83,7 +83,9 @@ def test_default_class_identity():
 EXPECTED_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
                      "densenet121": 1024, "densenet161": 2208, "densenet169": 1664, "densenet201": 1920,
                      **{f"vgg{n}{bn}": 512 for n in (11, 13, 16, 19) for bn in ("", "_bn")}, "tinycnn": 128,
-                     "resnet": 512, "vgg": 512, "densenet": 1024, "convnext": 768, "convnext_tiny": 768}
+                     "resnet": 512, "vgg": 512, "densenet": 1024, "convnext": 768, "convnext_tiny": 768,
+                     "deit": 384, "deit_tiny_patch16_224": 192, "deit_small_patch16_224": 384,
+                     "deit_base_patch16_224": 768, "cait": 192, "cait_xxs24_224": 192}
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -100,6 +102,23 @@ def test_every_backbone_builds_with_the_original_key_layout(name):
         assert "features.denseblock1.denselayer1.norm1.weight" in keys and "features.norm5.weight" in keys
     elif name.startswith("convnext"):
         assert "features.0.0.weight" in keys and "features.7.2.layer_scale" in keys
+    elif name.startswith("deit"):  # timm 0.4.12's names (ProtoViT's pickles)
+        assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.11.attn.qkv.weight",
+                "blocks.11.mlp.fc2.bias", "norm.weight"} <= set(keys)
+    elif name.startswith("cait"):
+        assert {"cls_token", "pos_embed", "blocks.23.gamma_1", "blocks.23.attn.proj_l.weight",
+                "blocks_token_only.1.attn.q.weight", "blocks_token_only.1.gamma_2", "norm.weight"} <= set(keys)
+
+
+@pytest.mark.parametrize("name, side", [("deit_tiny_patch16_224", 14), ("cait_xxs24_224", 14)])
+def test_transformer_gives_its_patch_tokens_on_their_grid(name, side):
+    net = build_backbone(name).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        grid, tokens = net(x), net.tokens(x)
+    assert grid.shape == (1, EXPECTED_CHANNELS[name], side, side) and tokens.shape[1] == 1 + side * side
+    # row-major: grid cell (r, c) is token 1 + r * side + c; the class token (index 0) is left out
+    assert torch.equal(grid[0, :, 2, 5], tokens[0, 1 + 2 * side + 5])
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg11", "densenet121"])

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protobench.core.regions import attackable_pixels, default_margin, high_activation_boxes, quantile, select_prototypes
+from protobench.core.regions import (REGIONS, attackable_pixels, cell_boxes, default_margin, high_activation_boxes,
+                                     quantile, select_prototypes, token_region)
 
 
 def test_quantile_matches_numpy_and_torch():
@@ -92,3 +93,40 @@ def test_select_top_proto_and_gt_protos():
 def test_select_rejects_unknown_mode():
     with pytest.raises(ValueError, match="top-proto"):
         select_prototypes(torch.rand(1, 2), torch.ones(1, 2, dtype=torch.bool), "best")
+
+
+# ---------------------------------------------------------------- --region tokens (ProtoViT's benchmark copy)
+
+
+def test_token_region_by_hand_at_16_px_per_token():
+    # a 14 x 14 grid at 224 px: token 31 is row 2, column 3, pixels [32, 48) x [48, 64); ProtoViT's copy
+    # zeroes mask[32 : 48 - 1, 48 : 64 - 1], so the token's last row (47) and column (63) stay attackable
+    maps = torch.rand(1, 1, 14, 14)
+    cells = torch.tensor([[[31, 32, 45, 195]]])  # (B, K=1, J=4): 32 is its right neighbour, 195 the last token
+    attackable = REGIONS.get("tokens").attackable(maps, cells, torch.tensor([[True]]), size=224, margin=0)
+    expected = torch.ones(224, 224, dtype=torch.bool)
+    for r, c in ((2, 3), (2, 4), (3, 3), (13, 13)):
+        expected[16 * r:16 * r + 15, 16 * c:16 * c + 15] = False
+    assert torch.equal(attackable[0, 0], expected)
+    assert (~attackable).sum() == 4 * 15 * 15
+    assert attackable[0, 0, 47, 50] and attackable[0, 0, 40, 63]  # the seam between two adjacent tokens
+
+
+def test_token_region_margin_grows_each_box_and_grids_need_not_divide_the_image():
+    # 3 x 3 cells on 32 px: cell 4 (row 1, col 1) covers [10, 21) (floor(32/3) = 10, floor(64/3) = 21)
+    maps = torch.rand(1, 2, 3, 3)
+    cells = torch.tensor([[[4], [0]]])
+    attackable = token_region(maps, cells, torch.tensor([[True, False]]), size=32, margin=2)
+    expected = torch.ones(32, 32, dtype=torch.bool)
+    expected[8:22, 8:22] = False  # [10 - 2, 21 - 1 + 2); prototype 1 is padding and protects nothing
+    assert torch.equal(attackable[0, 0], expected)
+    assert [int(v) for v in cell_boxes(torch.tensor(8), (3, 3), 32)] == [21, 32, 21, 32]
+
+
+def test_regions_are_a_registry_with_their_own_default_margin():
+    assert {"box", "tokens"} <= set(REGIONS.names())
+    assert REGIONS.get("box").margin(224) == 10 and REGIONS.get("tokens").margin(224) == 0
+    maps = torch.zeros(1, 1, 20, 20)
+    maps[0, 0, 5:10, 10:15] = 1.0  # the box region is attackable_pixels, whatever the cells say
+    box = REGIONS.get("box").attackable(maps, torch.tensor([[[0]]]), torch.tensor([[True]]), size=20, margin=2)
+    assert torch.equal(box, attackable_pixels(maps, torch.tensor([[True]]), size=20, margin=2))

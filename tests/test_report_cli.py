@@ -128,6 +128,20 @@ def test_evaluate_report_and_save_examples(tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_evaluate_report_of_a_run_smaller_than_worst_draws_what_there_is(tmp_path):
+    """evaluate --report on 2 images: the default --worst 3 means "at most" there (`protobench
+    report --worst 3` on the same run is still refused, as asked)."""
+    ProtoPNetAdapter.from_config(tiny_config(), seed=0).save(str(tmp_path / "m.safetensors"))
+    write_image_folder(tmp_path / "data", per_class=1)
+    out = tmp_path / "o"
+    result = invoke("evaluate", "--ckpt", tmp_path / "m.safetensors", "--data", tmp_path / "data", "--out", out,
+                    "--steps", 1, "--limit", 2, "--report")
+    assert result.exit_code == 0, result.output
+    assert (out / "report" / "report.html").is_file()
+    again = invoke("report", out, "--out", tmp_path / "r", "--worst", 3)
+    one_line_error(again, "--worst 3")
+
+
 def test_evaluate_without_report_says_how_to_make_one(tmp_path):
     ProtoPNetAdapter.from_config(tiny_config(), seed=0).save(str(tmp_path / "m.safetensors"))
     write_image_folder(tmp_path / "data", per_class=1)

@@ -107,6 +107,8 @@ def test_resume_refuses_a_different_run(tiny_ckpt, image_folder, tmp_path, monke
         return " ".join(result.stderr.split())
 
     assert "protocol.steps: recorded 2, now 3" in refused("--ckpt", tiny_ckpt, *base, "--steps", 3)
+    tokens = refused("--ckpt", tiny_ckpt, *base, "--steps", 2, "--region", "tokens")
+    assert 'protocol.region: recorded "box", now "tokens"' in tokens
     five = ["--data", image_folder, "--out", out, "--limit", 5, "--resume", "--steps", 2]
     assert "limit: recorded 6, now 5" in refused("--ckpt", tiny_ckpt, *five)
     other = tmp_path / "other.safetensors"

@@ -12,6 +12,8 @@ import typer
 
 from protobench.cli.console import (err_console, fail, line, out_console, parse_options, run_library, say,
                                     warnings_to_console)
+from protobench.cli.helptext import (DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP, PLC_HELP, PROTOCOL_HELP,
+                                     REGION_HELP)
 from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -21,12 +23,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions
                        "file); 130 interrupted.")
 
 
-MAX_PIXELS = 50_000_000  # protobench.data.imagelist.MAX_IMAGE_PIXELS, written out: that module imports torch
-MAX_PIXELS_HELP = "Skip images with more pixels than this (read from the header, before decoding); 0: no limit."
-# The built-in layouts, written out: listing the registry here would read every installed plugin's
-# entry points on each start. An unknown name still gets the registry's full list and a did-you-mean.
-DATASET_HELP = ("Dataset layout: protoshapes, cub, cars, imagefolder or a plugin's (protobench.data.layouts; "
-                "default: detected from --data).")
 
 
 def layout_name(name: Optional[str]) -> Optional[str]:
@@ -53,14 +49,16 @@ def evaluate(
                                                    "all); an ImageFolder has none."),
     out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
                                                   "or protobench-results/models for several)."),
-    protocol: str = typer.Option("default", help="default (pgd, clipped) or reference (the paper's code: noise, no clip)."),
+    protocol: str = typer.Option("default", help=PROTOCOL_HELP),
     attack: Optional[str] = typer.Option(None, help="pgd, noise, or an attack a plugin registered "
                                                     "[default: from --protocol]."),
     eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
     step: Optional[float] = typer.Option(None, help="pgd step size [0.01]."),
     steps: Optional[int] = typer.Option(None, help="pgd steps [40]."),
     select: Optional[str] = typer.Option(None, help="top-proto or gt-protos [top-proto]."),
-    margin: Optional[int] = typer.Option(None, help="Pixels around each protected box [10 at 224 px, scaled]."),
+    margin: Optional[int] = typer.Option(None, help=MARGIN_HELP),
+    region: Optional[str] = typer.Option(None, help=REGION_HELP),
+    plc: Optional[str] = typer.Option(None, help=PLC_HELP),
     clip: Optional[bool] = typer.Option(None, "--clip/--no-clip", help="Keep attacked images in the valid range."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch (default: 32 on CPU; 256 on GPU, "
                                                         "halved automatically until it fits)."),
@@ -93,7 +91,7 @@ def evaluate(
     from protobench.run.sweep import evaluate_models, pair_adapters
 
     proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
-                        margin=margin, clip=clip, seed=seed)
+                        margin=margin, clip=clip, seed=seed, region=region, plc=plc)
     if not ckpt and (data is None or is_demo_data(data)):  # the built-in demo
         ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
         out = out or Path("protobench-results") / "demo"

@@ -79,7 +79,7 @@ def after_evaluate(out: str, model_dirs: list[str], save_examples: Optional[int]
             say(f"kept the tensors of {kept['images']} images (the {kept['k']} worst and best by PAC and PLC) "
                 f"in {kept['path']}")
     if report:
-        write_report([out], Options(device=device))
+        write_report([out], Options(device=device, up_to=True))
     else:
         say(f"to see the worst images and the per-prototype table: protobench report {out}")
 

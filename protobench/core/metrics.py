@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from protobench.core.regions import plc_tokens  # noqa: F401 (metrics.plc_tokens, with the other formulas)
 from protobench.registry import Registry, RegistryError
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 class Outcome:
     """What the attack did to one batch: the input of every per-image metric function.
 
-    Tensors are on the run's device; B images, P prototypes, C classes, maps h x w, images S x S.
+    Tensors are on the run's device; B images, P prototypes, C classes, maps h x w, images S x S,
+    J parts per prototype (1 unless the family's prototypes have parts, see
+    protobench.models.adapter.Evidence).
     """
 
     images: Tensor  # (B, 3, S, S) the clean images, normalized
@@ -50,16 +53,14 @@ class Outcome:
     in_class: Tensor  # (B, P) bool: the prototypes of each image's true class
     identity: Tensor  # (P, C) the model's prototype-class identity (> 0: the prototype's class)
     size: int  # S, the image side in pixels
-
-    @cached_property
-    def act(self) -> Tensor:
-        """(B, P) every prototype's max activation on the clean images."""
-        return self.maps.amax(dim=(2, 3))
-
-    @cached_property
-    def act_adv(self) -> Tensor:
-        """(B, P) the same on the attacked images."""
-        return self.maps_adv.amax(dim=(2, 3))
+    act: Tensor  # (B, P) every prototype's activation on the clean images, clipped at 0 (the max of its map
+    #              unless the family says otherwise)
+    act_adv: Tensor  # (B, P) the same on the attacked images
+    parts: Tensor  # (B, P, J, h, w) each prototype's part maps on the clean images, as the model gives them
+    parts_adv: Tensor  # (B, P, J, h, w) the same on the attacked images
+    cells: Tensor  # (B, P, J) long: the map cell (row * w + col) each part matched on the clean images
+    cells_adv: Tensor  # (B, P, J) the same on the attacked images
+    plc: str = "pixels"  # the protocol's PLC definition (PLC_KINDS)
 
     @cached_property
     def _rows(self) -> Tensor:
@@ -69,7 +70,7 @@ class Outcome:
 
     @property
     def act_star(self) -> Tensor:
-        """(B,) a_p*(x): p*'s max activation on the clean image."""
+        """(B,) a_p*(x): p*'s activation on the clean image."""
         return self.act[self._rows, self.p_star]
 
     @property
@@ -86,6 +87,24 @@ class Outcome:
     def map_star_adv(self) -> Tensor:
         """(B, h, w) p*'s map on the attacked image."""
         return self.maps_adv[self._rows, self.p_star]
+
+    @property
+    def parts_star(self) -> Tensor:
+        """(B, J, h, w) p*'s part maps on the clean image."""
+        return self.parts[self._rows, self.p_star]
+
+    @property
+    def parts_star_adv(self) -> Tensor:
+        return self.parts_adv[self._rows, self.p_star]
+
+    @property
+    def cells_star(self) -> Tensor:
+        """(B, J) the cells p*'s parts matched on the clean image."""
+        return self.cells[self._rows, self.p_star]
+
+    @property
+    def cells_star_adv(self) -> Tensor:
+        return self.cells_adv[self._rows, self.p_star]
 
 
 PerImage = Callable[[Outcome], "Tensor"]  # -> (B,) one value per image
@@ -227,6 +246,12 @@ def _partscores():
     return partscores
 
 
+PLC_KINDS: dict[str, PerImage] = {  # --plc NAME (protobench.core.protocol.PLC_KINDS)
+    "pixels": lambda o: plc(o.map_star, o.map_star_adv, o.size),
+    "tokens": lambda o: plc_tokens(o.parts_star, o.parts_star_adv, o.cells_star, o.cells_star_adv),
+}
+
+
 def accuracy(column: str) -> Summary:
     """Top-1 accuracy in % of the predictions in `column` against `label` (0 for no images)."""
     def summarize(frame: Any) -> float:
@@ -242,7 +267,7 @@ def accuracy_change(frame: Any) -> float:
 
 for _spec in (
     MetricSpec("PLC", "PLC (location change, %)", "%", True, 1.0, order=10, csv_order=30,
-               per_image=lambda o: plc(o.map_star, o.map_star_adv, o.size)),
+               per_image=lambda o: PLC_KINDS[o.plc](o)),
     MetricSpec("PAC", "PAC (activation change, %)", "%", True, 1.0, order=20, csv_order=10,
                per_image=lambda o: pac(o.act_star, o.act_star_adv)),
     MetricSpec("PRC", "PRC (rank change)", "prototypes", True, 0.5, order=30, csv_order=20,

@@ -1,15 +1,27 @@
 """What the attack targets: which prototypes (docs/metrics.md, The procedure, step 2) and which
 pixels it may change, those outside the protected region (step 3). Batched.
 
-For each attacked prototype: upsample its similarity map to S x S (bicubic), take the
-bounding box of pixels >= the 95th percentile, grow it by `margin` px, clamp the end
-to S - 1 (exclusive, as the reference does). Several prototypes per image -> union of boxes.
+The protected region is a registered `Region` (REGIONS, `--region NAME`):
+
+- `box` (the paper's): for each attacked prototype, upsample its similarity map to S x S
+  (bicubic), take the bounding box of pixels >= the 95th percentile, grow it by `margin` px,
+  clamp the end to S - 1 (exclusive, as the reference does).
+- `tokens` (a later paper's copy of the benchmark, docs/metrics.md): for each attacked
+  prototype, the pixel box of every map cell (token) one of its parts matched, without its last
+  row and column (that copy's off-by-one), grown by `margin` px (none by default).
+
+Several prototypes per image -> union of their boxes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+from protobench.registry import Registry
 
 
 def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
@@ -60,21 +72,74 @@ def attackable_pixels(maps: torch.Tensor, valid: torch.Tensor, size: int, margin
         size: image side S.
         margin: pixels added to each side of every box.
     """
-    boxes = high_activation_boxes(maps, size, q)  # (B, K, 4)
-    y0 = (boxes[..., 0] - margin).clamp(min=0)
-    y1 = (boxes[..., 1] + margin).clamp(max=size - 1)  # the reference's exclusive end at S - 1
-    x0 = (boxes[..., 2] - margin).clamp(min=0)
-    x1 = (boxes[..., 3] + margin).clamp(max=size - 1)
-    ar = torch.arange(size, device=maps.device)
-    rows = (ar >= y0[..., None]) & (ar < y1[..., None])  # (B, K, S)
+    y0, y1, x0, x1 = high_activation_boxes(maps, size, q)[..., None, :].unbind(-1)  # (B, K, 1) each
+    return outside_boxes(y0, y1, x0, x1, valid, size, margin)
+
+
+def outside_boxes(y0: torch.Tensor, y1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, valid: torch.Tensor,
+                  size: int, margin: int) -> torch.Tensor:
+    """Mask (B, 1, S, S), True outside every box: boxes (B, K, J) with exclusive ends, each grown
+    by `margin` px and its end clamped to S - 1 (the reference's), of the K prototypes `valid` marks."""
+    y0, x0 = (y0 - margin).clamp(min=0), (x0 - margin).clamp(min=0)
+    y1, x1 = (y1 + margin).clamp(max=size - 1), (x1 + margin).clamp(max=size - 1)
+    ar = torch.arange(size, device=valid.device)
+    rows = (ar >= y0[..., None]) & (ar < y1[..., None])  # (B, K, J, S)
     cols = (ar >= x0[..., None]) & (ar < x1[..., None])
-    inside = rows[..., :, None] & cols[..., None, :] & valid[..., None, None]  # (B, K, S, S)
-    return ~inside.any(dim=1, keepdim=True)
+    inside = rows[..., :, None] & cols[..., None, :] & valid[..., None, None, None]  # (B, K, J, S, S)
+    return ~inside.flatten(1, 2).any(dim=1, keepdim=True)
+
+
+def cell_boxes(cells: torch.Tensor, grid: tuple[int, int], size: int) -> tuple[torch.Tensor, ...]:
+    """Pixel bounds (y0, y1, x0, x1), ends exclusive, of map cells (row-major index on an
+    h x w grid) in an S x S image: cell (r, c) covers rows [r S / h, (r + 1) S / h), rounded down."""
+    h, w = grid
+    r, c = cells // w, cells % w
+    return r * size // h, (r + 1) * size // h, c * size // w, (c + 1) * size // w
+
+
+def token_region(maps: torch.Tensor, cells: torch.Tensor, valid: torch.Tensor, *, size: int, margin: int
+                 ) -> torch.Tensor:
+    """`--region tokens`: the boxes of the cells each attacked prototype's parts matched.
+
+    That benchmark copy zeroes mask[16 r : 16 (r + 1) - 1] for token (r, c): its end is
+    exclusive already, so the token's last pixel row and column stay attackable (15 x 15 boxes
+    at 16 px per token). Reproduced: each cell box loses its last row and column."""
+    y0, y1, x0, x1 = cell_boxes(cells, tuple(maps.shape[-2:]), size)
+    return outside_boxes(y0, y1 - 1, x0, x1 - 1, valid, size, margin)
+
+
+def box_region(maps: torch.Tensor, cells: torch.Tensor, valid: torch.Tensor, *, size: int, margin: int
+               ) -> torch.Tensor:
+    """`--region box`: the paper's high-activation box of each attacked prototype's map."""
+    return attackable_pixels(maps, valid, size, margin)
 
 
 def default_margin(size: int) -> int:
     """10 px at 224 px (the reference), scaled with the image side for other sizes."""
     return max(1, round(10 * size / 224))
+
+
+@dataclass(frozen=True)
+class Region:
+    """A way to protect the attacked prototypes' region (`--region NAME`).
+
+    `attackable(maps, cells, valid, size=S, margin=m)` gets the attacked prototypes' maps
+    (B, K, h, w, clipped at 0), the cells their parts matched (B, K, J; see
+    protobench.models.adapter.Evidence) and which of the K slots hold one (B, K); it returns
+    the mask (B, 1, S, S), True where the attack may change pixels. `margin(S)` is the
+    default margin for images of side S (`--margin` overrides it)."""
+
+    attackable: Callable[..., torch.Tensor]
+    margin: Callable[[int], int]
+    summary: str  # one line, for the docs and --help
+
+
+REGIONS: Registry[Region] = Registry("region", group="protobench.regions", check=lambda obj: isinstance(obj, Region),
+                                     expects="a protobench.core.regions.Region")
+REGIONS.add("box", Region(box_region, default_margin, "the paper's: the box of the upsampled map's top 5%, "
+                                                      "plus a margin (10 px at 224 px)"), source="built-in")
+REGIONS.add("tokens", Region(token_region, lambda size: 0, "the boxes of the tokens (map cells) the "
+                                                           "prototype's parts matched, no margin"), source="built-in")
 
 
 def select_prototypes(act: torch.Tensor, in_class: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,3 +164,22 @@ def select_prototypes(act: torch.Tensor, in_class: torch.Tensor, mode: str) -> t
     else:
         raise ValueError(f"unknown selection {mode!r}: use 'top-proto' or 'gt-protos'")
     return attacked, p_star
+
+
+def plc_tokens(parts_before: torch.Tensor, parts_after: torch.Tensor, cells_before: torch.Tensor,
+               cells_after: torch.Tensor, q: float = 0.9) -> torch.Tensor:
+    """The token-level location change in %, on the model's own grid (docs/metrics.md, `--plc tokens`).
+
+    Per part j, the cells at or above the q-quantile of its map (B, J, h, w), no upsampling;
+    100 (1 - IoU) of those sets before and after, over all parts together. 0 when every cell
+    the parts matched before is still among the cells they match after (a set comparison)."""
+
+    def high(parts: torch.Tensor) -> torch.Tensor:
+        flat = parts.flatten(2).float()
+        return flat >= quantile(flat, q)[..., None]
+
+    a, b = high(parts_before), high(parts_after)
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    moved = (cells_before[:, :, None] != cells_after[:, None, :]).all(dim=2).any(dim=1)
+    return (100 * (1 - inter / union.clamp(min=1))).where(moved & (union > 0), 0.0)

@@ -2,7 +2,9 @@
 
 An adapter wraps one loaded prototype model and exposes what the benchmark needs:
 similarity maps (differentiable w.r.t. the input), logits, the prototype-to-class
-identity and the input spec. The core never looks past this interface.
+identity and the input spec; and, for families whose activation is not the maximum of a
+map, the activations and the parts each prototype matched (`Evidence`). The core never
+looks past this interface.
 
 A family's adapter class also says what the family is and which original files are its
 (`facts`, `claims`); the registry of families, `protobench.models.families`, builds
@@ -55,6 +57,51 @@ class ModelInfo:
     num_classes: int  # C, width of the logits
     num_prototypes: int  # P, number of similarity maps
     similarity: str  # how maps are computed, for the record (e.g. "log", "linear")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the benchmark reads from one forward pass (docs/adapters.md, What an adapter gives).
+
+    Only maps and logits are required. A family whose prototype activation is not the maximum
+    of its map (e.g. a weighted sum over parts matched to several tokens) gives its
+    `activations`; a family whose prototypes are made of parts gives each part's map (`parts`)
+    and the map cell each part matched (`cells`). Left out, they are derived from the maps:
+    the activation is the map's maximum, and a prototype is one part, its map, at its argmax.
+    """
+
+    maps: torch.Tensor  # (B, P, h, w) similarity maps, as the family shows them
+    logits: torch.Tensor  # (B, C)
+    activations: torch.Tensor | None = None  # (B, P) each prototype's activation; None: max of its map
+    parts: torch.Tensor | None = None  # (B, P, J, h, w) the maps of each prototype's J parts; None: the map
+    cells: torch.Tensor | None = None  # (B, P, J) long: the cell (row * w + col) each part matched; None: argmax
+
+    @property
+    def act(self) -> torch.Tensor:
+        return map_maxima(self.maps) if self.activations is None else self.activations
+
+    @property
+    def part_maps(self) -> torch.Tensor:
+        return self.maps[:, :, None] if self.parts is None else self.parts
+
+    @property
+    def part_cells(self) -> torch.Tensor:
+        return map_argmax_cells(self.maps) if self.cells is None else self.cells
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The fields that are given, by name."""
+        fields = ("maps", "logits", "activations", "parts", "cells")
+        return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
+
+
+def map_maxima(maps: torch.Tensor) -> torch.Tensor:
+    """(B, P, h, w) -> (B, P): each map's maximum, the activation of a family that gives no other."""
+    return maps.amax(dim=(2, 3))
+
+
+def map_argmax_cells(maps: torch.Tensor) -> torch.Tensor:
+    """(B, P, h, w) -> (B, P, 1): the cell (row * w + col) of each map's maximum, its one part's match."""
+    return maps.flatten(2).argmax(dim=2, keepdim=True)
 
 
 class PrototypeAdapter:
@@ -115,6 +162,12 @@ class PrototypeAdapter:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.forward(x)
+
+    def evidence(self, x: torch.Tensor) -> Evidence:
+        """Everything the benchmark reads from one pass: forward's maps and logits, plus the
+        activations, parts and cells of families that have them (override it then)."""
+        maps, logits = self.forward(x)
+        return Evidence(maps, logits)
 
     def to(self, device: Any) -> PrototypeAdapter:
         self.model.to(device)

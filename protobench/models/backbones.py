@@ -4,7 +4,8 @@ Built from torchvision parts with random weights (the checkpoint supplies the we
 nothing is downloaded). Module names mirror the original repositories' `*_features`
 classes so that their state dicts load unchanged:
 `conv1...layer4` (ResNet), `features.N` (VGG), `features.conv0...norm5` (DenseNet),
-`features.0...7` (ConvNeXt, as torchvision names it).
+`features.0...7` (ConvNeXt, as torchvision names it). The vision transformers (DeiT, CaiT)
+live in protobench.models.vit, with timm's names; they give the patch-token grid.
 
 Each builder takes the few numbers that tell one architecture from another, so the
 standard nets (`resnet34`, `vgg19`, ...) and the tiny test nets share one code path;
@@ -24,6 +25,7 @@ from torchvision.models.vgg import cfgs as VGG_CFGS
 from torchvision.models.vgg import make_layers
 
 from protobench.checkpoints.limits import check_ints, limit
+from protobench.models.vit import VIT_PRESETS, CaiT, VisionTransformer
 
 RESNET_PRESETS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]),
                   "resnet50": ("bottleneck", [3, 4, 6, 3]), "resnet101": ("bottleneck", [3, 4, 23, 3]),
@@ -153,6 +155,8 @@ def _presets() -> dict[str, Callable[[], nn.Module]]:
     for name, (growth, blocks, init) in DENSENET_PRESETS.items():
         table[name] = lambda growth=growth, blocks=blocks, init=init: DenseNetFeatures(growth, blocks, init)
     table["convnext_tiny"] = ConvNeXtFeatures
+    for name, (builder, kwargs) in VIT_PRESETS.items():
+        table[name] = lambda builder=builder, kwargs=kwargs: builder(**kwargs)
     return table
 
 
@@ -164,6 +168,8 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "densenet": DenseNetFeatures,
     "convnext": ConvNeXtFeatures,
     "tinycnn": TinyCNN,
+    "deit": VisionTransformer,
+    "cait": CaiT,
 }
 
 
@@ -197,7 +203,28 @@ def _schema(name: str) -> dict[str, Callable[[object], str | None]]:
         "convnext": {"widths": lambda v: check_ints(v, 1, width), "depths": lambda v: check_ints(v, 1, blocks),
                      "stride1_above": lambda v: None if v is None else _one(0, width)(v)},
         "tinycnn": {"channels": lambda v: check_ints(v, 1, width), "convs": _one(1, 8), "batch_norm": _flag},
+        "deit": _vit_schema(),
+        "cait": {**_vit_schema(), "depth_token_only": _one(0, blocks), "mlp_hidden_token": _one(1, 4 * width)},
     }.get(name, {})  # the named architectures (resnet34, vgg16, ...) take no arguments
+
+
+def _vit_schema() -> dict[str, Callable[[object], str | None]]:
+    width = limit("MAX_CHANNELS")
+    return {"img_size": _one(limit("MIN_IMG_SIZE"), limit("MAX_IMG_SIZE")), "patch_size": _one(1, 256),
+            "embed_dim": _one(1, width), "depth": _one(1, limit("MAX_BLOCKS")), "num_heads": _one(1, width),
+            "mlp_hidden": _one(1, 4 * width), "qkv_bias": _flag,
+            "eps": lambda v: None if isinstance(v, float) and 0 < v < 1 else "a number in (0, 1)"}
+
+
+def _vit_problem(kwargs: dict) -> str | None:
+    """Shapes a transformer cannot have: heads that do not split the width, patches that do not tile the image."""
+    dim, heads = kwargs.get("embed_dim", 1), kwargs.get("num_heads", 1)
+    if dim % heads:
+        return f"embed_dim {dim} is not divisible by num_heads {heads}"
+    size, patch = kwargs.get("img_size", 224), kwargs.get("patch_size", 16)
+    if size % patch:
+        return f"img_size {size} is not a whole number of {patch} px patches"
+    return None
 
 
 def backbone_problem(name: str, kwargs: object) -> str | None:
@@ -214,7 +241,7 @@ def backbone_problem(name: str, kwargs: object) -> str | None:
             return f"{key} should be {wrong}"
     if name == "convnext" and len(kwargs.get("widths", (0,) * 4)) != len(kwargs.get("depths", (0,) * 4)):
         return "widths and depths must have the same length"
-    return None
+    return _vit_problem(kwargs) if name in ("deit", "cait") else None
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:

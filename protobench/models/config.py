@@ -20,14 +20,16 @@ def _size(value: Any) -> str | None:
 
 
 _SIZES = {"num_classes": "MAX_CLASSES", "num_prototypes": "MAX_PROTOTYPES", "prototype_dim": "MAX_CHANNELS",
-          "proto_depth": "MAX_CHANNELS", "num_features": "MAX_CHANNELS", "num_descriptive": "MAX_SLOTS"}
+          "proto_depth": "MAX_CHANNELS", "num_features": "MAX_CHANNELS", "num_descriptive": "MAX_SLOTS",
+          "num_parts": "MAX_SLOTS"}
 _CHOICES = {"activation": ("log", "linear"), "add_on": ("bottleneck", "regular", "shallow", "upsample", "identity"),
             "variant": ("full", "cropped")}
 _FLAGS = {"focal", "use_last_layer", "use_thresh", "add_on_conv", "bias", "inference", "log_probabilities",
           "kontschieder", "deform", "relu_on_cos", "upsample"}
 _COUNTS = {  # small integers of a prototype layer: (lowest, limit or highest)
     "hidden_channels": (0, "MAX_CHANNELS"), "eps_channels": (0, 16), "dilation": (1, "MAX_PROTOTYPE_SIZE"),
-    "padding": (0, "MAX_PROTOTYPE_SIZE")}
+    "padding": (0, "MAX_PROTOTYPE_SIZE"),
+    "radius": (0, "MAX_IMG_SIZE")}  # how far apart, in tokens, consecutive matched parts may lie
 
 
 def field_problem(name: str, value: Any) -> str | None:
@@ -45,7 +47,7 @@ def field_problem(name: str, value: Any) -> str | None:
         return int_problem(value, lo, hi if isinstance(hi, int) else limit(hi))
     if name == "epsilon":
         return number_problem(value, 0.0, 1.0, low_open=True)
-    if name == "vector_length":
+    if name in ("vector_length", "temp"):  # temp: a sigmoid's sharpness (part slots)
         return number_problem(value, 0.0, 1e6, low_open=True)
     if name == "prototype_size":
         return _size(value)

@@ -15,7 +15,7 @@ import torch
 from protobench.models.adapter import PrototypeAdapter
 from protobench.models.families import check_family, read_family_checkpoint
 from protobench.checkpoints.formats import check_state, write_protobench
-from protobench.errors import AdapterError, CheckpointError
+from protobench.errors import AdapterError, CheckpointError, OptionError
 from protobench.checkpoints.limits import short
 from protobench.models.config import config_problem, field_problem
 from protobench.checkpoints.loading import Checkpoint
@@ -75,6 +75,8 @@ class FamilyAdapter(PrototypeAdapter):
             if ckpt.is_protobench:
                 return cls.from_protobench(ckpt, **options)
             return cls.from_original(ckpt, **options)
+        except OptionError:  # a ValueError too, but already one line that names the option
+            raise
         except MALFORMED as err:  # a value no check above foresaw: still the file's fault, still one line
             text = " ".join(str(err).split())[:160] or type(err).__name__
             raise CheckpointError(f"{ckpt.path} is not a valid {cls.display_name()} "

@@ -1,13 +1,15 @@
 """Tell a backbone's architecture from its state-dict keys and shapes.
 
 Original checkpoints store weights, not the architecture's name. The key layout says
-which kind of net it is (ResNet, VGG, DenseNet, ConvNeXt) and the shapes give its
-depths and widths; the result feeds `protobench.models.backbones.build_backbone`. Strides
-cannot be read from weights: the caller supplies them where a family changed them.
+which kind of net it is (ResNet, VGG, DenseNet, ConvNeXt, DeiT, CaiT) and the shapes give
+its depths and widths; the result feeds `protobench.models.backbones.build_backbone`. Strides,
+a transformer's head count and its LayerNorm epsilon cannot be read from weights: the caller
+supplies them, or the pickled backbone does, where a family changed them.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Mapping
 
@@ -74,6 +76,47 @@ def _convnext(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return {"widths": widths, "depths": depths}
 
 
+def _vit(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
+    """DeiT (timm's VisionTransformer) or CaiT: widths, depths and the grid from the shapes.
+
+    The head count is not in the weights: CaiT's talking-heads mixer (proj_l, H x H) tells it,
+    DeiT's default is one head per 64 channels (DeiT-Ti 3, -S 6, -B 12); a pickle overrides it."""
+    if "dist_token" in state:
+        raise CheckpointError("its DeiT backbone is a distilled one (dist_token), which protobench does not "
+                              "support; use a checkpoint with a plain DeiT or a CaiT backbone")
+    cait = "blocks_token_only.0.attn.q.weight" in state
+    dim = int(state["cls_token"].shape[-1])
+    patch = state["patch_embed.proj.weight"].shape[-2:]
+    tokens = int(state["pos_embed"].shape[1]) - (0 if cait else 1)  # CaiT has no class slot in pos_embed
+    side = math.isqrt(max(tokens, 0))
+    if patch[0] != patch[1] or side * side != tokens or tokens < 1:
+        raise CheckpointError(f"the transformer's patches ({tuple(patch)}) or its {tokens} position embeddings "
+                              "are not a square grid")
+    kwargs: dict[str, Any] = {
+        "img_size": side * int(patch[0]), "patch_size": int(patch[0]), "embed_dim": dim,
+        "depth": _count(state, r"blocks\.(\d+)\.attn\.qkv\.weight$"),
+        "num_heads": int(state["blocks.0.attn.proj_l.weight"].shape[0]) if cait else max(1, dim // 64),
+        "mlp_hidden": int(state["blocks.0.mlp.fc1.weight"].shape[0]), "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+        "eps": 1e-6}  # timm's DeiT and CaiT
+    if cait:
+        kwargs["depth_token_only"] = _count(state, r"blocks_token_only\.(\d+)\.attn\.q\.weight$")
+        kwargs["mlp_hidden_token"] = int(state["blocks_token_only.0.mlp.fc1.weight"].shape[0])
+    return ("cait" if cait else "deit"), kwargs
+
+
+def _pickled_vit(kwargs: dict[str, Any], pickled: Any) -> None:
+    """A pickled transformer's head count (blocks.0.attn.num_heads) and LayerNorm epsilon (norm.eps)."""
+    try:
+        heads = pickled.blocks._modules["0"].attn.__dict__.get("num_heads")
+    except (AttributeError, KeyError, TypeError):
+        heads = None
+    eps = getattr(getattr(pickled, "norm", None), "__dict__", {}).get("eps")
+    if heads is not None:
+        kwargs["num_heads"] = heads  # checked with the rest of the architecture before anything is built
+    if eps is not None:
+        kwargs["eps"] = eps
+
+
 def infer_backbone(state: Mapping[str, torch.Tensor], vgg_length: int | None = None) -> tuple[str, dict[str, Any]]:
     """Backbone state dict (its own keys) -> (name, kwargs) for build_backbone.
 
@@ -89,11 +132,13 @@ def infer_backbone(state: Mapping[str, torch.Tensor], vgg_length: int | None = N
             return "convnext", _convnext(state)
         if "features.0.weight" in state:
             return "vgg", _vgg(state, vgg_length)
+        if "cls_token" in state and "blocks.0.attn.qkv.weight" in state:
+            return _vit(state)
     except KeyError as err:
         raise CheckpointError(f"the backbone's weights are incomplete (no {err})") from None
     sample = ", ".join(sorted(state)[:3]) or "none"
     raise CheckpointError(f"cannot tell the backbone architecture from its weights (first keys: {sample}); "
-                          "supported: ResNet, VGG, DenseNet, ConvNeXt")
+                          "supported: ResNet, VGG, DenseNet, ConvNeXt, DeiT, CaiT")
 
 
 def _pickled_strides(pickled: Any) -> list[int] | None:
@@ -116,4 +161,6 @@ def backbone_from(state: Mapping[str, torch.Tensor], pickled: Any = None,
     name, kwargs = infer_backbone(state, len(modules) if isinstance(modules, dict) else None)
     if name == "resnet":
         kwargs["strides"] = strides or (pickled is not None and _pickled_strides(pickled)) or kwargs["strides"]
+    if name in ("deit", "cait") and inner is not None:
+        _pickled_vit(kwargs, inner)
     return name, kwargs

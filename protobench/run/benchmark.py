@@ -1,8 +1,11 @@
 """The benchmark loop: data -> maps -> protected region -> attack -> metrics -> records, and the
 part pass of consistency and stability on the same maps (protobench.run.scorecard).
 
-The attack is looked up by name in protobench.core.attack.ATTACKS and the per-image metrics
-come from protobench.core.metrics.METRICS: nothing here names either.
+The attack is looked up by name in protobench.core.attack.ATTACKS, the protected region in
+protobench.core.regions.REGIONS and the per-image metrics come from
+protobench.core.metrics.METRICS: nothing here names any of them. What the model gives is an
+Evidence (protobench.models.adapter): maps and logits, and where the family has them its own
+activations and the cells its prototypes' parts matched.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import torch
 from protobench.core import metrics, rng
 from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
-from protobench.core.regions import attackable_pixels, select_prototypes
-from protobench.models.adapter import PrototypeAdapter
+from protobench.core.regions import REGIONS, select_prototypes
+from protobench.models.adapter import Evidence, PrototypeAdapter, map_argmax_cells, map_maxima
 from protobench.run import scorecard
 from protobench.run.context import RunContext
 from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
@@ -29,18 +32,24 @@ def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return order.indices, order.values > 0
 
 
-def protect(adapter: PrototypeAdapter, maps: torch.Tensor, y: torch.Tensor, protocol: EvalProtocol):
+def protect(adapter: PrototypeAdapter, maps: torch.Tensor, y: torch.Tensor, protocol: EvalProtocol,
+            act: torch.Tensor | None = None, cells: torch.Tensor | None = None):
     """Which prototypes to attack, p*, and the pixels the attack may change (docs/metrics.md,
-    The procedure, steps 2-3).
+    The procedure, steps 2-3), from the clipped maps (B, P, h, w), activations (B, P; default:
+    the maps' maxima) and the cells the prototypes' parts matched (B, P, J; default: the maps' argmax).
 
     Returns attacked (B, P) bool, p_star (B,), in_class (B, P) bool, attackable (B, 1, S, S) bool.
     """
+    act = map_maxima(maps) if act is None else act
+    cells = map_argmax_cells(maps) if cells is None else cells
     size = adapter.info.input_size
     in_class = adapter.prototype_class_identity[:, y].t() > 0  # (B, P)
-    attacked, p_star = select_prototypes(maps.amax(dim=(2, 3)), in_class, protocol.select)
+    attacked, p_star = select_prototypes(act, in_class, protocol.select)
     slots, valid = _attacked_slots(attacked)
     slot_maps = maps.gather(1, slots[..., None, None].expand(-1, -1, *maps.shape[2:]))
-    attackable = attackable_pixels(slot_maps, valid, size, protocol.resolved(size)["margin"])
+    slot_cells = cells.gather(1, slots[..., None].expand(-1, -1, cells.shape[2]))
+    region = REGIONS.get(protocol.region)
+    attackable = region.attackable(slot_maps, slot_cells, valid, size=size, margin=protocol.resolved(size)["margin"])
     return attacked, p_star, in_class, attackable
 
 
@@ -60,35 +69,38 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
     forward = forward or model_forward(adapter, Runtime())
     passes = passes or Passes()
     with torch.no_grad():
-        maps, logits = forward(x)
-    out = attack_batch(adapter, x, y, ids, protocol, forward, maps, logits, on_outcome) if passes.attack else {
-        "pred_before": logits.argmax(dim=1)}
+        clean = forward(x)
+    out = attack_batch(adapter, x, y, ids, protocol, forward, clean, on_outcome) if passes.attack else {
+        "pred_before": clean.logits.argmax(dim=1)}
     if passes.parts is not None:
-        out.update(scorecard.measure_parts(forward, x, y, ids, maps, passes, adapter.info.input_size))
+        out.update(scorecard.measure_parts(forward, x, y, ids, clean.maps, passes, adapter.info.input_size))
     return {k: v.detach().cpu() for k, v in out.items()}
 
 
 def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                 protocol: EvalProtocol, forward: Forward, maps: torch.Tensor,
-                 logits: torch.Tensor, on_outcome: OnOutcome | None = None) -> dict[str, torch.Tensor]:
-    """Attack one batch whose clean `maps` and `logits` are known, and measure it."""
-    maps = maps.clamp(min=0)  # docs/metrics.md, The procedure: metrics see maps clipped at 0
-    attacked, p_star, in_class, attackable = protect(adapter, maps, y, protocol)
+                 protocol: EvalProtocol, forward: Forward, clean: Evidence,
+                 on_outcome: OnOutcome | None = None) -> dict[str, torch.Tensor]:
+    """Attack one batch whose clean evidence (maps, logits, ...) is known, and measure it."""
+    maps = clean.maps.clamp(min=0)  # docs/metrics.md, The procedure: metrics see maps clipped at 0
+    act = clean.act.clamp(min=0)
+    attacked, p_star, in_class, attackable = protect(adapter, maps, y, protocol, act, clean.part_cells)
     weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
 
-    def objective(images: torch.Tensor) -> torch.Tensor:  # mean max-activation of the attacked prototypes
-        return (forward(images)[0].amax(dim=(2, 3)) * weights).sum(dim=1)
+    def objective(images: torch.Tensor) -> torch.Tensor:  # mean activation of the attacked prototypes
+        return (forward(images).act * weights).sum(dim=1)
 
     noise = rng.uniform(protocol.seed, ids.to(x.device), tuple(x.shape[1:]), -1.0, 1.0)
     bounds = image_bounds(adapter.info.mean, adapter.info.std, x.device) if protocol.clip else None
     x_adv, zero_steps = ATTACKS.get(protocol.attack)(objective, x, attackable, noise, eps=protocol.eps,
                                                      step=protocol.step, steps=protocol.steps, bounds=bounds)
     with torch.no_grad():
-        maps_adv, logits_adv = forward(x_adv)
+        adv = forward(x_adv)
     outcome = metrics.Outcome(images=x, images_adv=x_adv, attackable=attackable, maps=maps,
-                              maps_adv=maps_adv.clamp(min=0), logits=logits, logits_adv=logits_adv, labels=y,
+                              maps_adv=adv.maps.clamp(min=0), logits=clean.logits, logits_adv=adv.logits, labels=y,
                               p_star=p_star, attacked=attacked, in_class=in_class,
-                              identity=adapter.prototype_class_identity, size=adapter.info.input_size)
+                              identity=adapter.prototype_class_identity, size=adapter.info.input_size,
+                              act=act, act_adv=adv.act.clamp(min=0), parts=clean.part_maps, parts_adv=adv.part_maps,
+                              cells=clean.part_cells, cells_adv=adv.part_cells, plc=protocol.plc)
     out = measure(outcome)
     if on_outcome is not None:
         on_outcome(outcome, ids)

@@ -4,7 +4,8 @@ BASE and NEW are result directories (or their summary.csv). A metric regressed w
 in its bad direction by more than its tolerance (absolute, in the metric's own units). The
 metrics, their directions and default tolerances are protobench.core.metrics.METRICS (plugins
 included): higher PLC / PAC / PRC / AC is worse, lower accuracy is worse. Runs are comparable
-only with the same protocol and dataset (read from meta.json); --force compares anyway.
+only with the same protocol (the region and PLC definition included) and dataset (read from
+meta.json); --force compares anyway.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from protobench.core.metrics import measured, per_prototype_specs, specs
+from protobench.core.protocol import as_recorded_now
 from protobench.errors import OptionError, ProtobenchError
 from protobench.run.resume import json_kind
 
@@ -252,6 +254,7 @@ def differences(base: dict | None, new: dict | None) -> str:
 
     if base is None or new is None:
         return "a meta.json is missing, so protocol and dataset are unchecked"
+    base, new = ({**meta, "protocol": as_recorded_now(meta.get("protocol"))} for meta in (base, new))
     both = [key for key in PART_COMPARABLE if key in base and key in new]  # a run without parts has none
     return describe_differences(base, new, [*COMPARABLE, *both], ("base", "new"))
 

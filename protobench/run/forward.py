@@ -12,10 +12,10 @@ import torch
 
 from protobench import options
 from protobench.core.precision import tf32
-from protobench.models.adapter import PrototypeAdapter
+from protobench.models.adapter import Evidence, PrototypeAdapter
 
 AUTOCAST_DTYPES = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # images -> (maps, logits)
+Forward = Callable[[torch.Tensor], Evidence]  # images -> maps, logits (and activations, parts, cells)
 
 
 @contextmanager
@@ -69,7 +69,7 @@ class Runtime:
         return runtime
 
 
-def chunked_forward(fn: Forward, x: torch.Tensor, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_forward(fn: Forward, x: torch.Tensor, chunk: int | None) -> Evidence:
     """fn(x), computed `chunk` rows at a time with the last chunk zero-padded.
 
     CPU kernels pick their summation order by batch size, so the same image can get
@@ -79,30 +79,28 @@ def chunked_forward(fn: Forward, x: torch.Tensor, chunk: int | None) -> tuple[to
     """
     if chunk is None or len(x) == chunk:
         return fn(x)
-    maps, logits = [], []
+    pieces: list[dict[str, torch.Tensor]] = []
     for start in range(0, len(x), chunk):
         part = x[start:start + chunk]
         n = len(part)
         if n < chunk:
             part = torch.cat([part, part.new_zeros(chunk - n, *part.shape[1:])])
-        m, lg = fn(part)
-        maps.append(m[:n])
-        logits.append(lg[:n])
-    return torch.cat(maps), torch.cat(logits)
+        pieces.append({name: t[:n] for name, t in fn(part).tensors().items()})
+    return Evidence(**{name: torch.cat([p[name] for p in pieces]) for name in pieces[0]})
 
 
 def model_forward(adapter: PrototypeAdapter, runtime: Runtime) -> Forward:
-    """The adapter's forward with the runtime's precision, memory format, chunking and compilation;
-    maps and logits come back in fp32."""
-    fn: Forward = torch.compile(adapter.forward) if runtime.compile else adapter.forward
+    """The adapter's evidence (maps, logits, ...) with the runtime's precision, memory format,
+    chunking and compilation; every floating-point tensor comes back in fp32."""
+    fn: Forward = torch.compile(adapter.evidence) if runtime.compile else adapter.evidence
     dtype = AUTOCAST_DTYPES[runtime.precision]
 
-    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(x: torch.Tensor) -> Evidence:
         if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None), \
                 tf32(runtime.precision == "tf32"):
-            maps, logits = chunked_forward(fn, x, runtime.chunk)
-        return maps.float(), logits.float()
+            found = chunked_forward(fn, x, runtime.chunk)
+        return Evidence(**{name: t.float() if t.is_floating_point() else t for name, t in found.tensors().items()})
 
     return forward

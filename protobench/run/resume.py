@@ -108,7 +108,10 @@ def json_kind(value: Any) -> str:
 def check_identity(recorded: dict[str, Any], current: dict[str, Any], out: Path) -> None:
     """--resume continues only the same run: same protocol, checkpoint, dataset, subset, device type,
     metrics (a default run records none: then the recorded run must have none either)."""
+    from protobench.core.protocol import as_recorded_now
+
     current = json.loads(json.dumps(current, default=str))  # as it would read back from disk
+    recorded = {**recorded, "protocol": as_recorded_now(recorded.get("protocol"))}  # a run begun by an older version
     differ = describe_differences(recorded, current, list(dict.fromkeys([*current, *IDENTITY_KEYS])))
     if differ:
         raise ProtobenchError(f"--resume: {out} holds a different run ({differ}); "

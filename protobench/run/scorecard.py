@@ -167,7 +167,7 @@ def measure_parts(forward, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, 
     out = {"part_slots": slots, "part_codes": codes}
     if passes.noise is not None:
         with torch.no_grad():
-            noisy, _ = forward(perturb(x, passes.seed, ids, *passes.noise))
+            noisy = forward(perturb(x, passes.seed, ids, *passes.noise)).maps
         out["part_codes_noisy"] = part_hits(noisy, y, passes.members, where, size, passes.half)[1]
     return out
 
