@@ -19,45 +19,58 @@ from protobench.run.context import RunContext
 from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
 
 
-def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, P) bool -> prototype indices (B, K) and validity (B, K), K = most attacked in one image."""
-    k = int(attacked.sum(dim=1).max())
-    order = attacked.float().topk(k, dim=1)
+def attack_slots(identity: torch.Tensor, select: str) -> int:
+    """K, the most prototypes one image can have attacked: 1 for top-proto, the largest class's
+    prototype count for gt-protos. Worked out once per run: reading it from each batch's
+    selection would make the host wait for the GPU's first forward pass every batch."""
+    return 1 if select == "top-proto" else int((identity > 0).sum(dim=0).max())
+
+
+def _attacked_slots(attacked: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P) bool -> prototype indices (B, K) and validity (B, K); k >= the most attacked in one
+    image (slots beyond an image's own count are padding, marked invalid)."""
+    order = attacked.float().topk(min(k, attacked.shape[1]), dim=1)
     return order.indices, order.values > 0
 
 
-def protect(adapter: PrototypeAdapter, maps: torch.Tensor, y: torch.Tensor, protocol: EvalProtocol):
+def protect(adapter: PrototypeAdapter, maps: torch.Tensor, y: torch.Tensor, protocol: EvalProtocol,
+            slots: int | None = None):
     """Which prototypes to attack, p*, and the pixels the attack may change (docs/metrics.md,
-    The procedure, steps 2-3).
+    The procedure, steps 2-3). `slots`: attack_slots(...), when the caller has it already.
 
     Returns attacked (B, P) bool, p_star (B,), in_class (B, P) bool, attackable (B, 1, S, S) bool.
     """
     size = adapter.info.input_size
-    in_class = adapter.prototype_class_identity[:, y].t() > 0  # (B, P)
+    identity = adapter.prototype_class_identity
+    in_class = identity[:, y].t() > 0  # (B, P)
     attacked, p_star = select_prototypes(maps.amax(dim=(2, 3)), in_class, protocol.select)
-    slots, valid = _attacked_slots(attacked)
+    slots, valid = _attacked_slots(attacked, slots or attack_slots(identity, protocol.select))
     slot_maps = maps.gather(1, slots[..., None, None].expand(-1, -1, *maps.shape[2:]))
     attackable = attackable_pixels(slot_maps, valid, size, protocol.resolved(size)["margin"])
     return attacked, p_star, in_class, attackable
 
 
 def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                   protocol: EvalProtocol, forward: Forward | None = None) -> dict[str, torch.Tensor]:
+                   protocol: EvalProtocol, forward: Forward | None = None, slots: int | None = None
+                   ) -> dict[str, torch.Tensor]:
     """Attack one batch and measure it; returns per-image tensors (B,) on the CPU.
 
     `forward` (default: the adapter's, in fp32) runs the model: see forward.model_forward.
+    From the clean forward pass to the copy of the results to the CPU nothing waits for the
+    device (no .item(), int() or branch on a device tensor; tests/test_sync.py) when `slots`
+    is given (see attack_slots) and the selection is top-proto (gt-protos checks the labels).
     """
     forward = forward or model_forward(adapter, Runtime())
     with torch.no_grad():
         maps, logits = forward(x)
     maps = maps.clamp(min=0)  # docs/metrics.md, The procedure: metrics see maps clipped at 0
-    attacked, p_star, in_class, attackable = protect(adapter, maps, y, protocol)
+    attacked, p_star, in_class, attackable = protect(adapter, maps, y, protocol, slots)
     weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
 
     def objective(images: torch.Tensor) -> torch.Tensor:  # mean max-activation of the attacked prototypes
         return (forward(images)[0].amax(dim=(2, 3)) * weights).sum(dim=1)
 
-    noise = rng.uniform(protocol.seed, ids.to(x.device), tuple(x.shape[1:]), -1.0, 1.0)
+    noise = rng.uniform(protocol.seed, ids.to(x.device, non_blocking=True), tuple(x.shape[1:]), -1.0, 1.0)
     bounds = image_bounds(adapter.info.mean, adapter.info.std, x.device) if protocol.clip else None
     x_adv, zero_steps = ATTACKS.get(protocol.attack)(objective, x, attackable, noise, eps=protocol.eps,
                                                      step=protocol.step, steps=protocol.steps, bounds=bounds)
@@ -117,11 +130,19 @@ class Fit:
         self.limit = limit
 
 
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t with its last row repeated up to `rows` rows."""
+    return torch.cat([t, t[-1:].expand(rows - len(t), *t.shape[1:])]) if len(t) < rows else t
+
+
 def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                     protocol: EvalProtocol, forward: Forward, fit: Fit) -> dict[str, torch.Tensor]:
+                     protocol: EvalProtocol, forward: Forward, fit: Fit, slots: int | None = None,
+                     pad: bool = False) -> dict[str, torch.Tensor]:
     """evaluate_batch in pieces of at most fit.limit images, halving the piece on out-of-memory
     (never a crash, unless a single image does not fit). Images are independent, so pieces
-    give the same per-image numbers as one call."""
+    give the same per-image numbers as one call. `pad`: a short piece (the last batch) is
+    filled up to fit.limit images with copies of its last one, whose results are dropped, so
+    that a compiled model always sees the same shapes and never recompiles."""
     import warnings
 
     from protobench.errors import MemoryWarning
@@ -129,9 +150,11 @@ def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor
     pieces, start = [], 0
     while start < len(x):
         n = min(fit.limit, len(x) - start)
+        rows = fit.limit if pad else n
+        part = [_pad_rows(t[start:start + n], rows) for t in (x, y, ids)]
         try:
-            pieces.append(evaluate_batch(adapter, x[start:start + n], y[start:start + n], ids[start:start + n],
-                                         protocol, forward))
+            values = evaluate_batch(adapter, *part, protocol, forward, slots)
+            pieces.append({k: v[:n] for k, v in values.items()})
             start += n
         except RuntimeError as err:
             if not is_out_of_memory(err) or n == 1:
@@ -161,6 +184,8 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
                                          persistent_workers=False, prefetch_factor=4 if ctx.workers > 0 else None)
     forward = model_forward(adapter, ctx.runtime)
     fit = Fit(ctx.batch_size)
+    slots = attack_slots(adapter.prototype_class_identity, protocol.select)
+    pad = bool(ctx.runtime.compile) and ctx.runtime.chunk is None  # a CPU's fixed chunks pad already
     records: list[dict] = []
     skipped: list[int] = []
     with frozen_eval(adapter.model):
@@ -168,7 +193,7 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
             rows = []
             if x is not None:
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit)
+                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit, slots, pad)
                 rows = batch_records(values, y.cpu(), ids, paths)
             records.extend(rows)
             skipped.extend(bad)
