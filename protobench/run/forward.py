@@ -15,6 +15,7 @@ from protobench.core.precision import tf32
 from protobench.models.adapter import PrototypeAdapter
 
 AUTOCAST_DTYPES = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")  # torch.compile's modes; True means "default"
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # images -> (maps, logits)
 
 
@@ -57,7 +58,7 @@ class Runtime:
     precision: str = "fp32"  # fp32 (true: no TF32) | tf32 | bf16 | fp16 (autocast); metrics always fp32
     chunk: int | None = None  # rows per model call; fixed on the CPU for reproducibility (see chunked_forward)
     channels_last: bool = False  # NHWC inputs, faster convolutions on GPUs
-    compile: bool = False  # torch.compile the adapter's forward
+    compile: bool | str = False  # torch.compile the adapter's forward (and so its backward): True or a mode
 
     @classmethod
     def for_device(cls, device: torch.device, size: int = 224, **overrides: Any) -> Runtime:
@@ -66,7 +67,16 @@ class Runtime:
         base = cls(chunk=cpu_images(8, size)) if device.type == "cpu" else cls(channels_last=True)
         runtime = replace(base, **{k: v for k, v in overrides.items() if v is not None})
         options.choice("precision", runtime.precision, tuple(AUTOCAST_DTYPES))
+        if isinstance(runtime.compile, str):
+            options.choice("compile mode", runtime.compile, COMPILE_MODES)
         return runtime
+
+    @property
+    def compile_mode(self) -> str | None:
+        """torch.compile's mode, or None when not compiling."""
+        if not self.compile:
+            return None
+        return self.compile if isinstance(self.compile, str) else "default"
 
 
 def chunked_forward(fn: Forward, x: torch.Tensor, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,16 +103,27 @@ def chunked_forward(fn: Forward, x: torch.Tensor, chunk: int | None) -> tuple[to
 
 def model_forward(adapter: PrototypeAdapter, runtime: Runtime) -> Forward:
     """The adapter's forward with the runtime's precision, memory format, chunking and compilation;
-    maps and logits come back in fp32."""
-    fn: Forward = torch.compile(adapter.forward) if runtime.compile else adapter.forward
+    maps and logits come back in fp32.
+
+    Compiling the forward compiles its backward too (AOTAutograd), so the attack's forward +
+    input-gradient step runs compiled. The caller keeps shapes fixed (see benchmark.evaluate_fitting)
+    so the last, partial batch does not recompile.
+    """
+    mode = runtime.compile_mode
+    fn: Forward = torch.compile(adapter.forward, mode=mode) if mode else adapter.forward
     dtype = AUTOCAST_DTYPES[runtime.precision]
+    graphs = mode == "reduce-overhead"  # CUDA graphs: each call's outputs live in memory the next call reuses
 
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None), \
                 tf32(runtime.precision == "tf32"):
             maps, logits = chunked_forward(fn, x, runtime.chunk)
+        if graphs:  # the clean maps and logits are read after 41 more calls: copy them out of the graph's memory
+            maps, logits = maps.clone(), logits.clone()
         return maps.float(), logits.float()
 
     return forward
