@@ -5,7 +5,7 @@ Origin: github.com/cfchen-duke/ProtoPNet (MIT). Attribute names follow the origi
 dicts load unchanged.
 
     z = add_on(features(x))                                  (B, D, h, w)
-    d = relu(conv(z^2, ones) - 2 conv(z, p) + |p|^2)         (B, P, h', w') squared L2
+    d = relu(conv(z^2, ones) - 2 conv(z, p) + |p|^2)         (B, P, h', w') squared L2, in float64
     A = log((d + 1) / (d + eps))  ('log')  or  -d  ('linear')
     logits = last_layer(sim(min_hw d))                        no bias
     focal (interpretability-benchmark fork): logits = last_layer(sim(min_hw d) - sim(mean_hw d))
@@ -30,7 +30,7 @@ from protobench.errors import CheckpointError
 from protobench.models.families import FAMILIES
 from protobench.models.family import FamilyAdapter, make_config, take_options
 from protobench.models.infer import backbone_from, sub_state
-from protobench.core.precision import full_precision
+from protobench.core.precision import squared_distances
 from protobench.checkpoints.limits import short
 from protobench.checkpoints.loading import Checkpoint
 
@@ -113,26 +113,31 @@ class ProtoPNet(nn.Module):
         return self.add_on_layers(self.features(x))
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:
-        """Squared L2 distance of every patch of z to every prototype: (B, P, h', w')."""
-        with full_precision(z):
-            z, p = z.float(), self.prototype_vectors
-            z2 = F.conv2d(z**2, self.ones)  # (B, P, h', w') patch sums of z^2
-            p2 = (p**2).sum(dim=(1, 2, 3)).view(-1, 1, 1)
-            return F.relu(z2 - 2 * F.conv2d(z, p) + p2)  # clamped: rounding can go negative
+        """Squared L2 distance of every patch of z to every prototype: (B, P, h', w'), float64
+        (core.precision.squared_distances: stable where a prototype meets its part). The `ones`
+        buffer, all ones in every original checkpoint, is kept only so state dicts load."""
+        return F.relu(squared_distances(z, self.prototype_vectors))  # clamped as the original
 
     def similarity(self, d: torch.Tensor) -> torch.Tensor:
+        """The prototype activation, in d's dtype (float64 from `distances`: the log's slope of
+        1 / epsilon near d = 0 would magnify float32 rounding)."""
         if self.cfg.activation == "log":
             return torch.log((d + 1) / (d + self.cfg.epsilon))
         if self.cfg.activation == "linear":
             return -d
         raise ValueError(f"unknown prototype activation {self.cfg.activation!r}")
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        d = self.distances(self.conv_features(x))
-        act = self.similarity(d.amin(dim=(2, 3)))  # the original's min-pool, then sim
+    def activations(self, d: torch.Tensor) -> torch.Tensor:
+        """(B, P) float32 inputs of the last layer: sim of the min-pooled distance (the original's
+        min-pool, then sim), minus sim of the mean distance for the focal fork."""
+        act = self.similarity(d.amin(dim=(2, 3)))
         if self.cfg.focal:
             act = act - self.similarity(d.mean(dim=(2, 3)))
-        return self.similarity(d), self.last_layer(act)
+        return act.float()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.distances(self.conv_features(x))
+        return self.similarity(d).float(), self.last_layer(self.activations(d))
 
     def set_last_layer_incorrect_connection(self, strength: float = -0.5) -> None:
         """ProtoPNet's last-layer init: 1 to the own class, `strength` to the others."""

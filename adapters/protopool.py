@@ -6,7 +6,7 @@ Origin: github.com/gmum/ProtoPool (MIT). The original saves
 follow it so that state dict loads unchanged. Each class c has N slots; slot (c, n) holds
 the prototype p* = argmax_p proto_presence[c, p, n].
 
-    d = relu(conv(z^2, ones) - 2 conv(z, p) + |p|^2)         (B, P, h, w) squared L2
+    d = relu(conv(z^2, ones) - 2 conv(z, p) + |p|^2)         (B, P, h, w) squared L2, in float64
     sim(d) = log((d + 1) / (d + 1e-4))  ('log')  or  1 / (d + 1)  ('linear')
     A_p = sim(d) - sim(mean_hw d)                            (B, P, h, w) "focal" similarity
     x[b, c, n] = sim(min_d @ pp) - sim(avg_d @ pp)           pp (C, P, N) = one-hot argmax of proto_presence
@@ -34,7 +34,7 @@ from protobench.models.families import FAMILIES
 from protobench.models.family import FamilyAdapter, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.loading import Checkpoint
-from protobench.core.precision import full_precision
+from protobench.core.precision import squared_distances
 
 
 @dataclass
@@ -84,17 +84,15 @@ class ProtoPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.add_on_layers(self.features(x))
-        with full_precision(z):
-            z, p = z.float(), self.prototype_vectors
-            p2 = (p**2).sum(dim=(1, 2, 3)).view(-1, 1, 1)
-            d = F.relu(F.conv2d(z**2, self.ones) - 2 * F.conv2d(z, p) + p2)  # (B, P, h, w)
+        # float64 from the distance to the similarities (core.precision.squared_distances), float32 after
+        d = F.relu(squared_distances(z, self.prototype_vectors))  # (B, P, h, w)
         avg = d.mean(dim=(2, 3))  # (B, P)
-        pp = self.presence()
+        pp = self.presence().to(d.dtype)
         mixed_min = torch.einsum("bp,cpn->bcn", d.amin(dim=(2, 3)), pp)
         mixed_avg = torch.einsum("bp,cpn->bcn", avg, pp)
-        slots = self.similarity(mixed_min) - self.similarity(mixed_avg)  # (B, C, N)
+        slots = (self.similarity(mixed_min) - self.similarity(mixed_avg)).float()  # (B, C, N)
         logits = self.last_layer(slots.flatten(1)) if self.cfg.use_last_layer else slots.sum(dim=-1)
-        return self.similarity(d) - self.similarity(avg)[..., None, None], logits
+        return (self.similarity(d) - self.similarity(avg)[..., None, None]).float(), logits
 
 
 @FAMILIES.register("protopool")

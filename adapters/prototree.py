@@ -6,7 +6,7 @@ Origin: github.com/M-Nauta/ProtoTree (MIT). The original saves the whole tree wi
 that pickle (`_out_map`, an arbitrary order fixed at construction), so `model_state.pth`
 alone cannot be read. protobench flattens the tree into index tensors:
 
-    d = sqrt(|conv(z^2, ones) + |p|^2 - 2 conv(z, p)| + 1e-14)    (B, P, h, w), non-squared L2
+    d = sqrt(|conv(z^2, ones) + |p|^2 - 2 conv(z, p)| + 1e-14)    (B, P, h, w), non-squared L2, float64
     A_k = exp(-d_{proto(k)})                                        one map per live decision node k
     s_k = exp(-min_hw d_{proto(k)})                                 probability of going right at node k
     out = sum_leaves (prod of s_k or 1 - s_k along the path) * softmax(leaf params)
@@ -35,7 +35,7 @@ from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.loading import Checkpoint
 from protobench.checkpoints.limits import limit
 from protobench.checkpoints.pickles import StandIn, class_name
-from protobench.core.precision import full_precision
+from protobench.core.precision import squared_distances
 
 STRUCTURE = ("branch_prototype", "branch_children", "branch_index", "leaf_index")
 
@@ -61,10 +61,9 @@ class L2Conv(nn.Module):
         self.prototype_vectors = nn.Parameter(torch.randn(num_prototypes, dim, w1, h1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        with full_precision(z):
-            z, p = z.float(), self.prototype_vectors
-            d2 = F.conv2d(z**2, torch.ones_like(p)) + (p**2).sum(dim=(1, 2, 3)).view(-1, 1, 1) - 2 * F.conv2d(z, p)
-            return torch.sqrt(d2.abs() + 1e-14)  # (B, P, h, w)
+        """(B, P, h, w) L2 distances in float64 (core.precision.squared_distances): near 0 the
+        tree's log(1 - exp(-d)) has slope 1 / d, which would magnify float32 cancellation."""
+        return torch.sqrt(squared_distances(z, self.prototype_vectors).abs() + 1e-14)
 
 
 def leaf_paths(children: torch.Tensor, num_leaves: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,14 +107,15 @@ class ProtoTree(nn.Module):
         return torch.log(ratio + 1e-10) if self.cfg.log_probabilities else torch.log(ratio)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        d = self.prototype_layer(self._add_on(self._net(x)))[:, self.branch_prototype]  # (B, NB, h, w)
+        d = self.prototype_layer(self._add_on(self._net(x)))[:, self.branch_prototype]  # (B, NB, h, w), float64
         min_d = d.amin(dim=(2, 3))
         log_right = -min_d  # log s
         shifted = min_d + 1e-7 if self.cfg.log_probabilities else min_d
         log_left = torch.log(-torch.expm1(-shifted))  # log(1 - s), stable
-        log_path = log_right @ self.path_right.t() + log_left @ self.path_left.t()  # (B, NL)
-        logits = torch.logsumexp(log_path[:, :, None] + self.leaf_log_distribution()[None], dim=1)
-        return torch.exp(-d), logits
+        log_path = log_right @ self.path_right.t().to(d.dtype) + log_left @ self.path_left.t().to(d.dtype)  # (B, NL)
+        leaves = self.leaf_log_distribution().to(d.dtype)
+        logits = torch.logsumexp(log_path[:, :, None] + leaves[None], dim=1)
+        return torch.exp(-d).float(), logits.float()
 
     def class_identity(self) -> torch.Tensor:
         """(NB, C): share of the leaves below each node whose most likely class is c."""

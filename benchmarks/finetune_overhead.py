@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from dataclasses import replace
@@ -24,11 +23,13 @@ from dataclasses import replace
 import torch
 
 from protobench.adapters.protopnet import ProtoPNetAdapter
-from protobench.core.attack import image_bounds
+from protobench.core.precision import machine
 from protobench.demo import demo_checkpoint
 from protobench.run.evaluate import load_dataset
 from protobench.train.data import in_memory
-from protobench.train.trainer import TrainSettings, make_optimizer, run_epoch
+from protobench.train.settings import TrainSettings
+from protobench.train.state import make_optimizer
+from protobench.train.trainer import run_epoch
 
 VARIANTS = {
     "family": {"lambda_align": 0.0},
@@ -40,12 +41,13 @@ VARIANTS = {
 def time_epoch(settings: TrainSettings, data, device, batches: int | None) -> float:
     """Seconds of one joint epoch (or of its first `batches` batches) from the demo weights."""
     adapter = ProtoPNetAdapter.load(demo_checkpoint()).to(device)
-    optimizer = make_optimizer(adapter, settings, "joint")
-    bounds = image_bounds(adapter.info.mean, adapter.info.std, device)
+    plan = settings.plan()
+    joint = next(phase for phase in plan.phases if phase.name == "joint")
+    optimizer = make_optimizer(adapter, joint)
     if batches is not None:
         data = torch.utils.data.TensorDataset(*(t[:batches * settings.batch_size] for t in data.tensors))
     started = time.perf_counter()
-    run_epoch(adapter, data, settings, 0, "joint", optimizer, bounds)
+    run_epoch(adapter, data, plan, 0, joint, optimizer, settings.objective(adapter))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started
@@ -69,8 +71,8 @@ def main() -> None:
                 seconds.setdefault(key, []).append(time_epoch(settings, data, device, args.batches))
     median = {key: statistics.median(values) for key, values in seconds.items()}
     report = {
-        "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(), "images_per_epoch": len(data) if args.batches is None
+        "device": str(device), **(machine() if device.type == "cpu" else {"gpu": torch.cuda.get_device_name(device)}),
+        "images_per_epoch": len(data) if args.batches is None
         else args.batches * TrainSettings().batch_size, "adv_steps": args.adv_steps, "repeats": args.repeats,
         "seconds_per_epoch": {k: round(v, 2) for k, v in median.items()},
         "all_seconds": {k: [round(v, 2) for v in values] for k, values in seconds.items()},

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Everything protobench checks on a GPU, in one run, most important first: the GPU tests,
 # attack throughput (ResNet34 ProtoPNet at 224 px, 2000 prototypes, 200 classes, random
-# weights; CUB-sized run of 5,794 images x 40 steps), the demo on the GPU, and bf16/fp16
-# against fp32 (true fp32: no TF32). Results go to $OUT (default ./gpu-results): gpu_tests.txt, bench.jsonl,
-# precision.json, env.txt, log.txt.
+# weights; CUB-sized run of 5,794 images x 40 steps), the demo on the GPU, bf16/fp16 against
+# fp32 (true fp32: no TF32), and the float64 prototype distance against the float32 formula.
+# Results go to $OUT (default ./gpu-results): gpu_tests.txt, bench.jsonl, precision.json,
+# distance_cost.json, env.txt, log.txt.
 #   OUT=/tmp/gpu bash benchmarks/gpu_suite.sh
 set -u
 OUT=${OUT:-gpu-results}
@@ -30,6 +31,8 @@ R34="--model resnet34 --batch-size 256 --repeat 1"
 step 60 demo-fp32 --model demo --batch-size 256 --repeat 1 --images 1024 --reference-images 64
 echo "== precision"
 timeout 90 $PY benchmarks/precision_diff.py --device cuda > "$OUT/precision.json"
+echo "== float64 distance"
+timeout 120 $PY benchmarks/distance_cost.py --device cuda > "$OUT/distance_cost.json"
 step 100 r34-bf16-1024 $R34 --precision bf16 --images 1024 --reference-images 32
 step 100 r34-bf16-cub $R34 --precision bf16 --images 5794 --skip ideal,reference
 step 100 r34-tf32-cub $R34 --precision tf32 --images 5794 --skip ideal,reference

@@ -25,7 +25,7 @@ from protobench.core.protocol import EvalProtocol
 from protobench.demo import demo_checkpoint
 from protobench.run.evaluate import EvaluateConfig, evaluate
 from protobench.train.finetune import FinetuneConfig, finetune
-from protobench.train.trainer import TrainSettings
+from protobench.train.settings import TrainSettings
 
 PLAIN, ADV = {"adversarial": False}, {"adversarial": True}
 RUNS = {  # name -> TrainSettings overrides (the rest: protobench finetune's defaults)

@@ -2,9 +2,12 @@
 
     python scripts/train_demo.py [--seed 0] [--out protobench/demo/protoshapes.safetensors]
 
-Writes the weights (protobench safetensors) and, beside them, a JSON record of the model,
-the data design, the recipe, the seed, the versions and the measured accuracies. The same
-seed, torch version and thread count give the same weights (about 5 minutes on 2 CPU cores).
+Trains with protobench's one training loop (protobench.train.trainer, the loop of
+`protobench finetune`) on ProtoPNet's schedule (protobench.train.protopnet.schedule): warm-up,
+joint, push, last layer. Writes the weights (protobench safetensors) and, beside them, a JSON
+record of the model, the data design, the plan, the seed, the versions, the machine and the
+measured accuracies. The same seed, torch version, thread count and CPU kernels give the same
+weights (docs/demo.md gives the time).
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ import torch
 
 from protobench import __version__
 from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
+from protobench.core.precision import machine
 from protobench.demo import DEMO_CKPT
 from protobench.demo.shapes import ProtoShapes, ShapesDesign
-from protobench.train.protopnet import Recipe, train
+from protobench.run.progress import TrainProgress
+from protobench.train.plan import Plan
+from protobench.train.protopnet import schedule
+from protobench.train.trainer import fit
 
 MODEL = ProtoPNetConfig(
     backbone="tinycnn",
@@ -35,7 +42,8 @@ MODEL = ProtoPNetConfig(
     add_on="regular",
     img_size=64,
 )
-RECIPE = Recipe(warm_epochs=1, joint_epochs=12, step_size=8, last_epochs=4, batch_size=32)
+PHASES = schedule(warm=1, joint=12, last=4, lr_features=1e-3,  # the original: 1e-4, for ImageNet-pretrained backbones
+                  lr_add_on=3e-3, lr_prototypes=3e-3, lr_last=1e-3, weight_decay=1e-3, step_size=8, gamma=0.1)
 
 
 def materialize(split: str, design: ShapesDesign) -> torch.utils.data.TensorDataset:
@@ -59,17 +67,12 @@ def main() -> None:
     args = parser.parse_args()
 
     design = ShapesDesign()
-    recipe = Recipe(**{**RECIPE.as_dict(), "seed": args.seed})
+    plan = Plan(PHASES, batch_size=32, seed=args.seed)
     train_set, test_set = materialize("train", design), materialize("test", design)
     adapter = ProtoPNetAdapter.from_config(MODEL, seed=args.seed)
-    log: list[dict] = []
-
-    def show(row: dict) -> None:
-        log.append(row)
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-
+    pushed: list = []
     started = time.perf_counter()
-    where = train(adapter.model, train_set, recipe, log=show)
+    log = fit(adapter, train_set, plan, progress=TrainProgress(), on_push=pushed.extend)
     seconds = time.perf_counter() - started
     record = {
         "trained_by": "scripts/train_demo.py",
@@ -78,17 +81,19 @@ def main() -> None:
         "seed": args.seed,
         "model": asdict(MODEL),
         "design": design.as_dict(),
-        "recipe": recipe.as_dict(),
+        "plan": plan.as_dict(),
+        "trainer": "protobench.train.trainer.fit",
         "loss": "CE + 0.8 cluster - 0.08 separation + 1e-4 L1 (protobench.train.protopnet)",
         "torch_version": torch.__version__,
         "protobench_version": __version__,
         "python_version": platform.python_version(),
         "threads": torch.get_num_threads(),
+        "machine": machine(),
         "train_seconds": round(seconds, 1),
         "train_accuracy": accuracy(adapter, train_set),
         "test_accuracy": accuracy(adapter, test_set),
         "test_images": len(test_set),
-        "pushed_patches": [w and {"prototype": j, "image": w[0], "row": w[1], "col": w[2]} for j, w in enumerate(where)],
+        "pushed_patches": [w and {"prototype": j, "image": w[0], "row": w[1], "col": w[2]} for j, w in enumerate(pushed)],
         "log": log,
     }
     adapter.save(str(args.out), extra={"trained_by": "scripts/train_demo.py", "seed": str(args.seed)})

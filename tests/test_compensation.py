@@ -159,3 +159,28 @@ def test_adversarial_crafter_is_compared_with_its_own_maps_of_x():
     loss = alignment_loss(model, x, y, IDENTITY, torch.Generator().manual_seed(0),
                           adversarial={"eps": 0.4, "steps": 2, "crafter": crafter})
     assert loss.item() == 0.0  # pointwise maps: nothing outside the mask reaches the masked map values
+
+
+def test_adversarial_outside_is_the_benchmarks_pgd_maximizing_the_masked_difference():
+    """One PGD in the project: the crafted outside is protobench.core.attack.pgd's, on the negated per-image
+    masked difference, from the batch generator's uniform start, steps of eps / 2."""
+    from protobench.core.attack import pgd
+
+    model = BlurMaps()
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    m_img = torch.zeros(4, 1, 16, 16)
+    m_img[:, :, 3:10, 6:12] = 1
+    protos = torch.tensor([0, 2, 1, 3])
+    s = model(x)[torch.arange(4), protos].detach()
+    m_act = torch.rand(4, 16, 16)
+    crafted = adversarial_outside(model, x, m_img, protos, s, m_act, eps=0.3, steps=4,
+                                  generator=torch.Generator().manual_seed(3))
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) * 2 - 1
+
+    def negated_difference(images):  # sum over the batch: -masked_distance
+        return -((s - model(images)[torch.arange(4), protos]).abs() * m_act).flatten(1).sum(1) / m_act.sum()
+
+    expected, _ = pgd(negated_difference, x, (m_img < 0.5).expand_as(x), noise, eps=0.3, step=0.15, steps=4)
+    assert torch.equal(crafted, expected)
+    assert masked_distance(s, model(crafted)[torch.arange(4), protos], m_act) > masked_distance(
+        s, model(x)[torch.arange(4), protos], m_act)

@@ -23,7 +23,9 @@ from protobench.errors import Interrupted, ProtobenchError
 from protobench.run.evaluate import load_dataset
 from protobench.train.finetune import FinetuneConfig, finetune, side_by_side
 from protobench.train.data import in_memory
-from protobench.train.trainer import NonFinite, TrainSettings, alignment_term, epoch_order
+from protobench.train.data import epoch_order
+from protobench.train.settings import TrainSettings
+from protobench.train.trainer import NonFinite
 from test_cli import assert_one_line_error
 from test_train import assert_prototypes_are_patches
 
@@ -130,11 +132,17 @@ def test_resume_after_the_process_is_killed(tiny_ckpt, image_folder, tmp_path):
 def test_lambda_zero_without_augmentation_is_plain_protopnet_finetuning(tiny_ckpt, image_folder, tmp_path):
     s = replace(FAST, lambda_align=0, mask_aug=False, epochs=2, last_epochs=2, step_size=1, seed=7)
     finetune(FinetuneConfig(ckpt=tiny_ckpt, data=image_folder, out=str(tmp_path / "o"), settings=s))
-    # the same by hand with ProtoPNet's own training code: its loss, its optimizer, its push
+    # the same by hand: ProtoPNet's loss and push, Adam and StepLR written out, no protobench loop
     model = ProtoPNetAdapter.load(tiny_ckpt).model
     x, y, ids = training_set(image_folder, ProtoPNetAdapter.load(tiny_ckpt)).tensors
-    recipe = train.Recipe(lr_features=s.lr_features, lr_add_on=s.lr_add_on, lr_prototypes=s.lr_prototypes,
-                          lr_last=s.lr_last, weight_decay=s.weight_decay)
+
+    def adam(*groups):  # (module, lr, weight decay): those train, the rest is frozen
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for module, _, _ in groups:
+            for param in module.parameters():
+                param.requires_grad_(True)
+        return torch.optim.Adam([{"params": list(m.parameters()), "lr": lr, "weight_decay": wd} for m, lr, wd in groups])
 
     def epoch(optimizer, step):
         for idx in epoch_order(s.seed, step, len(x), s.batch_size):
@@ -143,13 +151,17 @@ def test_lambda_zero_without_augmentation_is_plain_protopnet_finetuning(tiny_ckp
             loss.backward()
             optimizer.step()
 
-    joint = train._optimizer(model, recipe, "features", "add_on_layers", "prototype_vectors")
+    prototypes = torch.nn.ParameterList([model.prototype_vectors])
+    model.train()
+    joint = adam((model.features, s.lr_features, s.weight_decay), (model.add_on_layers, s.lr_add_on, s.weight_decay),
+                 (prototypes, s.lr_prototypes, 0.0))
     schedule = torch.optim.lr_scheduler.StepLR(joint, 1, s.gamma)
     for step in (0, 1):
         epoch(joint, step)
         schedule.step()
     train.push(model, [(x[i], y[i], ids[i]) for i in torch.arange(len(x)).split(s.batch_size)])
-    last = train._optimizer(model, recipe, "last_layer")
+    model.eval()  # the last layer alone: batch-norm statistics stay put
+    last = adam((model.last_layer, s.lr_last, 0.0))
     for step in (3, 4):  # plan steps: joint 0, joint 1, push 2, last 3, last 4
         epoch(last, step)
     assert_same_weights(weights(tmp_path / "o"), model.state_dict())
@@ -177,8 +189,8 @@ def test_alignment_passes_leave_batch_norm_statistics_alone(adversarial):
     adapter.model.train()
     buffers = {k: v.clone() for k, v in adapter.model.state_dict().items() if "running" in k or "tracked" in k}
     x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
-    s = replace(FAST, adversarial=adversarial)
-    loss = alignment_term(adapter, x, y, s, torch.Generator().manual_seed(0), None, None)
+    objective = replace(FAST, adversarial=adversarial).objective(adapter)
+    loss = objective.alignment(adapter, x, y, torch.Generator().manual_seed(0), None)
     state = adapter.model.state_dict()
     for name, value in buffers.items():
         assert torch.equal(state[name], value), name
@@ -208,13 +220,35 @@ def test_cli_runs_and_prints_before_and_after(tiny_ckpt, image_folder, tmp_path)
 
 
 def test_adversarial_variant_has_its_own_default_lambda(tiny_ckpt, image_folder, tmp_path):
-    assert TrainSettings().lambda_align == 10.0 and TrainSettings(adversarial=True).lambda_align == 3.0
-    assert TrainSettings(adversarial=True, lambda_align=0.0).lambda_align == 0.0
+    assert TrainSettings().as_dict()["lambda_align"] == 10.0
+    assert TrainSettings(adversarial=True).as_dict()["lambda_align"] == 3.0
+    assert TrainSettings(adversarial=True, lambda_align=0.0).as_dict()["lambda_align"] == 0.0
     result = invoke("--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "o", "--align-adversarial",
                     "--epochs", 1, "--last-epochs", 0, "--no-push", "--batch-size", 4)
     assert result.exit_code == 0, result.output
     settings = json.loads((tmp_path / "o" / "finetune.json").read_text())["identity"]["settings"]
     assert settings["lambda_align"] == 3.0 and settings["adversarial"] is True and settings["push"] is False
+
+
+def test_the_default_lambda_follows_the_variant_after_replace(tiny_ckpt, image_folder, tmp_path):
+    # the default is resolved where it is used: replace() of a default TrainSettings once carried lambda 10 over
+    settings = replace(TrainSettings(), adversarial=True)
+    assert settings.as_dict()["lambda_align"] == 3.0
+    assert replace(TrainSettings(adversarial=True), adversarial=False).as_dict()["lambda_align"] == 10.0
+    finetune(config(tiny_ckpt, image_folder, tmp_path / "o", adversarial=True, epochs=1, last_epochs=0, push=False))
+    recorded = json.loads((tmp_path / "o" / "finetune.json").read_text())["identity"]["settings"]
+    assert recorded["lambda_align"] == 3.0  # FAST leaves lambda at its default
+
+
+def test_before_and_after_measure_the_model_as_configured_for_training(tiny_ckpt, image_folder, tmp_path):
+    # --adapter auto (the default) with an option: the "before" evaluation once dropped the option and
+    # measured the checkpoint's own 'log' similarity while training (and "after") used 'linear' = -d <= 0
+    cfg = replace(config(tiny_ckpt, image_folder, tmp_path / "o", epochs=1, last_epochs=0, push=False),
+                  adapter_options={"activation": "linear"}, eval_data=image_folder)
+    finetune(cfg)
+    for side in ("before", "after"):
+        activations = pd.read_csv(tmp_path / "o" / side / "per_image.csv")["act_before"]
+        assert (activations <= 0).all(), side
 
 
 def test_side_by_side_rows():
@@ -333,13 +367,14 @@ def test_lowered_rates_replace_the_saved_ones_and_only_those(tiny_adapter):
     from protobench.train.state import phase_optimizer
 
     s = TrainSettings(step_size=1, gamma=0.5)
-    optimizer, scheduler = phase_optimizer(tiny_adapter, s, "joint", None)
+    joint = next(phase for phase in s.plan().phases if phase.name == "joint")
+    optimizer, scheduler = phase_optimizer(tiny_adapter, joint, None)
     for _ in range(2):
         optimizer.step()
         scheduler.step()
     saved = {"phase": "joint", "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    lowered = replace(s, lr_prototypes=1e-5)
-    optimizer, scheduler = phase_optimizer(tiny_adapter, lowered, "joint", saved)
+    lowered = next(phase for phase in replace(s, lr_prototypes=1e-5).plan().phases if phase.name == "joint")
+    optimizer, scheduler = phase_optimizer(tiny_adapter, lowered, saved)
     lrs = [group["lr"] for group in optimizer.param_groups]  # features, add_on, prototypes
     assert lrs == [s.lr_features * 0.5 * 0.5, s.lr_add_on * 0.5 * 0.5, 1e-5 * 0.25]
     scheduler.step()

@@ -12,7 +12,7 @@ from protobench.core.protocol import EvalProtocol
 from protobench.cli.app import app
 from protobench.run.devices import check_device_name, resolve_device
 from protobench.errors import OptionError, ProtobenchError
-from protobench.train.trainer import TrainSettings
+from protobench.train.settings import TrainSettings
 from test_cli import assert_one_line_error
 
 runner = CliRunner()

@@ -1,4 +1,5 @@
-"""ProtoPNet's training loss against hand-worked values, push, and the phased schedule."""
+"""ProtoPNet's training loss against hand-worked values, push, and the one training loop running
+ProtoPNet's phased schedule (warm-up, joint, push, last layer) as data."""
 
 import math
 
@@ -7,7 +8,10 @@ import torch
 
 from conftest import tiny_config
 from protobench.adapters.protopnet import ProtoPNetAdapter
-from protobench.train.protopnet import LossWeights, Recipe, loss_terms, push, train, training_loss
+from protobench.errors import OptionError
+from protobench.train.plan import Phase, Plan
+from protobench.train.protopnet import LossWeights, loss_terms, push, schedule, training_loss
+from protobench.train.trainer import fit
 
 IDENTITY = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])  # prototypes 0, 1 -> class 0; 2, 3 -> class 1
 
@@ -106,22 +110,45 @@ def test_push_leaves_prototypes_of_unseen_classes_alone():
     assert torch.equal(adapter.model.prototype_vectors[4:], before[4:])
 
 
-def test_train_is_seeded_and_ends_with_exact_patches():
-    recipe = Recipe(warm_epochs=1, joint_epochs=1, last_epochs=2, batch_size=4, seed=5)
+RATES = dict(lr_features=1e-3, lr_add_on=3e-3, lr_prototypes=3e-3, lr_last=1e-3, weight_decay=1e-3, step_size=1)
+
+
+def test_the_schedule_is_seeded_and_ends_with_exact_patches():
+    plan = Plan(schedule(warm=1, joint=1, last=2, **RATES), batch_size=4, seed=5)
 
     def run():
         adapter = ProtoPNetAdapter.from_config(tiny_config(), seed=5)
-        logs = []
-        train(adapter.model, toy_data(), recipe, log=logs.append)
-        return adapter, logs
+        pushed = []
+        log = fit(adapter, toy_data(), plan, on_push=pushed.extend)
+        return adapter, log, pushed
 
-    (first, logs), (second, _) = run(), run()
-    assert [row["phase"] for row in logs] == ["warm", "joint", "last", "last"]
+    (first, logs, pushed), (second, _, _) = run(), run()
+    assert [row["phase"] for row in logs] == ["warm", "joint", "push", "last", "last"]
+    assert logs[2]["pushed"] == 6 and len(pushed) == 6
     for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.equal(a, b), name
-    assert not first.model.training
+    assert not first.model.training and all(p.requires_grad for p in first.model.parameters())
     # the last-layer epochs keep the backbone's batch-norm statistics: pushed prototypes stay exact patches
-    assert_prototypes_are_patches(first.model, toy_data())
+    assert_prototypes_are_patches(first.model, toy_data(), pushed)
+
+
+def test_a_phase_trains_its_groups_only_and_a_frozen_backbone_keeps_its_statistics():
+    adapter = ProtoPNetAdapter.from_config(tiny_config(), seed=2)
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    warm = Plan(schedule(warm=2, push=False, **RATES), batch_size=4)
+    log = fit(adapter, toy_data(), warm)
+    after = adapter.model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {k for k in before if k.startswith("add_on_layers.")} | {"prototype_vectors"}
+    assert [row["phase"] for row in log] == ["warm", "warm"] and log[0]["loss"] > 0
+
+
+def test_a_plan_the_model_cannot_run_is_refused_before_training():
+    adapter = ProtoPNetAdapter.from_config(tiny_config(), seed=2)
+    with pytest.raises(OptionError, match="phase 'joint' trains 'backbone'.*features, add_on, prototypes"):
+        fit(adapter, toy_data(), Plan((Phase("joint", 1, {"backbone": 1e-3}),)))
+    with pytest.raises(OptionError, match="names a phase twice"):
+        fit(adapter, toy_data(), Plan((Phase("last", 1, {"last_layer": 1e-3}), Phase("last", 1, {"last_layer": 1e-4}))))
 
 
 def test_adapter_training_loss_has_a_gradient_for_every_trainable_part(tiny_adapter):

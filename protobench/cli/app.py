@@ -229,7 +229,7 @@ def finetune(
     from protobench.train.finetune import FinetuneConfig
     from protobench.train.finetune import finetune as run_finetune
     from protobench.run.progress import RichProgress, TrainProgress
-    from protobench.train.trainer import TrainSettings
+    from protobench.train.settings import TrainSettings
 
     settings = TrainSettings(
         lambda_align=lambda_align, align_loss=align_loss, adversarial=align_adversarial, adv_steps=adv_steps,

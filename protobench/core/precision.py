@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import platform
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 
 
 @contextmanager
@@ -37,3 +41,38 @@ def full_precision(t: torch.Tensor) -> Iterator[None]:
         return
     with torch.autocast(t.device.type, enabled=False), tf32(False):
         yield
+
+
+def squared_distances(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Squared L2 distance of every k x k patch of z (B, D, h, w) to every prototype (P, D, k, k):
+    (B, P, h - k + 1, w - k + 1) in float64, as |z|^2 - 2 z.p + |p|^2 (the families' formula).
+
+    Why float64: near d = 0, where a trained prototype meets its own part, the three terms are
+    large and cancel, so float32 leaves noise of about 1e-7 |z|^2 that depends on the summation
+    order (thread count, AVX2 or AVX-512 kernels, torch.compile); a log similarity, slope
+    1 / epsilon = 1e4 there, makes that noise visible in every metric. In float64 it is 1e-9 of
+    that, below what casting the similarity back to float32 keeps. Callers compute their
+    similarity on this float64 result and cast it to float32 after (docs/metrics.md,
+    Reproducibility). Rounding may leave a value slightly below 0 (about 1e-16 |z|^2): each
+    family clamps as its original code does. Runs outside autocast, with inputs cast up: a
+    bf16 or TF32 distance would be noise (docs/performance.md, Precision).
+    """
+    with full_precision(z):
+        z64, p64 = z.double(), prototypes.double()
+        ones = torch.ones((1, *p64.shape[1:]), dtype=torch.float64, device=z.device)
+        patch_sums = F.conv2d(z64**2, ones)  # (B, 1, h', w'): the families' conv(z^2, ones), one row of it
+        return patch_sums - 2 * F.conv2d(z64, p64) + (p64**2).sum(dim=(1, 2, 3)).view(-1, 1, 1)
+
+
+def machine() -> dict[str, Any]:
+    """What decides the last bits of float arithmetic on this CPU: its model, its vector extensions,
+    the kernels torch chose (ATEN_CPU_CAPABILITY can lower them) and the thread count. Docs give
+    every time and every pinned number with these."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    lines = info.splitlines()
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    return {"cpu": model, "logical_cpus": os.cpu_count(),
+            "vector_extensions": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__}

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from protobench.core.attack import _project
+from protobench.core.attack import pgd
 from protobench.core.regions import quantile
 
 MapsFn = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, S, S) -> similarity maps (B, P, h, w)
@@ -34,30 +34,39 @@ def activation_masks(maps: torch.Tensor, size: int, q: float) -> tuple[torch.Ten
 
 def masked_distance(s: torch.Tensor, s_tilde: torch.Tensor, m_act: torch.Tensor, kind: str = "l1") -> torch.Tensor:
     """sum(|S - S~| * M_act) / sum(M_act), or with the difference squared ('l2')."""
+    return weighted_differences(s, s_tilde, m_act, kind).sum() / m_act.sum().clamp(min=1e-12)
+
+
+def masked_differences(s: torch.Tensor, s_tilde: torch.Tensor, m_act: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Each image's share (B,) of masked_distance: sum_hw(|S - S~| * M_act) / sum(M_act) over the batch."""
+    return weighted_differences(s, s_tilde, m_act, kind).flatten(1).sum(dim=1) / m_act.sum().clamp(min=1e-12)
+
+
+def weighted_differences(s: torch.Tensor, s_tilde: torch.Tensor, m_act: torch.Tensor, kind: str) -> torch.Tensor:
+    """|S - S~| * M_act (B, h, w), or with the difference squared ('l2')."""
     diff = (s - s_tilde).abs()
     if kind == "l2":
         diff = diff**2
     elif kind != "l1":
         raise ValueError(f"unknown alignment loss {kind!r}: use l1 or l2")
-    return (diff * m_act).sum() / m_act.sum().clamp(min=1e-12)
+    return diff * m_act
 
 
 def adversarial_outside(maps_fn: MapsFn, x: torch.Tensor, m_img: torch.Tensor, protos: torch.Tensor,
                         s: torch.Tensor, m_act: torch.Tensor, *, eps: float, steps: int, generator: torch.Generator,
                         bounds: tuple[torch.Tensor, torch.Tensor] | None = None, kind: str = "l1") -> torch.Tensor:
-    """x inside the mask, and outside it a few sign-gradient steps (L-inf eps) that *maximize*
+    """x inside the mask, and outside it the benchmark's PGD (protobench.core.attack.pgd: a uniform
+    random start, then sign-gradient steps of eps / 2 in the L-inf ball of radius eps) *maximizing*
     the masked map difference: the worst outside the benchmark's attack could find."""
-    keep = m_img < 0.5  # pixels outside the activation mask may change
     batch = torch.arange(len(x), device=x.device)
     noise = torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1
-    x_adv = torch.where(keep, _project(x + eps * noise, x, eps, bounds), x).detach()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        s_adv = maps_fn(x_adv)[batch, protos]
-        (grad,) = torch.autograd.grad(masked_distance(s, s_adv, m_act, kind), x_adv)
-        with torch.no_grad():
-            x_adv = torch.where(keep, _project(x_adv + (eps / 2) * grad.sign(), x, eps, bounds), x)
-    return x_adv.detach()
+
+    def objective(images: torch.Tensor) -> torch.Tensor:  # (B,) to minimize: the negated difference
+        return -masked_differences(s, maps_fn(images)[batch, protos], m_act, kind)
+
+    attackable = (m_img < 0.5).expand_as(x)  # pixels outside the activation mask may change
+    x_adv, _ = pgd(objective, x, attackable, noise, eps=eps, step=eps / 2, steps=steps, bounds=bounds)
+    return x_adv
 
 
 def alignment_loss(maps_fn: MapsFn, x: torch.Tensor, y: torch.Tensor, identity: torch.Tensor,

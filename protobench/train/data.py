@@ -1,8 +1,17 @@
-"""Training data for `protobench finetune`: the train split, kept in memory when it fits."""
+"""Training data: the train split kept in memory when it fits, and each epoch's batches.
+
+An epoch's order and each batch's random draws come from generators seeded by a hash of
+(seed, plan step, batch index): independent streams, no shared state, so a resumed run
+draws exactly what an uninterrupted one would.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 
@@ -73,3 +82,35 @@ def screened(dataset: torch.utils.data.Dataset, skipped: list[int]) -> torch.uti
         return dataset
     left_out = set(bad)
     return Subset(dataset, [i for i in range(len(dataset)) if i not in left_out])
+
+
+def generator(seed: int, *keys: Any, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded by a hash of (seed, *keys): independent streams, no shared state."""
+    digest = hashlib.sha256(json.dumps([seed, *keys]).encode()).digest()
+    return torch.Generator(device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def epoch_order(seed: int, step: int, n: int, batch_size: int) -> list[torch.Tensor]:
+    """Step `step`'s shuffled batches of positions 0..n-1; a last batch of one image is dropped
+    (batch norm cannot train on it)."""
+    order = torch.randperm(n, generator=generator(seed, "shuffle", step))
+    parts = list(order.split(batch_size))
+    return parts[:-1] if len(parts) > 1 and len(parts[-1]) == 1 else parts
+
+
+def batches(data: torch.utils.data.Dataset, positions: list[torch.Tensor], device: torch.device,
+            workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(x, y, dataset index) per batch of positions, on `device`: sliced from an in-memory
+    TensorDataset, or decoded by a DataLoader (undecodable images dropped)."""
+    if isinstance(data, torch.utils.data.TensorDataset):
+        x, y, ids = data.tensors
+        for idx in positions:
+            yield x[idx].to(device), y[idx].to(device), ids[idx]
+        return
+    from protobench.data.imagelist import collate
+
+    loader = torch.utils.data.DataLoader(data, batch_sampler=[p.tolist() for p in positions], collate_fn=collate,
+                                         num_workers=workers)
+    for x, y, ids, _ in loader:
+        if x is not None:
+            yield x.to(device), y.to(device), ids

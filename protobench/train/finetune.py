@@ -22,8 +22,9 @@ from protobench import options
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.demo import DEMO_TEST, DEMO_TRAIN
 from protobench.errors import AdapterError, Interrupted, Notice, OptionError, ProtobenchError
+from protobench.train.settings import TUNABLE, TrainSettings
 from protobench.train.state import LOG, STATE
-from protobench.train.trainer import TUNABLE, NoProgress, NonFinite, Progress, TrainSettings
+from protobench.train.trainer import NoProgress, NonFinite, Progress
 
 META, MODEL = "finetune.json", "model.safetensors"
 OURS = (META, STATE, LOG, MODEL, "before", "after")
@@ -117,7 +118,7 @@ def check_trainable(adapter, settings: TrainSettings) -> None:
     if missing:
         raise AdapterError(f"adapter {adapter.name!r} cannot be fine-tuned (it has no {' / '.join(missing)}): "
                            "protobench finetune supports the ProtoPNet family (--adapter protopnet)")
-    if settings.lambda_align > 0 and bool((adapter.prototype_class_identity.sum(dim=0) <= 0).any()):
+    if settings.align_weight > 0 and bool((adapter.prototype_class_identity.sum(dim=0) <= 0).any()):
         raise OptionError("some of the model's classes have no prototypes, and the alignment loss needs one per "
                           "class: pass --lambda-align 0")
 
@@ -181,10 +182,12 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, eval_progres
     if cfg.overwrite:
         clear_previous(out)
     start_or_check(out, run_identity(cfg, adapter, dataset, device), resuming)
-    before = evaluate_model(cfg, cfg.ckpt, cfg.adapter, out / "before", "before", eval_progress)
+    # before: the checkpoint as training loaded it (its adapter and options); after: the saved model,
+    # whose metadata records the configuration those options gave
+    before = evaluate_model(cfg, cfg.ckpt, cfg.adapter, cfg.adapter_options, out / "before", "before", eval_progress)
     if not (out / MODEL).is_file():
         train_and_save(cfg, adapter, dataset, out, progress or NoProgress())
-    after = evaluate_model(cfg, str(out / MODEL), "auto", out / "after", "after", eval_progress)
+    after = evaluate_model(cfg, str(out / MODEL), "auto", {}, out / "after", "after", eval_progress)
     log = read_log(out / LOG)
     return {"out": str(out), "model": str(out / MODEL), "log": log, "before": before, "after": after}
 
@@ -203,13 +206,15 @@ def load_for_training(cfg: FinetuneConfig, device):
 def train_and_save(cfg: FinetuneConfig, adapter, dataset, out: Path, progress: Progress) -> None:
     """The training plan from the last checkpoint (if any), then the model file and the record."""
     from protobench import __version__
-    from protobench.train.state import fit, load_state
     from protobench.run.resume import read_json_object
     from protobench.run.results import write_json
+    from protobench.train.state import load_state
+    from protobench.train.trainer import fit
 
     state = load_state(out / STATE, adapter.device) if (out / STATE).is_file() else None
     try:
-        log = fit(adapter, dataset, cfg.settings, out, progress, state, cfg.workers)
+        log = fit(adapter, dataset, cfg.settings.plan(), objective=cfg.settings.objective(adapter), progress=progress,
+                  out=out, state=state, workers=cfg.workers)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted {kept(out)}: rerun the same command with --resume to continue") from None
     except NonFinite as err:
@@ -243,7 +248,8 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if v == v} for row in frame.to_dict("records")]  # NaN: no such term
 
 
-def evaluate_model(cfg: FinetuneConfig, ckpt: str, adapter: str, out: Path, name: str, progress):
+def evaluate_model(cfg: FinetuneConfig, ckpt: str, adapter: str, adapter_options: dict[str, Any], out: Path,
+                   name: str, progress):
     """protobench evaluate (default protocol) on cfg.eval_data; None when there is none."""
     from protobench.run import resume as runstate
     from protobench.core.protocol import EvalProtocol
@@ -253,7 +259,7 @@ def evaluate_model(cfg: FinetuneConfig, ckpt: str, adapter: str, out: Path, name
         return None
     resume = out.is_dir() and runstate.state(out) != "empty"
     result = evaluate(EvaluateConfig(ckpt=ckpt, data=cfg.eval_data, out=str(out), adapter=adapter,
-                                     adapter_options=cfg.adapter_options if adapter != "auto" else {},
+                                     adapter_options=adapter_options,
                                      protocol=EvalProtocol(), device=cfg.device, resume=resume, name=name,
                                      max_image_pixels=cfg.max_image_pixels), progress)
     return result["summary"]
