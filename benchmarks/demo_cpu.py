@@ -1,0 +1,138 @@
+"""How long does `protobench evaluate` (the demo, no arguments) take on a CPU, and where does it go?
+
+Two parts, printed as one JSON object with the CPU, its vector extensions and the load average:
+
+  phases    in one process, the current code: import torch, import protobench's CLI and evaluate
+            modules, load the demo model (the first load pays for imports torch makes lazily),
+            draw the test images, the benchmark loop (--limit images, default protocol);
+  end_to_end  `python -m protobench evaluate --overwrite --out DIR [--limit N]` in fresh processes,
+            timed from outside (process start included) with the loop's own wall_time_s from
+            meta.json; with --before REV the same for git revision REV (exported with git archive,
+            run with PYTHONPATH), in interleaved rounds, fastest kept, so that the ratio
+            after / before is measured under the same load; per-image differences are reported.
+
+The CPU kernels default to an AVX2-only machine (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)
+and 2 threads, the issue's reference machine; --native keeps this CPU's own kernels.
+
+  python benchmarks/demo_cpu.py --before main --rounds 2 [--limit 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+COMPARED = ("act_before", "PAC", "PLC", "PRC")
+
+PHASES = r"""
+import json, sys, time
+t = [time.perf_counter()]
+import torch
+t.append(time.perf_counter())
+import protobench.cli.app, protobench.run.evaluate
+t.append(time.perf_counter())
+from protobench.adapters.protopnet import ProtoPNetAdapter
+from protobench.demo import demo_checkpoint
+adapter = ProtoPNetAdapter.load(demo_checkpoint())
+t.append(time.perf_counter())
+from protobench.demo.shapes import ProtoShapes
+from protobench.data.imagelist import Subset
+data = ProtoShapes("test", adapter.info.mean, adapter.info.std)
+items = [data[i] for i in range(len(data))]
+t.append(time.perf_counter())
+from protobench.core.protocol import EvalProtocol
+from protobench.run import benchmark
+from protobench.run.context import RunContext
+context = RunContext.resolve(adapter.device, adapter.info.input_size)
+limit = int(sys.argv[1]) if len(sys.argv) > 1 else len(data)
+benchmark.run(adapter, Subset(data, range(limit)), data.paths, EvalProtocol.make(), context)
+t.append(time.perf_counter())
+names = ["import_torch", "import_protobench", "load_model", "draw_images", "loop"]
+print(json.dumps({"images": limit, **{n: round(b - a, 3) for n, a, b in zip(names, t, t[1:])}}))
+"""
+
+
+def export(rev: str, into: Path) -> Path:
+    """Revision `rev` of this repository as a directory importable with PYTHONPATH."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    (into / "protobench" / "adapters").symlink_to(into / "adapters")  # installed as protobench.adapters
+    return into
+
+
+def end_to_end(name: str, env: dict[str, str], out: Path, limit: int | None) -> dict:
+    command = [sys.executable, "-m", "protobench", "evaluate", "--overwrite", "--out", str(out)]
+    command += ["--limit", str(limit)] if limit else []
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, cwd=out.parent)
+    wall = time.perf_counter() - start
+    meta = json.loads((out / "meta.json").read_text())
+    return {"version": name, "end_to_end_s": round(wall, 2), "loop_s": round(meta["wall_time_s"], 2)}
+
+
+def compare(before: Path, after: Path) -> dict:
+    import pandas as pd
+
+    a, b = pd.read_csv(before / "per_image.csv"), pd.read_csv(after / "per_image.csv")
+    diff = {f"max_abs_diff_{c}": float((a[c] - b[c]).abs().max()) for c in COMPARED}
+    diff.update({f"mean_diff_{c}": float(b[c].mean() - a[c].mean()) for c in COMPARED})
+    diff.update(same_p_star=bool((a.proto == b.proto).all()), same_pred_after=float((a.pred_after == b.pred_after).mean()),
+                identical_csv=(before / "per_image.csv").read_bytes() == (after / "per_image.csv").read_bytes())
+    return diff
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", default=None, metavar="REV", help="a git revision to measure against")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="images (default: all 150)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--native", action="store_true", help="this CPU's own kernels, not AVX2 only")
+    parser.add_argument("--skip-phases", action="store_true")
+    args = parser.parse_args()
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), **({} if args.native else AVX2)}
+    env.pop("PYTHONPATH", None)
+    from protobench.core.precision import machine
+
+    probe = "import json, torch; print(json.dumps(torch.backends.cpu.get_cpu_capability()))"
+    kernels = json.loads(subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True,
+                                        text=True).stdout)
+    report = {"machine": {**machine(), "torch_cpu_capability": kernels, "torch_threads": args.threads},
+              "load_average_start": os.getloadavg(), "command": "python -m protobench evaluate --overwrite"}
+    if not args.skip_phases:
+        phases = subprocess.run([sys.executable, "-c", PHASES, *([str(args.limit)] if args.limit else [])], env=env,
+                                check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        report["phases"] = json.loads(phases)
+    with tempfile.TemporaryDirectory() as tmp:
+        versions = {"current": env}
+        if args.before:
+            (Path(tmp) / "before-src").mkdir()
+            old = export(args.before, Path(tmp) / "before-src")
+            versions = {"before": {**env, "PYTHONPATH": str(old)}, "current": env}
+        runs: dict[str, list[dict]] = {name: [] for name in versions}
+        for _ in range(args.rounds):  # interleaved: a shared machine's load moves
+            for name, version_env in versions.items():
+                runs[name].append(end_to_end(name, version_env, Path(tmp) / name, args.limit))
+        report["end_to_end"] = runs
+        best = {name: min(r["end_to_end_s"] for r in rs) for name, rs in runs.items()}
+        report["fastest_end_to_end_s"] = best
+        if args.before:
+            report["current_over_before"] = round(best["current"] / best["before"], 3)
+            report["loop_current_over_before"] = round(min(r["loop_s"] for r in runs["current"])
+                                                       / min(r["loop_s"] for r in runs["before"]), 3)
+            report["numbers"] = compare(Path(tmp) / "before", Path(tmp) / "current")
+    report["load_average_end"] = os.getloadavg()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
