@@ -11,6 +11,10 @@ Two parts, printed as one JSON object with the CPU, its vector extensions and th
             run with PYTHONPATH), in interleaved rounds, fastest kept, so that the ratio
             after / before is measured under the same load; per-image differences are reported.
 
+  kernels   (--kernels R) the demo model's forward + input gradient on 32 images, in model calls of
+            8 or 32 images, NCHW or channels-last (NHWC) inputs, R interleaved rounds, fastest kept:
+            the layout and chunk choice alone, in this process (set the environment yourself).
+
 The CPU kernels default to an AVX2-only machine (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)
 and 2 threads, the issue's reference machine; --native keeps this CPU's own kernels.
 
@@ -60,6 +64,41 @@ print(json.dumps({"images": limit, **{n: round(b - a, 3) for n, a, b in zip(name
 """
 
 
+def kernels(rounds: int) -> dict:
+    """Seconds for 3 x (forward + input gradient of 32 images) per call size and layout."""
+    import torch
+
+    from protobench.adapters.protopnet import ProtoPNetAdapter
+    from protobench.demo import demo_checkpoint
+    from protobench.run.forward import frozen_eval
+
+    adapter = ProtoPNetAdapter.load(demo_checkpoint())
+    x = torch.rand(32, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 4 - 2
+    variants = {"chunk8_nchw": (8, False), "chunk32_nchw": (32, False), "chunk8_nhwc": (8, True),
+                "chunk32_nhwc": (32, True)}
+
+    def passes(chunk: int, nhwc: bool) -> None:
+        for start in range(0, len(x), chunk):
+            part = x[start:start + chunk]
+            part = (part.contiguous(memory_format=torch.channels_last) if nhwc else part.clone()).requires_grad_(True)
+            maps, _ = adapter.forward(part)
+            torch.autograd.grad(maps.amax(dim=(2, 3))[:, 0].sum(), part)
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with frozen_eval(adapter.model):
+        for args in variants.values():
+            passes(*args)  # warm-up
+        for _ in range(rounds):
+            for name, args in variants.items():
+                start = time.perf_counter()
+                for _ in range(3):
+                    passes(*args)
+                times[name].append(time.perf_counter() - start)
+    best = {name: round(min(t), 3) for name, t in times.items()}
+    return {"threads": torch.get_num_threads(), "kernels": torch.backends.cpu.get_cpu_capability(), "best_s": best,
+            "nhwc_over_nchw_chunk8": round(best["chunk8_nhwc"] / best["chunk8_nchw"], 3)}
+
+
 def export(rev: str, into: Path) -> Path:
     """Revision `rev` of this repository as a directory importable with PYTHONPATH."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
@@ -97,16 +136,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--native", action="store_true", help="this CPU's own kernels, not AVX2 only")
     parser.add_argument("--skip-phases", action="store_true")
+    parser.add_argument("--kernels", type=int, default=0, metavar="R", help="only the layout/chunk timing, R rounds")
     args = parser.parse_args()
+    if args.kernels:
+        print(json.dumps(kernels(args.kernels), indent=2))
+        return
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), **({} if args.native else AVX2)}
     env.pop("PYTHONPATH", None)
     from protobench.core.precision import machine
 
     probe = "import json, torch; print(json.dumps(torch.backends.cpu.get_cpu_capability()))"
-    kernels = json.loads(subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True,
+    capability = json.loads(subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True,
                                         text=True).stdout)
-    report = {"machine": {**machine(), "torch_cpu_capability": kernels, "torch_threads": args.threads},
+    report = {"machine": {**machine(), "torch_cpu_capability": capability, "torch_threads": args.threads},
               "load_average_start": os.getloadavg(), "command": "python -m protobench evaluate --overwrite"}
     if not args.skip_phases:
         phases = subprocess.run([sys.executable, "-c", PHASES, *([str(args.limit)] if args.limit else [])], env=env,
