@@ -11,6 +11,7 @@ from typing import Any, Optional
 import typer
 
 from protobench.cli.console import err_console, fail, line, out_console, run_library, say, warnings_to_console
+from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Benchmark the spatial alignment of prototype networks' explanations (PLC / PAC / PRC). "
@@ -90,6 +91,8 @@ def evaluate(
     strict: bool = typer.Option(False, help="Stop at an image that does not decode instead of skipping it."),
     max_image_pixels: int = typer.Option(MAX_PIXELS, help=MAX_PIXELS_HELP),
     adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
+    report: Optional[bool] = typer.Option(None, "--report/--no-report", help=REPORT_HELP),
+    save_examples: Optional[int] = typer.Option(None, "--save-examples", metavar="K", help=SAVE_EXAMPLES_HELP),
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
     from protobench.core.protocol import EvalProtocol
@@ -105,6 +108,7 @@ def evaluate(
     if not ckpt and (data is None or is_demo_data(data)):  # the built-in demo
         ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
         out = out or Path("protobench-results") / "demo"
+        report = True if report is None else report  # its report costs seconds: show what the numbers mean
     if not ckpt or data is None:
         fail("give both --ckpt and --data, or neither to run the built-in demo")
     models = run_library(pair_adapters, [str(c) for c in ckpt], adapter, "auto")
@@ -116,10 +120,12 @@ def evaluate(
         strict=strict, resume=resume, precision=precision, compile=compile,
         max_image_pixels=max_image_pixels,
     )
+    check_examples(save_examples)
     with warnings_to_console():
         if len(models) > 1:
             result = run_library(evaluate_models, cfg, models, RichProgress(err_console), trace_dir=cfg.out)
-            return report_models(result) if result is not None else None
+            return None if result is None else report_models(
+                result, lambda done: after_evaluate(cfg.out, done, save_examples, bool(report), device))
         result = run_library(run_evaluate, cfg, RichProgress(err_console), trace_dir=cfg.out)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
@@ -132,14 +138,16 @@ def evaluate(
         line("warning", "yellow", f"{len(result['meta']['skipped_images'])} images could not be used and were skipped "
                                   "(the warnings above say why; listed in meta.json, skipped_images)")
     say(f"results written to {result['out']}/ (per_image.csv, summary.csv, meta.json)")
+    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device)
 
 
-def report_models(result: dict[str, Any]) -> None:
-    """One line per model; exit 1 when any model failed (its row in summary.csv says why)."""
+def report_models(result: dict[str, Any], then: Any) -> None:
+    """One line per model, then `then(finished models' directories)`; exit 1 if one failed (summary.csv: why)."""
     from protobench.cli.tables import models_table
 
     out_console.print(models_table(result["summaries"]))
     say(f"results written to {result['out']}/ (summary.csv, meta.json, one folder per model)")
+    then([str(Path(result["out"]) / row["model"]) for row in result["summaries"] if not row.get("error")])
     if result["failed"]:
         fail(f"{result['failed']} of {len(result['summaries'])} models failed: see the error column "
              f"of {result['out']}/summary.csv", 1)
@@ -282,6 +290,9 @@ def adapters() -> None:
     from protobench.cli.tables import adapters_table
 
     out_console.print(adapters_table(run_library(describe)))
+
+
+app.command(name="report")(report_command)  # written beside the report's other CLI code (cli/report.py)
 
 
 def main() -> None:

@@ -50,12 +50,17 @@ def protect(adapter: PrototypeAdapter, maps: torch.Tensor, y: torch.Tensor, prot
     return attacked, p_star, in_class, attackable
 
 
+OnOutcome = Callable[[metrics.Outcome, torch.Tensor], None]  # (a batch's Outcome, its dataset indices)
+
+
 def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                   protocol: EvalProtocol, forward: Forward | None = None, slots: int | None = None
-                   ) -> dict[str, torch.Tensor]:
+                   protocol: EvalProtocol, forward: Forward | None = None,
+                   on_outcome: OnOutcome | None = None, slots: int | None = None) -> dict[str, torch.Tensor]:
     """Attack one batch and measure it; returns per-image tensors (B,) on the CPU.
 
     `forward` (default: the adapter's, in fp32) runs the model: see forward.model_forward.
+    `on_outcome(outcome, ids)` sees the batch's tensors (images, maps, ...) before they are dropped
+    (protobench report keeps those of the images it draws).
     From the clean forward pass to the copy of the results to the CPU nothing waits for the
     device (no .item(), int() or branch on a device tensor; tests/test_sync.py) when `slots`
     is given (see attack_slots) and the selection is top-proto (gt-protos checks the labels).
@@ -81,6 +86,8 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
                               p_star=p_star, attacked=attacked, in_class=in_class,
                               identity=adapter.prototype_class_identity, size=adapter.info.input_size)
     out = measure(outcome)
+    if on_outcome is not None:
+        on_outcome(outcome, ids)
     out.update(zero_grad_steps=zero_steps, zero_grad=zero_steps > 0,
                protected_frac=1 - attackable.float().mean(dim=(1, 2, 3)))
     return {k: v.detach().cpu() for k, v in out.items()}
@@ -136,13 +143,14 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                     protocol: EvalProtocol, forward: Forward, fit: Fit, slots: int | None = None,
-                     pad: bool = False) -> dict[str, torch.Tensor]:
+                     protocol: EvalProtocol, forward: Forward, fit: Fit, on_outcome: OnOutcome | None = None,
+                     slots: int | None = None, pad: bool = False) -> dict[str, torch.Tensor]:
     """evaluate_batch in pieces of at most fit.limit images, halving the piece on out-of-memory
     (never a crash, unless a single image does not fit). Images are independent, so pieces
     give the same per-image numbers as one call. `pad`: a short piece (the last batch) is
     filled up to fit.limit images with copies of its last one, whose results are dropped, so
-    that a compiled model always sees the same shapes and never recompiles."""
+    that a compiled model always sees the same shapes and never recompiles (on_outcome sees those
+    copies too: the same image, so the same values, under the last image's index)."""
     import warnings
 
     from protobench.errors import MemoryWarning
@@ -153,7 +161,7 @@ def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor
         rows = fit.limit if pad else n
         part = [_pad_rows(t[start:start + n], rows) for t in (x, y, ids)]
         try:
-            values = evaluate_batch(adapter, *part, protocol, forward, slots)
+            values = evaluate_batch(adapter, *part, protocol, forward, on_outcome, slots)
             pieces.append({k: v[:n] for k, v in values.items()})
             start += n
         except RuntimeError as err:
@@ -169,12 +177,13 @@ def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor
 
 def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: list[str], protocol: EvalProtocol,
         context: RunContext | None = None,
-        on_batch: Callable[[list[dict[str, Any]], list[int]], None] | None = None) -> tuple[list[dict], list[int]]:
+        on_batch: Callable[[list[dict[str, Any]], list[int]], None] | None = None,
+        on_outcome: OnOutcome | None = None) -> tuple[list[dict], list[int]]:
     """Evaluate every item of `dataset`; returns (records, indices of undecodable images).
 
     `context`: device, runtime, batch size, workers (default: RunContext.resolve for the
     adapter's device and input size). `on_batch(records, skipped)` is called after each batch
-    (progress, incremental writes).
+    (progress, incremental writes); `on_outcome`: see evaluate_batch.
     """
     from protobench.data.imagelist import collate
 
@@ -193,7 +202,7 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
             rows = []
             if x is not None:
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit, slots, pad)
+                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit, on_outcome, slots, pad)
                 rows = batch_records(values, y.cpu(), ids, paths)
             records.extend(rows)
             skipped.extend(bad)

@@ -146,7 +146,6 @@ def check_selection(protocol: EvalProtocol, adapter) -> None:
 def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, Any]:
     """What makes two runs the same run: --resume refuses to continue a run that differs in any of it."""
     from protobench.checkpoints.formats import sha256
-    from protobench.run.provenance import dataset_fingerprint
 
     return {
         "adapter": adapter.name or cfg.adapter,  # the family `auto` chose
@@ -155,14 +154,20 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, An
         # datasets from other loaders may lack these: ImageList has them all
         "dataset_kind": getattr(dataset, "kind", None),
         "split": getattr(dataset, "split", None),
-        "dataset_fingerprint": dataset_fingerprint(getattr(dataset, "files", dataset.paths),
-                                                   getattr(dataset, "root", cfg.data)),
+        "dataset_fingerprint": fingerprint(dataset, cfg.data),
         "limit": cfg.limit,
         "protocol": cfg.protocol.resolved(adapter.info.input_size),
         "device_type": context.device.type,
         "precision": context.runtime.precision,  # bf16 numbers differ from fp32 ones: never mixed in one run
         "max_image_pixels": cfg.max_image_pixels,  # decides which images are skipped
     }
+
+
+def fingerprint(dataset, data: str) -> dict[str, Any]:
+    """The dataset's fingerprint as meta.json records it (protobench report checks it again)."""
+    from protobench.run.provenance import dataset_fingerprint
+
+    return dataset_fingerprint(getattr(dataset, "files", dataset.paths), getattr(dataset, "root", data))
 
 
 def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context) -> tuple[float, int]:

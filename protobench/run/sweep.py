@@ -20,7 +20,8 @@ from protobench.run.resume import PARTIAL, RUN
 
 TOP_FILES = ("summary.csv", "meta.json")
 # names protobench writes into a result directory: a model's folder must never take one
-RESERVED = {name.casefold() for name in (*RESULT_FILES, RUN, PARTIAL, TRACEBACK_FILE)}
+# ("report": protobench report's default folder)
+RESERVED = {name.casefold() for name in (*RESULT_FILES, RUN, PARTIAL, TRACEBACK_FILE, "report")}
 MAX_NAME_BYTES = 200  # file systems allow 255; room for the '-N' of a repeat
 
 

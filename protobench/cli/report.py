@@ -1,0 +1,80 @@
+"""`protobench report`: the evidence behind a run's numbers as one self-contained HTML page and PNG files
+(protobench.report; docs/report.md), and evaluate's --report and --save-examples. cli/app.py registers
+the command; this module never imports it (no import cycle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from protobench.cli.console import line, run_library, say, warnings_to_console
+
+WORST, BEST = 3, 1  # images drawn per metric (PAC, PLC) by default
+REPORT_HELP = "Then write the report (protobench report) into OUT/report [on for the demo, off otherwise]."
+SAVE_EXAMPLES_HELP = ("Then keep the tensors of the K worst and K best images by PAC and PLC in "
+                      "OUT/examples.safetensors (1.2 MB per image at 224 px), so a report can be drawn without "
+                      "the checkpoint.")
+
+
+def report_command(
+    run_dir: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Result directories of protobench "
+                                         "evaluate (a multi-model run's directory counts as all of its models)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write report.html and its PNGs [RUN_DIR/report; "
+                                                  "protobench-results/report for several]."),
+    worst: int = typer.Option(WORST, help="Draw the K worst images by PAC and by PLC."),
+    best: int = typer.Option(BEST, help="Draw the K best images by PAC and by PLC."),
+    examples: str = typer.Option("rerun", help="Where the drawn images come from: rerun (from meta.json's "
+                                               "checkpoint and data, both verified), saved (kept by evaluate "
+                                               "--save-examples) or none (numbers only)."),
+    ckpt: Optional[Path] = typer.Option(None, help="The checkpoint's new place, if it moved (its sha256 is still "
+                                                   "checked); one model only."),
+    data: Optional[Path] = typer.Option(None, help="The dataset's new place, if it moved (its fingerprint is still "
+                                                   "checked); one model only."),
+    device: str = typer.Option("auto", help="Where to re-run the drawn images: auto, cpu or cuda[:N]."),
+    force: bool = typer.Option(False, "--force", help="Draw a re-run whose numbers differ from per_image.csv (the page "
+                                           "says so)."),
+) -> None:
+    """Draw a run's evidence: histograms, per-prototype table, the worst and best images (one HTML file + PNGs)."""
+    from protobench.report.build import Options
+
+    options = Options(out=str(out) if out else None, worst=worst, best=best, examples=examples,
+                      ckpt=str(ckpt) if ckpt else None, data=str(data) if data else None, device=device, force=force)
+    write_report([str(p) for p in run_dir], options)
+
+
+def write_report(run_dirs: list[str], options: Any) -> dict[str, Any]:
+    """Build the report, saying what happens on stderr and where it is on stdout."""
+    from protobench.report.build import build_report
+
+    with warnings_to_console():
+        result = run_library(build_report, run_dirs, options, lambda text: line("note", "cyan", text))
+    for note in result["notes"]:
+        line("warning", "yellow", note)
+    say(f"report written to {Path(result['html'])} ({result['bytes'] / 2**20:.1f} MB; PNG and CSV files beside it)")
+    return result
+
+
+def check_examples(k: Optional[int]) -> None:
+    """evaluate --save-examples K, checked before the run starts."""
+    if k is not None:
+        from protobench.report.examples import check_count
+
+        run_library(check_count, k)
+
+
+def after_evaluate(out: str, model_dirs: list[str], save_examples: Optional[int], report: bool, device: str) -> None:
+    """evaluate's --save-examples (in each model's directory) and --report, once its results are written."""
+    from protobench.report.build import Options
+    from protobench.report.examples import save_examples as keep
+
+    with warnings_to_console():
+        for run_dir in model_dirs if save_examples else []:
+            kept = run_library(keep, run_dir, save_examples, device, trace_dir=run_dir)
+            say(f"kept the tensors of {kept['images']} images (the {kept['k']} worst and best by PAC and PLC) "
+                f"in {kept['path']}")
+    if report:
+        write_report([out], Options(device=device))
+    else:
+        say(f"to see the worst images and the per-prototype table: protobench report {out}")

@@ -1,0 +1,227 @@
+"""`protobench report RUN_DIR...`: read the runs, get the drawn images' pixels, draw, write the page.
+
+Everything that can fail on the input (directories, counts, checkpoints, data, re-run numbers) is
+checked before the first file is written, so a refused report leaves --out as it was.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from protobench.report.page import Picture, prototype_rows, slug
+from protobench.report.runs import ReportError, Run, load_runs
+from protobench.report.tables import Pick, check_counts, picks
+
+EXAMPLES = ("rerun", "saved", "none")  # --examples: where the drawn images' tensors come from
+REPORT = "report.html"
+
+
+@dataclass
+class Options:
+    out: str | None = None  # default: RUN_DIR/report for one run directory, protobench-results/report for several
+    worst: int = 3  # images drawn per metric (PAC, PLC), worst first
+    best: int = 1  # and best first
+    examples: str = "rerun"
+    ckpt: str | None = None  # the checkpoint's new place (one model only); its sha256 is still checked
+    data: str | None = None  # the dataset's new place (one model only); its fingerprint is still checked
+    device: str = "auto"  # where to re-run
+    force: bool = False  # draw a re-run whose numbers differ from per_image.csv (marked in the page)
+
+
+def build_report(paths: list[str], options: Options, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Write report.html and its PNG and CSV files into the output directory; returns where and what."""
+    runs, notes = load_runs(paths)
+    check_options(runs, options)
+    out = output_dir(paths, options.out)
+    pixels = {id(run): pixels_for(run, options, log) for run in runs}  # the slow part: before any file
+    files: dict[str, bytes] = {}
+    context = {"title": ", ".join(dict.fromkeys(run.label for run in runs)), "notes": notes, "runs": []}
+    sections(runs, pixels, options, files, context)
+    if len(runs) > 1:
+        from protobench.report.figures import comparison
+
+        context["comparison"] = add(files, Picture(comparison(runs), "comparison.png"))
+        context["compare_tables"] = compare_tables(runs)
+    html = _render(context)
+    write(out, files, html)
+    return {"out": str(out), "html": str(out / REPORT), "bytes": len(html.encode("utf-8")), "files": len(files) + 1,
+            "runs": len(runs), "notes": notes}
+
+
+def check_options(runs: list[Run], options: Options) -> None:
+    from protobench.options import choice
+    from protobench.run.devices import check_device_name
+
+    choice("--examples", options.examples, EXAMPLES)
+    check_device_name(options.device)
+    if (options.ckpt or options.data) and len(runs) > 1:
+        raise ReportError("--ckpt and --data name one model's new files: report that run on its own")
+    if (options.ckpt or options.data) and options.examples != "rerun":
+        raise ReportError("--ckpt and --data are for re-running: drop them with --examples saved or none")
+    for run in runs:
+        check_counts(run, options.worst, options.best)
+
+
+def output_dir(paths: list[str], out: str | None) -> Path:
+    """--out, or RUN_DIR/report: empty, new, or an earlier report (which the new one replaces)."""
+    path = Path(out) if out else (Path(paths[0]) / "report" if len(paths) == 1 else Path("protobench-results/report"))
+    if path.exists() and not path.is_dir():
+        raise ReportError(f"--out {path} is a file, not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / REPORT).is_file():
+        raise ReportError(f"--out {path} holds other files and no earlier {REPORT}: choose a new or empty directory")
+    from protobench.files import check_writable_dir
+
+    check_writable_dir(path)
+    return path
+
+
+def pixels_for(run: Run, options: Options, log: Callable[[str], None]) -> dict[str, Any]:
+    """The drawn images' tensors for `run` ({'pixels': Pixels or None, 'problem': text, 'picks': [...]})."""
+    chosen = picks(run.per_image, options.worst, options.best)
+    if options.examples == "none" or not chosen:
+        return {"pixels": None, "problem": "", "picks": []}
+    indices = sorted({pick.index for pick in chosen})
+    if options.examples == "saved":
+        from protobench.report.examples import load_examples
+
+        pixels = load_examples(run)
+        lacking = [i for i in indices if i not in pixels.indices]
+        if lacking:
+            raise ReportError(f"{run.dir} kept the tensors of {len(pixels.indices)} images (--save-examples), not of "
+                              f"image {lacking[0]}: ask for fewer with --worst / --best, or use --examples rerun")
+        return {"pixels": pixels, "problem": "", "picks": chosen}
+    from protobench.report.pixels import verified_rerun
+
+    pixels, found = verified_rerun(run, indices, force=options.force, ckpt=options.ckpt, data=options.data,
+                                   device=options.device, log=log)
+    pixels.source += f" (sha256 {run.meta.get('checkpoint_sha256')} verified, data fingerprint verified)"
+    problem = ""
+    if found:
+        problem = (f"--force: the re-run differs from per_image.csv on {len(found)} numbers (first: {found[0]}); "
+                   "these pictures may not show what the numbers measured")
+    else:
+        pixels.source += "; every re-run number equals per_image.csv within the tolerance of docs/report.md"
+    return {"pixels": pixels, "problem": problem, "picks": chosen}
+
+
+def sections(runs: list[Run], pixels: dict[int, dict], options: Options, files: dict[str, bytes],
+             context: dict[str, Any]) -> None:
+    """One section per run: facts, summary, histograms (overlaid per checkpoint), prototypes, strips."""
+    from protobench.report.figures import histograms
+    from protobench.report.tables import facts, header_rows, prototype_table
+
+    groups: dict[Any, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.meta.get("checkpoint_sha256") or id(run)].append(run)
+    first: dict[int, dict] = {}
+    for i, run in enumerate(runs):
+        name = slug(i, run.label)
+        got = pixels[id(run)]
+        section = {"slug": name, "label": run.label, "n": run.n, "facts": facts(run), "summary": header_rows(run),
+                   "histograms": None, "histograms_caption": "", "overlay_in": None}
+        group = groups[run.meta.get("checkpoint_sha256") or id(run)]
+        if group[0] is run:
+            section["histograms"] = add(files, Picture(histograms(group, _histogram_title(group)),
+                                                       f"{name}-histograms.png"))
+            section["histograms_caption"] = _histogram_caption(group)
+            first[id(run)] = section
+        else:
+            section["overlay_in"] = first[id(group[0])]
+        table = prototype_table(run.per_image)
+        files[f"{name}-prototypes.csv"] = table.to_csv(index=False).encode("utf-8")
+        classes = got["pixels"].classes if got["pixels"] is not None else []
+        section.update(prototypes=prototype_rows(table, classes), prototypes_file=f"{name}-prototypes.csv",
+                       pixels_problem=got["problem"],
+                       pixels_source=got["pixels"].source if got["pixels"] is not None else "",
+                       strips=strips(run, name, got, files))
+        context["runs"].append(section)
+
+
+def strips(run: Run, name: str, got: dict[str, Any], files: dict[str, bytes]) -> list[dict[str, Any]]:
+    """The strip groups (worst by PAC, best by PAC, worst by PLC, best by PLC); an image drawn once."""
+    from protobench.report.strips import strip
+
+    pixels = got["pixels"]
+    if pixels is None:
+        return []
+    rows = run.per_image.set_index("index", drop=False)
+    drawn: dict[int, Pick] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for pick in got["picks"]:
+        numbers = rows.loc[pick.index].to_dict()
+        item = {"title": pick.title, "index": pick.index, "path": str(numbers["path"]),
+                "anchor": f"{name}-image{pick.index}", "data": "", "first": ""}
+        if pick.index in drawn:
+            item["first"] = drawn[pick.index].title
+        else:
+            drawn[pick.index] = pick
+            picture = add(files, Picture(strip(pixels, pixels.row(pick.index), numbers,
+                                               f"{run.label}: {pick.title}, {Path(str(numbers['path'])).name}"),
+                                         f"{name}-{'worst' if pick.worst else 'best'}-{pick.metric}-{pick.rank}.png"))
+            item.update(data=picture.data, width=picture.width, height=picture.height, file=picture.file)
+        title = f"{'Worst' if pick.worst else 'Best'} images by {pick.metric}"
+        groups.setdefault(title, []).append(item)
+    return [{"title": title, "pictures": items} for title, items in groups.items()]
+
+
+def add(files: dict[str, bytes], picture: Picture) -> Picture:
+    files[picture.file] = picture.png
+    return picture
+
+
+def _histogram_title(group: list[Run]) -> str:
+    return (f"{group[0].label}: per-image distributions" if len(group) == 1 else
+            f"{len(group)} runs of checkpoint {str(group[0].meta.get('checkpoint_sha256'))[:12]}..., overlaid")
+
+
+def _histogram_caption(group: list[Run]) -> str:
+    text = "Number of images per value of each metric; the vertical line is the mean. PAC of an image whose " \
+           "activation was 0 is undefined and left out."
+    if len(group) > 1:
+        text += " Runs of the same checkpoint (e.g. the pgd and the reference protocol) are overlaid on shared bins."
+    return text
+
+
+def compare_tables(runs: list[Run]) -> list[dict[str, Any]]:
+    """`protobench compare` of each run against the first (default tolerances; --force, so runs of other
+    protocols are compared too, with a note saying what differs)."""
+    from protobench.errors import ProtobenchError
+    from protobench.report.page import compare_rows
+    from protobench.run import compare as cmp
+
+    tables = []
+    for run in runs[1:]:
+        entry = {"base": runs[0].label, "new": run.label, "rows": [], "notes": [], "error": ""}
+        try:
+            table, notes = cmp.compare(str(runs[0].dir), str(run.dir), cmp.parse_tolerances([]), force=True)
+            entry.update(rows=compare_rows(table), notes=notes)
+        except ProtobenchError as err:
+            entry["error"] = str(err)
+        tables.append(entry)
+    return tables
+
+
+def _render(context: dict[str, Any]) -> str:
+    from protobench.report.page import render
+
+    context.setdefault("comparison", None)
+    context.setdefault("compare_tables", [])
+    return render(context)
+
+
+def write(out: Path, files: dict[str, bytes], html: str) -> None:
+    """Replace an earlier report in `out` by this one: its PNG and CSV files, then report.html last."""
+    from protobench.files import atomic_path, atomic_write_text, writing
+
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / REPORT).is_file():
+            for old in [*out.glob("*.png"), *out.glob("*.csv")]:
+                old.unlink()
+    for name, data in files.items():
+        with atomic_path(out / name) as tmp:
+            Path(tmp).write_bytes(data)
+    atomic_write_text(out / REPORT, html)

@@ -1,0 +1,134 @@
+"""The report's charts, drawn with matplotlib's Agg canvas (no display, no pyplot state): histograms of
+the per-image metrics and the comparison of several runs. Every figure becomes PNG bytes.
+
+Colours: the Okabe-Ito palette (told apart with any colour vision), and each series also has its own
+line style, so the charts survive printing in grey.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from protobench.report.runs import Run
+
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")
+STYLES = ("-", "--", ":", "-.")
+DPI = 100
+HISTOGRAMS = (("PAC", "PAC: activation change (%)"), ("PLC", "PLC: location change (%)"),
+              ("PRC", "PRC: rank change (prototypes)"))
+
+
+def figure(width: float, height: float) -> Figure:
+    """A new figure on an Agg canvas (matplotlib's own; no GUI backend is ever loaded)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.set_facecolor("white")
+    return fig
+
+
+def png(fig: Figure) -> bytes:
+    """The figure as full-colour PNG bytes (a palette would band the heatmaps and the attacked pixels).
+
+    Drawn once on the Agg canvas and encoded with Pillow: savefig would lay out and draw it again."""
+    from PIL import Image
+
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    buffer = io.BytesIO()
+    Image.fromarray(rgba[..., :3]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def style(i: int) -> str:
+    return STYLES[i % len(STYLES)]
+
+
+def values(run: Run, metric: str) -> np.ndarray:
+    column = np.asarray(run.per_image[metric], dtype=float)
+    return column[np.isfinite(column)]
+
+
+def bins(metric: str, data: Sequence[np.ndarray]) -> np.ndarray:
+    """Shared bin edges for every series: whole numbers for PRC (a count), up to 40 bins otherwise."""
+    joined = np.concatenate([d for d in data if len(d)]) if any(len(d) for d in data) else np.zeros(1)
+    low, high = float(joined.min()), float(joined.max())
+    if metric == "PRC" and high - low <= 60:
+        return np.arange(math.floor(low) - 0.5, math.ceil(high) + 1.5)
+    if high - low < 1e-9:
+        return np.array([low - 0.5, high + 0.5])
+    return np.histogram_bin_edges(joined, bins=min(40, max(10, int(math.sqrt(len(joined))))))
+
+
+def histograms(runs: Sequence[Run], title: str) -> bytes:
+    """One panel per metric (PAC, PLC, PRC); each run one outlined histogram with its mean as a
+    vertical line, overlaid on shared bins (e.g. a pgd run and a reference run of one model)."""
+    fig = figure(12, 3.4 + 0.25 * ((len(runs) + 2) // 3))
+    axes = fig.subplots(1, len(HISTOGRAMS))
+    for ax, (metric, label) in zip(axes, HISTOGRAMS):
+        data = [values(run, metric) for run in runs]
+        edges = bins(metric, data)
+        for i, (run, d) in enumerate(zip(runs, data)):
+            if not len(d):
+                continue
+            ax.hist(d, bins=edges, histtype="step", linewidth=2, color=color(i), linestyle=style(i),
+                    label=f"{run.label} (n={len(d)})")
+            ax.axvline(float(d.mean()), color=color(i), linestyle=style(i), linewidth=1)
+        ax.set_xlabel(label)
+        ax.set_ylabel("images")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=9, frameon=False)
+    fig.suptitle(f"{title} (vertical lines: means)", fontsize=11)
+    return png(fig)
+
+
+def comparison(runs: Sequence[Run]) -> bytes:
+    """Several runs side by side: each per-image metric's mean with its 95% CI (one panel per metric),
+    and accuracy on clean and attacked images. Lower PLC / PAC / PRC is better aligned."""
+    from protobench.core.metrics import specs
+    from protobench.report.runs import finite
+
+    metrics = [spec for spec in specs() if spec.summary is None]
+    fig = figure(3.2 * (len(metrics) + 1), 1.2 + 0.45 * len(runs))
+    axes = fig.subplots(1, len(metrics) + 1, sharey=True)
+    y = np.arange(len(runs))[::-1]
+    for ax, spec in zip(axes, metrics):
+        for i, run in enumerate(runs):
+            mean = finite(run.summary.get(f"{spec.name}_mean"))
+            low = finite(run.summary.get(f"{spec.name}_ci_low"))
+            high = finite(run.summary.get(f"{spec.name}_ci_high"))
+            err = [[max(mean - low, 0)], [max(high - mean, 0)]] if not math.isnan(low + high) else None
+            ax.errorbar([mean], [y[i]], xerr=err, fmt="o", color=color(i), capsize=4, markersize=6)
+        ax.set_xlabel(f"{spec.name} ({spec.unit}), mean and 95% CI")
+        ax.grid(alpha=0.3, axis="x")
+    accuracy_panel(axes[-1], runs, y)
+    axes[0].set_yticks(y, [run.label for run in runs])
+    axes[0].set_ylim(-0.6, len(runs) - 0.4)
+    fig.suptitle("models and runs compared (lower PLC, PAC, PRC: better aligned)", fontsize=11)
+    return png(fig)
+
+
+def accuracy_panel(ax: Any, runs: Sequence[Run], y: np.ndarray) -> None:
+    from protobench.report.runs import finite
+
+    for i, run in enumerate(runs):
+        before, after = finite(run.summary.get("acc_before")), finite(run.summary.get("acc_after"))
+        ax.plot([after, before], [y[i], y[i]], color=color(i), linewidth=1.5)
+        ax.plot([before], [y[i]], "o", color=color(i), markersize=6)
+        ax.plot([after], [y[i]], "x", color=color(i), markersize=8, markeredgewidth=2)
+    ax.set_xlabel("accuracy (%): o clean, x attacked")
+    ax.grid(alpha=0.3, axis="x")

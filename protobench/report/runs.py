@@ -1,0 +1,169 @@
+"""Result directories as the report reads them: one Run per model, with its meta, summary and per-image table.
+
+A RUN_DIR is the --out of a finished `protobench evaluate`: a single model's (meta.json,
+summary.csv, per_image.csv) or a multi-model run's (meta.json listing the models, one folder
+each). Anything else is refused with one line that says what the directory is and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from protobench.errors import ProtobenchError
+from protobench.run.resume import RUN, json_kind
+
+NEEDED = ("index", "path", "label", "pred_before", "pred_after", "proto", "proto_class", "act_before",
+          "act_after", "PAC", "PLC", "PRC")  # per_image.csv columns the report reads
+
+
+class ReportError(ProtobenchError):
+    """A result directory, option or file the report cannot use (exit 2)."""
+
+
+@dataclass
+class Run:
+    """One model's finished run."""
+
+    dir: Path
+    model: str
+    meta: dict[str, Any]
+    summary: dict[str, Any]  # its summary.csv row
+    per_image: pd.DataFrame
+    label: str = ""  # how the report names it: unique among the report's runs
+
+    @property
+    def n(self) -> int:
+        return len(self.per_image)
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        protocol = self.meta.get("protocol")
+        return protocol if isinstance(protocol, dict) else {}
+
+
+def load_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
+    """Every model of every RUN_DIR, labelled uniquely; and notes (models of a sweep that failed)."""
+    if not paths:
+        raise ReportError("give at least one RUN_DIR (the --out of protobench evaluate)")
+    runs: list[Run] = []
+    notes: list[str] = []
+    for path in paths:
+        found, skipped = _expand(Path(path))
+        runs += found
+        notes += skipped
+    if not runs:
+        raise ReportError(f"no model of {', '.join(paths)} has results to report ({'; '.join(notes)})")
+    label_runs(runs)
+    return runs, notes
+
+
+def _expand(path: Path) -> tuple[list[Run], list[str]]:
+    meta = read_meta(path)
+    if "models" not in meta:
+        return [load_run(path, meta)], []
+    models = meta["models"]
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise ReportError(f"{path / 'meta.json'}: 'models' is not a list of objects (damaged file)")
+    runs, notes = [], []
+    for entry in models:
+        folder = entry.get("dir")
+        if not isinstance(folder, str) or Path(folder).name != folder or folder in ("", ".", ".."):
+            raise ReportError(f"{path / 'meta.json'}: {folder!r} is not a model folder name (damaged file)")
+        if entry.get("error"):
+            notes.append(f"{path / folder} failed in the run and has no results: {entry['error']}")
+            continue
+        runs.append(load_run(path / folder, read_meta(path / folder)))
+    return runs, notes
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """meta.json of a finished run; one line saying what `path` is otherwise."""
+    if not path.is_dir():
+        raise ReportError(f"{path}: no such result directory (give the --out of protobench evaluate)")
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        if (path / RUN).is_file():
+            raise ReportError(f"{path} holds an interrupted run (no meta.json yet): finish it with the same "
+                              "protobench evaluate command plus --resume, then make the report")
+        raise ReportError(f"{path} is not a protobench result directory (no meta.json): give the --out of a "
+                          "finished protobench evaluate")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise ReportError(f"cannot read {meta_path} ({type(err).__name__}): the run directory is damaged") from None
+    if not isinstance(meta, dict):
+        raise ReportError(f"{meta_path} is damaged (a JSON {json_kind(meta)}, not an object)")
+    return meta
+
+
+def load_run(path: Path, meta: dict[str, Any]) -> Run:
+    per_image = _read_csv(path / "per_image.csv")
+    lacking = [c for c in NEEDED if c not in per_image.columns]
+    if lacking:
+        raise ReportError(f"{path / 'per_image.csv'} lacks the columns {', '.join(lacking)}: not a protobench "
+                          "per-image table (or from an older version: run protobench evaluate again)")
+    if per_image.empty:
+        raise ReportError(f"{path / 'per_image.csv'} has no images: nothing to report")
+    if per_image["index"].duplicated().any():
+        raise ReportError(f"{path / 'per_image.csv'} lists an image twice (damaged file)")
+    summary = _read_csv(path / "summary.csv")
+    if len(summary) != 1:
+        raise ReportError(f"{path / 'summary.csv'} has {len(summary)} rows, not one model's summary (damaged file)")
+    row = summary.iloc[0].to_dict()
+    model = str(meta.get("model") or row.get("model") or path.name)
+    return Run(dir=path, model=model, meta=meta, summary=row, per_image=per_image)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise ReportError(f"{path} is missing: the run is incomplete (rerun protobench evaluate with --resume, "
+                          "which rebuilds summary.csv)")
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise ReportError(f"{path} is not a readable CSV ({' '.join(str(err).split())[:200]})") from None
+
+
+def describe_protocol(protocol: dict[str, Any]) -> str:
+    """'pgd, 40 steps, eps 0.4, clipped' (what the numbers were measured with, in words)."""
+    if not protocol:
+        return "unknown protocol"
+    parts = [str(protocol.get("attack", "?"))]
+    if protocol.get("attack") == "pgd":
+        parts.append(f"{protocol.get('steps')} steps of {protocol.get('step')}")
+    parts += [f"eps {protocol.get('eps')}", "clipped" if protocol.get("clip") else "not clipped",
+              str(protocol.get("select", "")), f"margin {protocol.get('margin')} px", f"seed {protocol.get('seed')}"]
+    name = protocol.get("name")
+    return f"{name} protocol: {', '.join(parts)}" if name else ", ".join(parts)
+
+
+def label_runs(runs: list[Run]) -> None:
+    """Model names, with the protocol (then the directory) added where names repeat."""
+    for run in runs:
+        run.label = run.model
+    for add in (_protocol_tag, lambda run: run.dir.name, lambda run: str(run.dir)):
+        counts = Counter(run.label for run in runs)
+        for run in runs:
+            if counts[run.label] > 1:
+                run.label = f"{run.label} [{add(run)}]"
+
+
+def _protocol_tag(run: Run) -> str:
+    protocol = run.protocol
+    return f"{protocol.get('name', '?')}, {protocol.get('attack', '?')}"
+
+
+def finite(value: Any) -> float:
+    """A summary value as a float; NaN when missing or not a number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+    return number if math.isfinite(number) else float("nan")
