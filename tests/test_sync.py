@@ -64,7 +64,7 @@ def test_no_host_read_inside_the_attack(tiny_adapter, monkeypatch, chunk):
     forward, calls = guarded_forward(model_forward(tiny_adapter, Runtime(chunk=chunk)), protocol.steps,
                                      lambda: no_host_reads(monkeypatch))
     with frozen_eval(tiny_adapter.model):
-        guarded = benchmark.evaluate_batch(tiny_adapter, x, y, ids, protocol, forward, slots)
+        guarded = benchmark.evaluate_batch(tiny_adapter, x, y, ids, protocol, forward, slots=slots)
         plain = benchmark.evaluate_batch(tiny_adapter, x, y, ids, protocol, model_forward(tiny_adapter, Runtime(chunk=chunk)))
     assert calls[0] == protocol.steps + 2  # the guard covered protect() and every step
     for key, value in plain.items():  # and the results are the same, bit for bit
@@ -112,5 +112,5 @@ def test_no_sync_inside_the_attack_on_cuda(tiny_adapter):
     forward, calls = guarded_forward(model_forward(tiny_adapter, runtime), protocol.steps, Guard)
     with frozen_eval(tiny_adapter.model):
         x, y = x.cuda(), y.cuda()
-        benchmark.evaluate_batch(tiny_adapter, x, y, ids.pin_memory(), protocol, forward, slots)
+        benchmark.evaluate_batch(tiny_adapter, x, y, ids.pin_memory(), protocol, forward, slots=slots)
     assert calls[0] == protocol.steps + 2
