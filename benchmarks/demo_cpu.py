@@ -15,6 +15,10 @@ Two parts, printed as one JSON object with the CPU, its vector extensions and th
             8 or 32 images, NCHW or channels-last (NHWC) inputs, R interleaved rounds, fastest kept:
             the layout and chunk choice alone, in this process (set the environment yourself).
 
+  layouts   (--layouts N) benchmark.run on the first N demo test images with NCHW and with
+            channels-last inputs, in this process, interleaved (--rounds), and how far apart
+            the per-image numbers are (set the environment yourself).
+
 The CPU kernels default to an AVX2-only machine (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)
 and 2 threads, the issue's reference machine; --native keeps this CPU's own kernels.
 
@@ -99,6 +103,39 @@ def kernels(rounds: int) -> dict:
             "nhwc_over_nchw_chunk8": round(best["chunk8_nhwc"] / best["chunk8_nchw"], 3)}
 
 
+def layouts(limit: int, rounds: int) -> dict:
+    """The whole loop on `limit` demo images, NCHW against channels-last inputs; seconds and differences."""
+    import pandas as pd
+    import torch
+
+    from protobench.adapters.protopnet import ProtoPNetAdapter
+    from protobench.core.protocol import EvalProtocol
+    from protobench.data.imagelist import Subset
+    from protobench.demo import demo_checkpoint
+    from protobench.demo.shapes import ProtoShapes
+    from protobench.run import benchmark
+    from protobench.run.context import RunContext
+    from protobench.run.forward import Runtime
+
+    adapter = ProtoPNetAdapter.load(demo_checkpoint())
+    data = ProtoShapes("test", adapter.info.mean, adapter.info.std)
+    times: dict[str, list[float]] = {"nchw": [], "nhwc": []}
+    records = {}
+    for _ in range(rounds):
+        for name in times:
+            context = RunContext(torch.device("cpu"), Runtime(chunk=8, channels_last=name == "nhwc"), 32, 0)
+            start = time.perf_counter()
+            records[name], _ = benchmark.run(adapter, Subset(data, range(limit)), data.paths, EvalProtocol.make(),
+                                             context)
+            times[name].append(round(time.perf_counter() - start, 2))
+    a, b = pd.DataFrame(records["nchw"]), pd.DataFrame(records["nhwc"])
+    return {"threads": torch.get_num_threads(), "kernels": torch.backends.cpu.get_cpu_capability(), "images": limit,
+            "seconds": times, "nhwc_over_nchw": round(min(times["nhwc"]) / min(times["nchw"]), 3),
+            **{f"max_abs_diff_{c}": float((a[c] - b[c]).abs().max()) for c in COMPARED},
+            **{f"mean_diff_{c}": float(b[c].mean() - a[c].mean()) for c in COMPARED},
+            "same_p_star": bool((a.proto == b.proto).all()), "same_pred_after": float((a.pred_after == b.pred_after).mean())}
+
+
 def export(rev: str, into: Path) -> Path:
     """Revision `rev` of this repository as a directory importable with PYTHONPATH."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
@@ -137,9 +174,13 @@ def main() -> None:
     parser.add_argument("--native", action="store_true", help="this CPU's own kernels, not AVX2 only")
     parser.add_argument("--skip-phases", action="store_true")
     parser.add_argument("--kernels", type=int, default=0, metavar="R", help="only the layout/chunk timing, R rounds")
+    parser.add_argument("--layouts", type=int, default=0, metavar="N", help="only the loop, NCHW vs NHWC, N images")
     args = parser.parse_args()
     if args.kernels:
         print(json.dumps(kernels(args.kernels), indent=2))
+        return
+    if args.layouts:
+        print(json.dumps(layouts(args.layouts, args.rounds), indent=2))
         return
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), **({} if args.native else AVX2)}
