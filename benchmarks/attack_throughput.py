@@ -8,16 +8,20 @@ Measures, in one run, on the same model, batch size, device and precision:
 and prints JSON with efficiency = a / b and speedup = a / c.
 
 Images are synthetic (a pool of random images in memory), so the figures are compute, not
-JPEG decoding. Examples:
+JPEG decoding; `--jpeg DIR` instead reads JPEG files from a CUB-layout directory (written
+there first if missing: --n images of CUB-like sizes, see cub_jpeg.py) and reports their
+decoding (protobench's DataLoader processes, and nvJPEG on the GPU) apart from the attack.
+`--compile-mode` compiles the forward and its input gradient (torch.compile: default,
+max-autotune or reduce-overhead), every call padded to the batch shape. Examples:
   python benchmarks/attack_throughput.py --model demo --device cpu
   python benchmarks/attack_throughput.py --model resnet34 --device cuda --precision bf16 --batch-size 128
+  python benchmarks/attack_throughput.py --model resnet34 --device cuda --precision bf16 --jpeg /tmp/cub
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import numpy as np
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 
 from protobench.core import attack
 from protobench.core import rng
+from protobench.core.precision import machine
 from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
 from protobench.core.protocol import EvalProtocol
 from protobench.run.benchmark import run
@@ -72,7 +77,7 @@ def sync(device: torch.device) -> None:
 
 
 def time_protobench(adapter, data, protocol, batch_size, runtime, workers) -> float:
-    paths = [f"synthetic/{i}" for i in range(len(data))]
+    paths = getattr(data, "paths", None) or [f"synthetic/{i}" for i in range(len(data))]
     start = time.perf_counter()
     context = RunContext(adapter.device, runtime, batch_size, workers)
     records, _ = run(adapter, data, paths, protocol, context)
@@ -135,6 +140,37 @@ def time_reference(adapter, data, protocol, n_images, runtime) -> float:
     return time.perf_counter() - start
 
 
+def jpeg_mode(args, adapter, runtime, protocol, batch: int, device: torch.device) -> dict:
+    """Decoding, then the attack from the files (protobench's loader), then the same attack on
+    images in memory: the same images, the same run."""
+    import os
+
+    from cub_jpeg import CUB_TEST_IMAGES, make_cub, open_test_split, time_cuda_decode, time_workers
+
+    gpu = device.type == "cuda"
+    workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if gpu else 0)
+    start = time.perf_counter()
+    make_cub(args.jpeg, args.n or CUB_TEST_IMAGES)
+    written = time.perf_counter() - start
+    data = open_test_split(args.jpeg, adapter.info)
+    n = len(data)
+    time_protobench(adapter, SyntheticImages(min(batch, n), adapter.info.input_size, adapter.info.num_classes),
+                    EvalProtocol.make(steps=2), batch, runtime, 0)  # warm-up (and compile)
+    decode = [time_workers(data, batch, workers, device), time_cuda_decode(data, batch, workers, device)]
+    from_jpeg = time_protobench(adapter, data, protocol, batch, runtime, workers)
+    in_memory = None if "memory" in args.skip.split(",") else time_protobench(
+        adapter, SyntheticImages(n, adapter.info.input_size, adapter.info.num_classes), protocol, batch, runtime, 0)
+    return {
+        "label": args.label, "mode": "jpeg", "model": args.ckpt or args.model, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if gpu else machine()["cpu"],
+        "threads": torch.get_num_threads(), "precision": args.precision, "batch_size": batch,
+        "channels_last": runtime.channels_last, "compile": runtime.compile, "chunk": runtime.chunk,
+        "images": n, "steps": args.steps, "workers": workers, "jpeg_dir": str(args.jpeg), "write_s": written,
+        "decode": decode, "from_jpeg_wall_s": from_jpeg, "in_memory_wall_s": in_memory,
+        "from_jpeg_img_steps_per_s": n * args.steps / from_jpeg, "torch": torch.__version__,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo", help="demo, tiny or resnet34 (random weights)")
@@ -145,25 +181,43 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="images for (a) and (b); default 96 CPU, 1024 GPU")
     parser.add_argument("--reference-images", type=int, default=None, help="images for (c); default 8 CPU, 64 GPU")
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes (default: 0 in memory; with --jpeg, as protobench evaluate: 0 on a CPU, 8 on a GPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile, mode default")
+    parser.add_argument("--compile-mode", default=None, choices=["default", "max-autotune", "reduce-overhead"])
+    parser.add_argument("--jpeg", default=None, metavar="DIR",
+                        help="attack JPEG files in the CUB layout at DIR (written there first if missing)")
+    parser.add_argument("--n", type=int, default=None, help="with --jpeg: test images to write and attack (default 5794)")
+    parser.add_argument("--distance", default="float64", choices=["float64", "float32"],
+                        help="float32: ProtoPNet's original float32 distance formula (the stable float64 one's cost)")
     parser.add_argument("--no-channels-last", action="store_true")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ideal,reference")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ideal,reference (--jpeg: memory)")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of (a), (b), (c); fastest kept")
     parser.add_argument("--label", default=None, help="a name for this measurement, copied into the JSON")
     parser.add_argument("--oneline", action="store_true", help="print the JSON on one line (for .jsonl logs)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    gpu = device.type == "cuda"
-    batch = args.batch_size or (128 if gpu else 32)
-    n = args.images or (1024 if gpu else 64)
-    n_ref = args.reference_images or (64 if gpu else 8)
+    batch = args.batch_size or (128 if device.type == "cuda" else 32)
     torch.manual_seed(0)
     adapter = build_model(args.model, args.ckpt).to(device)
-    runtime = Runtime.for_device(device, precision=args.precision, compile=args.compile or None,
+    runtime = Runtime.for_device(device, precision=args.precision, compile=args.compile_mode or args.compile or None,
                                  channels_last=False if args.no_channels_last else None)
     protocol = EvalProtocol.make(steps=args.steps)
+    from distance_cost import VARIANTS, distance_in_use
+
+    with distance_in_use(VARIANTS[args.distance]):
+        report = jpeg_mode(args, adapter, runtime, protocol, batch, device) if args.jpeg else \
+            in_memory(args, adapter, runtime, protocol, batch, device)
+    print(json.dumps({**report, "distance": args.distance}, indent=None if args.oneline else 2))
+
+
+def in_memory(args, adapter, runtime, protocol, batch: int, device: torch.device) -> dict:
+    """(a), (b) and (c) on synthetic images held in memory, in interleaved rounds."""
+    gpu = device.type == "cuda"
+    n = args.images or (1024 if gpu else 64)
+    n_ref = args.reference_images or (64 if gpu else 8)
+    workers = args.workers or 0
     data = SyntheticImages(n, adapter.info.input_size, adapter.info.num_classes)
 
     warm = SyntheticImages(min(batch, n), adapter.info.input_size, adapter.info.num_classes)
@@ -171,7 +225,7 @@ def main() -> None:
     skip = set(args.skip.split(","))
     runs: dict[str, list[float]] = {"a": [], "b": [], "c": []}
     for _ in range(args.repeat):  # interleaved rounds; the fastest of each is the least disturbed
-        runs["a"].append(time_protobench(adapter, data, protocol, batch, runtime, args.workers))
+        runs["a"].append(time_protobench(adapter, data, protocol, batch, runtime, workers))
         if "ideal" not in skip:
             runs["b"].append(time_ideal(adapter, data, args.steps, batch, runtime))
         if "reference" not in skip:
@@ -179,16 +233,16 @@ def main() -> None:
     t_a, t_b, t_c = (min(runs[k]) if runs[k] else None for k in "abc")
     rate = lambda images, t: images * args.steps / t if t else None  # noqa: E731 image-steps per second
     a, b, c = rate(n, t_a), rate(n, t_b), rate(n_ref, t_c)
-    print(json.dumps({
+    return {
         "label": args.label, "model": args.ckpt or args.model, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if gpu else machine()["cpu"],
         "threads": torch.get_num_threads(), "precision": args.precision, "batch_size": batch,
         "channels_last": runtime.channels_last, "compile": runtime.compile, "chunk": runtime.chunk,
         "images": n, "reference_images": n_ref, "steps": args.steps,
         "protobench_img_steps_per_s": a, "ideal_img_steps_per_s": b, "reference_img_steps_per_s": c,
         "protobench_wall_s": t_a, "rounds_s": runs, "efficiency": a / b if b else None, "speedup": a / c if c else None,
         "torch": torch.__version__,
-    }, indent=None if args.oneline else 2))
+    }
 
 
 if __name__ == "__main__":

@@ -87,7 +87,11 @@ def noise_only(objective: Objective, x: torch.Tensor, attackable: torch.Tensor, 
 
 
 def image_bounds(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The normalized values of pixel 0 and 1 per channel, shaped (1, 3, 1, 1)."""
-    mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return (0 - mean) / std, (1 - mean) / std
+    """The normalized values of pixel 0 and 1 per channel, shaped (1, 3, 1, 1).
+
+    Worked out on the CPU and copied without blocking: a blocking copy to a GPU waits for
+    everything queued before it (docs/performance.md, Host synchronisation)."""
+    mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    low, high = (0 - mean) / std, (1 - mean) / std
+    return low.to(device, non_blocking=True), high.to(device, non_blocking=True)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from protobench.core.regions import plc_tokens  # noqa: F401 (metrics.plc_tokens, with the other formulas)
 from protobench.registry import Registry, RegistryError
 
 if TYPE_CHECKING:
@@ -244,6 +243,14 @@ def _partscores():
     from protobench.core import partscores  # numpy: imported when a per-prototype table is made
 
     return partscores
+
+
+def plc_tokens(*args: Any, **kwargs: Any) -> Tensor:
+    """The token-level PLC: protobench.core.regions.plc_tokens, beside the token region (imported
+    when used, so that reading the metric table never imports torch)."""
+    from protobench.core.regions import plc_tokens as formula
+
+    return formula(*args, **kwargs)
 
 
 PLC_KINDS: dict[str, PerImage] = {  # --plc NAME (protobench.core.protocol.PLC_KINDS)

@@ -12,14 +12,14 @@ import torch
 _MASK32 = 0xFFFFFFFF
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+def _mul32(x, c: int):
     """(x * c) mod 2^32 for 0 <= x < 2^32 without int64 overflow: split c into 16-bit halves."""
     lo, hi = c & 0xFFFF, c >> 16
     return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
 
 
-def hash32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit avalanche hash (the 'lowbias32' mixer) on int64 tensors holding uint32 values."""
+def hash32(x):
+    """A 32-bit avalanche hash (the 'lowbias32' mixer) on int64 tensors holding uint32 values (or an int)."""
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
     x = x ^ (x >> 15)
@@ -29,7 +29,7 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
 
 def sample_keys(seed: int, ids: torch.Tensor) -> torch.Tensor:
     """One 32-bit key per sample from (seed, sample index)."""
-    base = hash32(torch.tensor(seed & _MASK32, dtype=torch.int64, device=ids.device))
+    base = hash32(seed & _MASK32)  # a Python int: the same arithmetic, and nothing copied to the device
     return hash32((base + _mul32(ids.long() & _MASK32, 0x9E3779B9)) & _MASK32)
 
 

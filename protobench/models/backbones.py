@@ -18,11 +18,6 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torchvision import models
-from torchvision.models.convnext import CNBlockConfig, ConvNeXt
-from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.models.vgg import cfgs as VGG_CFGS
-from torchvision.models.vgg import make_layers
 
 from protobench.checkpoints.limits import check_ints, limit
 from protobench.models.vit import VIT_PRESETS, CaiT, VisionTransformer
@@ -33,7 +28,15 @@ RESNET_PRESETS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3,
 VGG_PRESETS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
 DENSENET_PRESETS = {"densenet121": (32, [6, 12, 24, 16], 64), "densenet161": (48, [6, 12, 36, 24], 96),
                     "densenet169": (32, [6, 12, 32, 32], 64), "densenet201": (32, [6, 12, 48, 32], 64)}
-BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+BLOCKS = ("basic", "bottleneck")  # torchvision's BasicBlock and Bottleneck
+
+
+def _torchvision_models():
+    """torchvision.models, imported when a backbone needs it: importing it imports torch._dynamo,
+    seconds of start-up that the demo's TinyCNN never needs (docs/performance.md, Demo)."""
+    from torchvision import models
+
+    return models
 
 
 class ResNetFeatures(nn.Module):
@@ -48,7 +51,8 @@ class ResNetFeatures(nn.Module):
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"unknown ResNet block {block!r}: use 'basic' or 'bottleneck'")
-        kind = BLOCKS[block]
+        resnet = _torchvision_models().resnet
+        kind = resnet.BasicBlock if block == "basic" else resnet.Bottleneck
         self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
@@ -76,9 +80,10 @@ def _resnet_stage(kind: type, inplanes: int, planes: int, count: int, stride: in
 class VGGFeatures(nn.Module):
     """A VGG's convolutional part from its layer list (ints = 3x3 conv widths, 'M' = 2x2 max-pool)."""
 
-    def __init__(self, cfg: Sequence[int | str] = tuple(VGG_CFGS["A"]), batch_norm: bool = False):
+    def __init__(self, cfg: Sequence[int | str] | None = None, batch_norm: bool = False):
         super().__init__()
-        self.features = make_layers(list(cfg), batch_norm)
+        vgg = _torchvision_models().vgg
+        self.features = vgg.make_layers(list(cfg if cfg is not None else vgg.cfgs["A"]), batch_norm)
         self.out_channels = [m for m in self.features if isinstance(m, nn.Conv2d)][-1].out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +96,7 @@ class DenseNetFeatures(nn.Module):
     def __init__(self, growth_rate: int = 32, block_config: Sequence[int] = (6, 12, 24, 16),
                  num_init_features: int = 64, bn_size: int = 4):
         super().__init__()
-        self.features = models.DenseNet(growth_rate, tuple(block_config), num_init_features, bn_size).features
+        self.features = _torchvision_models().DenseNet(growth_rate, tuple(block_config), num_init_features, bn_size).features
         self.features.add_module("final_relu", nn.ReLU())
         self.out_channels = self.features.norm5.num_features
 
@@ -110,8 +115,9 @@ class ConvNeXtFeatures(nn.Module):
                  stride1_above: int | None = None):
         super().__init__()
         nxt = list(widths[1:]) + [None]
-        settings = [CNBlockConfig(w, n, d) for w, n, d in zip(widths, nxt, depths)]
-        self.features = ConvNeXt(settings).features
+        convnext = _torchvision_models().convnext
+        settings = [convnext.CNBlockConfig(w, n, d) for w, n, d in zip(widths, nxt, depths)]
+        self.features = convnext.ConvNeXt(settings).features
         if stride1_above is not None:
             for conv in self.features.modules():
                 if isinstance(conv, nn.Conv2d) and conv.stride == (2, 2) and conv.in_channels > stride1_above:
@@ -151,7 +157,7 @@ def _presets() -> dict[str, Callable[[], nn.Module]]:
         table[name] = lambda block=block, layers=layers: ResNetFeatures(block, layers)
     for name, key in VGG_PRESETS.items():
         for suffix, bn in (("", False), ("_bn", True)):
-            table[name + suffix] = lambda key=key, bn=bn: VGGFeatures(VGG_CFGS[key], bn)
+            table[name + suffix] = lambda key=key, bn=bn: VGGFeatures(_torchvision_models().vgg.cfgs[key], bn)
     for name, (growth, blocks, init) in DENSENET_PRESETS.items():
         table[name] = lambda growth=growth, blocks=blocks, init=init: DenseNetFeatures(growth, blocks, init)
     table["convnext_tiny"] = ConvNeXtFeatures

@@ -25,27 +25,36 @@ from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
 from protobench.run.scorecard import Passes
 
 
-def _attacked_slots(attacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, P) bool -> prototype indices (B, K) and validity (B, K), K = most attacked in one image."""
-    k = int(attacked.sum(dim=1).max())
-    order = attacked.float().topk(k, dim=1)
+def attack_slots(identity: torch.Tensor, select: str) -> int:
+    """K, the most prototypes one image can have attacked: 1 for top-proto, the largest class's
+    prototype count for gt-protos. Worked out once per run: reading it from each batch's
+    selection would make the host wait for the GPU's first forward pass every batch."""
+    return 1 if select == "top-proto" else int((identity > 0).sum(dim=0).max())
+
+
+def _attacked_slots(attacked: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P) bool -> prototype indices (B, K) and validity (B, K); k >= the most attacked in one
+    image (slots beyond an image's own count are padding, marked invalid)."""
+    order = attacked.float().topk(min(k, attacked.shape[1]), dim=1)
     return order.indices, order.values > 0
 
 
 def protect(adapter: PrototypeAdapter, maps: torch.Tensor, y: torch.Tensor, protocol: EvalProtocol,
-            act: torch.Tensor | None = None, cells: torch.Tensor | None = None):
+            act: torch.Tensor | None = None, cells: torch.Tensor | None = None, slots: int | None = None):
     """Which prototypes to attack, p*, and the pixels the attack may change (docs/metrics.md,
     The procedure, steps 2-3), from the clipped maps (B, P, h, w), activations (B, P; default:
     the maps' maxima) and the cells the prototypes' parts matched (B, P, J; default: the maps' argmax).
+    `slots`: attack_slots(...), when the caller has it already.
 
     Returns attacked (B, P) bool, p_star (B,), in_class (B, P) bool, attackable (B, 1, S, S) bool.
     """
     act = map_maxima(maps) if act is None else act
     cells = map_argmax_cells(maps) if cells is None else cells
     size = adapter.info.input_size
-    in_class = adapter.prototype_class_identity[:, y].t() > 0  # (B, P)
+    identity = adapter.prototype_class_identity
+    in_class = identity[:, y].t() > 0  # (B, P)
     attacked, p_star = select_prototypes(act, in_class, protocol.select)
-    slots, valid = _attacked_slots(attacked)
+    slots, valid = _attacked_slots(attacked, slots or attack_slots(identity, protocol.select))
     slot_maps = maps.gather(1, slots[..., None, None].expand(-1, -1, *maps.shape[2:]))
     slot_cells = cells.gather(1, slots[..., None].expand(-1, -1, cells.shape[2]))
     region = REGIONS.get(protocol.region)
@@ -58,19 +67,23 @@ OnOutcome = Callable[[metrics.Outcome, torch.Tensor], None]  # (a batch's Outcom
 
 def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                    protocol: EvalProtocol, forward: Forward | None = None,
-                   on_outcome: OnOutcome | None = None, passes: Passes | None = None) -> dict[str, torch.Tensor]:
+                   on_outcome: OnOutcome | None = None, passes: Passes | None = None,
+                   slots: int | None = None) -> dict[str, torch.Tensor]:
     """Measure one batch: the attack and, when `passes` asks, the part pass (scorecard.Passes;
     default: the attack alone). Returns per-image tensors on the CPU.
 
     `forward` (default: the adapter's, in fp32) runs the model: see forward.model_forward.
     `on_outcome(outcome, ids)` sees the batch's tensors (images, maps, ...) before they are dropped
     (protobench report keeps those of the images it draws).
+    From the clean forward pass to the copy of the results to the CPU nothing waits for the
+    device (no .item(), int() or branch on a device tensor; tests/test_sync.py) when `slots`
+    is given (see attack_slots) and the selection is top-proto (gt-protos checks the labels).
     """
     forward = forward or model_forward(adapter, Runtime())
     passes = passes or Passes()
     with torch.no_grad():
         clean = forward(x)
-    out = attack_batch(adapter, x, y, ids, protocol, forward, clean, on_outcome) if passes.attack else {
+    out = attack_batch(adapter, x, y, ids, protocol, forward, clean, on_outcome, slots) if passes.attack else {
         "pred_before": clean.logits.argmax(dim=1)}
     if passes.parts is not None:
         out.update(scorecard.measure_parts(forward, x, y, ids, clean.maps, passes, adapter.info.input_size))
@@ -79,17 +92,17 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
 
 def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                  protocol: EvalProtocol, forward: Forward, clean: Evidence,
-                 on_outcome: OnOutcome | None = None) -> dict[str, torch.Tensor]:
+                 on_outcome: OnOutcome | None = None, slots: int | None = None) -> dict[str, torch.Tensor]:
     """Attack one batch whose clean evidence (maps, logits, ...) is known, and measure it."""
     maps = clean.maps.clamp(min=0)  # docs/metrics.md, The procedure: metrics see maps clipped at 0
     act = clean.act.clamp(min=0)
-    attacked, p_star, in_class, attackable = protect(adapter, maps, y, protocol, act, clean.part_cells)
+    attacked, p_star, in_class, attackable = protect(adapter, maps, y, protocol, act, clean.part_cells, slots)
     weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
 
     def objective(images: torch.Tensor) -> torch.Tensor:  # mean activation of the attacked prototypes
         return (forward(images).act * weights).sum(dim=1)
 
-    noise = rng.uniform(protocol.seed, ids.to(x.device), tuple(x.shape[1:]), -1.0, 1.0)
+    noise = rng.uniform(protocol.seed, ids.to(x.device, non_blocking=True), tuple(x.shape[1:]), -1.0, 1.0)
     bounds = image_bounds(adapter.info.mean, adapter.info.std, x.device) if protocol.clip else None
     x_adv, zero_steps = ATTACKS.get(protocol.attack)(objective, x, attackable, noise, eps=protocol.eps,
                                                      step=protocol.step, steps=protocol.steps, bounds=bounds)
@@ -156,12 +169,20 @@ class Fit:
         self.limit = limit
 
 
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t with its last row repeated up to `rows` rows."""
+    return torch.cat([t, t[-1:].expand(rows - len(t), *t.shape[1:])]) if len(t) < rows else t
+
+
 def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                     protocol: EvalProtocol, forward: Forward, fit: Fit,
-                     on_outcome: OnOutcome | None = None, passes: Passes | None = None) -> dict[str, torch.Tensor]:
+                     protocol: EvalProtocol, forward: Forward, fit: Fit, on_outcome: OnOutcome | None = None,
+                     passes: Passes | None = None, slots: int | None = None, pad: bool = False) -> dict[str, torch.Tensor]:
     """evaluate_batch in pieces of at most fit.limit images, halving the piece on out-of-memory
     (never a crash, unless a single image does not fit). Images are independent, so pieces
-    give the same per-image numbers as one call."""
+    give the same per-image numbers as one call. `pad`: a short piece (the last batch) is
+    filled up to fit.limit images with copies of its last one, whose results are dropped, so
+    that a compiled model always sees the same shapes and never recompiles (on_outcome sees those
+    copies too: the same image, so the same values, under the last image's index)."""
     import warnings
 
     from protobench.errors import MemoryWarning
@@ -169,9 +190,12 @@ def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor
     pieces, start = [], 0
     while start < len(x):
         n = min(fit.limit, len(x) - start)
+        rows = fit.limit if pad else n
+        part = [_pad_rows(t[start:start + n], rows) for t in (x, y, ids)]
         try:
-            pieces.append(evaluate_batch(adapter, x[start:start + n], y[start:start + n], ids[start:start + n],
-                                         protocol, forward, on_outcome=on_outcome, passes=passes))
+            values = evaluate_batch(adapter, *part, protocol, forward, on_outcome=on_outcome, passes=passes,
+                                    slots=slots)
+            pieces.append({k: v[:n] for k, v in values.items()})
             start += n
         except RuntimeError as err:
             if not is_out_of_memory(err) or n == 1:
@@ -203,6 +227,8 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
                                          persistent_workers=False, prefetch_factor=4 if ctx.workers > 0 else None)
     forward = model_forward(adapter, ctx.runtime)
     fit = Fit(ctx.batch_size)
+    slots = attack_slots(adapter.prototype_class_identity, protocol.select)
+    pad = bool(ctx.runtime.compile) and ctx.runtime.chunk is None  # a CPU's fixed chunks pad already
     records: list[dict] = []
     skipped: list[int] = []
     with frozen_eval(adapter.model):
@@ -210,7 +236,7 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
             rows = []
             if x is not None:
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit, on_outcome, passes)
+                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit, on_outcome, passes, slots, pad)
                 rows = batch_records(values, y.cpu(), ids, paths)
             records.extend(rows)
             skipped.extend(bad)

@@ -15,6 +15,7 @@ from protobench.core.precision import tf32
 from protobench.models.adapter import Evidence, PrototypeAdapter
 
 AUTOCAST_DTYPES = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")  # torch.compile's modes; True means "default"
 Forward = Callable[[torch.Tensor], Evidence]  # images -> maps, logits (and activations, parts, cells)
 
 
@@ -56,17 +57,27 @@ class Runtime:
 
     precision: str = "fp32"  # fp32 (true: no TF32) | tf32 | bf16 | fp16 (autocast); metrics always fp32
     chunk: int | None = None  # rows per model call; fixed on the CPU for reproducibility (see chunked_forward)
-    channels_last: bool = False  # NHWC inputs, faster convolutions on GPUs
-    compile: bool = False  # torch.compile the adapter's forward
+    channels_last: bool = False  # NHWC inputs: faster convolutions on GPUs, and on CPUs (oneDNN)
+    compile: bool | str = False  # torch.compile the adapter's forward (and so its backward): True or a mode
 
     @classmethod
     def for_device(cls, device: torch.device, size: int = 224, **overrides: Any) -> Runtime:
         """Defaults per device: fixed chunks on the CPU (8 images up to 224 px, fewer for larger
-        images: see cpu_images); whole batches, channels-last on GPUs."""
-        base = cls(chunk=cpu_images(8, size)) if device.type == "cpu" else cls(channels_last=True)
+        images: see cpu_images); whole batches on GPUs; channels-last on both (oneDNN's CPU
+        convolutions skip a layout conversion per call: docs/performance.md, Demo)."""
+        base = cls(chunk=cpu_images(8, size), channels_last=True) if device.type == "cpu" else cls(channels_last=True)
         runtime = replace(base, **{k: v for k, v in overrides.items() if v is not None})
         options.choice("precision", runtime.precision, tuple(AUTOCAST_DTYPES))
+        if isinstance(runtime.compile, str):
+            options.choice("compile mode", runtime.compile, COMPILE_MODES)
         return runtime
+
+    @property
+    def compile_mode(self) -> str | None:
+        """torch.compile's mode, or None when not compiling."""
+        if not self.compile:
+            return None
+        return self.compile if isinstance(self.compile, str) else "default"
 
 
 def chunked_forward(fn: Forward, x: torch.Tensor, chunk: int | None) -> Evidence:
@@ -91,16 +102,27 @@ def chunked_forward(fn: Forward, x: torch.Tensor, chunk: int | None) -> Evidence
 
 def model_forward(adapter: PrototypeAdapter, runtime: Runtime) -> Forward:
     """The adapter's evidence (maps, logits, ...) with the runtime's precision, memory format,
-    chunking and compilation; every floating-point tensor comes back in fp32."""
-    fn: Forward = torch.compile(adapter.evidence) if runtime.compile else adapter.evidence
+    chunking and compilation; every floating-point tensor comes back in fp32.
+
+    Compiling the forward compiles its backward too (AOTAutograd), so the attack's forward +
+    input-gradient step runs compiled. The caller keeps shapes fixed (see benchmark.evaluate_fitting)
+    so the last, partial batch does not recompile.
+    """
+    mode = runtime.compile_mode
+    fn: Forward = torch.compile(adapter.evidence, mode=mode) if mode else adapter.evidence
     dtype = AUTOCAST_DTYPES[runtime.precision]
+    graphs = mode == "reduce-overhead"  # CUDA graphs: each call's outputs live in memory the next call reuses
 
     def forward(x: torch.Tensor) -> Evidence:
         if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None), \
                 tf32(runtime.precision == "tf32"):
-            found = chunked_forward(fn, x, runtime.chunk)
-        return Evidence(**{name: t.float() if t.is_floating_point() else t for name, t in found.tensors().items()})
+            found = chunked_forward(fn, x, runtime.chunk).tensors()
+        if graphs:  # the clean evidence is read after 41 more calls: copy it out of the graph's memory
+            found = {name: t.clone() for name, t in found.items()}
+        return Evidence(**{name: t.float() if t.is_floating_point() else t for name, t in found.items()})
 
     return forward
