@@ -1,8 +1,10 @@
-"""Do thread count and CPU kernels change the numbers? The same evaluation under each setting, compared.
+"""Do thread count, CPU kernels, process layout or compilation change the numbers? The same
+evaluation under each setting, compared.
 
 Runs `protobench evaluate` (the demo model and data unless --ckpt / --data) in a fresh process per
 setting: the default threads and kernels, one thread, AVX2 kernels (ATEN_CPU_CAPABILITY=avx2 and
-ONEDNN_MAX_CPU_ISA=AVX2 on a CPU with AVX-512), and both. Prints JSON: per setting, against the
+ONEDNN_MAX_CPU_ISA=AVX2 on a CPU with AVX-512), both, torchrun with 2 ranks (one thread each), and
+--compile. Prints JSON: per setting, against the
 first, the largest difference of each clean-side value (activation of p*, protected box share),
 how many images changed p* or a prediction, and the difference of the PAC / PLC / PRC means.
 
@@ -21,17 +23,22 @@ from pathlib import Path
 import pandas as pd
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-SETTINGS = {"default": {}, "1 thread": {"OMP_NUM_THREADS": "1"}, "avx2": AVX2,
-            "avx2, 1 thread": {**AVX2, "OMP_NUM_THREADS": "1"}}
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+SETTINGS = {  # name -> (environment, launcher arguments before `-m protobench`, evaluate arguments)
+    "default": ({}, [], []), "1 thread": ({"OMP_NUM_THREADS": "1"}, [], []), "avx2": (AVX2, [], []),
+    "avx2, 1 thread": ({**AVX2, "OMP_NUM_THREADS": "1"}, [], []),
+    "torchrun, 2 ranks": ({"OMP_NUM_THREADS": "1"}, TORCHRUN, []), "compile": ({}, [], ["--compile"]),
+}
 CLEAN = ("act_before", "protected_frac")
 CHOICES = ("proto", "pred_before", "pred_after")
 METRICS = ("PAC", "PLC", "PRC")
 
 
-def evaluate(name: str, env: dict[str, str], args) -> pd.DataFrame:
+def evaluate(name: str, setting, args) -> pd.DataFrame:
+    env, launcher, extra = setting
     out = args.out / name.replace(", ", "-").replace(" ", "-")
-    command = [sys.executable, "-m", "protobench", "evaluate", "--out", str(out), "--overwrite",
-               "--limit", str(args.limit), "--steps", str(args.steps)]
+    command = [sys.executable, *launcher, "-m", "protobench", "evaluate", "--out", str(out), "--overwrite",
+               "--limit", str(args.limit), "--steps", str(args.steps), *extra]
     command += ["--ckpt", args.ckpt, "--data", args.data] if args.ckpt else []
     probe = "import json, torch; print(json.dumps([torch.get_num_threads(), torch.backends.cpu.get_cpu_capability()]))"
     full_env = {**os.environ, **env}
@@ -60,8 +67,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=150)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path("protobench-results/agreement"))
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
+                        help="the settings to run ('default' always runs first, as the base)")
     args = parser.parse_args()
-    frames = {name: evaluate(name, env, args) for name, env in SETTINGS.items()}
+    names = ["default", *[name for name in args.settings if name != "default"]]
+    frames = {name: evaluate(name, SETTINGS[name], args) for name in names}
     base = frames["default"]
     report = {"images": len(base), "steps": args.steps,
               "default": {**base.attrs["setting"], **{f"{m}_mean": float(base[m].mean()) for m in METRICS},

@@ -3,7 +3,7 @@
 Times joint epochs of `protobench finetune` on the demo model and the demo train split
 (1800 images, in memory), in one process, for:
   family        ProtoPNet's loss only (lambda 0)
-  align         + the alignment loss (SPEC 4.1: one more forward and backward pass)
+  align         + the alignment loss (one more forward and backward pass, docs/compensation.md)
   adversarial   + the adversarial alignment loss (also `--adv-steps` crafting passes in eval mode)
 each with and without masking augmentation. Variants take turns (`--repeats` rounds), each
 epoch from the same demo weights, so a busy shared machine slows them alike; the median

@@ -1,4 +1,4 @@
-"""Alignment loss and masking augmentation (SPEC 4) on hand-built models."""
+"""Alignment loss and masking augmentation (docs/compensation.md) on hand-built models."""
 
 import pytest
 import torch

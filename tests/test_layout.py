@@ -106,3 +106,18 @@ def test_the_loop_names_no_attack():
     for name in ("benchmark.py", "evaluate.py", "forward.py"):
         text = (ROOT / "run" / name).read_text(encoding="utf-8")
         assert not any(f"{q}{attack}{q}" in text for attack in ("pgd", "noise") for q in "'\""), name
+
+
+def test_nothing_cites_a_document_that_does_not_ship():
+    """Sources and docs cite docs/ sections: the specification the project was written from is not
+    part of the package, so a section number of it in a comment or a page points at nothing a reader has."""
+    import re
+
+    repo = ROOT.parent
+    files = [p for folder in ("protobench", "adapters", "benchmarks", "scripts", "tests", "docs")
+             for p in (repo / folder).rglob("*") if p.suffix in (".py", ".md", ".sh", ".html") and p.is_file()]
+    files.append(repo / "README.md")
+    cites = re.compile(r"\bSPEC\s+\d")
+    found = [f"{p.relative_to(repo)}:{n}" for p in files
+             for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if cites.search(line)]
+    assert not found, found

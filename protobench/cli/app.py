@@ -200,7 +200,7 @@ def finetune(
     lambda_align: Optional[float] = typer.Option(None, help="Weight of the alignment loss (0: the family's loss "
                                                            "only) [10; 3 with --align-adversarial]."),
     align_loss: str = typer.Option("l1", help="l1 or l2."),
-    mask_aug: bool = typer.Option(True, "--mask-aug/--no-mask-aug", help="Masking augmentation (SPEC 4.2)."),
+    mask_aug: bool = typer.Option(True, "--mask-aug/--no-mask-aug", help="Masking augmentation (docs/compensation.md)."),
     aug_prob: float = typer.Option(0.5, help="Probability of masking an image."),
     align_adversarial: bool = typer.Option(False, "--align-adversarial", help="Perturb the outside of the mask "
                                            "adversarially instead of blanking it (docs/compensation.md)."),

@@ -1,4 +1,4 @@
-"""The compensation method (SPEC 4): spatial alignment loss, masking augmentation, and the
+"""The compensation method (docs/compensation.md): spatial alignment loss, masking augmentation, and the
 adversarial variant of the alignment loss. Batched; every draw from the given generator.
 """
 
@@ -72,7 +72,7 @@ def adversarial_outside(maps_fn: MapsFn, x: torch.Tensor, m_img: torch.Tensor, p
 def alignment_loss(maps_fn: MapsFn, x: torch.Tensor, y: torch.Tensor, identity: torch.Tensor,
                    generator: torch.Generator, *, kind: str = "l1", adversarial: dict | None = None,
                    maps: torch.Tensor | None = None) -> torch.Tensor:
-    """SPEC 4.1: the masked difference between a true-class prototype's map on x and on x with
+    """The alignment loss (docs/compensation.md, step 3): the masked difference between a true-class prototype's map on x and on x with
     everything outside its activation region blanked (or adversarially perturbed).
 
     Args:
@@ -109,8 +109,9 @@ def alignment_loss(maps_fn: MapsFn, x: torch.Tensor, y: torch.Tensor, identity: 
 
 def masking_augmentation(x: torch.Tensor, generator: torch.Generator, prob: float = 0.5,
                          max_rects: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC 4.2, the correct version: with probability `prob` per image, 1..max_rects rectangles
-    (sides uniform in [S/8, S/2)) covering all channels x rows x columns, each filled with 0,
+    """Masking augmentation (docs/compensation.md, step 1): with probability `prob` per image,
+    1..max_rects rectangles (sides uniform in [S/8, S/2)) covering all channels x rows x columns
+    (not the reference code's channels x rows slice), each filled with 0,
     U[0,1) noise, or the image plus U[0,1) noise (normalized units).
 
     Returns the augmented images and the rectangles (B, max_rects, 5): top, left, h, w, fill,

@@ -1,4 +1,4 @@
-"""`protobench finetune` as a library call: the compensation method of SPEC 4 on a model of the
+"""`protobench finetune` as a library call: the compensation method (docs/compensation.md) on a model of the
 ProtoPNet family, with an evaluation before and after.
 
 OUT holds:
