@@ -7,6 +7,7 @@
 #   3. efficiency against the bare forward + input-gradient loop, and the speed-up over the
 #      reference's one-image structure (bf16, 1024 images in memory);
 #   4. the float64 prototype distance's cost: the same run with the original float32 formula;
+#      and how far tf32 / bf16 / fp16 move the demo's numbers from fp32 (benchmarks/precision_diff.py);
 #   5. torch.compile: default, reduce-overhead (CUDA graphs), max-autotune; each with its own
 #      bare-loop efficiency. max-autotune comes last: it gets whatever time is left.
 # Each step has a time limit, and a step that would not fit in what is left of SUITE_SECONDS
@@ -64,6 +65,7 @@ bench 100 jpeg-bf16 --jpeg "$CUB" --precision bf16
 bench 110 jpeg-fp32 --jpeg "$CUB" --precision fp32 --skip memory
 bench 75 memory-bf16-efficiency --precision bf16 --images 1024 --reference-images 32
 bench 30 memory-bf16-distance-float32 --precision bf16 --images 1024 --skip ideal,reference --distance float32
+run 60 precision $PY benchmarks/precision_diff.py --device cuda
 bench 120 compile-default --precision bf16 --images 1024 --skip reference --compile-mode default
 bench 120 compile-reduce-overhead --precision bf16 --images 1024 --skip reference --compile-mode reduce-overhead
 bench 240 compile-max-autotune --precision bf16 --images 1024 --skip reference --compile-mode max-autotune

@@ -47,7 +47,7 @@ def test_gpu_suite_parses_and_dry_runs(tmp_path):
     assert out.returncode == 0, out.stderr
     plan = out.stdout
     for part in ("pytest", "-m gpu", "--jpeg", "--precision bf16", "--precision fp32", "--compile-mode max-autotune",
-                 "--compile-mode reduce-overhead", "--distance float32"):
+                 "--compile-mode reduce-overhead", "--distance float32", "precision_diff.py --device cuda"):
         assert part in plan, part
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
 
