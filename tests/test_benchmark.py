@@ -233,7 +233,7 @@ def test_run_context_defaults_follow_the_device_and_the_image_size():
     assert (gpu.batch_size, gpu.runtime.chunk, gpu.runtime.channels_last) == (256, None, True) and gpu.workers >= 1
     mine = RunContext.resolve(cpu, 64, batch_size=5, workers=2, precision="bf16", compile=True)
     assert mine.record() == {"device": "cpu", "batch_size": 5, "workers": 2, "processes": 1, "runtime": {
-        "precision": "bf16", "chunk": 8, "channels_last": True, "compile": True}}
+        "precision": "bf16", "chunk": 8, "channels_last": False, "compile": True}}
 
 
 def test_the_loop_batches_as_its_context_says(tiny_adapter, image_folder):
@@ -264,4 +264,24 @@ def test_evaluate_resolves_the_context_once_records_it_and_hands_it_down(tiny_ck
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
     assert {k: meta[k] for k in ("device", "batch_size", "workers", "processes")} == {
         "device": "cpu", "batch_size": 5, "workers": 0, "processes": 1}
-    assert meta["runtime"] == {"precision": "fp32", "chunk": 8, "channels_last": True, "compile": False}
+    assert meta["runtime"] == {"precision": "fp32", "chunk": 8, "channels_last": False, "compile": False}
+
+
+def test_an_image_s_maps_do_not_depend_on_the_other_images_in_its_chunk():
+    """The CPU's default runtime on the demo model: the same image among other neighbours, or
+    alone in a zero-padded chunk, gives bit-identical maps. (Channels-last inputs broke this:
+    oneDNN's NHWC convolutions differed by up to 7e-6, and a report's re-run of a few images
+    then disagreed with the evaluation.)"""
+    from protobench.demo import DEMO_DATA, demo_checkpoint
+    from protobench.run.evaluate import load_adapter, load_dataset
+
+    cpu = torch.device("cpu")
+    adapter = load_adapter("auto", demo_checkpoint(), {}, cpu)
+    data, _ = load_dataset(DEMO_DATA, adapter.info)
+    x = torch.stack([data[i][0] for i in range(16)])
+    forward = model_forward(adapter, Runtime.for_device(cpu, adapter.info.input_size))
+    with frozen_eval(adapter.model), torch.no_grad():
+        among = forward(x[8:16]).maps[3]
+        others = forward(x[[11, 0, 1, 2, 3, 4, 5]]).maps[0]
+        alone = forward(x[11:12]).maps[0]
+    assert torch.equal(among, others) and torch.equal(among, alone)

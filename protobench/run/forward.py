@@ -57,15 +57,17 @@ class Runtime:
 
     precision: str = "fp32"  # fp32 (true: no TF32) | tf32 | bf16 | fp16 (autocast); metrics always fp32
     chunk: int | None = None  # rows per model call; fixed on the CPU for reproducibility (see chunked_forward)
-    channels_last: bool = False  # NHWC inputs: faster convolutions on GPUs, and on CPUs (oneDNN)
+    channels_last: bool = False  # NHWC inputs: faster convolutions on GPUs (see for_device for CPUs)
     compile: bool | str = False  # torch.compile the adapter's forward (and so its backward): True or a mode
 
     @classmethod
     def for_device(cls, device: torch.device, size: int = 224, **overrides: Any) -> Runtime:
         """Defaults per device: fixed chunks on the CPU (8 images up to 224 px, fewer for larger
-        images: see cpu_images); whole batches on GPUs; channels-last on both (oneDNN's CPU
-        convolutions skip a layout conversion per call: docs/performance.md, Demo)."""
-        base = cls(chunk=cpu_images(8, size), channels_last=True) if device.type == "cpu" else cls(channels_last=True)
+        images: see cpu_images); whole batches and channels-last on GPUs. Not channels-last on the
+        CPU: it is 11-29% faster there, but oneDNN's NHWC convolutions make an image's result
+        depend on the other images in its chunk, so the numbers would depend on --batch-size and a
+        report's re-run would not reproduce them (docs/performance.md, Demo)."""
+        base = cls(chunk=cpu_images(8, size)) if device.type == "cpu" else cls(channels_last=True)
         runtime = replace(base, **{k: v for k, v in overrides.items() if v is not None})
         options.choice("precision", runtime.precision, tuple(AUTOCAST_DTYPES))
         if isinstance(runtime.compile, str):
