@@ -86,10 +86,12 @@ def after_evaluate(out: str, model_dirs: list[str], save_examples: Optional[int]
 
 def _attacked(out: str) -> bool:
     """Whether the run in `out` measured misalignment (meta.json's `metrics`; older runs always did)."""
-    import json
+    from protobench.core.metrics import MISALIGNMENT
+    from protobench.errors import ProtobenchError
+    from protobench.run.resume import read_json_object
+    from protobench.run.scorecard import recorded
 
     try:
-        metrics = json.loads((Path(out) / "meta.json").read_text()).get("metrics", ["misalignment"])
-    except (OSError, ValueError, AttributeError):
+        return MISALIGNMENT in recorded(read_json_object(Path(out) / "meta.json"))
+    except ProtobenchError:
         return True  # let the report itself say what is wrong with the run
-    return "misalignment" in metrics
