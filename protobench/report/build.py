@@ -30,6 +30,7 @@ class Options:
     device: str = "auto"  # where to re-run
     force: bool = False  # draw a re-run whose numbers differ from per_image.csv (marked in the page)
     up_to: bool = False  # worst / best are at most: evaluate's own report of a run with fewer images
+    rerun: Callable[[Run, list[int]], Any] | None = None  # (run, indices) -> Pixels: the API's, from memory
 
 
 def build_report(paths: list[str], options: Options, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -94,6 +95,8 @@ def pixels_for(run: Run, options: Options, log: Callable[[str], None]) -> dict[s
             raise ReportError(f"{run.dir} kept the tensors of {len(pixels.indices)} images (--save-examples), not of "
                               f"image {lacking[0]}: ask for fewer with --worst / --best, or use --examples rerun")
         return {"pixels": pixels, "problem": "", "picks": chosen}
+    if options.rerun is not None:
+        return {"pixels": options.rerun(run, indices), "problem": "", "picks": chosen}
     from protobench.report.pixels import verified_rerun
 
     pixels, found = verified_rerun(run, indices, force=options.force, ckpt=options.ckpt, data=options.data,

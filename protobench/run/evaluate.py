@@ -97,8 +97,9 @@ def load_dataset(data: str, info, layout: str | None = None, split: str | None =
     return dataset, dataset.paths
 
 
-def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
+def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=None, dataset=None) -> dict[str, Any]:
     """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out.
+    `adapter`, `dataset` (items (image, label, index); `paths`): in memory already, instead of cfg.ckpt, cfg.data.
 
     Per-image results are appended to the partial log every batch, so an interrupted run
     continues with cfg.resume and ends with the same files as an uninterrupted one.
@@ -118,10 +119,11 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     if cfg.resume and status == "empty" and world.main:  # e.g. a CI job that always passes --resume
         warnings.warn(f"nothing to resume in {out}: starting a fresh run", Notice, stacklevel=2)
     files.check_writable_dir(out)
-    adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
+    adapter = adapter.to(device) if adapter else load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
     check_selection(cfg.protocol, adapter)
     context = resolve_context(cfg, adapter, world)
-    dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
+    dataset, paths = (dataset, dataset.paths) if dataset is not None else \
+        load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
     found, passes, parts_identity = scorecard.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
                                                       cfg.protocol.seed)  # keypoints when a metric needs them
