@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from protobench.api.calls import public
 from protobench.errors import DataError
 
 
@@ -56,6 +57,7 @@ class Images(torch.utils.data.Dataset):
         return x, y
 
 
+@public
 def open_images(data: str | Path, model: Any, *, dataset: str | None = None, split: str | None = None,
                 max_image_pixels: int | None = None) -> Images:
     """A dataset directory (or `protoshapes[:split]`) as a torch Dataset of (image, label) in the

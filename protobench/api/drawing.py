@@ -17,11 +17,12 @@ def draw_report(results: Any, out: Path, worst: int, best: int) -> Path:
         raise ReportError("these results were read from disk, without their model: draw their report with "
                           f"`protobench report {results.dir}`")
     with tempfile.TemporaryDirectory(prefix="protobench-report-") as tmp:
-        run_dir = results.dir
+        run_dir, named = results.dir, None
         if run_dir is None:
+            named = "not saved (Results.save writes the result files)"
             run_dir = Path(tmp) / str(results.scores.get("model") or "run")
             results.write_files(run_dir)
-        done = build_report([str(run_dir)], Options(out=str(out), worst=worst, best=best, up_to=True,
+        done = build_report([str(run_dir)], Options(out=str(out), worst=worst, best=best, up_to=True, directory=named,
                                                     rerun=lambda run, indices: rerun(results, run, indices)))
     return Path(done["html"])
 
@@ -43,7 +44,7 @@ def rerun(results: Any, run: Any, indices: list[int]) -> Any:
     with preserved(handle.module):
         adapter = handle.adapter
         dataset = src.dataset if src.dataset is not None else load_dataset(
-            src.data, adapter.info, src.layout, src.split, meta.get("max_image_pixels"))
+            src.data, adapter.info, src.layout, src.split, meta.get("max_image_pixels"))[0]
         context = RunContext.resolve(adapter.device, adapter.info.input_size, workers=0,
                                      precision=str(meta.get("precision") or "fp32"))
         kept: list[dict[str, Any]] = []

@@ -3,33 +3,15 @@ through the same run as `protobench evaluate` (protobench.run.evaluate)."""
 
 from __future__ import annotations
 
-import functools
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from protobench.errors import ProtobenchError
+from protobench.api.calls import public
 
 if TYPE_CHECKING:
     from protobench.api.results import Results
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def public(fn: F) -> F:
-    """A ProtobenchError leaves the API as the CLI prints it: one line, its traceback starting at the
-    caller's line, not deep inside the loop."""
-
-    @functools.wraps(fn)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ProtobenchError as err:
-            raise err.with_traceback(None) from None
-
-    return call  # type: ignore[return-value]
-
 
 @contextmanager
 def run_directory(out: str | Path | None) -> Iterator[Path]:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from protobench.api.calls import public
 from protobench.errors import AdapterError
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ class Model:
                 f"{info.num_classes} classes, {info.input_size} px, device={self.device})")
 
 
+@public
 def load(ckpt: str | Path | None = None, adapter: str = "auto", device: str | None = None,
          **adapter_options: Any) -> Model:
     """A model from any file `protobench evaluate --ckpt` reads.
@@ -99,6 +101,7 @@ def load(ckpt: str | Path | None = None, adapter: str = "auto", device: str | No
                  options=adapter_options)
 
 
+@public
 def wrap(module: Any, family: str = "auto", **options: Any) -> Model:
     """A model handle around a torch module already in memory.
 

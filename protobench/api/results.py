@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from protobench.api.calls import public
 from protobench.errors import ProtobenchError
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class Results:
         self.per_prototype = _read_table(where / "per_prototype.csv") if has else None
 
     @classmethod
+    @public
     def load(cls, directory: str | Path) -> Results:
         """The results of a finished run in `directory` (the API's or the CLI's)."""
         return cls(directory)
@@ -51,6 +53,7 @@ class Results:
         """The summary row as a dict (e.g. scores['PAC_mean'])."""
         return self.summary.iloc[0].to_dict()
 
+    @public
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write the files the CLI writes (per_image.csv, summary.csv, meta.json and per_prototype.csv when
         there is one), byte for byte; `protobench compare` and `protobench report` read them."""
@@ -75,6 +78,7 @@ class Results:
                 with atomic_path(directory / name) as tmp:
                     Path(tmp).write_bytes(self.files[name])
 
+    @public
     def report(self, out: str | Path | None = None, *, worst: int = 3, best: int = 1) -> Path:
         """Write report.html and its PNGs into `out` (default: DIR/report when the results are saved),
         drawing the worst and best images by re-running them from the model and data in memory; the

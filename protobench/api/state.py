@@ -1,7 +1,7 @@
 """`evaluate` inside a training loop: the model and the process's torch state are left as they were found.
 
 The model: every submodule's train / eval mode, every parameter's requires_grad, its device.
-The process: thread count, TF32 switches and float32 matmul precision, flush-denormal, the
+The process: thread count, TF32 switches, flush-denormal, the
 deterministic-algorithm and cuDNN switches, grad mode, and torch's global random state; and
 no GPU memory is held afterwards (the allocator's cache is emptied).
 The benchmark itself runs with gradients enabled (the attack needs the input's gradient), also
@@ -28,7 +28,6 @@ def torch_state() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "matmul_tf32": cuda.allow_tf32,
         "cudnn_tf32": torch.backends.cudnn.allow_tf32,
-        "matmul_precision": torch.get_float32_matmul_precision(),
         "flush_denormal": flush_denormal(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
         "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -45,7 +44,6 @@ def restore_torch_state(saved: dict[str, Any]) -> None:
         torch.set_num_threads(saved["threads"])
     torch.backends.cuda.matmul.allow_tf32 = saved["matmul_tf32"]
     torch.backends.cudnn.allow_tf32 = saved["cudnn_tf32"]
-    torch.set_float32_matmul_precision(saved["matmul_precision"])
     if flush_denormal() != saved["flush_denormal"]:
         torch.set_flush_denormal(saved["flush_denormal"])
     torch.use_deterministic_algorithms(saved["deterministic"], warn_only=saved["deterministic_warn_only"])

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from protobench.api.evaluate import progress_display, public
+from protobench.api.calls import public
+from protobench.api.evaluate import progress_display
 from protobench.errors import OptionError
 
 if TYPE_CHECKING:

@@ -31,6 +31,7 @@ class Options:
     force: bool = False  # draw a re-run whose numbers differ from per_image.csv (marked in the page)
     up_to: bool = False  # worst / best are at most: evaluate's own report of a run with fewer images
     rerun: Callable[[Run, list[int]], Any] | None = None  # (run, indices) -> Pixels: the API's, from memory
+    directory: str | None = None  # how the page names the run's directory (default: its path)
 
 
 def build_report(paths: list[str], options: Options, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -124,7 +125,8 @@ def sections(runs: list[Run], pixels: dict[int, dict], options: Options, files: 
     for i, run in enumerate(runs):
         name = slug(i, run.label)
         got = pixels[id(run)]
-        section = {"slug": name, "label": run.label, "n": run.n, "facts": facts(run), "summary": header_rows(run),
+        rows = [(k, options.directory if k == "directory" and options.directory else v) for k, v in facts(run)]
+        section = {"slug": name, "label": run.label, "n": run.n, "facts": rows, "summary": header_rows(run),
                    "histograms": None, "histograms_caption": "", "overlay_in": None}
         group = groups[run.meta.get("checkpoint_sha256") or id(run)]
         if group[0] is run:
