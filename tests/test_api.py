@@ -170,3 +170,23 @@ def test_finetune_from_python(tiny_ckpt, image_folder, tmp_path):
     assert done.before.scores["model"] == "before" and done.after.scores["model"] == "after"
     with pytest.raises(protobench.OptionError, match="unexpected keyword"):
         protobench.finetune(tiny_ckpt, image_folder, out=tmp_path / "x", epoch=1)
+
+
+class Custom(torch.nn.Module):
+    """A custom architecture following the protocol: here, protobench's tiny ProtoPNet behind another class."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.img_size = inner, 32
+        self.prototype_class_identity = inner.prototype_class_identity.clone()
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_a_module_following_the_protocol_gives_its_family_numbers(tiny_adapter, image_folder):
+    expected = protobench.evaluate(tiny_adapter, image_folder, steps=3, progress=False).per_image
+    custom = protobench.wrap(Custom(tiny_adapter.model), mean=tiny_adapter.info.mean, std=tiny_adapter.info.std)
+    assert custom.family == "" and custom.info.num_prototypes == 6
+    got = protobench.evaluate(custom, image_folder, steps=3, progress=False).per_image
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
