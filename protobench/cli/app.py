@@ -12,18 +12,11 @@ import typer
 
 from protobench.cli.console import (err_console, fail, line, out_console, parse_options, run_library, say,
                                     warnings_to_console)
-from protobench.cli.helptext import (DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP, PLC_HELP, PROTOCOL_HELP,
-                                     REGION_HELP)
+from protobench.cli.helptext import (ADAPTER_OPTION_HELP, ATTACK_HELP, DATASET_HELP, MARGIN_HELP, MAX_PIXELS,
+                                     MAX_PIXELS_HELP, METRICS_HELP, PLC_HELP, PROTOCOL_HELP, REGION_HELP, SELECT_HELP,
+                                     TOL_HELP, RegistryHelp)
+from protobench.cli.root import app
 from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
-
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="Benchmark the spatial alignment of prototype networks' explanations (PLC / PAC / PRC). "
-                       "Exit codes: 0 done; 1 the run finished but a model failed or compare found a "
-                       "regression; 2 bad input, option or output location; 3 a bug (traceback saved to a "
-                       "file); 130 interrupted.")
-
-
-
 
 def layout_name(name: Optional[str]) -> Optional[str]:
     """--dataset, checked against the registry before anything is loaded or written."""
@@ -34,50 +27,51 @@ def layout_name(name: Optional[str]) -> Optional[str]:
     return name
 
 
-@app.command()
+@app.command(cls=RegistryHelp)
 def evaluate(
-    adapter: list[str] = typer.Option([], help="Model family (see `protobench adapters`), pkg.module:Class, or "
-                                           "auto (default: told from the checkpoint); once for all --ckpt, or "
-                                           "once per --ckpt in order."),
-    ckpt: list[Path] = typer.Option([], help="Checkpoint file; repeat it to evaluate several models in one run "
-                                             "(default: the built-in demo model)."),
-    data: Optional[Path] = typer.Option(None, help="Dataset directory: CUB-200-2011, Stanford Cars or an ImageFolder; "
-                                                   "or protoshapes[:train], the demo data (the default). "
-                                                   "docs/datasets.md lists the layouts."),
-    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP, callback=layout_name),
-    split: Optional[str] = typer.Option(None, help="The layout's split [its test split]: test or train (CUB also "
-                                                   "all); an ImageFolder has none."),
-    out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
-                                                  "or protobench-results/models for several)."),
-    protocol: str = typer.Option("default", help=PROTOCOL_HELP),
-    attack: Optional[str] = typer.Option(None, help="pgd, noise, or an attack a plugin registered "
-                                                    "[default: from --protocol]."),
-    eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
-    step: Optional[float] = typer.Option(None, help="pgd step size [0.01]."),
-    steps: Optional[int] = typer.Option(None, help="pgd steps [40]."),
-    select: Optional[str] = typer.Option(None, help="top-proto or gt-protos [top-proto]."),
-    margin: Optional[int] = typer.Option(None, help=MARGIN_HELP),
-    region: Optional[str] = typer.Option(None, help=REGION_HELP),
-    plc: Optional[str] = typer.Option(None, help=PLC_HELP),
-    clip: Optional[bool] = typer.Option(None, "--clip/--no-clip", help="Keep attacked images in the valid range."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per batch (default: 32 on CPU; 256 on GPU, "
-                                                        "halved automatically until it fits)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
-    workers: Optional[int] = typer.Option(None, help="Image-decoding processes (default: 0 on CPU, up to 8 on GPU)."),
-    precision: str = typer.Option("fp32", help="fp32 (true fp32), tf32 (faster on GPUs), bf16 or fp16 (autocast); "
-                                               "prototype layers and metrics always run in fp32."),
+    adapter: list[str] = typer.Option([], metavar="NAME", help="Model family (`protobench adapters` lists them), "
+                                      "pkg.module:Class, or auto, told from the checkpoint; once for all --ckpt, or "
+                                      "once per --ckpt in order. [default: auto]"),
+    ckpt: list[Path] = typer.Option([], metavar="FILE", help="Checkpoint file; repeat it to evaluate several models "
+                                    "in one run. [default: the built-in demo model]"),
+    data: Optional[Path] = typer.Option(None, metavar="DIR", help="Dataset directory, of any layout --dataset names, "
+                                        "or protoshapes[:train], the demo data. [default: protoshapes, with the demo "
+                                        "model]"),
+    dataset: Optional[str] = typer.Option(None, metavar="LAYOUT", help=DATASET_HELP, callback=layout_name),
+    split: Optional[str] = typer.Option(None, metavar="SPLIT", help="The layout's split: test or train (CUB also "
+                                        "all); an ImageFolder has none. [default: the layout's test split]"),
+    out: Optional[Path] = typer.Option(None, metavar="DIR", help="Result directory. [default: "
+                                       "protobench-results/<ckpt name>, or protobench-results/models for several]"),
+    protocol: str = typer.Option("default", metavar="NAME", help=PROTOCOL_HELP),
+    attack: Optional[str] = typer.Option(None, metavar="NAME", help=ATTACK_HELP),
+    eps: Optional[float] = typer.Option(None, metavar="X", help="L-inf radius in normalized units. [default: 0.4]"),
+    step: Optional[float] = typer.Option(None, metavar="X", help="pgd step size. [default: 0.01]"),
+    steps: Optional[int] = typer.Option(None, metavar="N", help="pgd steps. [default: 40]"),
+    select: Optional[str] = typer.Option(None, metavar="WHICH", help=SELECT_HELP),
+    margin: Optional[int] = typer.Option(None, metavar="PIXELS", help=MARGIN_HELP),
+    region: Optional[str] = typer.Option(None, metavar="NAME", help=REGION_HELP),
+    plc: Optional[str] = typer.Option(None, metavar="KIND", help=PLC_HELP),
+    clip: Optional[bool] = typer.Option(None, "--clip/--no-clip", help="Keep attacked images in the valid range. "
+                                        "[default: from --protocol]"),
+    batch_size: Optional[int] = typer.Option(None, metavar="N", help="Images per batch. [default: 32 on a CPU; 256 on "
+                                             "a GPU, halved automatically until it fits]"),
+    device: str = typer.Option("auto", metavar="DEVICE", help="auto, cpu or cuda[:N]."),
+    workers: Optional[int] = typer.Option(None, metavar="N", help="Image-decoding processes. [default: 0 on a CPU, up "
+                                          "to 8 on a GPU]"),
+    precision: str = typer.Option("fp32", metavar="NAME", help="fp32 (true fp32), tf32 (faster on GPUs), bf16 or fp16 "
+                                  "(autocast); prototype layers and metrics always run in fp32."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
-    seed: int = typer.Option(0, help="Seeds the random start of each image, the stability noise and --limit's "
-                                     "subset."),
-    metrics: str = typer.Option("misalignment", help="What to measure, comma-separated: misalignment (the attack: "
-                                                     "PLC, PAC, PRC, accuracy), consistency, stability (need part "
-                                                     "annotations: docs/datasets.md), or a plugin's."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate a fixed-seed random subset of N images."),
-    overwrite: bool = typer.Option(False, help="Replace results already in --out."),
-    resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same options, same results)."),
-    strict: bool = typer.Option(False, help="Stop at an image that does not decode instead of skipping it."),
-    max_image_pixels: int = typer.Option(MAX_PIXELS, help=MAX_PIXELS_HELP),
-    adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
+    seed: int = typer.Option(0, metavar="N", help="Seeds the random start of each image, the stability noise and "
+                             "--limit's subset."),
+    metrics: str = typer.Option("misalignment", metavar="LIST", help=METRICS_HELP),
+    limit: Optional[int] = typer.Option(None, metavar="N", help="Evaluate a fixed-seed random subset of N images. "
+                                        "[default: all]"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (same options, same "
+                                "results)."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at an image that does not decode instead of skipping it."),
+    max_image_pixels: int = typer.Option(MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP),
+    adapter_option: list[str] = typer.Option([], "--adapter-option", metavar="KEY=VALUE", help=ADAPTER_OPTION_HELP),
     report: Optional[bool] = typer.Option(None, "--report/--no-report", help=REPORT_HELP),
     save_examples: Optional[int] = typer.Option(None, "--save-examples", metavar="K", help=SAVE_EXAMPLES_HELP),
 ) -> None:
@@ -142,14 +136,13 @@ def report_models(result: dict[str, Any], then: Any) -> None:
              f"of {result['out']}/summary.csv", 1)
 
 
-@app.command()
+@app.command(cls=RegistryHelp)
 def compare(
-    base: Path = typer.Argument(..., help="Baseline: a result directory or its summary.csv."),
-    new: Path = typer.Argument(..., help="Candidate: a result directory or its summary.csv."),
-    tol: list[str] = typer.Option([], "--tol", help="METRIC=VALUE, absolute (PLC PAC PRC AC acc_before acc_after "
-                                                    "acc, and plugin metrics); defaults in docs/ci.md."),
-    format: str = typer.Option("table", "--format", help="table or markdown."),
-    force: bool = typer.Option(False, help="Compare runs of different protocols or datasets anyway."),
+    base: Path = typer.Argument(..., metavar="BASE", help="Baseline: a result directory or its summary.csv."),
+    new: Path = typer.Argument(..., metavar="NEW", help="Candidate: a result directory or its summary.csv."),
+    tol: list[str] = typer.Option([], "--tol", metavar="METRIC=VALUE", help=TOL_HELP),
+    format: str = typer.Option("table", "--format", metavar="NAME", help="table or markdown."),
+    force: bool = typer.Option(False, "--force", help="Compare runs of different protocols or datasets anyway."),
 ) -> None:
     """Exit 0 if no metric of NEW is worse than BASE by more than its tolerance, 1 if one is, 2 if unusable."""
     from protobench.run import compare as cmp
@@ -168,13 +161,14 @@ def compare(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=RegistryHelp)
 def convert(
-    src: Path = typer.Argument(..., help="Checkpoint to convert: an original repository's file or protobench's."),
-    out: Path = typer.Argument(..., help="Where to write it (*.safetensors)."),
-    adapter: str = typer.Option("auto", help="Model family (see `protobench adapters`) or auto."),
-    adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
-    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    src: Path = typer.Argument(..., metavar="SRC", help="Checkpoint to convert: an original repository's file or "
+                               "protobench's."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Where to write it (*.safetensors)."),
+    adapter: str = typer.Option("auto", metavar="NAME", help="Model family (`protobench adapters` lists them) or auto."),
+    adapter_option: list[str] = typer.Option([], "--adapter-option", metavar="KEY=VALUE", help=ADAPTER_OPTION_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Rewrite any supported checkpoint in protobench's safetensors format (no pickle needed again)."""
     from protobench.checkpoints.convert import convert as run_convert
@@ -184,43 +178,45 @@ def convert(
         f"{result['num_classes']} classes; outputs checked against the original)")
 
 
-@app.command()
+@app.command(cls=RegistryHelp)
 def finetune(
-    ckpt: Optional[Path] = typer.Option(None, help="Checkpoint to fine-tune (default: the built-in demo model)."),
-    adapter: str = typer.Option("auto", help="Model family (ProtoPNet family) or auto."),
-    data: Optional[str] = typer.Option(None, help="Training data: a dataset directory (its train split) or "
-                                                  "protoshapes:train (the default, with the demo model)."),
-    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP, callback=layout_name),
-    split: Optional[str] = typer.Option(None, help="Split to train on [the layout's train split]; an ImageFolder "
-                                                   "has none."),
-    eval_data: Optional[str] = typer.Option(None, help="Evaluate before and after on this data, default protocol "
-                                                       "(default: the demo test split for the demo; none otherwise)."),
+    ckpt: Optional[Path] = typer.Option(None, metavar="FILE", help="Checkpoint to fine-tune. [default: the built-in "
+                                        "demo model]"),
+    adapter: str = typer.Option("auto", metavar="NAME", help="Model family (of the ProtoPNet family) or auto."),
+    data: Optional[str] = typer.Option(None, metavar="DIR", help="Training data: a dataset directory (its train "
+                                       "split) or protoshapes:train. [default: protoshapes:train, with the demo model]"),
+    dataset: Optional[str] = typer.Option(None, metavar="LAYOUT", help=DATASET_HELP, callback=layout_name),
+    split: Optional[str] = typer.Option(None, metavar="SPLIT", help="Split to train on; an ImageFolder has none. "
+                                        "[default: the layout's train split]"),
+    eval_data: Optional[str] = typer.Option(None, metavar="DIR", help="Evaluate before and after on this data, default "
+                                            "protocol. [default: the demo test split for the demo; none otherwise]"),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate before and after fine-tuning."),
-    out: Optional[Path] = typer.Option(None, help="Output directory [protobench-results/finetune-<ckpt name>]."),
-    lambda_align: Optional[float] = typer.Option(None, help="Weight of the alignment loss (0: the family's loss "
-                                                           "only) [10; 3 with --align-adversarial]."),
-    align_loss: str = typer.Option("l1", help="l1 or l2."),
+    out: Optional[Path] = typer.Option(None, metavar="DIR", help="Output directory. [default: "
+                                       "protobench-results/finetune-<ckpt name>]"),
+    lambda_align: Optional[float] = typer.Option(None, metavar="X", help="Weight of the alignment loss (0: the "
+                                                 "family's loss only). [default: 10; 3 with --align-adversarial]"),
+    align_loss: str = typer.Option("l1", metavar="NAME", help="l1 or l2."),
     mask_aug: bool = typer.Option(True, "--mask-aug/--no-mask-aug", help="Masking augmentation (docs/compensation.md)."),
-    aug_prob: float = typer.Option(0.5, help="Probability of masking an image."),
+    aug_prob: float = typer.Option(0.5, metavar="P", help="Probability of masking an image."),
     align_adversarial: bool = typer.Option(False, "--align-adversarial", help="Perturb the outside of the mask "
                                            "adversarially instead of blanking it (docs/compensation.md)."),
-    adv_steps: int = typer.Option(3, help="Sign-gradient steps that craft the adversarial outside."),
-    adv_eps: float = typer.Option(0.4, help="L-inf radius of the adversarial outside (normalized units)."),
-    epochs: int = typer.Option(3, help="Joint epochs (backbone, add-on, prototypes)."),
-    last_epochs: int = typer.Option(5, help="Last-layer epochs after push."),
-    lr_features: float = typer.Option(1e-4, help="Learning rate of the backbone."),
-    lr_add_on: float = typer.Option(3e-3, help="Learning rate of the add-on layers."),
-    lr_prototypes: float = typer.Option(3e-3, help="Learning rate of the prototypes."),
-    lr_last: float = typer.Option(1e-3, help="Learning rate of the last layer."),
-    weight_decay: float = typer.Option(1e-3, help="Adam weight decay of backbone and add-on."),
-    batch_size: int = typer.Option(32, help="Images per training step."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
-    seed: int = typer.Option(0, help="Seeds the batch order, the augmentation and the alignment draws."),
+    adv_steps: int = typer.Option(3, metavar="N", help="Sign-gradient steps that craft the adversarial outside."),
+    adv_eps: float = typer.Option(0.4, metavar="X", help="L-inf radius of the adversarial outside (normalized units)."),
+    epochs: int = typer.Option(3, metavar="N", help="Joint epochs (backbone, add-on, prototypes)."),
+    last_epochs: int = typer.Option(5, metavar="N", help="Last-layer epochs after push."),
+    lr_features: float = typer.Option(1e-4, metavar="X", help="Learning rate of the backbone."),
+    lr_add_on: float = typer.Option(3e-3, metavar="X", help="Learning rate of the add-on layers."),
+    lr_prototypes: float = typer.Option(3e-3, metavar="X", help="Learning rate of the prototypes."),
+    lr_last: float = typer.Option(1e-3, metavar="X", help="Learning rate of the last layer."),
+    weight_decay: float = typer.Option(1e-3, metavar="X", help="Adam weight decay of backbone and add-on."),
+    batch_size: int = typer.Option(32, metavar="N", help="Images per training step."),
+    device: str = typer.Option("auto", metavar="DEVICE", help="auto, cpu or cuda[:N]."),
+    seed: int = typer.Option(0, metavar="N", help="Seeds the batch order, the augmentation and the alignment draws."),
     push: bool = typer.Option(True, "--push/--no-push", help="Project prototypes onto training patches."),
-    resume: bool = typer.Option(False, help="Continue the interrupted run in --out (same options)."),
-    overwrite: bool = typer.Option(False, help="Replace the run already in --out."),
-    max_image_pixels: int = typer.Option(MAX_PIXELS, help=MAX_PIXELS_HELP),
-    adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (same options)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
+    max_image_pixels: int = typer.Option(MAX_PIXELS, metavar="N", help=MAX_PIXELS_HELP),
+    adapter_option: list[str] = typer.Option([], "--adapter-option", metavar="KEY=VALUE", help=ADAPTER_OPTION_HELP),
 ) -> None:
     """Fine-tune a model to align its explanations (alignment loss, masking augmentation, push)."""
     from protobench.train.finetune import FinetuneConfig
@@ -251,11 +247,12 @@ demo_app = typer.Typer(help="The built-in demo: ProtoShapes data and a small Pro
 app.add_typer(demo_app, name="demo")
 
 
-@demo_app.command("export")
+@demo_app.command("export", cls=RegistryHelp)
 def demo_export(
-    directory: Path = typer.Argument(..., help="New or empty directory to write DIR/<class>/<index>.png to."),
-    split: str = typer.Option("test", help="train or test."),
-    n: Optional[int] = typer.Option(None, help="Only the first N images [default: the whole split]."),
+    directory: Path = typer.Argument(..., metavar="DIRECTORY", help="New or empty directory to write "
+                                     "DIRECTORY/<class>/<index>.png to."),
+    split: str = typer.Option("test", metavar="SPLIT", help="train or test."),
+    n: Optional[int] = typer.Option(None, metavar="N", help="Only the first N images. [default: the whole split]"),
 ) -> None:
     """Write ProtoShapes images to disk (ImageFolder layout) to look at them or evaluate them as files."""
     from protobench.demo.shapes import export
@@ -272,7 +269,7 @@ def demo_export(
     say(f"wrote {count} {split} images to {directory}/<class>/")
 
 
-@app.command()
+@app.command(cls=RegistryHelp)
 def adapters() -> None:
     """List the model families protobench can load (built in, installed plugins), with their papers and licenses."""
     from protobench.models.families import describe
@@ -281,7 +278,7 @@ def adapters() -> None:
     out_console.print(adapters_table(run_library(describe)))
 
 
-app.command(name="report")(report_command)  # written beside the report's other CLI code (cli/report.py)
+app.command(name="report", cls=RegistryHelp)(report_command)  # written beside the report's other CLI code (cli/report.py)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import typer
 from protobench.cli.console import line, run_library, say, warnings_to_console
 
 WORST, BEST = 3, 1  # images drawn per metric (PAC, PLC) by default
-REPORT_HELP = "Then write the report (protobench report) into OUT/report [on for the demo, off otherwise]."
+REPORT_HELP = "Then write the report (protobench report) into OUT/report. [default: on for the demo, off otherwise]"
 SAVE_EXAMPLES_HELP = ("Then keep the tensors of the K worst and K best images by PAC and PLC in "
                       "OUT/examples.safetensors (1.2 MB per image at 224 px), so a report can be drawn without "
                       "the checkpoint.")
@@ -21,20 +21,21 @@ SAVE_EXAMPLES_HELP = ("Then keep the tensors of the K worst and K best images by
 def report_command(
     run_dir: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Result directories of protobench "
                                          "evaluate (a multi-model run's directory counts as all of its models)."),
-    out: Optional[Path] = typer.Option(None, help="Where to write report.html and its PNGs [RUN_DIR/report; "
-                                                  "protobench-results/report for several]."),
-    worst: int = typer.Option(WORST, help="Draw the K worst images by PAC and by PLC."),
-    best: int = typer.Option(BEST, help="Draw the K best images by PAC and by PLC."),
-    examples: str = typer.Option("rerun", help="Where the drawn images come from: rerun (from meta.json's "
-                                               "checkpoint and data, both verified), saved (kept by evaluate "
-                                               "--save-examples) or none (numbers only)."),
-    ckpt: Optional[Path] = typer.Option(None, help="The checkpoint's new place, if it moved (its sha256 is still "
-                                                   "checked); one model only."),
-    data: Optional[Path] = typer.Option(None, help="The dataset's new place, if it moved (its fingerprint is still "
-                                                   "checked); one model only."),
-    device: str = typer.Option("auto", help="Where to re-run the drawn images: auto, cpu or cuda[:N]."),
-    force: bool = typer.Option(False, "--force", help="Draw a re-run whose numbers differ from per_image.csv (the page "
-                                           "says so)."),
+    out: Optional[Path] = typer.Option(None, metavar="DIR", help="Where to write report.html and its PNGs. "
+                                       "[default: RUN_DIR/report; protobench-results/report for several]"),
+    worst: int = typer.Option(WORST, metavar="K", help="Draw the K worst images by PAC and by PLC."),
+    best: int = typer.Option(BEST, metavar="K", help="Draw the K best images by PAC and by PLC."),
+    examples: str = typer.Option("rerun", metavar="SOURCE", help="Where the drawn images come from: rerun (from "
+                                 "meta.json's checkpoint and data, both verified), saved (kept by evaluate "
+                                 "--save-examples) or none (numbers only)."),
+    ckpt: Optional[Path] = typer.Option(None, metavar="FILE", help="The checkpoint's new place, if it moved (its "
+                                        "sha256 is still checked); one model only."),
+    data: Optional[Path] = typer.Option(None, metavar="DIR", help="The dataset's new place, if it moved (its "
+                                        "fingerprint is still checked); one model only."),
+    device: str = typer.Option("auto", metavar="DEVICE", help="Where to re-run the drawn images: auto, cpu or "
+                               "cuda[:N]."),
+    force: bool = typer.Option(False, "--force", help="Draw a re-run whose numbers differ from per_image.csv (the "
+                               "page says so)."),
 ) -> None:
     """Draw a run's evidence: histograms, per-prototype table, the worst and best images (one HTML file + PNGs)."""
     from protobench.report.build import Options
