@@ -117,6 +117,17 @@ def test_the_cli_messages(tiny_ckpt, image_folder, tmp_path, model):
     assert str(raised(protobench.load, missing)) == cli_error("evaluate", "--ckpt", missing, "--data", image_folder)
 
 
+def test_unknown_options(model, image_folder):
+    err = raised(evaluate, model, image_folder, stepz=3)
+    assert isinstance(err, protobench.OptionError) and "evaluate has no option 'stepz'; the protocol's options" in str(err)
+
+
+def test_part_metrics_need_annotations(model):
+    data = Items(lambda i: (torch.zeros(3, 32, 32), 0))
+    err = raised(evaluate, model, data, metrics="misalignment,consistency")
+    assert isinstance(err, protobench.DataError) and "which this in-memory dataset lacks" in str(err)
+
+
 def test_other_bad_data(model):
     assert "give a dataset directory, a torch Dataset" in str(raised(evaluate, model, [1, 2, 3]))
     assert "is empty" in str(raised(evaluate, model, Items(lambda i: None, n=0)))

@@ -82,7 +82,7 @@ class Items(torch.utils.data.Dataset):
         self.dataset, self.info = dataset, info
         self.what = f"{type(dataset).__name__} dataset"
         self.paths = [f"{type(dataset).__name__}[{i}]" for i in range(len(dataset))]
-        self.root, self.files, self.kind = ".", self.paths, None  # the fingerprint: its class and length
+        self.root, self.files, self.kind = ".", self.paths, "in-memory"  # the fingerprint: its class and length
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -118,12 +118,9 @@ class Items(torch.utils.data.Dataset):
 
 def source(data: Any, model: Any, layout: str | None = None, split: str | None = None) -> Source:
     """The run's data from what `evaluate` was given (see the module docstring)."""
-    from protobench.demo import DEMO_DATA
+    from protobench.run.defaults import evaluate_data
 
-    if data is None:
-        if not model.is_demo:
-            raise DataError("give the data to evaluate on: a dataset directory, a Dataset or a DataLoader")
-        data = DEMO_DATA
+    data = evaluate_data(data, model.is_demo)
     if isinstance(data, (str, Path)):
         return Source(str(data), layout=layout, split=split)
     if isinstance(data, torch.utils.data.DataLoader):

@@ -36,6 +36,20 @@ def suites(metrics: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(metrics.split(",")) if isinstance(metrics, str) else tuple(metrics)
 
 
+def make_protocol(name: str, seed: int, overrides: dict[str, Any]) -> Any:
+    """The named protocol with the given fields overridden; an unknown keyword is an OptionError."""
+    from dataclasses import fields
+
+    from protobench.core.protocol import EvalProtocol
+    from protobench.errors import OptionError
+
+    known = [f.name for f in fields(EvalProtocol) if f.name not in ("name", "seed")]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise OptionError(f"evaluate has no option {unknown[0]!r}; the protocol's options are {', '.join(known)}")
+    return EvalProtocol.make(name, seed=seed, **overrides)
+
+
 @public
 def evaluate(model: Any, data: Any = None, *, protocol: Any = "default", metrics: str | Sequence[str] = "misalignment",
              limit: int | None = None, batch_size: int | None = None, device: str | None = None, seed: int = 0,
@@ -70,8 +84,7 @@ def evaluate(model: Any, data: Any = None, *, protocol: Any = "default", metrics
     from protobench.run.evaluate import evaluate as run_evaluate
 
     handle = as_model(model)
-    proto = protocol if isinstance(protocol, EvalProtocol) else EvalProtocol.make(protocol, seed=seed,
-                                                                                   **protocol_options)
+    proto = protocol if isinstance(protocol, EvalProtocol) else make_protocol(protocol, seed, protocol_options)
     src = source(data, handle, dataset, split)
     with preserved(handle.module), run_directory(out) as run_dir:
         adapter = handle.adapter

@@ -77,7 +77,7 @@ def evaluate(
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
     from protobench.core.protocol import EvalProtocol
-    from protobench.demo import DEMO_DATA, demo_checkpoint, is_demo_data
+    from protobench.run.defaults import evaluate_defaults
     from protobench.run.evaluate import EvaluateConfig
     from protobench.run.evaluate import evaluate as run_evaluate
     from protobench.run.progress import RichProgress
@@ -86,16 +86,12 @@ def evaluate(
 
     proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
                         margin=margin, clip=clip, seed=seed, region=region, plc=plc)
-    if not ckpt and (data is None or is_demo_data(data)):  # the built-in demo
-        ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
-        out = out or Path("protobench-results") / "demo"
-        report = True if report is None else report  # its report costs seconds: show what the numbers mean
-    if not ckpt or data is None:
-        fail("give both --ckpt and --data, or neither to run the built-in demo")
-    models = run_library(pair_adapters, [str(c) for c in ckpt], adapter, "auto")
-    default_out = Path("protobench-results") / (ckpt[0].stem if len(ckpt) == 1 else "models")
+    found = run_library(evaluate_defaults, [str(c) for c in ckpt], None if data is None else str(data),
+                        None if out is None else str(out), report)  # the demo, the output directory, the report
+    models = run_library(pair_adapters, list(found.ckpts), adapter, "auto")
+    report = found.report
     cfg = EvaluateConfig(
-        ckpt=models[0][0], data=str(data), out=str(out or default_out), adapter=models[0][1],
+        ckpt=models[0][0], data=found.data, out=found.out, adapter=models[0][1],
         adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
         device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
         strict=strict, resume=resume, precision=precision, compile=compile,

@@ -20,7 +20,6 @@ from typing import Any
 
 from protobench import options
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
-from protobench.demo import DEMO_TEST, DEMO_TRAIN
 from protobench.errors import AdapterError, Interrupted, Notice, OptionError, ProtobenchError
 from protobench.train.settings import TUNABLE, TrainSettings
 from protobench.train.state import LOG, STATE
@@ -60,20 +59,12 @@ class FinetuneConfig:
 
     def resolved(self) -> FinetuneConfig:
         """Defaults filled in: the demo model and data, the output directory, the evaluation data."""
-        from protobench.demo import DEMO_DATA, demo_checkpoint
+        from dataclasses import asdict
 
-        demo = self.ckpt is None
-        if demo and self.data not in (None, DEMO_DATA, DEMO_TRAIN):
-            raise ProtobenchError("give --ckpt with --data (without both, finetune runs the built-in demo)")
-        if not demo and self.data is None:
-            raise ProtobenchError("give --data, the dataset to fine-tune on (e.g. a CUB-200-2011 directory)")
-        data = self.data or DEMO_TRAIN
-        if data == DEMO_DATA:
-            data = f"{DEMO_DATA}:{self.split or 'train'}"
-        ckpt = self.ckpt or demo_checkpoint()
-        out = self.out or str(Path("protobench-results") / f"finetune-{'demo' if demo else Path(ckpt).stem}")
-        eval_data = self.eval_data or (DEMO_TEST if data == DEMO_TRAIN else None)
-        return replace(self, ckpt=ckpt, data=data, out=out, eval_data=eval_data if self.evaluate else None)
+        from protobench.run.defaults import finetune_defaults
+
+        found = finetune_defaults(self.ckpt, self.data, self.split, self.out, self.eval_data, self.evaluate)
+        return replace(self, **asdict(found))
 
 
 def check_out(out: Path, overwrite: bool, resume: bool) -> bool:
