@@ -18,7 +18,7 @@ from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.run.devices import check_device_name, resolve_device
 from protobench.run import scorecard
 from protobench.run.scorecard import DEFAULT_METRICS, PartSettings, check_metrics
-from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
+from protobench.errors import DataError, DataWarning, Interrupted, OptionError, OutputError, ProtobenchError
 
 MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
 
@@ -116,8 +116,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=N
     device = resolve_device(cfg.device, world.local_rank if world.size > 1 else None)
     distributed.init(world, device)
     status = runstate.check_out(out, cfg.overwrite, cfg.resume)  # 'empty', 'partial' or 'complete'
-    if cfg.resume and status == "empty" and world.main:  # e.g. a CI job that always passes --resume
-        warnings.warn(f"nothing to resume in {out}: starting a fresh run", Notice, stacklevel=2)
+    if world.main:
+        runstate.directory(out).note_fresh(cfg.resume, status)
     files.check_writable_dir(out)
     adapter = adapter.to(device) if adapter else load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
     check_selection(cfg.protocol, adapter)

@@ -21,6 +21,7 @@ from typing import Any
 from protobench.errors import ProtobenchError
 from protobench.files import writing
 from protobench.run.results import write_json
+from protobench.run.rundir import RunDirectory
 from protobench.run.scorecard import DEFAULT_METRICS, IDENTITY_KEYS, recorded
 
 PARTIAL = "per_image.partial.jsonl"
@@ -30,33 +31,17 @@ FINAL = ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
 
 def state(out: Path) -> str:
     """'complete', 'partial' or 'empty'."""
-    if (out / "meta.json").is_file():
-        return "complete"
-    if (out / RUN).is_file():
-        return "partial"
-    return "empty"
+    return directory(out).state()
+
+
+def directory(out: Path) -> RunDirectory:
+    """`protobench evaluate`'s output directory: run.json first, meta.json last."""
+    return RunDirectory(Path(out), RUN, "meta.json", (*FINAL, RUN, PARTIAL), "results")
 
 
 def check_out(out: Path, overwrite: bool, resume: bool) -> str:
     """Refuse to mix runs: existing results need --overwrite, an interrupted run --resume."""
-    if out.exists() and not out.is_dir():
-        raise ProtobenchError(f"--out {out} is a file, not a directory")
-    if overwrite and resume:
-        raise ProtobenchError("--overwrite and --resume contradict each other: choose one")
-    current = state(out)
-    stray = [name for name in FINAL if (out / name).exists()]
-    if resume and current != "empty":
-        return current
-    if overwrite or (current == "empty" and not stray):
-        return "empty"
-    if current == "partial":
-        raise ProtobenchError(f"{out} holds an interrupted run: add --resume to continue it "
-                              "or --overwrite to start again")
-    if resume:  # result files without meta.json: not a run this version wrote, nor one it can continue
-        raise ProtobenchError(f"nothing to resume in {out} (no {RUN} or meta.json, but {', '.join(stray)}): "
-                              "pass --overwrite to start again or choose another --out")
-    raise ProtobenchError(f"{out} already holds results ({', '.join(stray)}): "
-                          "pass --overwrite to replace them or choose another --out")
+    return directory(out).check(overwrite, resume)
 
 
 def partial_files(out: Path) -> list[Path]:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from protobench import options
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
-from protobench.errors import AdapterError, Interrupted, Notice, OptionError, ProtobenchError
+from protobench.errors import AdapterError, Interrupted, OptionError, ProtobenchError
 from protobench.train.settings import TUNABLE, TrainSettings
 from protobench.train.state import LOG, STATE
 from protobench.train.trainer import NoProgress, NonFinite, Progress
@@ -69,22 +68,12 @@ class FinetuneConfig:
 
 def check_out(out: Path, overwrite: bool, resume: bool) -> bool:
     """Whether `out` holds a run to continue; refuses to mix runs (one-line errors)."""
-    if overwrite and resume:
-        raise ProtobenchError("--overwrite and --resume contradict each other: choose one")
-    if out.exists() and not out.is_dir():
-        raise ProtobenchError(f"--out {out} is a file, not a directory")
-    if resume and (out / META).is_file():
-        return True
-    present = [name for name in OURS if (out / name).exists()]
-    if present and resume and not overwrite:
-        raise ProtobenchError(f"nothing to resume in {out} (no {META}, but {', '.join(present)}): "
-                              "pass --overwrite to start again or choose another --out")
-    if present and not overwrite:
-        raise ProtobenchError(f"{out} already holds a fine-tuning run ({', '.join(present)}): add --resume to "
-                              "continue it, --overwrite to start again, or choose another --out")
-    if resume:  # e.g. a CI job that always passes --resume
-        warnings.warn(f"nothing to resume in {out}: starting a fresh run", Notice, stacklevel=2)
-    return False
+    from protobench.run.rundir import RunDirectory
+
+    directory = RunDirectory(out, META, MODEL, OURS, "a fine-tuning run")
+    state = directory.check(overwrite, resume)
+    directory.note_fresh(resume, state)
+    return state != "empty"
 
 
 def clear_previous(out: Path) -> None:
