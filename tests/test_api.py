@@ -63,6 +63,7 @@ def test_a_checkpoint_file_gives_the_cli_numbers_and_files(tiny_ckpt, image_fold
     pd.testing.assert_frame_equal(results.per_image, pd.read_csv(tmp_path / "cli" / "per_image.csv", engine="python"),
                                   check_exact=True)
     assert results.scores["images"] == 12 and results.dir == tmp_path / "api"
+    assert results.meta["command"] == "protobench.evaluate (Python)"
 
 
 def original_ppnet(m):

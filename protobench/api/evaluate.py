@@ -93,7 +93,8 @@ def evaluate(model: Any, data: Any = None, *, protocol: Any = "default", metrics
                              device=device or str(adapter.device), limit=limit, overwrite=overwrite, resume=resume,
                              workers=0 if workers is None and isinstance(src.dataset, Items) else workers,
                              name=name if name is not None else (None if handle.ckpt else handle.name),
-                             precision=precision, metrics=suites(metrics), dataset=src.layout, split=src.split)
+                             precision=precision, metrics=suites(metrics), dataset=src.layout, split=src.split,
+                             command="protobench.evaluate (Python)")
         run_evaluate(cfg, progress_display(progress), adapter=adapter, dataset=src.dataset)
         results = Results.load(run_dir)
     results.dir = Path(out) if out is not None else None

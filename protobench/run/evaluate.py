@@ -58,6 +58,7 @@ class EvaluateConfig:
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see forward.Runtime
     compile: bool = False  # torch.compile the model's forward
+    command: str | None = None  # meta.json's command [default: protobench and this process's arguments]
     metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.scorecard
     parts: PartSettings = field(default_factory=PartSettings)  # consistency and stability's parameters
 
@@ -155,20 +156,15 @@ def check_selection(protocol: EvalProtocol, adapter) -> None:
 
 def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, Any]:
     """What makes two runs the same run: --resume refuses to continue a run that differs in any of it."""
-    from protobench.checkpoints.formats import sha256
     from protobench.run.provenance import dataset_fingerprint_of
+    from protobench.run.rundir import run_identity as common
 
     return {
-        "adapter": adapter.name or cfg.adapter,  # the family `auto` chose
-        "adapter_options": cfg.adapter_options,
-        "checkpoint_sha256": sha256(cfg.ckpt) if Path(cfg.ckpt).is_file() else None,
-        # datasets from other loaders may lack these: ImageList has them all
-        "dataset_kind": getattr(dataset, "kind", None),
-        "split": getattr(dataset, "split", None),
+        **common(adapter, cfg.adapter, cfg.adapter_options, cfg.ckpt, dataset, getattr(dataset, "split", None),
+                 context.device.type),
         "dataset_fingerprint": dataset_fingerprint_of(dataset, cfg.data),
         "limit": cfg.limit,
         "protocol": cfg.protocol.resolved(adapter.info.input_size),
-        "device_type": context.device.type,
         "precision": context.runtime.precision,  # bf16 numbers differ from fp32 ones: never mixed in one run
         "max_image_pixels": cfg.max_image_pixels,  # decides which images are skipped
     }
@@ -274,7 +270,7 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
         "torch_version": torch.__version__,
         "torchvision_version": _version("torchvision"),
         "python_version": platform.python_version(),
-        "command": " ".join(["protobench", *sys.argv[1:]]),
+        "command": cfg.command or " ".join(["protobench", *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model_name(cfg),
         "model_info": adapter.info.__dict__,

@@ -65,3 +65,20 @@ class RunDirectory:
         """A note when --resume found nothing to resume (e.g. a CI job that always passes it)."""
         if resume and state == "empty":
             warnings.warn(f"nothing to resume in {self.path}: starting a fresh run", Notice, stacklevel=3)
+
+
+def run_identity(adapter, adapter_spec: str, options: dict, ckpt: str, dataset, split: str | None,
+                 device_type: str) -> dict:
+    """What evaluate and finetune both record of a run, for --resume to refuse another: the family `auto`
+    chose, its options, the checkpoint's sha256, the dataset's kind and split, the device type. Each
+    command adds what else decides its results."""
+    from protobench.checkpoints.formats import sha256
+
+    return {
+        "adapter": adapter.name or adapter_spec,
+        "adapter_options": options,
+        "checkpoint_sha256": sha256(ckpt) if Path(ckpt).is_file() else None,
+        "dataset_kind": getattr(dataset, "kind", None),  # datasets from other loaders may lack these
+        "split": split,
+        "device_type": device_type,
+    }

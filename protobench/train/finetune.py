@@ -105,18 +105,13 @@ def check_trainable(adapter, settings: TrainSettings) -> None:
 
 def run_identity(cfg: FinetuneConfig, adapter, dataset, device) -> dict[str, Any]:
     """What decides the fine-tuned weights: --resume continues only a run that matches it all."""
-    from protobench.checkpoints.formats import sha256
+    from protobench.run.rundir import run_identity as common
 
     return {
-        "adapter": adapter.name or cfg.adapter,
-        "adapter_options": cfg.adapter_options,
-        "checkpoint_sha256": sha256(cfg.ckpt),
+        **common(adapter, cfg.adapter, cfg.adapter_options, cfg.ckpt, dataset, cfg.split, device.type),
         "data": cfg.data,
-        "dataset_kind": getattr(dataset, "kind", None),
-        "split": cfg.split,
         "train_images": len(dataset),
         "settings": cfg.settings.as_dict(),
-        "device_type": device.type,
     }
 
 
