@@ -86,7 +86,7 @@ def test_progress_descriptions_are_literal():
         stream = io.StringIO()
         progress = RichProgress(Console(file=stream, force_terminal=terminal, width=200), every=0)
         progress.start(2, "a[/]b")
-        progress.update([{"PAC": 1.0}, {"PAC": 3.0}], [])
+        progress.update(2, {"PAC": 2.0})
         progress.stop()
         assert "a[/]b" in stream.getvalue()
 

@@ -18,7 +18,8 @@ from protobench.adapters.protopnet import ProtoPNetAdapter
 from protobench.core.protocol import EvalProtocol
 from protobench.cli.app import app
 from protobench.errors import Interrupted, ProtobenchError
-from protobench.run.evaluate import EvaluateConfig, NoProgress, evaluate
+from protobench.run.evaluate import EvaluateConfig, evaluate
+from protobench.run.watch import NoProgress
 
 runner = CliRunner()
 
@@ -43,7 +44,7 @@ class StopAfter(NoProgress):
     def __init__(self, batches):
         self.left = batches
 
-    def update(self, rows, skipped):
+    def update(self, done, values):
         self.left -= 1
         if self.left == 0:
             raise KeyboardInterrupt

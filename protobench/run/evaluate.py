@@ -9,13 +9,14 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
 
 from protobench import options
 from protobench.core.protocol import EvalProtocol
 from protobench.run.forward import AUTOCAST_DTYPES
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.run.devices import check_device_name, resolve_device
+from protobench.run.watch import NoProgress, Progress, RunningMean
 from protobench.run import scorecard
 from protobench.run.scorecard import DEFAULT_METRICS, PartSettings, check_metrics
 from protobench.errors import DataError, DataWarning, Interrupted, OptionError, OutputError, ProtobenchError
@@ -23,18 +24,6 @@ from protobench.errors import DataError, DataWarning, Interrupted, OptionError, 
 MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
 
 RESULT_FILES = ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
-
-
-class Progress(TypingProtocol):
-    def start(self, total: int, description: str) -> None: ...
-    def update(self, rows: list[dict], skipped: list[int]) -> None: ...
-    def stop(self) -> None: ...
-
-
-class NoProgress:
-    def start(self, total: int, description: str) -> None: ...
-    def update(self, rows: list[dict], skipped: list[int]) -> None: ...
-    def stop(self) -> None: ...
 
 
 @dataclass
@@ -184,14 +173,17 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context
                               "use --overwrite to start again")
     report_skipped(skipped, dataset, cfg.strict)
     todo = context.world.shard([i for i in indices if i not in done])
-    count = [len(indices) - len(todo), 0]  # images done, of which evaluated now
+    count = [len(indices) - len(todo), 0, 0]  # images done, of which evaluated now; this session's, skips too
+    pac = RunningMean()
 
     def on_batch(rows: list[dict], bad: list[int]) -> None:
         log.append(rows, bad)  # first: whatever happens next, this batch is kept
         count[0] += len(rows) + len(bad)
         count[1] += len(rows)
+        count[2] += len(rows) + len(bad)
         report_skipped(bad, dataset, cfg.strict)
-        progress.update(rows, bad)
+        pac.add(r.get("PAC") for r in rows)  # none without the attack (--metrics consistency)
+        progress.update(count[2], {"PAC": pac.value} if pac.n else {})
 
     started = time.perf_counter()
     progress.start(len(todo), model_name(cfg))

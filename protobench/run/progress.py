@@ -12,21 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
-class RunningMean:
-    def __init__(self) -> None:
-        self.total, self.n = 0.0, 0
-
-    def add(self, values) -> None:
-        for v in values:
-            if v is not None and math.isfinite(v):
-                self.total += v
-                self.n += 1
-
-    @property
-    def value(self) -> float:
-        return self.total / self.n if self.n else float("nan")
-
-
 class RichProgress:
     """Images/s, running mean PAC and ETA; `every` seconds between plain lines off a terminal."""
 
@@ -36,8 +21,7 @@ class RichProgress:
         self.bar: Progress | None = None
 
     def start(self, total: int, description: str) -> None:
-        self.total, self.done, self.description = total, 0, description
-        self.pac = RunningMean()
+        self.total, self.done, self.description, self.pac = total, 0, description, float("nan")
         self.t0 = self.last = time.perf_counter()
         if self.console.is_terminal:
             self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
@@ -48,18 +32,19 @@ class RichProgress:
         else:
             self.console.print(f"{description}: {total} images", markup=False, highlight=False)
 
-    def update(self, rows: list[dict], skipped: list[int]) -> None:
-        self.done += len(rows) + len(skipped)
-        self.pac.add(r.get("PAC") for r in rows)  # none without the attack (--metrics consistency)
+    def update(self, done: int, values: dict[str, float]) -> None:
+        self.done, self.pac = done, values.get("PAC", float("nan"))  # no PAC without the attack (--metrics)
         now = time.perf_counter()
         rate = self.done / max(now - self.t0, 1e-9)
         if self.bar is not None:
-            self.bar.update(self.task, completed=self.done, rate=f"{rate:.1f}", pac=f"{self.pac.value:.2f}")
+            self.bar.update(self.task, completed=self.done, rate=f"{rate:.1f}", pac=f"{self.pac:.2f}")
         elif now - self.last >= self.every or self.done >= self.total:
             self.last = now
             eta = (self.total - self.done) / rate if rate > 0 else float("nan")
             self.console.print(f"{self.description}: {self.done}/{self.total} images, {rate:.1f} img/s, "
-                               f"mean PAC {self.pac.value:.2f}, ETA {eta:.0f} s", markup=False, highlight=False)
+                               f"mean PAC {self.pac:.2f}, ETA {eta:.0f} s", markup=False, highlight=False)
+
+    def end(self, row: dict) -> None: ...
 
     def stop(self) -> None:
         if self.bar is not None:

@@ -22,7 +22,8 @@ from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.errors import AdapterError, Interrupted, OptionError, ProtobenchError
 from protobench.train.settings import TUNABLE, TrainSettings
 from protobench.train.state import LOG, STATE
-from protobench.train.trainer import NoProgress, NonFinite, Progress
+from protobench.run.watch import NoProgress, Progress
+from protobench.train.trainer import NonFinite
 
 META, MODEL = "finetune.json", "model.safetensors"
 OURS = (META, STATE, LOG, MODEL, "before", "after")

@@ -23,6 +23,7 @@ import torch
 
 from protobench.errors import ProtobenchError
 from protobench.models.adapter import PrototypeAdapter
+from protobench.run.watch import NoProgress, Progress
 from protobench.train import state as saved
 from protobench.train.data import batches, epoch_order, generator
 from protobench.train.plan import Phase, Plan
@@ -55,20 +56,6 @@ def family_objective(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor
     """The family's own loss (adapter.training_loss), nothing added."""
     terms = adapter.training_loss(x, y)
     return terms["loss"], family_row(terms, y)
-
-
-class Progress(Protocol):
-    def start(self, total: int, description: str) -> None: ...
-    def update(self, done: int, terms: dict[str, float]) -> None: ...
-    def end(self, row: dict) -> None: ...
-    def stop(self) -> None: ...
-
-
-class NoProgress:
-    def start(self, total: int, description: str) -> None: ...
-    def update(self, done: int, terms: dict[str, float]) -> None: ...
-    def end(self, row: dict) -> None: ...
-    def stop(self) -> None: ...
 
 
 def train_step(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, phase: Phase, gen: torch.Generator,
