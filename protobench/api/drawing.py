@@ -39,9 +39,9 @@ def rerun(results: Any, run: Any, indices: list[int]) -> Any:
     from protobench.run.context import RunContext
     from protobench.run.evaluate import load_dataset
 
-    handle, src, _ = results.source
+    handle, src = results.source
     meta = run.meta
-    with preserved(handle.module):
+    with preserved(handle.module, handle.release):
         adapter = handle.adapter
         dataset = src.dataset if src.dataset is not None else load_dataset(
             src.data, adapter.info, src.layout, src.split, meta.get("max_image_pixels"))[0]

@@ -86,7 +86,7 @@ def evaluate(model: Any, data: Any = None, *, protocol: Any = "default", metrics
     handle = as_model(model)
     proto = protocol if isinstance(protocol, EvalProtocol) else make_protocol(protocol, seed, protocol_options)
     src = source(data, handle, dataset, split)
-    with preserved(handle.module), run_directory(out) as run_dir:
+    with preserved(handle.module, handle.release), run_directory(out) as run_dir:
         adapter = handle.adapter
         cfg = EvaluateConfig(ckpt=handle.identity, data=src.data, out=str(run_dir), adapter=handle.spec,
                              adapter_options=handle.options, protocol=proto, batch_size=batch_size,
@@ -98,5 +98,5 @@ def evaluate(model: Any, data: Any = None, *, protocol: Any = "default", metrics
         run_evaluate(cfg, progress_display(progress), adapter=adapter, dataset=src.dataset)
         results = Results.load(run_dir)
     results.dir = Path(out) if out is not None else None
-    results.source = (handle, src, adapter)
+    results.source = (handle, src)
     return results

@@ -46,6 +46,16 @@ class Model:
             self._adapter = self._refresh()
         return self._adapter
 
+    def release(self) -> None:
+        """After a run: a copy read from the wrapped module goes back to the CPU (no GPU memory held between
+        evaluations); a shared model's adapter follows the model to the device it was put back on."""
+        import torch
+
+        model = self._adapter.model
+        home = torch.device("cpu") if self._refresh is not None else next(model.parameters(), torch.empty(0)).device
+        if self._adapter.device != home:
+            self._adapter = self._adapter.to(home)
+
     @property
     def family(self) -> str:
         return self._adapter.name

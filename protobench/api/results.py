@@ -35,7 +35,7 @@ class Results:
                                   "protobench evaluate")
         self.files = {name: (where / name).read_bytes() for name in FILES if (where / name).is_file()}
         self.dir: Path | None = where
-        self.source: Any = None  # (model, data, adapter) of the run, for report()
+        self.source: Any = None  # (model, data) of the run, for report()
         self.meta = read_json_object(where / "meta.json")
         self.per_image = _read_table(where / "per_image.csv")
         self.summary = _read_table(where / "summary.csv")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -77,8 +77,9 @@ def restore_module_state(module: Any, saved: dict[str, Any] | None) -> None:
 
 
 @contextmanager
-def preserved(module: Any = None) -> Iterator[None]:
-    """Run the body with gradients on; afterwards put `module` and torch's process state back."""
+def preserved(module: Any = None, release: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Run the body with gradients on; afterwards put `module` and torch's process state back, and
+    `release()` what the run kept on a GPU, before the allocator's cache is emptied."""
     saved, kept = torch_state(), module_state(module)
     used_cuda = torch.cuda.is_initialized()
     try:
@@ -87,6 +88,7 @@ def preserved(module: Any = None) -> Iterator[None]:
     finally:
         restore_module_state(module, kept)
         restore_torch_state(saved)
+        release()
         gc.collect()  # the run's tensors are garbage now: give their GPU memory back
         if used_cuda or torch.cuda.is_initialized():
             torch.cuda.empty_cache()
