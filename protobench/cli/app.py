@@ -141,19 +141,17 @@ def compare(
     force: bool = typer.Option(False, "--force", help="Compare runs of different protocols or datasets anyway."),
 ) -> None:
     """Exit 0 if no metric of NEW is worse than BASE by more than its tolerance, 1 if one is, 2 if unusable."""
-    from protobench.run import compare as cmp
+    from protobench.api.tools import compare as run_compare
     from protobench.cli.tables import compare_table
 
     if format not in ("table", "markdown"):
         fail(f"unknown --format {format!r}: use table or markdown")
-    tolerances = run_library(cmp.parse_tolerances, tol)
-    table, notes = run_library(cmp.compare, str(base), str(new), tolerances, force)
+    found = run_library(run_compare, str(base), str(new), tol, force)
     if format == "markdown":
-        text = cmp.to_markdown(table, notes)
-        print(text.encode("utf-8", "backslashreplace").decode("utf-8"), end="")
+        print(found.markdown().encode("utf-8", "backslashreplace").decode("utf-8"), end="")
     else:
-        out_console.print(compare_table(table, notes))
-    if cmp.regressions(table):
+        out_console.print(compare_table(found.table, found.notes))
+    if found.regressions:
         raise typer.Exit(1)
 
 
