@@ -83,6 +83,7 @@ class Items(torch.utils.data.Dataset):
         self.what = f"{type(dataset).__name__} dataset"
         self.paths = [f"{type(dataset).__name__}[{i}]" for i in range(len(dataset))]
         self.root, self.files, self.kind = ".", self.paths, "in-memory"  # the fingerprint: its class and length
+        self.classes = list(getattr(dataset, "classes", []))  # class names, where the Dataset has them
 
     def __len__(self) -> int:
         return len(self.paths)
