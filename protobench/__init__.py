@@ -32,8 +32,8 @@ _LAZY = {
     "open_images": "protobench.api.data",
     "compare": "protobench.api.tools",
     "Comparison": "protobench.api.tools",
-    "finetune": "protobench.api.tools",
-    "Finetuned": "protobench.api.tools",
+    "finetune": "protobench.api.finetune",
+    "Finetuned": "protobench.api.finetune",
 }
 
 __all__ = ["load", "wrap", "evaluate", "open_images", "compare", "finetune", "Model", "Results", "Comparison",
@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from protobench.api.evaluate import evaluate
     from protobench.api.model import Model, load, wrap
     from protobench.api.results import Results
-    from protobench.api.tools import Comparison, Finetuned, compare, finetune
+    from protobench.api.finetune import Finetuned, finetune
+    from protobench.api.tools import Comparison, compare
 
 
 def __getattr__(name: str) -> Any:

@@ -167,6 +167,7 @@ def test_finetune_from_python(tiny_ckpt, image_folder, tmp_path):
     done = protobench.finetune(tiny_ckpt, image_folder, out=tmp_path / "ft", eval_data=image_folder, epochs=1,
                                last_epochs=1, batch_size=4, device="cpu", progress=False)
     assert isinstance(done.model, protobench.Model) and done.model.ckpt == str(tmp_path / "ft" / "model.safetensors")
+    assert done.path == tmp_path / "ft" / "model.safetensors" and done.out == tmp_path / "ft"
     assert list(done.log["phase"]) == ["joint", "push", "last"]
     assert done.before.scores["model"] == "before" and done.after.scores["model"] == "after"
     with pytest.raises(protobench.OptionError, match="unexpected keyword"):

@@ -213,28 +213,26 @@ def finetune(
     adapter_option: list[str] = typer.Option([], "--adapter-option", metavar="KEY=VALUE", help=ADAPTER_OPTION_HELP),
 ) -> None:
     """Fine-tune a model to align its explanations (alignment loss, masking augmentation, push)."""
-    from protobench.train.finetune import FinetuneConfig
-    from protobench.train.finetune import finetune as run_finetune
+    from protobench.api.finetune import finetune as run_finetune
     from protobench.run.progress import RichProgress, TrainProgress
-    from protobench.train.settings import TrainSettings
 
-    settings = TrainSettings(
+    settings = dict(
         lambda_align=lambda_align, align_loss=align_loss, adversarial=align_adversarial, adv_steps=adv_steps,
         adv_eps=adv_eps, mask_aug=mask_aug, aug_prob=aug_prob, epochs=epochs, last_epochs=last_epochs, push=push,
         lr_features=lr_features, lr_add_on=lr_add_on, lr_prototypes=lr_prototypes, lr_last=lr_last,
         weight_decay=weight_decay, batch_size=batch_size, seed=seed)
-    cfg = FinetuneConfig(ckpt=str(ckpt) if ckpt else None, data=data, out=str(out) if out else None, adapter=adapter,
-                         adapter_options=parse_options(adapter_option), dataset=dataset, split=split,
-                         eval_data=eval_data, evaluate=evaluate, settings=settings, device=device, resume=resume,
-                         overwrite=overwrite, max_image_pixels=max_image_pixels)
     with warnings_to_console():
-        result = run_library(run_finetune, cfg, TrainProgress(err_console), RichProgress(err_console),
-                             trace_dir=out)
-    if result["before"] is not None and result["after"] is not None:
+        done = run_library(run_finetune, str(ckpt) if ckpt else None, data, out=out, adapter=adapter,
+                           adapter_options=parse_options(adapter_option), dataset=dataset, split=split,
+                           eval_data=eval_data, evaluate=evaluate, device=device, resume=resume, overwrite=overwrite,
+                           max_image_pixels=max_image_pixels, progress=(TrainProgress(err_console),
+                                                                        RichProgress(err_console)),
+                           trace_dir=out, **settings)
+    if done.before is not None and done.after is not None:
         from protobench.cli.tables import before_after_table
 
-        out_console.print(before_after_table(result["before"], result["after"]))
-    say(f"wrote {result['model']} (train_log.csv beside it)")
+        out_console.print(before_after_table(done.before.scores, done.after.scores))
+    say(f"wrote {done.path} (train_log.csv beside it)")
 
 
 demo_app = typer.Typer(help="The built-in demo: ProtoShapes data and a small ProtoPNet trained on it.")
