@@ -118,6 +118,10 @@ class CaBRNetAdapter(FamilyAdapter):
         return any(k.startswith("extractor.convnet.") for k in keys) and any(k.startswith("classifier.") for k in keys)
 
     @classmethod
+    def companion_files(cls, filename: str) -> tuple[str, ...]:
+        return (ARCH_FILE, DATASET_FILE) if filename == STATE_FILE else ()
+
+    @classmethod
     def claims_path(cls, path: str) -> bool:
         where = Path(path)
         return (where / ARCH_FILE).is_file() and (where / STATE_FILE).is_file() if where.is_dir() \
