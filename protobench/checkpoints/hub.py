@@ -48,7 +48,7 @@ def parse(text: str) -> HubFile:
     rest = str(text)[len("hf://"):] if str(text).startswith("hf://") else str(text)[len("hf:/"):]
     rest, at, revision = rest.rpartition("@") if "@" in rest.rsplit("/", 1)[-1] else (rest, "", "")
     parts = rest.split("/")
-    usage = "write it as hf://OWNER/REPO/PATH[@REVISION], e.g. hf://chiyum609/ProtoViT/model.pth@main"
+    usage = "write it as hf://OWNER/REPO/PATH[@REVISION], e.g. hf://lab/model/final/model_state.pth@main"
     if len(parts) < 3 or not all(_NAME.fullmatch(p) for p in parts[:2]):
         raise CheckpointError(f"{text} does not name a file on the Hugging Face Hub: {usage}")
     if any(p in ("", ".", "..") for p in parts[2:]) or (at and not re.fullmatch(r"[A-Za-z0-9._/-]{1,128}", revision)):

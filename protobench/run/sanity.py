@@ -2,8 +2,8 @@
 
 A model evaluated with the wrong normalization, crop, input size or split usually still runs, and
 only its accuracy shows it. After a run, the clean accuracy is compared with the published one
-(from the model catalogue, `protobench zoo`, or from the checkpoint's own file name, as ProtoPNet's
-`10push0.7822.pth` records its test accuracy); more than TOLERANCE points apart is a warning and is
+(from the model catalogue, `protobench zoo`, or from the checkpoint's own file name, as several original
+repositories write it: `10push0.7822.pth`); more than TOLERANCE points apart is a warning and is
 recorded in meta.json (`accuracy_check`).
 """
 
