@@ -156,3 +156,19 @@ def test_download_from_a_local_server_then_evaluate_records_revision_and_sha256(
     # a second run reads the cache: the server is gone
     again = hub.fetch(hub.parse(f"hf://{REPO}/models/10push0.7822.pth"))
     assert again[1]["revision"] == COMMIT and not again[1]["downloaded"]
+
+
+def test_the_cli_reads_an_hf_uri_from_the_cache(hub_env, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import write_image_folder
+    from protobench.cli import app
+
+    fill_cache(hub_env, {f"final/{p.name}": p for p in FIXTURE.iterdir()})
+    data = write_image_folder(tmp_path / "data", classes=3, per_class=1, size=16)
+    result = CliRunner().invoke(app, ["evaluate", "--ckpt", f"hf://{REPO}/final/model_state.pth", "--data", data,
+                                      "--steps", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["adapter"] == "cabrnet" and meta["source"]["hub"]["revision"] == COMMIT
+    assert meta["source"]["hub"]["uri"] == f"hf://{REPO}/final/model_state.pth"
