@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -87,6 +88,13 @@ def test_evaluate_model_runs_a_cabrnet_directory_from_the_zoo_dir(tmp_path, no_n
                     "--steps", 1, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
-    assert meta["adapter"] == "cabrnet" and meta["source"] == {"zoo": "cabrnet-protopnet-cub200-resnet50"}
+    home = zoo / "cabrnet-protopnet-cub200-resnet50"
+    assert meta["adapter"] == "cabrnet" and meta["source"]["zoo"] == "cabrnet-protopnet-cub200-resnet50"
+    assert meta["checkpoint"] == str(home / "model_state.pth")  # the directory's main file: its sha256 is kept
+    assert meta["checkpoint_sha256"] == hashlib.sha256((home / "model_state.pth").read_bytes()).hexdigest()
+    assert meta["source"]["companions_sha256"]["model_arch.yml"] == \
+        hashlib.sha256((home / "model_arch.yml").read_bytes()).hexdigest()
+    report = invoke("report", tmp_path / "out")  # re-run from the verified checkpoint
+    assert report.exit_code == 0, report.output
     assert meta["accuracy_check"] is None  # the catalogue has no published accuracy for it
     assert invoke("evaluate", "--model", "x", "--ckpt", data).exit_code == 2

@@ -7,6 +7,7 @@ files a registered family reads beside it included (fetched from the same commit
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from protobench.checkpoints import hub
@@ -20,6 +21,14 @@ def companions(filename: str) -> list[str]:
 
     name = filename.rsplit("/", 1)[-1]
     return sorted({extra for _, family in usable_families() for extra in family.companion_files(name)})
+
+
+def main_file(directory: str) -> str:
+    """The file of a model directory whose companions a family reads beside it (the directory if none)."""
+    for name in sorted(os.listdir(directory)):
+        if companions(name) and os.path.isfile(os.path.join(directory, name)):
+            return os.path.join(directory, name)
+    return directory
 
 
 def resolve(ckpt: str, download: bool = False) -> tuple[str, dict[str, Any] | None]:
@@ -49,6 +58,12 @@ def prepare(cfg: Any) -> str:
     path, record = resolve(cfg.ckpt, bool(cfg.source.get("download")))
     if record is not None:
         cfg.source["hub"], cfg.ckpt = record, path
+    elif os.path.isdir(path):  # a model saved as a directory: its main file, so that its sha256 is recorded
+        path = cfg.ckpt = main_file(path)
+        beside = {name: sha256(os.path.join(os.path.dirname(path), name)) for name in companions(path)
+                  if os.path.isfile(os.path.join(os.path.dirname(path), name))}
+        if beside:
+            cfg.source["companions_sha256"] = beside
     in_name = accuracy_in_name(path)
     if "published_accuracy" not in cfg.source and in_name is not None:
         cfg.source["published_accuracy"] = {"value": in_name, "source": f"the file name {path.rsplit('/', 1)[-1]}"}
