@@ -40,10 +40,11 @@ SIMILARITIES = {"LegacyProtoPNetSimilarity": "log", "ProtoPNetSimilarity": "log"
 HEAD_PARAMS = {  # classifier params each head reads; the *_init_mode and penalty keys only seed training
     "protopnet": {"num_classes", "num_features", "num_proto_per_class", "proto_init_mode",
                   "incorrect_class_penalty", "compatibility_mode"},
-    "prototree": {"num_classes", "num_features", "depth", "leaves_init_mode", "proto_init_mode", "log_probabilities"},
+    "prototree": {"num_classes", "num_features", "depth", "leaves_init_mode", "proto_init_mode", "log_probabilities",
+                  "compatibility_mode"},
     "protopool": {"num_classes", "num_features", "num_prototypes", "num_slots_per_class", "proto_init_mode",
                   "incorrect_class_penalty", "compatibility_mode"},
-    "pipnet": {"num_classes", "num_features", "use_bias"},
+    "pipnet": {"num_classes", "num_features", "use_bias", "compatibility_mode"},
 }
 # torchvision networks whose top-level children run in order (so a cut after one is the network's prefix)
 TORCHVISION = frozenset({f"resnet{n}" for n in (18, 34, 50, 101, 152)} | {"wide_resnet50_2", "wide_resnet101_2"}

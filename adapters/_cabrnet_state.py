@@ -20,6 +20,7 @@ from protobench.checkpoints.pickles import load_pickle
 from protobench.errors import CheckpointError, ProtobenchWarning
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD
 
+PIXEL_FORMAT = ("ToTensor", "PILToTensor", "ConvertImageDtype", "convert_to_rgb")  # what protobench's decoding does
 UNUSED = {  # CaBRNet tensors protobench does not need: constants, or what it derives from the others
     "protopnet": ("classifier.similarity_layer._summation_kernel",),
     "prototree": ("_eye", "classifier._root_prob", "classifier._root_greedy_path",
@@ -164,18 +165,23 @@ def test_preprocessing(path: Path) -> tuple[int, tuple, tuple]:
         warnings.warn(f"no {path}: assumed 224 px inputs with ImageNet's normalization (pass --adapter-option "
                       "img_size=N if it differs)", ProtobenchWarning, stacklevel=3)
         return 224, IMAGENET_MEAN, IMAGENET_STD
-    size, crop, mean, std, ignored = None, None, IMAGENET_MEAN, IMAGENET_STD, []
+    size, crop, mean, std, notes = None, None, IMAGENET_MEAN, IMAGENET_STD, []
     for kind, params in _steps(read_yaml(str(path))):
         if kind == "Resize":
             size = _side(params.get("size"))
+            if isinstance(params.get("size"), int):
+                notes.append("its Resize sets the shorter side (keeping the aspect ratio)")
         elif kind == "CenterCrop":
             crop = _side(params.get("size"))
         elif kind == "Normalize":
             mean, std = tuple(params.get("mean", mean)), tuple(params.get("std", std))
-        elif kind != "ToTensor":
-            ignored.append(kind)
-    if ignored or crop is not None or size is None:
-        warnings.warn(f"{path}: protobench resizes each test image to a square of the model's input side; the test "
-                      f"transform's {', '.join(ignored + (['CenterCrop'] if crop else []) + (['Resize to a side'] if size is None else [])) or 'steps'} "
-                      "are not reproduced", ProtobenchWarning, stacklevel=3)
+        elif kind not in PIXEL_FORMAT:
+            notes.append(f"its {kind} step is not reproduced")
+    if crop is not None:
+        notes.append(f"protobench squashes the whole image to {crop} px instead of cropping its centre")
+    if size is None and crop is None:
+        notes.append("it resizes to no fixed side: protobench assumes 224 px (--adapter-option img_size=N)")
+    if notes:
+        warnings.warn(f"{path}: protobench resizes each test image to a square of the model's input side; "
+                      + "; ".join(notes), ProtobenchWarning, stacklevel=3)
     return crop or size or 224, mean, std
