@@ -196,3 +196,18 @@ def test_parity_with_cabrnet_itself_on_larger_backbones(tmp_path, name):
         _, logits, maps, their_logits, their_maps = cabrnet_outputs(adapter, directory)
         torch.testing.assert_close(logits, their_logits, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(maps, their_maps, rtol=1e-4, atol=1e-4)
+
+
+def test_a_test_transform_protobench_cannot_reproduce_is_named(tmp_path):
+    directory = copy_fixture(tmp_path)
+    data = yaml.safe_load((directory / "dataset.yml").read_text())
+    steps = data["test_set"]["params"]["transform"]
+    steps["resize"]["params"]["size"] = 20  # an int: the shorter side
+    data["test_set"]["params"]["transform"] = {"resize": steps["resize"],
+                                               "crop": {"type": "CenterCrop", "params": {"size": 16}},
+                                               "blur": {"type": "GaussianBlur", "params": {"kernel_size": 3}},
+                                               **{k: v for k, v in steps.items() if k != "resize"}}
+    (directory / "dataset.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.warns(UserWarning, match="shorter side.*GaussianBlur step.*squashes the whole image to 16 px"):
+        adapter = get_adapter("cabrnet").load(str(directory))
+    assert adapter.info.input_size == 16 and adapter.info.std == (0.25, 0.2, 0.22)
