@@ -11,7 +11,6 @@ heads from their formulas (adapters/_cabrnet_heads.py). `--ckpt DIR` or `--ckpt 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from protobench.adapters._cabrnet_arch import Extractor, fill_add_on_channels, p
 from protobench.adapters._cabrnet_heads import HEADS, TREE
 from protobench.adapters._cabrnet_state import head_tensors, read_state, test_preprocessing
 from protobench.checkpoints.loading import Checkpoint
-from protobench.errors import CheckpointError, ProtobenchWarning
+from protobench.errors import CheckpointError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.families import FAMILIES
 from protobench.models.family import FamilyAdapter, take_options
@@ -184,7 +183,3 @@ class CaBRNetAdapter(FamilyAdapter):
             model = build(cfg, None, seed)
             model.classifier.prototypes.data.uniform_()
         return cls(model)
-
-
-def warn(message: str) -> None:
-    warnings.warn(message, ProtobenchWarning, stacklevel=3)
