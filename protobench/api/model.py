@@ -90,21 +90,27 @@ class Model:
 
 
 @public
-def load(ckpt: str | Path | None = None, adapter: str = "auto", device: str | None = None,
+def load(ckpt: str | Path | None = None, adapter: str = "auto", device: str | None = None, download: bool = False,
          **adapter_options: Any) -> Model:
     """A model from any file `protobench evaluate --ckpt` reads.
 
     Args:
         ckpt: the checkpoint (an original repository's file or protobench's safetensors); None: the demo model.
         adapter: the family's name, 'package.module:Class', or 'auto' (told from the file).
+            An hf://owner/repo/file address is read from the Hugging Face cache (docs/zoo.md).
         device: 'cpu', 'cuda[:N]' or None ('auto': a GPU when there is one).
+        download: fetch an hf:// file missing from the cache (`--download`).
         **adapter_options: the adapter's options (`--adapter-option key=value`).
     """
     from protobench.demo import demo_checkpoint
     from protobench.run.devices import check_device_name, resolve_device
     from protobench.run.evaluate import load_adapter
 
+    from protobench.run.sources import main_file, resolve
+
     path = str(ckpt) if ckpt is not None else demo_checkpoint()
+    path = resolve(path, download)[0]
+    path = main_file(path) if Path(path).is_dir() else path
     check_device_name(device or "auto")
     loaded = load_adapter(adapter, path, adapter_options, resolve_device(device or "auto"))
     return Model(loaded, Path(path).stem, ckpt=path, spec=adapter,

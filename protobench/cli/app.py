@@ -17,6 +17,7 @@ from protobench.cli.helptext import (ADAPTER_OPTION_HELP, ATTACK_HELP, DATASET_H
                                      TOL_HELP, RegistryHelp)
 from protobench.cli.root import app
 from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
+from protobench.cli.zoo import DOWNLOAD_HELP, MODEL_HELP, ZOO_DIR_HELP, zoo_app, zoo_model
 
 def layout_name(name: Optional[str]) -> Optional[str]:
     """--dataset, checked against the registry before anything is loaded or written."""
@@ -74,6 +75,9 @@ def evaluate(
     adapter_option: list[str] = typer.Option([], "--adapter-option", metavar="KEY=VALUE", help=ADAPTER_OPTION_HELP),
     report: Optional[bool] = typer.Option(None, "--report/--no-report", help=REPORT_HELP),
     save_examples: Optional[int] = typer.Option(None, "--save-examples", metavar="K", help=SAVE_EXAMPLES_HELP),
+    model: Optional[str] = typer.Option(None, metavar="NAME", help=MODEL_HELP),
+    zoo_dir: Optional[Path] = typer.Option(None, metavar="DIR", help=ZOO_DIR_HELP),
+    download: bool = typer.Option(False, "--download", help=DOWNLOAD_HELP),
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
     from protobench.core.protocol import EvalProtocol
@@ -86,6 +90,12 @@ def evaluate(
 
     proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
                         margin=margin, clip=clip, seed=seed, region=region, plc=plc)
+    source = {"download": download}
+    if model is not None:  # a released model from the catalogue
+        if ckpt:
+            fail("give --ckpt or --model, not both")
+        checkpoint, adapter, source = zoo_model(model, zoo_dir, download, adapter)
+        ckpt, out = [checkpoint], out or Path("protobench-results") / model
     found = run_library(evaluate_defaults, [str(c) for c in ckpt], None if data is None else str(data),
                         None if out is None else str(out), report)  # the demo, the output directory, the report
     models = run_library(pair_adapters, list(found.ckpts), adapter, "auto")
@@ -95,7 +105,7 @@ def evaluate(
         adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
         device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
         strict=strict, resume=resume, precision=precision, compile=compile,
-        max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")),
+        max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")), source=source,
     )
     check_examples(save_examples)
     with warnings_to_console():
@@ -270,6 +280,7 @@ def adapters() -> None:
     out_console.print(adapters_table(run_library(describe)))
 
 
+app.add_typer(zoo_app, name="zoo")  # the catalogue of released models (cli/zoo.py)
 app.command(name="report", cls=RegistryHelp)(report_command)  # written beside the report's other CLI code (cli/report.py)
 
 

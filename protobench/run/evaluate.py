@@ -50,6 +50,7 @@ class EvaluateConfig:
     command: str | None = None  # meta.json's command [default: protobench and this process's arguments]
     metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.scorecard
     parts: PartSettings = field(default_factory=PartSettings)  # consistency and stability's parameters
+    source: dict[str, Any] = field(default_factory=dict)  # download, published accuracy, Hub record (run/sources.py)
 
     def check(self) -> None:
         """OptionError for any option out of its range: before the output directory is touched."""
@@ -95,7 +96,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=N
     continues with cfg.resume and ends with the same files as an uninterrupted one.
     """
     from protobench import files
-    from protobench.run import distributed, results
+    from protobench.run import distributed, results, sources
     from protobench.run import resume as runstate
     from protobench.data.imagelist import random_subset
 
@@ -109,7 +110,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=N
     if world.main:
         runstate.directory(out).note_fresh(cfg.resume, status)
     files.check_writable_dir(out)
-    adapter = adapter.to(device) if adapter else load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
+    adapter = adapter.to(device) if adapter else load_adapter(cfg.adapter, sources.prepare(cfg), cfg.adapter_options,
+                                                              device)  # hf:// -> the cache
     check_selection(cfg.protocol, adapter)
     context = resolve_context(cfg, adapter, world)
     dataset, paths = (dataset, dataset.paths) if dataset is not None else \
@@ -223,7 +225,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     import pandas as pd
 
     from protobench.run import resume as runstate
-    from protobench.run import results
+    from protobench.run import results, sources
 
     records, skipped = runstate.read_partial(out)
     by_index = {r["index"]: r for r in reversed(records)}  # first record of an index wins
@@ -235,7 +237,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     per_prototype = scorecard.model_table(per_image, cfg.metrics, adapter, found, cfg.parts.threshold)
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
-    meta["resumed"] = resumed
+    meta.update(resumed=resumed, **sources.report(cfg.source, summary))  # incl. the published-accuracy check
     try:
         results.write_csv(out / "per_image.csv", per_image)
         if per_prototype is not None:
