@@ -12,8 +12,12 @@ JPEG decoding; `--jpeg DIR` instead reads JPEG files from a CUB-layout directory
 there first if missing: --n images of CUB-like sizes, see cub_jpeg.py) and reports their
 decoding (protobench's DataLoader processes, and nvJPEG on the GPU) apart from the attack.
 `--compile-mode` compiles the forward and its input gradient (torch.compile: default,
-max-autotune or reduce-overhead), every call padded to the batch shape. Examples:
+max-autotune or reduce-overhead), every call padded to the batch shape. `--smoke` shrinks
+every size (the tiny model, 4 images, 2 steps, batch 2, one round; with --jpeg, 4 files) and
+keeps the modes: it checks that the script runs end to end, and its figures mean nothing.
+Examples:
   python benchmarks/attack_throughput.py --model demo --device cpu
+  python benchmarks/attack_throughput.py --smoke --device cpu
   python benchmarks/attack_throughput.py --model resnet34 --device cuda --precision bf16 --batch-size 128
   python benchmarks/attack_throughput.py --model resnet34 --device cuda --precision bf16 --jpeg /tmp/cub
 """
@@ -33,7 +37,7 @@ from protobench.core import rng
 from protobench.core.precision import machine
 from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
 from protobench.core.protocol import EvalProtocol
-from protobench.run.benchmark import run
+from protobench.run.benchmark import attack_objective, run
 from protobench.run.context import RunContext
 from protobench.run.forward import Runtime, frozen_eval, model_forward
 
@@ -86,20 +90,35 @@ def time_protobench(adapter, data, protocol, batch_size, runtime, workers) -> fl
     return time.perf_counter() - start
 
 
+def ideal_step(objective, x: torch.Tensor) -> torch.Tensor:
+    """One forward + input-gradient pass of the attack's objective, as each pgd step takes it."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(x).sum(), x)
+    return grad
+
+
 def time_ideal(adapter, data, steps, batch_size, runtime) -> float:
-    """Forward + input-gradient passes only, `steps` per batch, no attack logic at all: the
-    gradient of one prototype's max activation per image, as the attack takes."""
+    """The attack's passes alone: per batch, `steps` forward + input-gradient passes of the
+    attack's own objective (benchmark.attack_objective, through the same model_forward: the same
+    precision, chunks, memory format and compilation, and the same Evidence field, `act`), one
+    prototype per image; no regions, projection, metrics or records."""
     forward = model_forward(adapter, runtime)
-    batches = [torch.stack([data[j][0] for j in range(i, min(i + batch_size, len(data)))])
-               for i in range(0, len(data), batch_size)]
+    pad = bool(runtime.compile) and runtime.chunk is None  # as benchmark.run: a compiled model sees one shape
+    batches = []
+    for i in range(0, len(data), batch_size):
+        rows = list(range(i, min(i + batch_size, len(data))))
+        rows += rows[-1:] * (batch_size - len(rows)) if pad else []
+        batches.append(torch.stack([data[j][0] for j in rows]))
+    num = adapter.info.num_prototypes
     sync(adapter.device)
     start = time.perf_counter()
     with frozen_eval(adapter.model):
         for x in batches:
-            x = x.to(adapter.device, non_blocking=True).requires_grad_(True)
-            rows = torch.arange(len(x), device=x.device)
+            x = x.to(adapter.device, non_blocking=True)
+            weights = F.one_hot(torch.arange(len(x), device=x.device) % num, num).float()  # (B, P)
+            objective = attack_objective(forward, weights)
             for _ in range(steps):
-                torch.autograd.grad(forward(x)[0][rows, rows % adapter.info.num_prototypes].amax(dim=(1, 2)).sum(), x)
+                ideal_step(objective, x)
     sync(adapter.device)
     return time.perf_counter() - start
 
@@ -128,11 +147,12 @@ def time_reference(adapter, data, protocol, n_images, runtime) -> float:
         for i in range(n_images):
             x = data[i][0][None].to(adapter.device)
             with torch.no_grad():
-                maps = forward(x)[0].clamp(min=0).cpu().numpy()
+                maps = forward(x).maps.clamp(min=0).cpu().numpy()
             proto = int(maps.max(axis=(2, 3)).argmax())
             attackable = torch.from_numpy(reference_box_mask(maps[0, proto], size, margin)).to(adapter.device) > 0
             noise = rng.uniform(protocol.seed, torch.tensor([i], device=adapter.device), (3, size, size), -1, 1)
-            x_adv, _ = attack.pgd(lambda im: forward(im)[0][:, proto].amax(dim=(1, 2)), x, attackable, noise,
+            weights = F.one_hot(torch.tensor([proto], device=x.device), adapter.info.num_prototypes).float()
+            x_adv, _ = attack.pgd(attack_objective(forward, weights), x, attackable, noise,
                                   eps=protocol.eps, step=protocol.step, steps=protocol.steps, bounds=bounds)
             with torch.no_grad():
                 forward(x_adv)
@@ -178,7 +198,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 128 on GPU")
-    parser.add_argument("--images", type=int, default=None, help="images for (a) and (b); default 96 CPU, 1024 GPU")
+    parser.add_argument("--images", type=int, default=None, help="images for (a) and (b); default 64 CPU, 1024 GPU")
     parser.add_argument("--reference-images", type=int, default=None, help="images for (c); default 8 CPU, 64 GPU")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--workers", type=int, default=None,
@@ -195,7 +215,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of (a), (b), (c); fastest kept")
     parser.add_argument("--label", default=None, help="a name for this measurement, copied into the JSON")
     parser.add_argument("--oneline", action="store_true", help="print the JSON on one line (for .jsonl logs)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest sizes, whatever the options above say: checks that it runs, times nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.ckpt, args.images, args.reference_images, args.steps = "tiny", None, 4, 1, 2
+        args.batch_size, args.repeat, args.n = 2, 1, 4
 
     device = torch.device(args.device)
     batch = args.batch_size or (128 if device.type == "cuda" else 32)
