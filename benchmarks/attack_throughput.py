@@ -5,7 +5,10 @@ Measures, in one run, on the same model, batch size, device and precision:
   (b) ideal        a bare loop of forward + input-gradient passes at the same batch size;
   (c) reference    the reference implementation's structure: one image at a time, the
                    protected box computed per image on the CPU with numpy, then pgd at batch 1.
-and prints JSON with efficiency = a / b and speedup = a / c.
+and prints JSON with efficiency = a / b and speedup = a / c. On a CPU it also prints the machine
+(model, vector extensions, threads), the load average at the start and the end, and each part's
+CPU seconds (this process's), with efficiency_cpu_s = CPU seconds of (b) / those of (a): other
+work on a shared machine disturbs CPU seconds far less than wall time.
 
 Images are synthetic (a pool of random images in memory), so the figures are compute, not
 JPEG decoding; `--jpeg DIR` instead reads JPEG files from a CUB-layout directory (written
@@ -13,8 +16,9 @@ there first if missing: --n images of CUB-like sizes, see cub_jpeg.py) and repor
 decoding (protobench's DataLoader processes, and nvJPEG on the GPU) apart from the attack.
 `--compile-mode` compiles the forward and its input gradient (torch.compile: default,
 max-autotune or reduce-overhead), every call padded to the batch shape. `--smoke` shrinks
-every size (the tiny model, 4 images, 2 steps, batch 2, one round; with --jpeg, 4 files) and
-keeps the modes: it checks that the script runs end to end, and its figures mean nothing.
+every size (the smallest network, 32 px, 4 images, 2 steps, batch 4, one round; with --jpeg,
+4 files) and keeps the modes (compiling with the aot_eager backend: no kernels generated): it
+checks that the script runs end to end, and its figures mean nothing.
 Examples:
   python benchmarks/attack_throughput.py --model demo --device cpu
   python benchmarks/attack_throughput.py --smoke --device cpu
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -70,8 +75,11 @@ def build_model(name: str, ckpt: str | None) -> ProtoPNetAdapter:
     elif name == "tiny":
         cfg = ProtoPNetConfig(backbone="tinycnn", backbone_kwargs={"channels": [32, 64, 128], "convs": 2},
                               num_classes=6, num_prototypes=12, prototype_dim=32, img_size=64)
+    elif name == "smoke":  # the smallest network that runs every part (--smoke)
+        cfg = ProtoPNetConfig(backbone="tinycnn", backbone_kwargs={"channels": [4, 8, 8]}, num_classes=4,
+                              num_prototypes=8, prototype_dim=8, img_size=32)
     else:
-        raise SystemExit(f"unknown --model {name!r}: demo, tiny or resnet34")
+        raise SystemExit(f"unknown --model {name!r}: demo, tiny, smoke or resnet34")
     return ProtoPNetAdapter.from_config(cfg, seed=0)
 
 
@@ -191,9 +199,20 @@ def jpeg_mode(args, adapter, runtime, protocol, batch: int, device: torch.device
     }
 
 
+def smoke_compile(compile_fn):
+    """torch.compile with the aot_eager backend, whatever the mode: Dynamo and AOTAutograd capture
+    the forward and its backward as in a real run, but no kernels are generated (code generation
+    for a CPU takes minutes). --compile-mode's own code generation is what a full run times."""
+
+    def compile_smoke(fn, mode=None, **kwargs):
+        return compile_fn(fn, backend="aot_eager", **kwargs)
+
+    return compile_smoke
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo", help="demo, tiny or resnet34 (random weights)")
+    parser.add_argument("--model", default="demo", help="demo, tiny, smoke or resnet34 (random weights)")
     parser.add_argument("--ckpt", default=None, help="a protopnet checkpoint instead of --model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
@@ -219,8 +238,9 @@ def main() -> None:
                         help="the smallest sizes, whatever the options above say: checks that it runs, times nothing")
     args = parser.parse_args()
     if args.smoke:
-        args.model, args.ckpt, args.images, args.reference_images, args.steps = "tiny", None, 4, 1, 2
-        args.batch_size, args.repeat, args.n = 2, 1, 4
+        args.model, args.ckpt, args.images, args.reference_images, args.steps = "smoke", None, 4, 1, 2
+        args.batch_size, args.repeat, args.n = 4, 1, 4
+        torch.compile = smoke_compile(torch.compile)
 
     device = torch.device(args.device)
     batch = args.batch_size or (128 if device.type == "cuda" else 32)
@@ -248,16 +268,24 @@ def in_memory(args, adapter, runtime, protocol, batch: int, device: torch.device
     warm = SyntheticImages(min(batch, n), adapter.info.input_size, adapter.info.num_classes)
     time_protobench(adapter, warm, EvalProtocol.make(steps=2), batch, runtime, 0)  # warm-up (and compile)
     skip = set(args.skip.split(","))
-    runs: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    parts = {"a": lambda: time_protobench(adapter, data, protocol, batch, runtime, workers),
+             "b": None if "ideal" in skip else lambda: time_ideal(adapter, data, args.steps, batch, runtime),
+             "c": None if "reference" in skip else lambda: time_reference(adapter, data, protocol, n_ref, runtime)}
+    runs: dict[str, list[float]] = {k: [] for k in parts}
+    cpu_runs: dict[str, list[float]] = {k: [] for k in parts}  # this process's CPU seconds: load disturbs them less
+    load_start = os.getloadavg()
     for _ in range(args.repeat):  # interleaved rounds; the fastest of each is the least disturbed
-        runs["a"].append(time_protobench(adapter, data, protocol, batch, runtime, workers))
-        if "ideal" not in skip:
-            runs["b"].append(time_ideal(adapter, data, args.steps, batch, runtime))
-        if "reference" not in skip:
-            runs["c"].append(time_reference(adapter, data, protocol, n_ref, runtime))
+        for key, part in parts.items():
+            if part is not None:
+                cpu = time.process_time()
+                runs[key].append(part())
+                cpu_runs[key].append(time.process_time() - cpu)
     t_a, t_b, t_c = (min(runs[k]) if runs[k] else None for k in "abc")
     rate = lambda images, t: images * args.steps / t if t else None  # noqa: E731 image-steps per second
     a, b, c = rate(n, t_a), rate(n, t_b), rate(n_ref, t_c)
+    cpu_a, cpu_b = (min(cpu_runs[k]) if cpu_runs[k] else None for k in "ab")
+    host = {} if gpu else {"machine": machine(), "load_average": [load_start, os.getloadavg()],
+                           "rounds_cpu_s": cpu_runs, "efficiency_cpu_s": cpu_b / cpu_a if cpu_b else None}
     return {
         "label": args.label, "model": args.ckpt or args.model, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if gpu else machine()["cpu"],
@@ -266,7 +294,7 @@ def in_memory(args, adapter, runtime, protocol, batch: int, device: torch.device
         "images": n, "reference_images": n_ref, "steps": args.steps,
         "protobench_img_steps_per_s": a, "ideal_img_steps_per_s": b, "reference_img_steps_per_s": c,
         "protobench_wall_s": t_a, "rounds_s": runs, "efficiency": a / b if b else None, "speedup": a / c if c else None,
-        "torch": torch.__version__,
+        **host, "torch": torch.__version__,
     }
 
 
