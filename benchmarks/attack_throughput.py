@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -144,10 +145,11 @@ def reference_box_mask(act_map: np.ndarray, size: int, margin: int) -> np.ndarra
 
 
 def time_reference(adapter, data, protocol, n_images, runtime) -> float:
-    """One image at a time, as the reference does (its attack made real: gradient steps)."""
+    """One image at a time, as the reference does (its attack made real: gradient steps). Every
+    model call is one image: the CPU's fixed chunks (Runtime.chunk) would pad it to several."""
     size = adapter.info.input_size
     margin = protocol.resolved(size)["margin"]
-    forward = model_forward(adapter, runtime)
+    forward = model_forward(adapter, replace(runtime, chunk=None))
     bounds = attack.image_bounds(adapter.info.mean, adapter.info.std, adapter.device)
     sync(adapter.device)
     start = time.perf_counter()

@@ -110,7 +110,8 @@ def test_the_bare_loop_takes_the_gradient_the_attack_takes(tiny_adapter):
 
 def test_the_bare_loop_makes_the_attack_s_model_calls_less_the_clean_and_attacked_passes(tiny_adapter, monkeypatch):
     """Same batches, same chunks: per batch the benchmark makes steps + 2 model calls (the clean
-    pass, the steps, the pass on the attacked images), the bare loop the steps alone."""
+    pass, the steps, the pass on the attacked images), the bare loop the steps alone; the
+    reference structure makes as many, one image each."""
     from protobench.core.protocol import EvalProtocol
     from protobench.run.forward import Runtime
 
@@ -125,6 +126,9 @@ def test_the_bare_loop_makes_the_attack_s_model_calls_less_the_clean_and_attacke
     # batches of 4 and 1 images in chunks of 2 rows (the last zero-padded): 2 calls, then 1, per pass
     assert calls == [(2, 3, 32, 32)] * (3 * 2 + 3 * 1)
     assert benchmark_calls == [(2, 3, 32, 32)] * (5 * 2 + 5 * 1)
+    calls[:] = []
+    attack_throughput.time_reference(tiny_adapter, data, EvalProtocol.make(steps=3), 2, runtime)
+    assert calls == [(1, 3, 32, 32)] * (2 * 5)  # the reference's structure: one image per call, never padded
 
 
 def test_generated_jpegs_are_a_cub_archive_protobench_reads(tmp_path):
@@ -150,18 +154,21 @@ def test_generated_jpegs_are_a_cub_archive_protobench_reads(tmp_path):
         assert cub_jpeg.time_cuda_decode(data, 2, 0, torch.device("cpu"))["available"] is False
 
 
-def _suite_steps() -> list[str]:
+def _suite_steps() -> tuple[dict[str, str], str]:
+    """gpu_suite.sh --print: step name -> its command, and the whole plan."""
     out = subprocess.run(["bash", str(BENCHMARKS / "gpu_suite.sh"), "--print"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    return [line.split()[0] for line in out.stdout.splitlines()], out.stdout
+    steps = [line.split(" ", 1) for line in out.stdout.splitlines()]
+    assert len({name for name, _ in steps}) == len(steps), "step names must be unique"
+    return dict(steps), out.stdout
 
 
 def test_gpu_suite_parses_and_prints_its_plan(tmp_path):
     script = BENCHMARKS / "gpu_suite.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    names, plan = _suite_steps()
-    assert len(names) == len(set(names))
+    steps, plan = _suite_steps()
+    assert "gpu_tests" in steps
     for part in ("pytest", "-m gpu", "--jpeg", "--precision bf16", "--precision fp32", "--compile-mode max-autotune",
                  "--compile-mode reduce-overhead", "--distance float32", "precision_diff.py --device cuda"):
         assert part in plan, part
@@ -175,19 +182,20 @@ def test_gpu_suite_needs_a_results_directory():
 
 @pytest.mark.benchmarks
 def test_gpu_suite_dry_run_starts_every_step_on_the_cpu_and_fills_its_results_directory(tmp_path):
-    names, _ = _suite_steps()
+    steps, _ = _suite_steps()
     results = tmp_path / "results"
     env = {**SMOKE_ENV, "PYTHON": sys.executable, "CUB_DIR": str(tmp_path / "cub"), "SUITE_SECONDS": "1500"}
     out = subprocess.run(["bash", str(BENCHMARKS / "gpu_suite.sh"), "--dry-run", str(results)], capture_output=True,
                          text=True, timeout=1600, env=env)
     assert out.returncode == 0, out.stderr
-    steps = [line.split("\t") for line in (results / "steps.tsv").read_text().splitlines()]
-    assert [s[0] for s in steps] == names
-    failed = {name: (results / f"{name}.txt").read_text()[-2000:] for name, rc, _ in steps if rc != "0"}
+    ran = [line.split("\t") for line in (results / "steps.tsv").read_text().splitlines()]
+    assert [name for name, _, _ in ran] == list(steps)
+    failed = {name: (results / f"{name}.txt").read_text()[-2000:] for name, rc, _ in ran if rc != "0"}
     assert not failed, failed
     rows = [json.loads(line) for line in (results / "bench.jsonl").read_text().splitlines()]
-    bench = [name for name in names if name not in ("gpu_tests", "make_jpegs", "precision")]
-    assert [row["label"] for row in rows] == bench
+    assert [row["label"] for row in rows] == [name for name, command in steps.items() if "attack_throughput.py" in command]
     assert all("error" not in row and row["device"] == "cpu" and row["steps"] == 2 for row in rows)
-    assert json.loads((results / "precision.txt").read_text())["device"] == "cpu"
+    (step,) = [name for name, command in steps.items() if "precision_diff.py" in command]
+    precision = (results / f"{step}.txt").read_text()  # the step's output and its warnings
+    assert json.loads(precision[precision.index("{\n"):])["device"] == "cpu"
     assert "torch" in (results / "env.txt").read_text()
