@@ -20,7 +20,7 @@ Two parts, printed as one JSON object with the CPU, its vector extensions and th
             the per-image numbers are (set the environment yourself).
 
 The CPU kernels default to an AVX2-only machine (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)
-and 2 threads, the issue's reference machine; --native keeps this CPU's own kernels.
+and 2 threads, the reference machine of the demo's time target; --native keeps this CPU's own kernels.
 
   python benchmarks/demo_cpu.py --before main --rounds 2 [--limit 150]
   python benchmarks/demo_cpu.py --smoke     # every part once: 2 images (8 for kernels), 2 steps, 1 thread, 1 round
