@@ -112,7 +112,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48, help="demo test images for the evaluate timing (0: skip)")
     parser.add_argument("--steps", type=int, default=40, help="pgd steps of the evaluate timing")
     parser.add_argument("--batches", type=int, default=20, help="training batches for the train timing (0: skip)")
-    parser.add_argument("--smoke", action="store_true", help="one round, 2 images, 2 steps, 1 batch: checks that it runs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one round, 2 images, 2 steps, 1 batch: checks that it runs")
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.images, args.steps, args.batches = 1, 2, 2, 1

@@ -60,7 +60,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=None, help="time only the first N batches of each epoch")
     parser.add_argument("--adv-steps", type=int, default=TrainSettings().adv_steps)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--smoke", action="store_true", help="one round of 1 batch, 1 crafting step: checks that it runs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one round of 1 batch, 1 crafting step: checks that it runs")
     args = parser.parse_args()
     if args.smoke:
         args.repeats, args.batches, args.adv_steps = 1, 1, 1

@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--worst", type=int, default=3)
     parser.add_argument("--best", type=int, default=1)
     parser.add_argument("--images", type=int, default=IMAGES, help="test images per run (default: CUB's 5,794)")
-    parser.add_argument("--smoke", action="store_true", help="2 models of 400 images, --worst 1 --best 1: checks that it runs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 models of 400 images, --worst 1 --best 1: checks that it runs")
     args = parser.parse_args()
     if args.smoke:
         args.models, args.images, args.worst, args.best = 2, 400, 1, 1

@@ -60,8 +60,8 @@ def _attack_throughput(report):
     assert report["model"] == "smoke" and report["device"] == "cpu" and report["images"] == 4
     for key in ("protobench_img_steps_per_s", "ideal_img_steps_per_s", "reference_img_steps_per_s"):
         assert report[key] > 0 and math.isfinite(report[key]), key
-    assert report["efficiency"] == pytest.approx(report["protobench_img_steps_per_s"] / report["ideal_img_steps_per_s"])
-    assert report["speedup"] == pytest.approx(report["protobench_img_steps_per_s"] / report["reference_img_steps_per_s"])
+    a, b, c = (report[f"{k}_img_steps_per_s"] for k in ("protobench", "ideal", "reference"))
+    assert report["efficiency"] == pytest.approx(a / b) and report["speedup"] == pytest.approx(a / c)
 
 
 def _cub_jpeg(report):
@@ -193,7 +193,8 @@ def test_gpu_suite_dry_run_starts_every_step_on_the_cpu_and_fills_its_results_di
     failed = {name: (results / f"{name}.txt").read_text()[-2000:] for name, rc, _ in ran if rc != "0"}
     assert not failed, failed
     rows = [json.loads(line) for line in (results / "bench.jsonl").read_text().splitlines()]
-    assert [row["label"] for row in rows] == [name for name, command in steps.items() if "attack_throughput.py" in command]
+    bench = [name for name, command in steps.items() if "attack_throughput.py" in command]
+    assert [row["label"] for row in rows] == bench
     assert all("error" not in row and row["device"] == "cpu" and row["steps"] == 2 for row in rows)
     (step,) = [name for name, command in steps.items() if "precision_diff.py" in command]
     precision = (results / f"{step}.txt").read_text()  # the step's output and its warnings
