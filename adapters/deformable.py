@@ -35,7 +35,7 @@ from protobench.errors import CheckpointError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.family_adapter import FamilyAdapter, take_options
 from protobench.models.infer import backbone_from, sub_state
 
 UPSAMPLE = "torch.nn.modules.upsampling.Upsample"

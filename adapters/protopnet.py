@@ -28,7 +28,7 @@ from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, 
 from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, make_config, take_options
+from protobench.models.family_adapter import FamilyAdapter, make_config, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.core.precision import squared_distances
 from protobench.checkpoints.limits import short
@@ -261,7 +261,7 @@ class ProtoPNetAdapter(FamilyAdapter):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """CE + 0.8 cluster - 0.08 separation + 1e-4 L1, each term and the total as 'loss',
         with the pass's 'maps' and 'logits'."""
-        from protobench.train import protopnet as train
+        from protobench.adapters import _protopnet_training as train
 
         return train.training_loss(self.model, x, y)
 
@@ -271,8 +271,8 @@ class ProtoPNetAdapter(FamilyAdapter):
                 "prototypes": [m.prototype_vectors], "last_layer": list(m.last_layer.parameters())}
 
     def push(self, loader) -> list:
-        """Project each prototype onto its nearest training patch of its class (protobench.train.protopnet.push)."""
-        from protobench.train import protopnet as train
+        """Project each prototype onto its nearest training patch of its class (protobench.adapters._protopnet_training.push)."""
+        from protobench.adapters import _protopnet_training as train
 
         return train.push(self.model, loader)
 

@@ -31,7 +31,7 @@ from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, 
 from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.family_adapter import FamilyAdapter, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.loading import Checkpoint
 from protobench.core.precision import squared_distances

@@ -38,7 +38,7 @@ from protobench.errors import CheckpointError, OptionError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, Evidence, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.family_adapter import FamilyAdapter, take_options
 from protobench.models.infer import backbone_from, sub_state
 
 TIMM = "timm.models."  # timm 0.4.12's module paths, as ProtoViT's pickles name them

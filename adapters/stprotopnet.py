@@ -33,7 +33,7 @@ from protobench.errors import CheckpointError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.family_adapter import FamilyAdapter, take_options
 from protobench.models.infer import backbone_from, sub_state
 
 SETS = ("trivial", "support")  # the order of the sets in the maps, the identity and the last layer

@@ -6,10 +6,10 @@ import torch
 from protobench.models.families import FAMILIES, get_adapter
 from protobench.models.backbones import build_backbone
 from protobench.checkpoints.formats import write_protobench
-from protobench.checkpoints.convert import convert
+from protobench.models.convert import convert
 from protobench.errors import AdapterError, CheckpointError
 from protobench.models.infer import infer_backbone
-from protobench.models.family import FamilyAdapter
+from protobench.models.family_adapter import FamilyAdapter
 
 BUILTIN = ["deformable", "pipnet", "protopnet", "protopool", "protopshare", "prototree", "protovit", "stprotopnet",
            "tesnet"]

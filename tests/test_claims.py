@@ -10,7 +10,7 @@ from originals import original_modules
 from protobench.errors import AdapterError, CheckpointError
 from protobench.models.adapter import FamilyFacts
 from protobench.models.families import FAMILIES, claimants, get_adapter, read_family_checkpoint
-from protobench.models.family import FamilyAdapter
+from protobench.models.family_adapter import FamilyAdapter
 from test_originals import write_ppnet
 
 

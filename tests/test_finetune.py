@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import tiny_config
-from protobench.train import protopnet as train
+from protobench.adapters import _protopnet_training as train
 from protobench.adapters.protopnet import ProtoPNetAdapter
 from protobench.cli.app import app
 from protobench.errors import Interrupted, ProtobenchError
@@ -309,7 +309,7 @@ def test_progress_bar_shows_each_loss_term(tiny_ckpt, image_folder, tmp_path):
 
     from rich.console import Console
 
-    from protobench.run.progress import TrainProgress
+    from protobench.cli.progress import TrainProgress
 
     stream = io.StringIO()
     console = Console(file=stream, force_terminal=True, width=200)

@@ -11,7 +11,7 @@ import torch
 from conftest import write_image_folder
 from originals import original_modules
 from protobench.adapters.protovit import greedy_match
-from protobench.checkpoints.convert import convert
+from protobench.models.convert import convert
 from protobench.core import rng
 from protobench.core.protocol import EvalProtocol
 from protobench.errors import CheckpointError

@@ -86,7 +86,7 @@ def evaluate(
     from protobench.demo import DEMO_DATA, demo_checkpoint, is_demo_data
     from protobench.run.evaluate import EvaluateConfig
     from protobench.run.evaluate import evaluate as run_evaluate
-    from protobench.run.progress import RichProgress
+    from protobench.cli.progress import RichProgress
     from protobench.cli.tables import summary_table
     from protobench.run.sweep import evaluate_models, pair_adapters
 
@@ -177,7 +177,7 @@ def convert(
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
 ) -> None:
     """Rewrite any supported checkpoint in protobench's safetensors format (no pickle needed again)."""
-    from protobench.checkpoints.convert import convert as run_convert
+    from protobench.models.convert import convert as run_convert
 
     result = run_library(run_convert, str(src), str(out), adapter, parse_options(adapter_option), overwrite)
     say(f"wrote {result['out']} ({result['adapter']}: {result['num_prototypes']} prototypes, "
@@ -225,7 +225,7 @@ def finetune(
     """Fine-tune a model to align its explanations (alignment loss, masking augmentation, push)."""
     from protobench.train.finetune import FinetuneConfig
     from protobench.train.finetune import finetune as run_finetune
-    from protobench.run.progress import RichProgress, TrainProgress
+    from protobench.cli.progress import RichProgress, TrainProgress
     from protobench.train.settings import TrainSettings
 
     settings = TrainSettings(

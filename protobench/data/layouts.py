@@ -55,9 +55,9 @@ LAYOUTS: Registry[Layout] = Registry("dataset layout", group="protobench.dataset
                                      check=lambda obj: isinstance(obj, Layout),
                                      expects="an instance of protobench.data.layouts.Layout")
 LAYOUTS.add("protoshapes", "protobench.demo.shapes:LAYOUT", source="built-in")
-LAYOUTS.add("cub", "protobench.data.cub:LAYOUT", source="built-in")
-LAYOUTS.add("cars", "protobench.data.cars:LAYOUT", source="built-in")
-LAYOUTS.add("imagefolder", "protobench.data.imagefolder:LAYOUT", source="built-in")
+LAYOUTS.add("cub", "protobench.layouts.cub:LAYOUT", source="built-in")
+LAYOUTS.add("cars", "protobench.layouts.cars:LAYOUT", source="built-in")
+LAYOUTS.add("imagefolder", "protobench.layouts.imagefolder:LAYOUT", source="built-in")
 
 
 @dataclass(frozen=True)

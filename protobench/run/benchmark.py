@@ -1,5 +1,5 @@
 """The benchmark loop: data -> maps -> protected region -> attack -> metrics -> records, and the
-part pass of consistency and stability on the same maps (protobench.run.scorecard).
+part pass of consistency and stability on the same maps (protobench.run.partpass).
 
 The attack is looked up by name in protobench.core.attack.ATTACKS, the protected region in
 protobench.core.regions.REGIONS and the per-image metrics come from
@@ -19,10 +19,10 @@ from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import REGIONS, select_prototypes
 from protobench.models.adapter import Evidence, PrototypeAdapter, map_argmax_cells, map_maxima
-from protobench.run import scorecard
+from protobench.run import partpass
 from protobench.run.context import RunContext
 from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
-from protobench.run.scorecard import Passes
+from protobench.run.partpass import Passes
 
 
 def attack_slots(identity: torch.Tensor, select: str) -> int:
@@ -69,7 +69,7 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
                    protocol: EvalProtocol, forward: Forward | None = None,
                    on_outcome: OnOutcome | None = None, passes: Passes | None = None,
                    slots: int | None = None) -> dict[str, torch.Tensor]:
-    """Measure one batch: the attack and, when `passes` asks, the part pass (scorecard.Passes;
+    """Measure one batch: the attack and, when `passes` asks, the part pass (partpass.Passes;
     default: the attack alone). Returns per-image tensors on the CPU.
 
     `forward` (default: the adapter's, in fp32) runs the model: see forward.model_forward.
@@ -86,7 +86,7 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
     out = attack_batch(adapter, x, y, ids, protocol, forward, clean, on_outcome, slots) if passes.attack else {
         "pred_before": clean.logits.argmax(dim=1)}
     if passes.parts is not None:
-        out.update(scorecard.measure_parts(forward, x, y, ids, clean.maps, passes, adapter.info.input_size))
+        out.update(partpass.measure_parts(forward, x, y, ids, clean.maps, passes, adapter.info.input_size))
     return {k: v.detach().cpu() for k, v in out.items()}
 
 
@@ -146,7 +146,7 @@ def batch_records(values: dict[str, torch.Tensor], labels: torch.Tensor, ids: to
                   paths: list[str]) -> list[dict[str, Any]]:
     """Per-image tensors -> one flat dict per image (the rows of per_image.csv)."""
     values = dict(values)
-    cells = scorecard.part_cells(values)  # the part pass's tensors, as text cells
+    cells = partpass.part_cells(values)  # the part pass's tensors, as text cells
     columns = {k: v.tolist() for k, v in values.items()}
     columns.update(cells)
     rows = []

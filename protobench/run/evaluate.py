@@ -16,8 +16,8 @@ from protobench.core.protocol import EvalProtocol
 from protobench.run.forward import AUTOCAST_DTYPES
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.run.devices import check_device_name, resolve_device
-from protobench.run import scorecard
-from protobench.run.scorecard import DEFAULT_METRICS, PartSettings, check_metrics
+from protobench.run import partpass
+from protobench.run.partpass import DEFAULT_METRICS, PartSettings, check_metrics
 from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
 
 MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
@@ -58,7 +58,7 @@ class EvaluateConfig:
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see forward.Runtime
     compile: bool = False  # torch.compile the model's forward
-    metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.scorecard
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.partpass
     parts: PartSettings = field(default_factory=PartSettings)  # consistency and stability's parameters
 
     def check(self) -> None:
@@ -123,7 +123,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     context = resolve_context(cfg, adapter, world)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
-    found, passes, parts_identity = scorecard.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
+    found, passes, parts_identity = partpass.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
                                                       cfg.protocol.seed)  # keypoints when a metric needs them
     identity = {**run_identity(cfg, adapter, dataset, context), **parts_identity}
     distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
@@ -242,7 +242,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     if not records:
         raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
     per_image = pd.DataFrame(records, columns=results.per_image_columns(cfg.metrics))
-    per_prototype = scorecard.model_table(per_image, cfg.metrics, adapter, found, cfg.parts.threshold)
+    per_prototype = partpass.model_table(per_image, cfg.metrics, adapter, found, cfg.parts.threshold)
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
     meta["resumed"] = resumed

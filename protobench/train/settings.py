@@ -9,8 +9,8 @@ from typing import Any
 from protobench import options
 from protobench.core.protocol import MAX_RADIUS
 from protobench.train.objective import Compensation
-from protobench.train.plan import Plan
-from protobench.train.protopnet import schedule
+from protobench.models.plan import Plan
+from protobench.adapters._protopnet_training import schedule
 
 DEFAULT_LAMBDA = {False: 10.0, True: 3.0}  # the paper's 10; 3 for the adversarial variant (docs/compensation.md)
 MAX_EPOCHS, MAX_BATCH = 100_000, 65536
