@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from protobench.core import attack
+from protobench.attacks.pgd import pgd
+from protobench.core.attack import image_bounds
 from protobench.core import rng
 from protobench.core.precision import machine
 from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
@@ -121,7 +122,7 @@ def time_reference(adapter, data, protocol, n_images, runtime) -> float:
     size = adapter.info.input_size
     margin = protocol.resolved(size)["margin"]
     forward = model_forward(adapter, runtime)
-    bounds = attack.image_bounds(adapter.info.mean, adapter.info.std, adapter.device)
+    bounds = image_bounds(adapter.info.mean, adapter.info.std, adapter.device)
     sync(adapter.device)
     start = time.perf_counter()
     with frozen_eval(adapter.model):
@@ -132,7 +133,7 @@ def time_reference(adapter, data, protocol, n_images, runtime) -> float:
             proto = int(maps.max(axis=(2, 3)).argmax())
             attackable = torch.from_numpy(reference_box_mask(maps[0, proto], size, margin)).to(adapter.device) > 0
             noise = rng.uniform(protocol.seed, torch.tensor([i], device=adapter.device), (3, size, size), -1, 1)
-            x_adv, _ = attack.pgd(lambda im: forward(im)[0][:, proto].amax(dim=(1, 2)), x, attackable, noise,
+            x_adv, _ = pgd(lambda im: forward(im)[0][:, proto].amax(dim=(1, 2)), x, attackable, noise,
                                   eps=protocol.eps, step=protocol.step, steps=protocol.steps, bounds=bounds)
             with torch.no_grad():
                 forward(x_adv)

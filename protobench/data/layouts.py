@@ -8,6 +8,9 @@ A layout is a `Layout` registered in LAYOUTS under its `--dataset` name. It answ
     open(root, split, info, max_pixels)
                    the split as a torch Dataset in the model's input format (docs/datasets.md, Adding a layout).
 
+The built-in layouts are the modules of `protobench/layouts/`, one per layout, named after it;
+each registers its instance (`LAYOUTS.add("cub", CubLayout())`).
+
 `open_dataset` is what evaluate and finetune call: it finds the layout (the one --dataset names, or
 the first whose `detect` claims --data, in `order`; ImageFolder, which claims any directory, comes
 last), picks the split, opens it and checks its classes against the model. Nothing here imports
@@ -53,11 +56,8 @@ class Layout:
 
 LAYOUTS: Registry[Layout] = Registry("dataset layout", group="protobench.datasets",
                                      check=lambda obj: isinstance(obj, Layout),
-                                     expects="an instance of protobench.data.layouts.Layout")
-LAYOUTS.add("protoshapes", "protobench.demo.shapes:LAYOUT", source="built-in")
-LAYOUTS.add("cub", "protobench.layouts.cub:LAYOUT", source="built-in")
-LAYOUTS.add("cars", "protobench.layouts.cars:LAYOUT", source="built-in")
-LAYOUTS.add("imagefolder", "protobench.layouts.imagefolder:LAYOUT", source="built-in")
+                                     expects="an instance of protobench.data.layouts.Layout",
+                                     package="protobench.layouts")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ built-in one (docs/adapters.md, Adding a model family).
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -51,17 +50,8 @@ class FamilyRegistry(Registry):
 
 FAMILIES = FamilyRegistry("model family", group=GROUP, check=is_adapter_class,
                           expects="a protobench.models.adapter.PrototypeAdapter subclass",
-                          reserved={"auto": "--adapter auto means 'tell the family from the file'"})
-
-
-def _add_builtins() -> None:
-    package = importlib.import_module(BUILTIN_PACKAGE)  # its __init__ imports nothing
-    for module in pkgutil.iter_modules(package.__path__):
-        if not module.name.startswith("_"):
-            FAMILIES.add(module.name, f"{BUILTIN_PACKAGE}.{module.name}", source="built-in")  # its import registers it
-
-
-_add_builtins()
+                          reserved={"auto": "--adapter auto means 'tell the family from the file'"},
+                          package=BUILTIN_PACKAGE)
 
 
 def display_name(name: str) -> str:

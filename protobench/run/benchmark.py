@@ -162,7 +162,7 @@ def is_out_of_memory(err: BaseException) -> bool:
         isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err)))
 
 
-class Fit:
+class BatchLimit:
     """The largest number of images known to fit in one evaluate_batch call."""
 
     def __init__(self, limit: int):
@@ -175,7 +175,7 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                     protocol: EvalProtocol, forward: Forward, fit: Fit, on_outcome: OnOutcome | None = None,
+                     protocol: EvalProtocol, forward: Forward, fit: BatchLimit, on_outcome: OnOutcome | None = None,
                      passes: Passes | None = None, slots: int | None = None, pad: bool = False) -> dict[str, torch.Tensor]:
     """evaluate_batch in pieces of at most fit.limit images, halving the piece on out-of-memory
     (never a crash, unless a single image does not fit). Images are independent, so pieces
@@ -226,7 +226,7 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
                                          collate_fn=collate, pin_memory=ctx.device.type == "cuda",
                                          persistent_workers=False, prefetch_factor=4 if ctx.workers > 0 else None)
     forward = model_forward(adapter, ctx.runtime)
-    fit = Fit(ctx.batch_size)
+    fit = BatchLimit(ctx.batch_size)
     slots = attack_slots(adapter.prototype_class_identity, protocol.select)
     pad = bool(ctx.runtime.compile) and ctx.runtime.chunk is None  # a CPU's fixed chunks pad already
     records: list[dict] = []
@@ -235,9 +235,10 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
         for x, y, ids, bad in loader:
             rows = []
             if x is not None:
+                labels = y  # the loader's, on the CPU: the rows need no copy back from the device
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit, on_outcome, passes, slots, pad)
-                rows = batch_records(values, y.cpu(), ids, paths)
+                rows = batch_records(values, labels, ids, paths)
             records.extend(rows)
             skipped.extend(bad)
             if on_batch is not None:
