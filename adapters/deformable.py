@@ -35,7 +35,7 @@ from protobench.errors import CheckpointError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.models.families import FAMILIES
-from protobench.models.family_adapter import FamilyAdapter, take_options
+from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 
 UPSAMPLE = "torch.nn.modules.upsampling.Upsample"
@@ -216,8 +216,7 @@ class DeformableAdapter(FamilyAdapter):
     def tiny(cls, seed: int = 0) -> DeformableAdapter:
         cfg = DeformableConfig(backbone="tinycnn", backbone_kwargs={"channels": [4, 8, 8]}, num_classes=3,
                                num_prototypes=6, prototype_dim=8, hidden_channels=4, img_size=32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = DeformableProtoPNet(cfg)
             # the original starts at zero offsets; these move the parts by about 1.5 cells
             nn.init.normal_(model.conv_offset[0].weight, std=0.01)

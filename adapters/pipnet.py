@@ -32,7 +32,7 @@ from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, 
 from protobench.models.backbones import build_backbone
 from protobench.errors import AdapterError, CheckpointError, ProtobenchWarning
 from protobench.models.families import FAMILIES
-from protobench.models.family_adapter import FamilyAdapter, take_options
+from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.limits import short
 from protobench.checkpoints.loading import Checkpoint
@@ -191,8 +191,7 @@ class PIPNetAdapter(FamilyAdapter):
     def tiny(cls, seed: int = 0) -> PIPNetAdapter:
         kwargs = {"widths": [4, 8, 8, 6], "depths": [1, 1, 1, 1], "stride1_above": 6}  # 2x2 maps at 32 px
         cfg = PIPNetConfig(backbone_kwargs=kwargs, num_classes=3, num_prototypes=6, img_size=32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return cls(PIPNet(cfg))
 
     @classmethod

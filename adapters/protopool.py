@@ -31,7 +31,7 @@ from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, 
 from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
 from protobench.models.families import FAMILIES
-from protobench.models.family_adapter import FamilyAdapter, take_options
+from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.loading import Checkpoint
 from protobench.core.precision import squared_distances
@@ -126,8 +126,7 @@ class ProtoPoolAdapter(FamilyAdapter):
     def tiny(cls, seed: int = 0) -> ProtoPoolAdapter:
         cfg = ProtoPoolConfig(backbone="vgg", backbone_kwargs={"cfg": [4, "M", 8, "M", 8, "M"]}, num_classes=3,
                               num_prototypes=5, num_descriptive=2, proto_depth=4, img_size=32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return cls(ProtoPool(cfg))
 
     @classmethod

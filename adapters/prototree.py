@@ -30,7 +30,7 @@ from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, 
 from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
 from protobench.models.families import FAMILIES
-from protobench.models.family_adapter import FamilyAdapter, take_options
+from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.loading import Checkpoint
 from protobench.checkpoints.limits import limit
@@ -227,8 +227,7 @@ class ProtoTreeAdapter(FamilyAdapter):
         children = [[1, 2], [-1, -2], [-3, -4]]  # root -> nodes 1 and 4; each has two leaves
         structure = {"branch_prototype": torch.tensor([2, 0, 1]), "branch_children": torch.tensor(children),
                      "branch_index": torch.tensor([0, 1, 4]), "leaf_index": torch.tensor([2, 3, 5, 6])}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = ProtoTree(cfg, structure)
             nn.init.normal_(model.leaf_dist_params, std=2.0)
         return cls(model)

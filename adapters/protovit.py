@@ -38,7 +38,7 @@ from protobench.errors import CheckpointError, OptionError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, Evidence, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.models.families import FAMILIES
-from protobench.models.family_adapter import FamilyAdapter, take_options
+from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 
 TIMM = "timm.models."  # timm 0.4.12's module paths, as ProtoViT's pickles name them
@@ -234,8 +234,7 @@ class ProtoViTAdapter(FamilyAdapter):
         kwargs = {"img_size": 32, "patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_hidden": 32}
         cfg = ProtoViTConfig(backbone="deit", backbone_kwargs=kwargs, num_classes=3, num_prototypes=6,
                              prototype_dim=16, num_parts=4, img_size=32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = ProtoViT(cfg)
             with torch.no_grad():
                 model.patch_select.normal_(0.0, 0.02)  # slots on and off

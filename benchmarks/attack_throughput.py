@@ -55,7 +55,7 @@ class SyntheticImages(torch.utils.data.Dataset):
 
 def build_model(name: str, ckpt: str | None) -> ProtoPNetAdapter:
     if ckpt:
-        from protobench.models.families import get_adapter
+        from protobench.models.lookup import get_adapter
 
         return get_adapter("protopnet").load(ckpt)
     if name == "demo":

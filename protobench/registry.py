@@ -75,8 +75,8 @@ class Registry(Generic[T]):
         self._importing: set[str] = set()  # lazy entries whose module is being imported right now
 
     # --- adding -----------------------------------------------------------------------------
-    def add(self, name: str, target: Any, *, replace: bool = False, source: str = "registered at run time") -> None:
-        """Register `target` (an object, or a "module:attr" / "module" string imported lazily)."""
+    def add(self, name: str, target: Any, *, replace: bool = False, source: str = "registered at run time") -> Any:
+        """Register `target` (an object, or a "module:attr" / "module" string imported lazily); returns it."""
         self._check_name(name)
         self._read_builtins()
         old = self._entries.get(name)
@@ -87,14 +87,14 @@ class Registry(Generic[T]):
         if not lazy:
             self._validate(name, target)
         self._entries[name] = _Entry(target, source if old is None or replace else old.source, lazy)
+        return target
 
     def register(self, name: str, *, replace: bool = False, source: str = "registered at run time"
                  ) -> Callable[[T], T]:
         """Decorator form of `add` for objects defined in the registering module."""
 
         def wrap(obj: T) -> T:
-            self.add(name, obj, replace=replace, source=source)
-            return obj
+            return self.add(name, obj, replace=replace, source=source)
 
         return wrap
 

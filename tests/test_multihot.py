@@ -4,7 +4,7 @@ the benchmark's selection and PRC and in finetune's choice of class prototypes (
 import torch
 
 from protobench.metrics.PRC import prc
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 from protobench.core.protocol import EvalProtocol
 from protobench.run.benchmark import protect
 from protobench.train.compensation import pick_class_prototypes

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from protobench.models.families import FAMILIES, describe, get_adapter
+from protobench.models.families import FAMILIES
+from protobench.cli.families import describe
+from protobench.models.lookup import get_adapter
 from protobench.errors import AdapterError, ProtobenchError, ProtobenchWarning
 from test_cli import assert_one_line_error, invoke
 

@@ -15,7 +15,7 @@ from protobench.models.convert import convert
 from protobench.core import rng
 from protobench.core.protocol import EvalProtocol
 from protobench.errors import CheckpointError
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 from protobench.run.benchmark import evaluate_batch
 from protobench.run.forward import Runtime, frozen_eval, model_forward
 from test_cli import invoke

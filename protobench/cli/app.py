@@ -275,7 +275,7 @@ def demo_export(
 @app.command()
 def adapters() -> None:
     """List the model families protobench can load (built in, installed plugins), with their papers and licenses."""
-    from protobench.models.families import describe
+    from protobench.cli.families import describe
     from protobench.cli.tables import adapters_table
 
     out_console.print(adapters_table(run_library(describe)))

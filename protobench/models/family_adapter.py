@@ -2,18 +2,19 @@
 
 `FamilyAdapter` gives each family one `load` that serves protobench safetensors and the
 original repositories' files, plus `save` in protobench's format. (`--adapter auto` is
-`protobench.models.families.AutoAdapter`.)
+`protobench.models.lookup.AutoAdapter`.)
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import torch
 
 from protobench.models.adapter import PrototypeAdapter
-from protobench.models.families import check_family, read_family_checkpoint
+from protobench.models.detect import check_family, read_family_checkpoint
 from protobench.checkpoints.formats import check_state, write_protobench
 from protobench.errors import AdapterError, CheckpointError, OptionError
 from protobench.checkpoints.limits import short
@@ -23,6 +24,15 @@ from protobench.checkpoints.loading import Checkpoint
 # what reading a malformed checkpoint's values can raise, past the checks that name the problem
 MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
              ZeroDivisionError, MemoryError)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's draws inside come from `seed` (a tiny model's random weights); the global random
+    state is restored afterwards, so building a model changes no one else's draws."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def take_options(name: str, options: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def resolve_context(cfg: EvaluateConfig, adapter, world):
 
 
 def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
-    from protobench.models.families import get_adapter
+    from protobench.models.lookup import get_adapter
 
     return get_adapter(name).load(ckpt, **options).to(device)
 
