@@ -35,6 +35,7 @@ from protobench.errors import CheckpointError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.models.families import FAMILIES
+from protobench.models.config import count, flag, positive
 from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 
@@ -200,6 +201,10 @@ class DeformableAdapter(FamilyAdapter):
         return {"prototype_vectors", "last_layer.weight", "conv_offset.0.weight"} <= keys
 
     config_class = DeformableConfig
+    config_rules = {"deform": flag, "relu_on_cos": flag, "vector_length": positive(),
+                    "hidden_channels": count(0, "MAX_CHANNELS"),
+                    "eps_channels": count(0, 16), "dilation": count(1, "MAX_PROTOTYPE_SIZE"),
+                    "padding": count(0, "MAX_PROTOTYPE_SIZE")}
     model_class = DeformableProtoPNet
     options = {"img_size": None, "add_on": None}  # add_on: for state dicts, which cannot tell an upsample
 
@@ -225,7 +230,7 @@ class DeformableAdapter(FamilyAdapter):
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> DeformableAdapter:
-        opts = take_options(cls.name, options, cls.options)
+        opts = take_options(cls.name, options, cls.options, cls.config_rules)
         t, path = ckpt.tensors, ckpt.path
         root = ckpt.root.__dict__ if ckpt.root is not None else {}
         modules = root.get("_modules") or {}

@@ -29,6 +29,7 @@ from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, 
 from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
 from protobench.models.families import FAMILIES
+from protobench.models.config import flag
 from protobench.models.family_adapter import FamilyAdapter, make_config, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.core.precision import squared_distances
@@ -227,6 +228,7 @@ class ProtoPNetAdapter(FamilyAdapter):
         return ppnet and not any(k.endswith("proto_presence") for k in keys)
 
     config_class = ProtoPNetConfig
+    config_rules = {"focal": flag}
     model_class = ProtoPNet
     options = {"img_size": None, "activation": None}  # None: from the checkpoint, else the original default
 
@@ -278,5 +280,5 @@ class ProtoPNetAdapter(FamilyAdapter):
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> ProtoPNetAdapter:
-        cfg, identity = original_config(ckpt, **take_options(cls.name, options, cls.options))
+        cfg, identity = original_config(ckpt, **take_options(cls.name, options, cls.options, cls.config_rules))
         return cls.from_weights(cfg, {**ckpt.tensors, "prototype_class_identity": identity}, ckpt.path, original=True)

@@ -31,6 +31,7 @@ from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, 
 from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
 from protobench.models.families import FAMILIES
+from protobench.models.config import flag, sizes
 from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.loading import Checkpoint
@@ -112,6 +113,8 @@ class ProtoPoolAdapter(FamilyAdapter):
         return any(k.endswith("proto_presence") for k in keys)  # the (C, P, N) slot matrix is ProtoPool's own
 
     config_class = ProtoPoolConfig
+    config_rules = {"use_last_layer": flag, "use_thresh": flag, "num_descriptive": sizes("MAX_SLOTS"),
+                    "proto_depth": sizes("MAX_CHANNELS")}
     model_class = ProtoPool
     options = {"img_size": None, "activation": None}
 
@@ -131,7 +134,7 @@ class ProtoPoolAdapter(FamilyAdapter):
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> ProtoPoolAdapter:
-        opts = take_options(cls.name, options, cls.options)
+        opts = take_options(cls.name, options, cls.options, cls.config_rules)
         t = ckpt.tensors
         try:
             c, p, n = t["proto_presence"].shape

@@ -33,6 +33,7 @@ from protobench.errors import CheckpointError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.models.families import FAMILIES
+from protobench.models.config import choice, flag
 from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 
@@ -121,6 +122,7 @@ class STProtoPNetAdapter(FamilyAdapter):
             <= {k.removesuffix(".weight") for k in keys}
 
     config_class = STProtoPNetConfig
+    config_rules = {"upsample": flag, "variant": choice("full", "cropped")}
     model_class = STProtoPNet
 
     def __init__(self, model: STProtoPNet):
@@ -143,7 +145,7 @@ class STProtoPNetAdapter(FamilyAdapter):
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> STProtoPNetAdapter:
-        opts = take_options(cls.name, options, cls.options)
+        opts = take_options(cls.name, options, cls.options, cls.config_rules)
         t, path = ckpt.tensors, ckpt.path
         shape = tuple(t["prototype_vectors_trivial"].shape)
         if len(shape) != 4 or shape[2] != shape[3] or tuple(t["prototype_vectors_support"].shape) != shape:

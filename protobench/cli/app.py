@@ -12,8 +12,8 @@ import typer
 
 from protobench.cli.console import (err_console, fail, line, out_console, parse_options, run_library, say,
                                     warnings_to_console)
-from protobench.cli.helptext import (DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP, PLC_HELP, PROTOCOL_HELP,
-                                     REGION_HELP)
+from protobench.cli.helptext import (ATTACK_HELP, DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP,
+                                     METRIC_NAMES, PLC_HELP, PROTOCOL_HELP, REGION_HELP)
 from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -50,8 +50,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
                                                   "or protobench-results/models for several)."),
     protocol: str = typer.Option("default", help=PROTOCOL_HELP),
-    attack: Optional[str] = typer.Option(None, help="pgd, noise, or an attack a plugin registered "
-                                                    "[default: from --protocol]."),
+    attack: Optional[str] = typer.Option(None, help=ATTACK_HELP),
     eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
     step: Optional[float] = typer.Option(None, help="pgd step size [0.01]."),
     steps: Optional[int] = typer.Option(None, help="pgd steps [40]."),
@@ -146,8 +145,8 @@ def report_models(result: dict[str, Any], then: Any) -> None:
 def compare(
     base: Path = typer.Argument(..., help="Baseline: a result directory or its summary.csv."),
     new: Path = typer.Argument(..., help="Candidate: a result directory or its summary.csv."),
-    tol: list[str] = typer.Option([], "--tol", help="METRIC=VALUE, absolute (PLC PAC PRC AC acc_before acc_after "
-                                                    "acc, and plugin metrics); defaults in docs/ci.md."),
+    tol: list[str] = typer.Option([], "--tol", help=f"METRIC=VALUE, absolute ({METRIC_NAMES} acc, and plugin "
+                                                     "metrics); defaults in docs/ci.md."),
     format: str = typer.Option("table", "--format", help="table or markdown."),
     force: bool = typer.Option(False, help="Compare runs of different protocols or datasets anyway."),
 ) -> None:
