@@ -123,8 +123,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     context = resolve_context(cfg, adapter, world)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
-    found, passes, parts_identity = partpass.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
-                                                      cfg.protocol.seed)  # keypoints when a metric needs them
+    keypoints, passes, parts_identity = partpass.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
+                                                          cfg.protocol.seed)  # when a metric needs them
     identity = {**run_identity(cfg, adapter, dataset, context), **parts_identity}
     distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
     if status == "empty":
@@ -141,7 +141,9 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     distributed.barrier(world)  # every shard is on disk before rank 0 merges them
     if not world.main:
         return None
-    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, context, found)
+    wall, evaluated = timing
+    return _finish(cfg, adapter, dataset, indices, out, identity=identity, resumed=status == "partial", wall=wall,
+                   evaluated=evaluated, context=context, keypoints=keypoints)
 
 
 def check_selection(protocol: EvalProtocol, adapter) -> None:
@@ -227,9 +229,10 @@ def model_name(cfg: EvaluateConfig) -> str:
     return cfg.name or Path(cfg.ckpt).stem
 
 
-def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated, context, found) -> dict[str, Any]:
-    """Per-image table from the partial log (in subset order), per-prototype table, summary, meta;
-    written atomically."""
+def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, wall, evaluated, context, keypoints
+            ) -> dict[str, Any]:
+    """Per-image table from the partial log (in subset order), per-prototype table (from the part
+    `keypoints`, None without a part pass), summary, meta; written atomically."""
     import pandas as pd
 
     from protobench.run import resume as runstate
@@ -242,7 +245,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     if not records:
         raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
     per_image = pd.DataFrame(records, columns=results.per_image_columns(cfg.metrics))
-    per_prototype = partpass.model_table(per_image, cfg.metrics, adapter, found, cfg.parts.threshold)
+    per_prototype = partpass.model_table(per_image, cfg.metrics, adapter, keypoints, cfg.parts.threshold)
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
     meta["resumed"] = resumed
