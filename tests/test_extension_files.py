@@ -100,6 +100,11 @@ def test_five_one_file_extensions_in_tree(in_tree, tmp_path):
     listed = invoke("adapters")
     assert listed.exit_code == 0 and "ToyNet" in listed.stdout
     assert "lowered" in invoke("evaluate", "--attack", "lowerd", "--data", data).stderr  # did-you-mean knows it
+    # the help texts list the built-ins of each folder, the new files among them (read again here:
+    # the CLI's were made when it was imported; only the app module holds on to them)
+    helptext = importlib.reload(importlib.import_module("protobench.cli.helptext"))
+    assert "lowered" in helptext.ATTACK_HELP and "band" in helptext.REGION_HELP
+    assert "csv" in helptext.DATASET_HELP and "ADROP" in helptext.METRIC_NAMES.split()
 
 
 def test_the_same_files_as_a_plugin_package(tmp_path):
