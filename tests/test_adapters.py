@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from protobench.models.families import FAMILIES
-
 from protobench.models.lookup import get_adapter
 from protobench.models.backbones import build_backbone
 from protobench.checkpoints.formats import write_protobench

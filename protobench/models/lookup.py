@@ -8,7 +8,7 @@ from typing import Any
 from protobench.errors import AdapterError
 from protobench.models.adapter import PrototypeAdapter
 from protobench.models.detect import detect_family, read_family_checkpoint
-from protobench.models.families import FAMILIES, is_adapter_class
+from protobench.models.families import FAMILIES, is_adapter_class, usable_families
 from protobench.registry import RegistryError
 
 
@@ -62,6 +62,9 @@ class AutoAdapter(PrototypeAdapter):
 
     @classmethod
     def load(cls, path: str, **options: Any) -> PrototypeAdapter:
+        for _, family in usable_families():  # a directory of files some family saves its models as
+            if family.claims_path(path):
+                return family.load(path, **options)
         ckpt = read_family_checkpoint(path)
         family = detect_family(ckpt)
         try:  # a registered family only: a file may say what it is, never which code to import
