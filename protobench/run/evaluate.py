@@ -142,9 +142,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     distributed.barrier(world)  # every shard is on disk before rank 0 merges them
     if not world.main:
         return None
-    wall, evaluated = timing
-    return _finish(cfg, adapter, dataset, indices, out, identity=identity, resumed=status == "partial", wall=wall,
-                   evaluated=evaluated, context=context, keypoints=keypoints)
+    return _finish(cfg, adapter, dataset, indices, out, identity=identity, resumed=status == "partial",
+                   timing=timing, context=context, keypoints=keypoints)
 
 
 def check_selection(protocol: EvalProtocol, adapter) -> None:
@@ -230,10 +229,9 @@ def model_name(cfg: EvaluateConfig) -> str:
     return cfg.name or Path(cfg.ckpt).stem
 
 
-def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, wall, evaluated, context, keypoints
-            ) -> dict[str, Any]:
+def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, timing, context, keypoints) -> dict[str, Any]:
     """Per-image table from the partial log (in subset order), per-prototype table (from the part
-    `keypoints`, None without a part pass), summary, meta; written atomically."""
+    `keypoints`, None without a part pass), summary, meta; written atomically. timing: (wall, evaluated)."""
     import pandas as pd
 
     from protobench.run import resume as runstate
@@ -248,7 +246,7 @@ def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, wall, eva
     per_image = pd.DataFrame(records, columns=results.per_image_columns(cfg.metrics))
     per_prototype = partpass.model_table(per_image, cfg.metrics, adapter, keypoints, cfg.parts.threshold)
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
-    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
+    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, *timing, context)
     meta.update(resumed=resumed, **sources.report(cfg.source, summary))  # incl. the published-accuracy check
     try:
         results.write_csv(out / "per_image.csv", per_image)
