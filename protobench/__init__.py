@@ -17,9 +17,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from protobench.errors import (AdapterError, CheckpointError, DataError, Interrupted, OptionError, OutputError,
-                               ProtobenchError, ProtobenchWarning)
-
 __version__ = "0.1.0"
 
 # public name -> the module that defines it (imported on first use)
@@ -34,6 +31,8 @@ _LAZY = {
     "Comparison": "protobench.api.tools",
     "finetune": "protobench.api.finetune",
     "Finetuned": "protobench.api.finetune",
+    **{name: "protobench.errors" for name in ("ProtobenchError", "AdapterError", "CheckpointError", "DataError",
+                                               "OptionError", "OutputError", "Interrupted", "ProtobenchWarning")},
 }
 
 __all__ = ["load", "wrap", "evaluate", "open_images", "compare", "finetune", "Model", "Results", "Comparison",
@@ -41,6 +40,8 @@ __all__ = ["load", "wrap", "evaluate", "open_images", "compare", "finetune", "Mo
            "OutputError", "Interrupted", "ProtobenchWarning", "__version__"]
 
 if TYPE_CHECKING:
+    from protobench.errors import (AdapterError, CheckpointError, DataError, Interrupted, OptionError, OutputError,
+                                   ProtobenchError, ProtobenchWarning)
     from protobench.api.data import open_images
     from protobench.api.evaluate import evaluate
     from protobench.api.model import Model, load, wrap

@@ -26,7 +26,7 @@ def run_directory(out: str | Path | None) -> Iterator[Path]:
 def progress_display(progress: Any) -> Any:
     """True: a bar on stderr; False or None: nothing; else the caller's object (start / update / stop)."""
     if progress is True:
-        from protobench.run.progress import RichProgress
+        from protobench.api.progress import RichProgress
 
         return RichProgress()
     return progress or None

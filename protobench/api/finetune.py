@@ -87,7 +87,7 @@ def _bars(progress: Any) -> tuple[Any, Any]:
     if not progress:
         return None, None
     from protobench.api.evaluate import progress_display
-    from protobench.run.progress import TrainProgress
+    from protobench.api.progress import TrainProgress
 
     return TrainProgress(), progress_display(True)
 

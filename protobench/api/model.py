@@ -161,7 +161,8 @@ def as_model(model: Any) -> Model:
 
 
 def _families(family: str) -> list[tuple[str, type]]:
-    from protobench.models.families import get_adapter, usable_families
+    from protobench.models.families import usable_families
+    from protobench.models.lookup import get_adapter
 
     if family == "auto":
         return usable_families()

@@ -84,7 +84,7 @@ def evaluate(
     from protobench.run.defaults import evaluate_defaults
     from protobench.run.evaluate import EvaluateConfig
     from protobench.run.evaluate import evaluate as run_evaluate
-    from protobench.run.progress import RichProgress
+    from protobench.api.progress import RichProgress
     from protobench.cli.tables import summary_table
     from protobench.run.sweep import evaluate_models, pair_adapters
 
@@ -175,7 +175,7 @@ def convert(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Rewrite any supported checkpoint in protobench's safetensors format (no pickle needed again)."""
-    from protobench.checkpoints.convert import convert as run_convert
+    from protobench.models.convert import convert as run_convert
 
     result = run_library(run_convert, str(src), str(out), adapter, parse_options(adapter_option), overwrite)
     say(f"wrote {result['out']} ({result['adapter']}: {result['num_prototypes']} prototypes, "
@@ -224,7 +224,7 @@ def finetune(
 ) -> None:
     """Fine-tune a model to align its explanations (alignment loss, masking augmentation, push)."""
     from protobench.api.finetune import finetune as run_finetune
-    from protobench.run.progress import RichProgress, TrainProgress
+    from protobench.api.progress import RichProgress, TrainProgress
 
     settings = dict(
         lambda_align=lambda_align, align_loss=align_loss, adversarial=align_adversarial, adv_steps=adv_steps,
@@ -274,7 +274,7 @@ def demo_export(
 @app.command(cls=RegistryHelp)
 def adapters() -> None:
     """List the model families protobench can load (built in, installed plugins), with their papers and licenses."""
-    from protobench.models.families import describe
+    from protobench.cli.families import describe
     from protobench.cli.tables import adapters_table
 
     out_console.print(adapters_table(run_library(describe)))

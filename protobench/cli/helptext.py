@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import typer.core
 
-MAX_PIXELS = 50_000_000  # protobench.data.imagelist.MAX_IMAGE_PIXELS (a test checks it), written out: no torch here
+from protobench.data.layouts import MAX_IMAGE_PIXELS as MAX_PIXELS  # noqa: E402 - torch-free, kept once there
 MAX_PIXELS_HELP = "Skip images with more pixels than this (read from the header, before decoding); 0: no limit."
 DATASET_HELP = "Dataset layout: {layouts}. [default: detected from --data]"
 ADAPTER_OPTION_HELP = "An option of the adapter, key=value; repeat it for several (docs/adapters.md)."

@@ -26,7 +26,7 @@ from protobench.models.adapter import PrototypeAdapter
 from protobench.run.watch import NoProgress, Progress
 from protobench.train import state as saved
 from protobench.train.data import batches, epoch_order, generator
-from protobench.train.plan import Phase, Plan
+from protobench.models.plan import Phase, Plan
 
 
 class NonFinite(ProtobenchError):
