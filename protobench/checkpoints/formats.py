@@ -18,7 +18,7 @@ import struct
 from typing import Any, BinaryIO
 
 from protobench.errors import CheckpointError
-from protobench.files import atomic_path
+from protobench.files import write_safetensors
 from protobench.checkpoints.limits import limit, short
 
 FORMAT_VERSION = "1"
@@ -183,13 +183,10 @@ def read_protobench(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[
 def write_protobench(path: str | os.PathLike, adapter: str, config: dict[str, Any], tensors: dict[str, Any],
                      extra: dict[str, str] | None = None) -> None:
     """Write a protobench checkpoint atomically (a crash never leaves half a file)."""
-    from safetensors.torch import save_file
-
     meta = {"protobench": FORMAT_VERSION, "adapter": adapter, "config": json.dumps(config, sort_keys=True)}
     meta.update(extra or {})
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+    write_safetensors(path, tensors, meta)
 
 
 def sha256(path: str | os.PathLike) -> str:

@@ -28,6 +28,8 @@ class Options:
     ckpt: str | None = None  # the checkpoint's new place (one model only); its sha256 is still checked
     data: str | None = None  # the dataset's new place (one model only); its fingerprint is still checked
     device: str = "auto"  # where to re-run
+    adapter: str | None = None  # the adapter to re-run with (one model only): the user's --adapter
+    trusted: tuple[str, ...] = ()  # import paths the user typed (evaluate's --adapter), usable when recorded
     force: bool = False  # draw a re-run whose numbers differ from per_image.csv (marked in the page)
     up_to: bool = False  # worst / best are at most: evaluate's own report of a run with fewer images
 
@@ -58,10 +60,10 @@ def check_options(runs: list[Run], options: Options) -> None:
 
     choice("--examples", options.examples, EXAMPLES)
     check_device_name(options.device)
-    if (options.ckpt or options.data) and len(runs) > 1:
-        raise ReportError("--ckpt and --data name one model's new files: report that run on its own")
-    if (options.ckpt or options.data) and options.examples != "rerun":
-        raise ReportError("--ckpt and --data are for re-running: drop them with --examples saved or none")
+    if (options.ckpt or options.data or options.adapter) and len(runs) > 1:
+        raise ReportError("--ckpt, --data and --adapter name one model's files and code: report that run on its own")
+    if (options.ckpt or options.data or options.adapter) and options.examples != "rerun":
+        raise ReportError("--ckpt, --data and --adapter are for re-running: drop them with --examples saved or none")
     for run in [] if options.up_to else runs:
         check_counts(run, options.worst, options.best)
 
@@ -97,7 +99,7 @@ def pixels_for(run: Run, options: Options, log: Callable[[str], None]) -> dict[s
     from protobench.report.pixels import verified_rerun
 
     pixels, found = verified_rerun(run, indices, force=options.force, ckpt=options.ckpt, data=options.data,
-                                   device=options.device, log=log)
+                                   adapter=options.adapter, trusted=options.trusted, device=options.device, log=log)
     pixels.source += f" (sha256 {run.meta.get('checkpoint_sha256')} verified, data fingerprint verified)"
     problem = ""
     if found:
