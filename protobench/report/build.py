@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from protobench.lock import holding
 from protobench.report.page import Picture, prototype_rows, slug
 from protobench.report.runs import ReportError, Run, load_runs
 from protobench.report.tables import Pick, check_counts, picks
 
 EXAMPLES = ("rerun", "saved", "none")  # --examples: where the drawn images' tensors come from
 REPORT = "report.html"
+WRITING = ".protobench-report-writing"  # present while a report is written: a rerun may replace what it left
 
 
 @dataclass
@@ -39,17 +41,18 @@ def build_report(paths: list[str], options: Options, log: Callable[[str], None] 
     runs, notes = load_runs(paths)
     check_options(runs, options)
     out = output_dir(paths, options.out)
-    pixels = {id(run): pixels_for(run, options, log) for run in runs}  # the slow part: before any file
-    files: dict[str, bytes] = {}
-    context = {"title": ", ".join(dict.fromkeys(run.label for run in runs)), "notes": notes, "runs": []}
-    sections(runs, pixels, options, files, context)
-    if len(runs) > 1:
-        from protobench.report.figures import comparison
+    with holding(out):  # one run writing `out` at a time
+        pixels = {id(run): pixels_for(run, options, log) for run in runs}  # the slow part: before any file
+        files: dict[str, bytes] = {}
+        context = {"title": ", ".join(dict.fromkeys(run.label for run in runs)), "notes": notes, "runs": []}
+        sections(runs, pixels, options, files, context)
+        if len(runs) > 1:
+            from protobench.report.figures import comparison
 
-        context["comparison"] = add(files, Picture(comparison(runs), "comparison.png"))
-        context["compare_tables"] = compare_tables(runs)
-    html = _render(context)
-    write(out, files, html)
+            context["comparison"] = add(files, Picture(comparison(runs), "comparison.png"))
+            context["compare_tables"] = compare_tables(runs)
+        html = _render(context)
+        write(out, files, html)
     return {"out": str(out), "html": str(out / REPORT), "bytes": len(html.encode("utf-8")), "files": len(files) + 1,
             "runs": len(runs), "notes": notes}
 
@@ -69,11 +72,12 @@ def check_options(runs: list[Run], options: Options) -> None:
 
 
 def output_dir(paths: list[str], out: str | None) -> Path:
-    """--out, or RUN_DIR/report: empty, new, or an earlier report (which the new one replaces)."""
+    """--out, or RUN_DIR/report: empty, new, or an earlier report, finished or interrupted (which the new
+    one replaces)."""
     path = Path(out) if out else (Path(paths[0]) / "report" if len(paths) == 1 else Path("protobench-results/report"))
     if path.exists() and not path.is_dir():
         raise ReportError(f"--out {path} is a file, not a directory")
-    if path.is_dir() and any(path.iterdir()) and not (path / REPORT).is_file():
+    if path.is_dir() and any(path.iterdir()) and not ((path / REPORT).is_file() or (path / WRITING).is_file()):
         raise ReportError(f"--out {path} holds other files and no earlier {REPORT}: choose a new or empty directory")
     from protobench.files import check_writable_dir
 
@@ -216,15 +220,19 @@ def _render(context: dict[str, Any]) -> str:
 
 
 def write(out: Path, files: dict[str, bytes], html: str) -> None:
-    """Replace an earlier report in `out` by this one: its PNG and CSV files, then report.html last."""
+    """Replace an earlier report in `out` by this one: its PNG and CSV files, then report.html last. The
+    WRITING mark stays until report.html is in place, so a report interrupted (a full disk, a kill)
+    is recognised, and replaced, by its rerun."""
     from protobench.files import atomic_path, atomic_write_text, writing
 
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-        if (out / REPORT).is_file():
+        if (out / REPORT).is_file() or (out / WRITING).is_file():
             for old in [*out.glob("*.png"), *out.glob("*.csv")]:
                 old.unlink()
+        (out / WRITING).write_text("a protobench report is being written here; its rerun replaces it\n")
     for name, data in files.items():
         with atomic_path(out / name) as tmp:
             Path(tmp).write_bytes(data)
     atomic_write_text(out / REPORT, html)
+    (out / WRITING).unlink()

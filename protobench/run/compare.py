@@ -273,7 +273,7 @@ def to_markdown(table: pd.DataFrame, notes: list[str]) -> str:
              "|---|---|---:|---:|---:|---:|---|"]
     for r in table.to_dict("records"):
         status = "**FAIL**" if r["status"] == "FAIL" else r["status"]
-        lines.append(f"| {_cell(r['model'])} | {_cell(r['metric'])} | {fmt(r['base'])} | {fmt(r['new'])} | "
+        lines.append(f"| {_cell(r['model'])} | {r['metric']} | {fmt(r['base'])} | {fmt(r['new'])} | "
                      f"{fmt(r['delta'], signed=True)} | {fmt(r['tolerance'])} | {status} |")
     lines += [""] + [f"- {_cell(note)}" for note in notes] if notes else []
     return "\n".join(lines) + "\n"

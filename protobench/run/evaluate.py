@@ -19,6 +19,7 @@ from protobench.run.devices import check_device_name, resolve_device
 from protobench.run import scorecard
 from protobench.run.scorecard import DEFAULT_METRICS, PartSettings, check_metrics
 from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
+from protobench.lock import holds_out
 
 MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
 
@@ -97,6 +98,7 @@ def load_dataset(data: str, info, layout: str | None = None, split: str | None =
     return dataset, dataset.paths
 
 
+@holds_out(lambda cfg, *_, **__: cfg.out)  # one run writing cfg.out at a time
 def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out.
 

@@ -22,6 +22,7 @@ from protobench import options
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.demo import DEMO_TEST, DEMO_TRAIN
 from protobench.errors import AdapterError, Interrupted, Notice, OptionError, ProtobenchError
+from protobench.lock import holds_out
 from protobench.train.settings import TUNABLE, TrainSettings
 from protobench.train.state import LOG, STATE
 from protobench.train.trainer import NoProgress, NonFinite, Progress
@@ -166,6 +167,7 @@ def start_or_check(out: Path, identity: dict[str, Any], resuming: bool) -> None:
         write_json(out / META, {**meta, "identity": current, "status": "running", "retuned": retuned})
 
 
+@holds_out(lambda cfg, *_, **__: cfg.resolved().out)  # one run writing OUT at a time
 def finetune(cfg: FinetuneConfig, progress: Progress | None = None, eval_progress=None) -> dict[str, Any]:
     """Fine-tune cfg.ckpt on cfg.data and write OUT (see the module docstring); evaluate before
     and after when there is evaluation data. Returns the paths, the log and both summaries."""
