@@ -141,7 +141,8 @@ def check_numbers(path: Path, per_image: pd.DataFrame, meta: dict[str, Any]) -> 
             bad |= values.abs() >= (limit or 2**53)
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            shown = " ".join(str(per_image[column].iloc[row]).split())[:40]
+            raw = per_image[column].iloc[row]
+            shown = " ".join(raw.split())[:40] if isinstance(raw, str) else f"{raw:.15g}"
             what = ("a finite number" if column in REAL else "a whole number" if WHOLE[column] is None else
                     f"a whole number from 0 to {limit - 1}" if limit is not None else "a whole number >= 0")
             raise ReportError(f"{path}:{row + 2}: {column} is {shown!r}, not {what} (damaged file): restore it, "
