@@ -67,6 +67,9 @@ def load_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
     if not runs:
         raise ReportError(f"no model of {', '.join(paths)} has results to report ({'; '.join(notes)})")
     label_runs(runs)
+    for run in runs:  # what evaluate warned about (protobench.run.sanity): the page says it too
+        recorded = run.meta.get("warnings")
+        notes += [f"{run.label}: {w}" for w in (recorded if isinstance(recorded, list) else []) if isinstance(w, str)]
     return runs, notes
 
 

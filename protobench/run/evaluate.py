@@ -234,8 +234,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     written atomically."""
     import pandas as pd
 
-    from protobench.run import resume as runstate
-    from protobench.run import results
+    from protobench.run import resume as runstate, results, sanity
 
     records, skipped = runstate.read_partial(out)
     by_index = {r["index"]: r for r in reversed(records)}  # first record of an index wins
@@ -248,6 +247,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
     meta["resumed"] = resumed
+    meta["warnings"] = sanity.run_warnings(summary, adapter.info.num_classes, found, adapter.info.input_size)
     try:
         results.write_csv(out / "per_image.csv", per_image)
         if per_prototype is not None:
