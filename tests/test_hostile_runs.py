@@ -218,3 +218,129 @@ def test_a_report_cut_by_a_full_disk_is_replaced_by_its_rerun(finished, tmp_path
     result = invoke("report", finished, "--out", out, "--examples", "saved", "--worst", 1)
     assert result.exit_code == 0, result.output
     assert (out / "report.html").is_file() and sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def parts_folder(root, lines):
+    """The 12-image ImageFolder of the other tests with a parts.csv of `lines` (after the header)."""
+    from conftest import write_image_folder
+
+    write_image_folder(root)
+    (root / "parts.csv").write_text("\n".join(["image,part,x,y,visible", *lines]) + "\n")
+    return root
+
+
+SCORECARD = ["--metrics", "misalignment,consistency,stability", "--steps", 1]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "directory"])
+def test_a_parts_csv_that_is_no_file_is_said_so(tmp_path, tiny_ckpt, kind):
+    data = parts_folder(tmp_path / "data", [])
+    (data / "parts.csv").unlink()
+    if kind == "fifo":
+        os.mkfifo(data / "parts.csv")
+    elif kind == "zero":
+        (data / "parts.csv").symlink_to("/dev/zero")
+    else:
+        (data / "parts.csv").mkdir()  # not a 4th class folder
+    result = invoke("evaluate", "--ckpt", tiny_ckpt, "--data", data, "--out", tmp_path / "o", *SCORECARD)
+    assert_one_line_error(result, f"{data / 'parts.csv'} is not a file")
+    assert result.exit_code == 2
+
+
+def test_a_refused_storage_reads_as_a_sentence(tmp_path):
+    from protobench.models.families import AutoAdapter
+    from protobench.errors import CheckpointError
+    from test_hostile_checkpoints import stride_zero
+
+    path, _ = stride_zero(tmp_path)
+    with pytest.raises(CheckpointError) as err:
+        AutoAdapter.load(str(path))
+    assert ": it holds a tensor of shape (9999999, 4, 1, 1) that reaches past its storage of 1 elements" in str(err.value)
+
+
+def part_run(tmp_path, tiny_ckpt, coordinate, visible):
+    lines = [f"class{c}/img{i}.png,{part},{coordinate},{coordinate},{visible}"
+             for c in range(3) for i in range(4) for part in ("beak", "tail")]
+    data = parts_folder(tmp_path / "data", lines)
+    return invoke("evaluate", "--ckpt", tiny_ckpt, "--data", data, "--out", tmp_path / "o", *SCORECARD)
+
+
+@pytest.mark.parametrize("coordinate, visible", [("1e300", 1), ("-5", 1), ("", 0)])
+def test_parts_never_inside_an_image_leave_the_scores_undefined(tmp_path, tiny_ckpt, coordinate, visible):
+    import pandas as pd
+
+    result = part_run(tmp_path, tiny_ckpt, coordinate, visible)
+    assert result.exit_code == 0, result.output
+    assert "invalid value" not in result.output and "RuntimeWarning" not in result.output
+    assert "warning: no annotated part fell inside any evaluated image" in result.stderr
+    meta = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert any(w.startswith("no annotated part fell inside") for w in meta["warnings"])
+    summary = pd.read_csv(tmp_path / "o" / "summary.csv").iloc[0]
+    assert summary[["consistency_mean", "stability_mean"]].isna().all()
+    assert summary["consistency_n"] == 0 and summary["stability_n"] == 0
+    table = pd.read_csv(tmp_path / "o" / "per_prototype.csv")
+    assert table[["consistency", "stability"]].isna().all().all() and (table["images"] == 4).all()
+
+
+def test_parts_inside_the_images_give_no_warning(tmp_path, tiny_ckpt):
+    result = part_run(tmp_path, tiny_ckpt, "20", 1)  # the images are 40 px: every part inside
+    assert result.exit_code == 0 and "no annotated part" not in result.output
+    meta = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert not any("no annotated part" in w for w in meta["warnings"])
+
+
+def test_accuracy_at_or_below_chance_is_a_warning_everywhere(tmp_path):
+    """The demo's test images exported with their class folders named in reverse order."""
+    from protobench.demo import DEMO_CKPT
+
+    data = tmp_path / "data"
+    assert invoke("demo", "export", data, "--n", 12).exit_code == 0
+    names = sorted(p.name for p in data.iterdir())
+    for name in names:
+        (data / name).rename(data / f"tmp-{name}")
+    for old, new in zip(names, reversed(names)):
+        (data / f"tmp-{old}").rename(data / new)
+    out = tmp_path / "o"
+    result = invoke("evaluate", "--ckpt", DEMO_CKPT, "--data", data, "--out", out, "--steps", 1,
+                    "--select", "gt-protos")
+    assert result.exit_code == 0, result.output
+    told = "clean accuracy is 0.0%, at or below chance (16.7% for 6 classes)"
+    assert f"warning: {told}" in result.stderr and "class" in result.stderr and "normalisation" in result.stderr
+    assert any(w.startswith(told) for w in json.loads((out / "meta.json").read_text())["warnings"])
+    result = invoke("report", out, "--examples", "none")
+    assert result.exit_code == 0 and told in result.stderr
+    assert told in (out / "report" / "report.html").read_text()
+
+
+def test_a_model_above_chance_gets_no_accuracy_warning():
+    from protobench.run.sanity import accuracy_warning
+
+    assert accuracy_warning({"acc_before": 16.7}, 6) is None  # chance is 100 / 6 = 16.67
+    assert accuracy_warning({"acc_before": 16.6}, 6) is not None
+    assert accuracy_warning({"acc_before": 50.0}, 2) is not None and accuracy_warning({"acc_before": 50.1}, 2) is None
+    assert accuracy_warning({}, 6) is None  # a run without the attack suite has no accuracy
+
+
+def test_class_names_the_checkpoint_records_are_checked(tmp_path, tiny_adapter, image_folder):
+    path = tmp_path / "named.safetensors"
+    tiny_adapter.save(str(path), extra={"classes": json.dumps(["class0", "class2", "class1"])})
+    result = invoke("evaluate", "--ckpt", path, "--data", image_folder, "--out", tmp_path / "o", "--steps", 1)
+    assert_one_line_error(result, "classes are not the ones the checkpoint records", "the same names in another order",
+                          "2 of 3 differ, first class 1: 'class1' here, 'class2' in the checkpoint")
+    assert result.exit_code == 2
+    tiny_adapter.save(str(path), extra={"classes": json.dumps(["class0", "class1", "class2"])})
+    assert invoke("convert", path, tmp_path / "copy.safetensors").exit_code == 0  # the names travel with the model
+    result = invoke("evaluate", "--ckpt", tmp_path / "copy.safetensors", "--data", image_folder, "--out",
+                    tmp_path / "o2", "--steps", 1)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o2" / "meta.json").read_text())["model_info"]["classes"] == ["class0", "class1",
+                                                                                                 "class2"]
+
+
+def test_damaged_class_names_are_refused(tmp_path, tiny_adapter, image_folder):
+    path = tmp_path / "named.safetensors"
+    for names in ('{"a": 1}', '["a", 3]', '["a", "b"]', "not json"):
+        tiny_adapter.save(str(path), extra={"classes": names})
+        result = invoke("evaluate", "--ckpt", path, "--data", image_folder, "--out", tmp_path / "o", "--steps", 1)
+        assert_one_line_error(result, str(path), "class names")
+        assert result.exit_code == 2

@@ -22,10 +22,10 @@ from protobench.run.resume import RUN, json_kind
 
 NEEDED = ("index", "path", "label", "pred_before", "pred_after", "proto", "proto_class", "act_before",
           "act_after", "PAC", "PLC", "PRC")  # per_image.csv columns the report reads
-# per_image.csv's whole-number columns and the meta.json figure each one must stay below
+# per_image.csv's whole-number columns and the meta.json figure each one must stay below (None: may be negative)
 WHOLE = {"index": ("dataset_images",), "label": ("model_info", "num_classes"),
          "pred_before": ("model_info", "num_classes"), "pred_after": ("model_info", "num_classes"),
-         "proto": ("model_info", "num_prototypes"), "proto_class": ("model_info", "num_classes"), "PRC": None}  # None: may be negative
+         "proto": ("model_info", "num_prototypes"), "proto_class": ("model_info", "num_classes"), "PRC": None}
 REAL = ("act_before", "act_after", "PAC", "PLC")  # numbers, NaN allowed (PAC of a zero activation)
 
 
