@@ -344,3 +344,14 @@ def test_damaged_class_names_are_refused(tmp_path, tiny_adapter, image_folder):
         result = invoke("evaluate", "--ckpt", path, "--data", image_folder, "--out", tmp_path / "o", "--steps", 1)
         assert_one_line_error(result, str(path), "class names")
         assert result.exit_code == 2
+
+
+def test_finetune_records_the_class_names_it_trained_on(tmp_path, tiny_ckpt, image_folder):
+    from safetensors import safe_open
+
+    out = tmp_path / "ft"
+    result = invoke("finetune", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", out, "--epochs", 1,
+                    "--last-epochs", 0, "--batch-size", 4, "--no-eval")
+    assert result.exit_code == 0, result.output
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["classes"]) == ["class0", "class1", "class2"]

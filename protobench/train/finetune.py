@@ -202,6 +202,8 @@ def load_for_training(cfg: FinetuneConfig, device):
     check_trainable(adapter, cfg.settings)
     dataset, _ = load_dataset(cfg.data, adapter.info, cfg.dataset, train_split(cfg.data, cfg.dataset, cfg.split),
                               cfg.max_image_pixels)
+    if getattr(dataset, "classes", None):  # the fine-tuned model records the names it was trained on
+        adapter.info = replace(adapter.info, classes=tuple(map(str, dataset.classes)))
     return adapter, in_memory(dataset)
 
 
