@@ -96,14 +96,24 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         tensors = load_file(str(path))
         meta = {key: json.loads(raw[key]) for key in ("mean", "std", "classes")}
         meta["run"] = raw.get("run")
-        ok = raw.get("format") == FORMAT and set(tensors) == set(TENSORS) and _consistent(tensors)
+        ok = (raw.get("format") == FORMAT and set(tensors) == set(TENSORS) and _consistent(tensors)
+              and _numbers(meta["mean"]) and _numbers(meta["std"])
+              and isinstance(meta["classes"], list) and all(isinstance(c, str) for c in meta["classes"]))
     except (OSError, ValueError, KeyError, SafetensorError) as err:
         raise ReportError(f"{path} is damaged ({type(err).__name__}): save it again with evaluate "
                           "--save-examples K") from None
     if not ok:
-        raise ReportError(f"{path} is not a {FORMAT} file (wrong tensors or shapes): save it again with "
+        raise ReportError(f"{path} is not a {FORMAT} file (wrong tensors, shapes or metadata): save it again with "
                           "evaluate --save-examples K")
     return tensors, meta
+
+
+def _numbers(values: Any) -> bool:
+    """A normalization (mean or std) as the examples file records it: three finite numbers."""
+    import math
+
+    return (isinstance(values, list) and len(values) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
 
 
 def _consistent(t: dict[str, Any]) -> bool:
