@@ -16,8 +16,8 @@ from protobench.core.protocol import EvalProtocol
 from protobench.run.forward import AUTOCAST_DTYPES
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.run.devices import check_device_name, resolve_device
-from protobench.run import scorecard
-from protobench.run.scorecard import DEFAULT_METRICS, PartSettings, check_metrics
+from protobench.run import partpass
+from protobench.run.partpass import DEFAULT_METRICS, PartSettings, check_metrics
 from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
 from protobench.lock import holds_out
 
@@ -59,7 +59,7 @@ class EvaluateConfig:
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see forward.Runtime
     compile: bool = False  # torch.compile the model's forward
-    metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.scorecard
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.partpass
     parts: PartSettings = field(default_factory=PartSettings)  # consistency and stability's parameters
     source: dict[str, Any] = field(default_factory=dict)  # download, published accuracy, Hub record (run/sources.py)
 
@@ -85,7 +85,7 @@ def resolve_context(cfg: EvaluateConfig, adapter, world):
 
 
 def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
-    from protobench.models.families import get_adapter
+    from protobench.models.lookup import get_adapter
 
     return get_adapter(name).load(ckpt, **options).to(device)
 
@@ -107,8 +107,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     continues with cfg.resume and ends with the same files as an uninterrupted one.
     """
     from protobench import files
-    from protobench.run import distributed, results, sources
-    from protobench.run import resume as runstate
+    from protobench.run import distributed, resume as runstate, results, sources
     from protobench.data.imagelist import random_subset
 
     cfg.check()
@@ -126,8 +125,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     context = resolve_context(cfg, adapter, world)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
-    found, passes, parts_identity = scorecard.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
-                                                      cfg.protocol.seed)  # keypoints when a metric needs them
+    keypoints, passes, parts_identity = partpass.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
+                                                          cfg.protocol.seed)  # when a metric needs them
     identity = {**run_identity(cfg, adapter, dataset, context), **parts_identity}
     distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
     if status == "empty":
@@ -144,7 +143,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     distributed.barrier(world)  # every shard is on disk before rank 0 merges them
     if not world.main:
         return None
-    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, context, found)
+    return _finish(cfg, adapter, dataset, indices, out, identity=identity, resumed=status == "partial",
+                   timing=timing, context=context, keypoints=keypoints)
 
 
 def check_selection(protocol: EvalProtocol, adapter) -> None:
@@ -229,9 +229,9 @@ def model_name(cfg: EvaluateConfig) -> str:
     return cfg.name or Path(cfg.ckpt).stem
 
 
-def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated, context, found) -> dict[str, Any]:
-    """Per-image table from the partial log (in subset order), per-prototype table, summary, meta;
-    written atomically."""
+def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, timing, context, keypoints) -> dict[str, Any]:
+    """Per-image table from the partial log (in subset order), per-prototype table (from the part
+    `keypoints`, None without a part pass), summary, meta; written atomically. timing: (wall, evaluated)."""
     import pandas as pd
 
     from protobench.run import resume as runstate, results, sanity, sources
@@ -243,11 +243,11 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     if not records:
         raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
     per_image = pd.DataFrame(records, columns=results.per_image_columns(cfg.metrics))
-    per_prototype = scorecard.model_table(per_image, cfg.metrics, adapter, found, cfg.parts.threshold)
+    per_prototype = partpass.model_table(per_image, cfg.metrics, adapter, keypoints, cfg.parts.threshold)
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
-    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
+    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, *timing, context)
     meta.update(resumed=resumed, **sources.report(cfg.source, summary))  # incl. the published-accuracy check
-    meta["warnings"] = sanity.run_warnings(summary, adapter.info.num_classes, found, adapter.info.input_size)
+    meta["warnings"] = sanity.run_warnings(summary, adapter.info.num_classes, keypoints, adapter.info.input_size)
     try:
         results.write_csv(out / "per_image.csv", per_image)
         if per_prototype is not None:
