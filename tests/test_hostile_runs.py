@@ -248,7 +248,7 @@ def test_a_parts_csv_that_is_no_file_is_said_so(tmp_path, tiny_ckpt, kind):
 
 
 def test_a_refused_storage_reads_as_a_sentence(tmp_path):
-    from protobench.models.families import AutoAdapter
+    from protobench.models.lookup import AutoAdapter
     from protobench.errors import CheckpointError
     from test_hostile_checkpoints import stride_zero
 
