@@ -164,12 +164,12 @@ def fuzz_case(runs: Path, tmp_path: Path, seed: int, examples: tuple[str, ...]) 
     shutil.rmtree(work)
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(5))
 def test_damaged_run_directories(runs, tmp_path, seed):
     fuzz_case(runs, tmp_path, seed, ("none", "saved"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(8, 400))
+@pytest.mark.parametrize("seed", range(5, 400))
 def test_damaged_run_directories_many(runs, tmp_path, seed):
     fuzz_case(runs, tmp_path, seed, ("none", "saved", "rerun"))
