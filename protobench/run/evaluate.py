@@ -20,6 +20,7 @@ from protobench.run.watch import NoProgress, Progress, RunningMean
 from protobench.run import partpass
 from protobench.run.partpass import DEFAULT_METRICS, PartSettings, check_metrics
 from protobench.errors import DataError, DataWarning, Interrupted, OptionError, OutputError, ProtobenchError
+from protobench.lock import holds_out
 
 MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
 
@@ -88,6 +89,7 @@ def load_dataset(data: str, info, layout: str | None = None, split: str | None =
     return dataset, dataset.paths
 
 
+@holds_out(lambda cfg, *_, **__: cfg.out)  # one run writing cfg.out at a time
 def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=None, dataset=None) -> dict[str, Any]:
     """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out.
     `adapter`, `dataset` (items (image, label, index); `paths`): in memory already, instead of cfg.ckpt, cfg.data.
@@ -96,8 +98,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=N
     continues with cfg.resume and ends with the same files as an uninterrupted one.
     """
     from protobench import files
-    from protobench.run import distributed, results, sources
-    from protobench.run import resume as runstate
+    from protobench.run import distributed, resume as runstate, results, sources
     from protobench.data.imagelist import random_subset
 
     cfg.check()
@@ -165,8 +166,7 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, An
 def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context, passes) -> tuple[float, int]:
     """Evaluate the images the partial logs lack (this rank's share of them), appending each
     batch; (wall time, images evaluated)."""
-    from protobench.run import benchmark
-    from protobench.run import resume as runstate
+    from protobench.run import benchmark, resume as runstate
     from protobench.data.imagelist import Subset
 
     records, skipped = runstate.read_partial(out)
@@ -225,8 +225,7 @@ def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, timing, c
     `keypoints`, None without a part pass), summary, meta; written atomically. timing: (wall, evaluated)."""
     import pandas as pd
 
-    from protobench.run import resume as runstate
-    from protobench.run import results, sources
+    from protobench.run import resume as runstate, results, sanity, sources
 
     records, skipped = runstate.read_partial(out)
     by_index = {r["index"]: r for r in reversed(records)}  # first record of an index wins
@@ -239,6 +238,7 @@ def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, timing, c
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, *timing, context)
     meta.update(resumed=resumed, **sources.report(cfg.source, summary))  # incl. the published-accuracy check
+    meta["warnings"] = sanity.run_warnings(summary, adapter.info.num_classes, keypoints, adapter.info.input_size)
     try:
         results.write_csv(out / "per_image.csv", per_image)
         if per_prototype is not None:
