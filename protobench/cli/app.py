@@ -150,6 +150,9 @@ def compare(
                                                     "acc, and plugin metrics); defaults in docs/ci.md."),
     format: str = typer.Option("table", "--format", help="table or markdown."),
     force: bool = typer.Option(False, help="Compare runs of different protocols or datasets anyway."),
+    gate: str = typer.Option("tolerance", help="tolerance: fail a metric worse by more than its tolerance; "
+                                               "significant: only when its paired 95% interval lies wholly beyond "
+                                               "the tolerance (docs/ci.md)."),
 ) -> None:
     """Exit 0 if no metric of NEW is worse than BASE by more than its tolerance, 1 if one is, 2 if unusable."""
     from protobench.run import compare as cmp
@@ -158,7 +161,7 @@ def compare(
     if format not in ("table", "markdown"):
         fail(f"unknown --format {format!r}: use table or markdown")
     tolerances = run_library(cmp.parse_tolerances, tol)
-    table, notes = run_library(cmp.compare, str(base), str(new), tolerances, force)
+    table, notes = run_library(cmp.compare, str(base), str(new), tolerances, force, gate)
     if format == "markdown":
         text = cmp.to_markdown(table, notes)
         print(text.encode("utf-8", "backslashreplace").decode("utf-8"), end="")

@@ -132,6 +132,8 @@ class MetricSpec:
     suite: str = MISALIGNMENT  # the `evaluate --metrics` name that selects it
     per_prototype: PerPrototype | None = None  # one value per prototype: a per_prototype.csv column
     needs_noise: bool = False  # its per_prototype function reads the stability pass (codes_noisy)
+    derived_from: tuple[str, ...] = ()  # the metrics it is computed from: compare reports it and gates those
+    summary_rows: Summary | None = None  # per_image table -> per-row values whose mean is `summary` (compare)
 
     def __post_init__(self) -> None:
         for kind, word in (("metric name", self.name), ("suite", self.suite)):
@@ -272,6 +274,10 @@ def accuracy_change(frame: Any) -> float:
     return accuracy("pred_before")(frame) - accuracy("pred_after")(frame)
 
 
+def correct(column: str) -> Summary:
+    """Per image: 100 if the prediction in `column` is right, else 0 (their mean is accuracy(column))."""
+    return lambda frame: 100.0 * (frame[column] == frame["label"]).to_numpy(dtype=float)
+
 for _spec in (
     MetricSpec("PLC", "PLC (location change, %)", "%", True, 1.0, order=10, csv_order=30,
                per_image=lambda o: PLC_KINDS[o.plc](o)),
@@ -280,11 +286,11 @@ for _spec in (
     MetricSpec("PRC", "PRC (rank change)", "prototypes", True, 0.5, order=30, csv_order=20,
                per_image=lambda o: prc(o.act, o.act_adv, o.p_star, o.in_class)),
     MetricSpec("acc_before", "accuracy, clean images (%)", "%", False, 1.0, order=40, decimals=1,
-               summary=accuracy("pred_before"), tol_groups=("acc",)),
+               summary=accuracy("pred_before"), tol_groups=("acc",), summary_rows=correct("pred_before")),
     MetricSpec("acc_after", "accuracy, attacked images (%)", "%", False, 1.0, order=50, decimals=1,
-               summary=accuracy("pred_after"), tol_groups=("acc",)),
+               summary=accuracy("pred_after"), tol_groups=("acc",), summary_rows=correct("pred_after")),
     MetricSpec("AC", "AC (accuracy change, points)", "points", True, 1.0, order=60, decimals=1,
-               summary=accuracy_change),
+               summary=accuracy_change, derived_from=("acc_before", "acc_after"), summary_rows=lambda f: correct("pred_before")(f) - correct("pred_after")(f)),
     MetricSpec("consistency", "consistency (prototypes on one part, %)", "%", False, 2.0, order=70,
                suite="consistency", per_prototype=lambda records: _partscores().consistency(records)),
     MetricSpec("stability", "stability (part hits kept under noise, %)", "%", False, 2.0, order=80,
