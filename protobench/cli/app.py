@@ -50,8 +50,9 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
                                                   "or protobench-results/models for several)."),
     protocol: str = typer.Option("default", help=PROTOCOL_HELP),
-    attack: Optional[str] = typer.Option(None, help="pgd, noise, or an attack a plugin registered "
+    attack: Optional[str] = typer.Option(None, help="pgd, apgd, noise, or an attack a plugin registered "
                                                     "[default: from --protocol]."),
+    restarts: Optional[int] = typer.Option(None, help="apgd: runs from new random starts, best kept [1]."),
     eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
     step: Optional[float] = typer.Option(None, help="pgd step size [0.01]."),
     steps: Optional[int] = typer.Option(None, help="pgd steps [40]."),
@@ -91,7 +92,7 @@ def evaluate(
     from protobench.run.sweep import evaluate_models, pair_adapters
 
     proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
-                        margin=margin, clip=clip, seed=seed, region=region, plc=plc)
+                        margin=margin, clip=clip, seed=seed, region=region, plc=plc, restarts=restarts)
     if not ckpt and (data is None or is_demo_data(data)):  # the built-in demo
         ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
         out = out or Path("protobench-results") / "demo"

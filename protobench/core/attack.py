@@ -86,6 +86,9 @@ def noise_only(objective: Objective, x: torch.Tensor, attackable: torch.Tensor, 
     return pgd(objective, x, attackable, noise, eps=eps, step=step, steps=0, bounds=bounds)
 
 
+ATTACKS.add("apgd", "protobench.core.apgd:apgd", source="built-in")  # its own module: AutoAttack's schedule
+
+
 def image_bounds(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalized values of pixel 0 and 1 per channel, shaped (1, 3, 1, 1).
 

@@ -10,6 +10,7 @@ registered one is a valid `--attack` / `--region` with no change here.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -18,7 +19,7 @@ from protobench.errors import OptionError
 
 # Upper bounds of the attack's options. Normalized images span about 5 units, so a radius of
 # 100 already leaves nothing unreachable, while 1e30 (with --no-clip) overflows the model to NaN.
-MAX_RADIUS, MAX_STEPS, MAX_MARGIN = 100.0, 1_000_000, 100_000
+MAX_RADIUS, MAX_STEPS, MAX_MARGIN, MAX_RESTARTS = 100.0, 1_000_000, 100_000, 1000
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "default": {},  # pgd, clipped to the valid image range
@@ -30,7 +31,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 SELECTIONS = ("top-proto", "gt-protos")
 PLC_KINDS = ("pixels", "tokens")  # protobench.core.metrics.PLC_KINDS: how PLC compares the two locations
 # what runs recorded before a field existed used instead (meta.json, run.json): they stay comparable
-RECORDED_BEFORE = {"region": "box", "plc": "pixels"}
+RECORDED_BEFORE = {"region": "box", "plc": "pixels", "restarts": 1}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class EvalProtocol:
     seed: int = 0  # seeds the per-image random start and the subset
     region: str = "box"  # a name in protobench.core.regions.REGIONS: which pixels are protected
     plc: str = "pixels"  # 'pixels' (the paper's PLC) or 'tokens' (on the model's grid, per part)
+    restarts: int = 1  # runs of an attack that takes restarts (apgd) from new random starts; the best is kept
 
     @classmethod
     def make(cls, name: str = "default", **overrides: Any) -> EvalProtocol:
@@ -75,6 +77,13 @@ class EvalProtocol:
         options.integer("--steps", self.steps, 0, MAX_STEPS)
         options.optional_integer("--margin", self.margin, 0, MAX_MARGIN)
         options.integer("--seed", self.seed, 0, options.SEED_MAX)
+        options.integer("--restarts", self.restarts, 1, MAX_RESTARTS)
+        if self.restarts != 1 and "restarts" not in inspect.signature(ATTACKS.get(self.attack)).parameters:
+            raise OptionError(f"--restarts: the {self.attack} attack has no restarts; use --attack apgd")
+
+    def attack_options(self) -> dict[str, Any]:
+        """Keyword arguments beyond pgd's signature for the attack: restarts, when asked for."""
+        return {"restarts": self.restarts} if self.restarts != 1 else {}
 
     def resolved(self, size: int) -> dict[str, Any]:
         """The protocol as recorded in meta.json, with the margin worked out for this image size."""

@@ -19,7 +19,7 @@ from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import REGIONS, select_prototypes
 from protobench.models.adapter import Evidence, PrototypeAdapter, map_argmax_cells, map_maxima
-from protobench.run import scorecard
+from protobench.run import convergence, scorecard
 from protobench.run.context import RunContext
 from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
 from protobench.run.scorecard import Passes
@@ -98,14 +98,19 @@ def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, id
     act = clean.act.clamp(min=0)
     attacked, p_star, in_class, attackable = protect(adapter, maps, y, protocol, act, clean.part_cells, slots)
     weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
+    trace = convergence.Trace(p_star)  # every evaluation, kept on the device (convergence.csv)
 
     def objective(images: torch.Tensor) -> torch.Tensor:  # mean activation of the attacked prototypes
-        return (forward(images).act * weights).sum(dim=1)
+        act = forward(images).act
+        value = (act * weights).sum(dim=1)
+        trace.record(value, act)
+        return value
 
     noise = rng.uniform(protocol.seed, ids.to(x.device, non_blocking=True), tuple(x.shape[1:]), -1.0, 1.0)
     bounds = image_bounds(adapter.info.mean, adapter.info.std, x.device) if protocol.clip else None
     x_adv, zero_steps = ATTACKS.get(protocol.attack)(objective, x, attackable, noise, eps=protocol.eps,
-                                                     step=protocol.step, steps=protocol.steps, bounds=bounds)
+                                                     step=protocol.step, steps=protocol.steps, bounds=bounds,
+                                                     **protocol.attack_options())
     with torch.no_grad():
         adv = forward(x_adv)
     outcome = metrics.Outcome(images=x, images_adv=x_adv, attackable=attackable, maps=maps,
@@ -119,6 +124,8 @@ def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, id
         on_outcome(outcome, ids)
     out.update(zero_grad_steps=zero_steps, zero_grad=zero_steps > 0,
                protected_frac=1 - attackable.float().mean(dim=(1, 2, 3)))
+    out.update(trace.tensors((adv.act * weights).sum(dim=1), adv.act, (clean.act * weights).sum(dim=1),
+                             outcome.act_star))
     return out
 
 

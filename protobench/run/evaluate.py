@@ -22,7 +22,7 @@ from protobench.errors import DataError, DataWarning, Interrupted, Notice, Optio
 
 MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
 
-RESULT_FILES = ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
+RESULT_FILES = ("per_image.csv", "per_prototype.csv", "convergence.csv", "summary.csv", "meta.json")
 
 
 class Progress(TypingProtocol):
@@ -232,8 +232,8 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     written atomically."""
     import pandas as pd
 
+    from protobench.run import convergence, results
     from protobench.run import resume as runstate
-    from protobench.run import results
 
     records, skipped = runstate.read_partial(out)
     by_index = {r["index"]: r for r in reversed(records)}  # first record of an index wins
@@ -251,6 +251,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
         if per_prototype is not None:
             results.write_csv(out / "per_prototype.csv", per_prototype)
         results.write_csv(out / "summary.csv", pd.DataFrame([summary]))
+        convergence.write(out, records)  # the attack's trace, per step (docs/metrics.md, Attack strength)
         results.write_json(out / "meta.json", meta)  # last: its presence marks the run complete
         runstate.finish(out)
     except OutputError as err:  # the partial log is untouched until meta.json is written
