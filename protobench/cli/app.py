@@ -70,6 +70,8 @@ def evaluate(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
     seed: int = typer.Option(0, help="Seeds the random start of each image, the stability noise and --limit's "
                                      "subset."),
+    seeds: Optional[str] = typer.Option(None, help="Attack every image once per seed, e.g. 0,1,2: per-image means, "
+                                                   "an interval over images and seeds (overrides --seed)."),
     metrics: str = typer.Option("misalignment", help="What to measure, comma-separated: misalignment (the attack: "
                                                      "PLC, PAC, PRC, accuracy), consistency, stability (need part "
                                                      "annotations: docs/datasets.md), or a plugin's."),
@@ -83,7 +85,7 @@ def evaluate(
     save_examples: Optional[int] = typer.Option(None, "--save-examples", metavar="K", help=SAVE_EXAMPLES_HELP),
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
-    from protobench.core.protocol import EvalProtocol
+    from protobench.core.protocol import EvalProtocol, parse_seeds
     from protobench.demo import DEMO_DATA, demo_checkpoint, is_demo_data
     from protobench.run.evaluate import EvaluateConfig
     from protobench.run.evaluate import evaluate as run_evaluate
@@ -92,7 +94,8 @@ def evaluate(
     from protobench.run.sweep import evaluate_models, pair_adapters
 
     proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
-                        margin=margin, clip=clip, seed=seed, region=region, plc=plc, restarts=restarts)
+                        margin=margin, clip=clip, seed=seed, region=region, plc=plc, restarts=restarts,
+                        seeds=run_library(parse_seeds, seeds))
     if not ckpt and (data is None or is_demo_data(data)):  # the built-in demo
         ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
         out = out or Path("protobench-results") / "demo"

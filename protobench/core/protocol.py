@@ -31,7 +31,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 SELECTIONS = ("top-proto", "gt-protos")
 PLC_KINDS = ("pixels", "tokens")  # protobench.core.metrics.PLC_KINDS: how PLC compares the two locations
 # what runs recorded before a field existed used instead (meta.json, run.json): they stay comparable
-RECORDED_BEFORE = {"region": "box", "plc": "pixels", "restarts": 1}
+RECORDED_BEFORE = {"region": "box", "plc": "pixels", "restarts": 1, "seeds": []}
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class EvalProtocol:
     seed: int = 0  # seeds the per-image random start and the subset
     region: str = "box"  # a name in protobench.core.regions.REGIONS: which pixels are protected
     plc: str = "pixels"  # 'pixels' (the paper's PLC) or 'tokens' (on the model's grid, per part)
+    seeds: tuple[int, ...] = ()  # --seeds: attack every image once per seed (seed is then the first)
     restarts: int = 1  # runs of an attack that takes restarts (apgd) from new random starts; the best is kept
 
     @classmethod
@@ -57,6 +58,8 @@ class EvalProtocol:
         options.choice("protocol", name, tuple(PROTOCOLS))
         proto = replace(cls(name=name), **PROTOCOLS[name])
         proto = replace(proto, **{k: v for k, v in overrides.items() if v is not None})
+        if proto.seeds:  # the first seed also picks --limit's subset
+            proto = replace(proto, seeds=tuple(proto.seeds), seed=proto.seeds[0])
         proto.check()
         return proto
 
@@ -78,6 +81,10 @@ class EvalProtocol:
         options.optional_integer("--margin", self.margin, 0, MAX_MARGIN)
         options.integer("--seed", self.seed, 0, options.SEED_MAX)
         options.integer("--restarts", self.restarts, 1, MAX_RESTARTS)
+        for seed in self.seeds:
+            options.integer("--seeds", seed, 0, options.SEED_MAX)
+        if len(set(self.seeds)) != len(self.seeds) or len(self.seeds) == 1:
+            raise OptionError(f"--seeds wants two or more different seeds, comma-separated (0,1,2); got {self.seeds}")
         if self.restarts != 1 and "restarts" not in inspect.signature(ATTACKS.get(self.attack)).parameters:
             raise OptionError(f"--restarts: the {self.attack} attack has no restarts; use --attack apgd")
 
@@ -90,8 +97,19 @@ class EvalProtocol:
         from protobench.core.regions import REGIONS
 
         out = asdict(self)
+        out["seeds"] = list(self.seeds)  # as meta.json reads back
         out["margin"] = self.margin if self.margin is not None else REGIONS.get(self.region).margin(size)
         return out
+
+
+def parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    """--seeds 0,1,2 -> (0, 1, 2); OptionError for anything but comma-separated whole numbers."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise OptionError(f"--seeds wants comma-separated whole numbers such as 0,1,2; got {text!r}") from None
 
 
 def as_recorded_now(record: Any) -> Any:

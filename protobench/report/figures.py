@@ -132,3 +132,39 @@ def accuracy_panel(ax: Any, runs: Sequence[Run], y: np.ndarray) -> None:
         ax.plot([after], [y[i]], "x", color=color(i), markersize=8, markeredgewidth=2)
     ax.set_xlabel("accuracy (%): o clean, x attacked")
     ax.grid(alpha=0.3, axis="x")
+
+
+CONVERGENCE = (("objective_mean", "mean objective (attacked activation)"), ("PAC_mean", "mean PAC (%)"),
+               ("improving_share", "share of images still improving"))
+
+
+def convergence(runs: Sequence[Run]) -> bytes | None:
+    """The attack's convergence (each run's convergence.csv): the mean objective, mean PAC and the share
+    of images whose best objective still dropped, against the step; one line per run. None when no run
+    has the file (runs made before it existed) or every run's attack had no steps (noise)."""
+    import pandas as pd
+
+    tables = []
+    for run in runs:
+        try:
+            table = pd.read_csv(run.dir / "convergence.csv")
+        except (OSError, ValueError):
+            continue
+        if {"step", *(c for c, _ in CONVERGENCE)} <= set(table.columns) and len(table) > 1:
+            tables.append((run, table))
+    if not tables:
+        return None
+    fig = figure(12, 3.2 + 0.25 * ((len(tables) + 2) // 3))
+    axes = fig.subplots(1, len(CONVERGENCE))
+    for ax, (column, label) in zip(axes, CONVERGENCE):
+        for i, (run, table) in enumerate(tables):
+            ax.plot(table["step"], table[column], color=color(i), linestyle=style(i), linewidth=2, label=run.label)
+        ax.set_xlabel("step (0: random start; last: the images returned)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[2].set_ylim(-0.02, 1.02)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=9, frameon=False)
+    fig.suptitle("how the attack converged: a curve still falling at the last step means a stronger attack "
+                 "would find more", fontsize=11)
+    return png(fig)

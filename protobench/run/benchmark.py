@@ -10,6 +10,7 @@ activations and the cells its prototypes' parts matched.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -19,7 +20,7 @@ from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import REGIONS, select_prototypes
 from protobench.models.adapter import Evidence, PrototypeAdapter, map_argmax_cells, map_maxima
-from protobench.run import convergence, scorecard
+from protobench.run import convergence, scorecard, seeds
 from protobench.run.context import RunContext
 from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
 from protobench.run.scorecard import Passes
@@ -83,11 +84,29 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
     passes = passes or Passes()
     with torch.no_grad():
         clean = forward(x)
-    out = attack_batch(adapter, x, y, ids, protocol, forward, clean, on_outcome, slots) if passes.attack else {
+    out = attack_seeds(adapter, x, y, ids, protocol, forward, clean, on_outcome, slots) if passes.attack else {
         "pred_before": clean.logits.argmax(dim=1)}
     if passes.parts is not None:
         out.update(scorecard.measure_parts(forward, x, y, ids, clean.maps, passes, adapter.info.input_size))
     return {k: v.detach().cpu() for k, v in out.items()}
+
+
+def attack_seeds(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+                 protocol: EvalProtocol, forward: Forward, clean: Evidence,
+                 on_outcome: OnOutcome | None = None, slots: int | None = None) -> dict[str, torch.Tensor]:
+    """attack_batch once, or once per seed of protocol.seeds (protobench.run.seeds): then each per-image
+    metric is the mean over the seeds, its per-seed values kept as seeds_<name> (B, S); predictions,
+    diagnostics and the convergence trace are the first seed's."""
+    if not protocol.seeds:
+        return attack_batch(adapter, x, y, ids, protocol, forward, clean, on_outcome, slots)
+    outs = [attack_batch(adapter, x, y, ids, replace(protocol, seed=s, seeds=()), forward, clean,
+                         on_outcome if i == 0 else None, slots) for i, s in enumerate(protocol.seeds)]
+    out = dict(outs[0])
+    for spec in metrics.per_image_specs():
+        stacked = torch.stack([o[spec.name].float() for o in outs], dim=1)
+        out.update({spec.name: stacked.nanmean(dim=1), f"{seeds.PREFIX}{spec.name}": stacked})
+    out[f"{seeds.PREFIX}{seeds.CORRECT_AFTER}"] = torch.stack([(o["pred_after"] == y).float() for o in outs], dim=1)
+    return out
 
 
 def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,

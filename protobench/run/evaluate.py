@@ -228,11 +228,10 @@ def model_name(cfg: EvaluateConfig) -> str:
 
 
 def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated, context, found) -> dict[str, Any]:
-    """Per-image table from the partial log (in subset order), per-prototype table, summary, meta;
-    written atomically."""
+    """Per-image table from the partial log (in subset order), per-prototype table, summary, meta."""
     import pandas as pd
 
-    from protobench.run import convergence, results
+    from protobench.run import convergence, results, seeds
     from protobench.run import resume as runstate
 
     records, skipped = runstate.read_partial(out)
@@ -243,7 +242,8 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
         raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
     per_image = pd.DataFrame(records, columns=results.per_image_columns(cfg.metrics))
     per_prototype = scorecard.model_table(per_image, cfg.metrics, adapter, found, cfg.parts.threshold)
-    summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
+    summary = seeds.summary_update(results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics,
+                                                     per_prototype), seeds.matrices(records), cfg.protocol.seed)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
     meta["resumed"] = resumed
     try:
