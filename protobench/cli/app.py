@@ -15,6 +15,7 @@ from protobench.cli.console import (err_console, fail, line, out_console, parse_
 from protobench.cli.helptext import (DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP, PLC_HELP, PROTOCOL_HELP,
                                      REGION_HELP)
 from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
+from protobench.cli.sensitivity import sensitivity_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Benchmark the spatial alignment of prototype networks' explanations (PLC / PAC / PRC). "
@@ -60,6 +61,8 @@ def evaluate(
     margin: Optional[int] = typer.Option(None, help=MARGIN_HELP),
     region: Optional[str] = typer.Option(None, help=REGION_HELP),
     plc: Optional[str] = typer.Option(None, help=PLC_HELP),
+    box_quantile: Optional[float] = typer.Option(None, help="The box region's map quantile [0.95: the top 5%]."),
+    plc_quantile: Optional[float] = typer.Option(None, help="Pixel PLC's map quantile [0.9: the top 10%]."),
     clip: Optional[bool] = typer.Option(None, "--clip/--no-clip", help="Keep attacked images in the valid range."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch (default: 32 on CPU; 256 on GPU, "
                                                         "halved automatically until it fits)."),
@@ -95,7 +98,7 @@ def evaluate(
 
     proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
                         margin=margin, clip=clip, seed=seed, region=region, plc=plc, restarts=restarts,
-                        seeds=run_library(parse_seeds, seeds))
+                        seeds=run_library(parse_seeds, seeds), box_q=box_quantile, plc_q=plc_quantile)
     if not ckpt and (data is None or is_demo_data(data)):  # the built-in demo
         ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
         out = out or Path("protobench-results") / "demo"
@@ -289,6 +292,7 @@ def adapters() -> None:
 
 
 app.command(name="report")(report_command)  # written beside the report's other CLI code (cli/report.py)
+app.command(name="sensitivity")(sensitivity_command)  # cli/sensitivity.py
 
 
 def main() -> None:

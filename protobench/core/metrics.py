@@ -60,6 +60,7 @@ class Outcome:
     cells: Tensor  # (B, P, J) long: the map cell (row * w + col) each part matched on the clean images
     cells_adv: Tensor  # (B, P, J) the same on the attacked images
     plc: str = "pixels"  # the protocol's PLC definition (PLC_KINDS)
+    plc_q: float = 0.9  # pixel PLC: the quantile above which a map's region counts (the top 10%)
 
     @cached_property
     def _rows(self) -> Tensor:
@@ -256,7 +257,7 @@ def plc_tokens(*args: Any, **kwargs: Any) -> Tensor:
 
 
 PLC_KINDS: dict[str, PerImage] = {  # --plc NAME (protobench.core.protocol.PLC_KINDS)
-    "pixels": lambda o: plc(o.map_star, o.map_star_adv, o.size),
+    "pixels": lambda o: plc(o.map_star, o.map_star_adv, o.size, o.plc_q),
     "tokens": lambda o: plc_tokens(o.parts_star, o.parts_star_adv, o.cells_star, o.cells_star_adv),
 }
 

@@ -31,7 +31,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 SELECTIONS = ("top-proto", "gt-protos")
 PLC_KINDS = ("pixels", "tokens")  # protobench.core.metrics.PLC_KINDS: how PLC compares the two locations
 # what runs recorded before a field existed used instead (meta.json, run.json): they stay comparable
-RECORDED_BEFORE = {"region": "box", "plc": "pixels", "restarts": 1, "seeds": []}
+RECORDED_BEFORE = {"region": "box", "plc": "pixels", "restarts": 1, "seeds": [], "box_q": 0.95, "plc_q": 0.9}
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class EvalProtocol:
     seed: int = 0  # seeds the per-image random start and the subset
     region: str = "box"  # a name in protobench.core.regions.REGIONS: which pixels are protected
     plc: str = "pixels"  # 'pixels' (the paper's PLC) or 'tokens' (on the model's grid, per part)
+    box_q: float = 0.95  # the box region's map quantile: the box around the top 5% (regions that take `q`)
+    plc_q: float = 0.9  # PLC compares the regions above this quantile (the top 10%; pixel PLC)
     seeds: tuple[int, ...] = ()  # --seeds: attack every image once per seed (seed is then the first)
     restarts: int = 1  # runs of an attack that takes restarts (apgd) from new random starts; the best is kept
 
@@ -81,12 +83,20 @@ class EvalProtocol:
         options.optional_integer("--margin", self.margin, 0, MAX_MARGIN)
         options.integer("--seed", self.seed, 0, options.SEED_MAX)
         options.integer("--restarts", self.restarts, 1, MAX_RESTARTS)
+        options.number("--box-quantile", self.box_q, 0, 1)
+        options.number("--plc-quantile", self.plc_q, 0, 1)
+        if self.box_q != 0.95 and "q" not in inspect.signature(REGIONS.get(self.region).attackable).parameters:
+            raise OptionError(f"--box-quantile: the {self.region} region has no quantile; use --region box")
         for seed in self.seeds:
             options.integer("--seeds", seed, 0, options.SEED_MAX)
         if len(set(self.seeds)) != len(self.seeds) or len(self.seeds) == 1:
             raise OptionError(f"--seeds wants two or more different seeds, comma-separated (0,1,2); got {self.seeds}")
         if self.restarts != 1 and "restarts" not in inspect.signature(ATTACKS.get(self.attack)).parameters:
             raise OptionError(f"--restarts: the {self.attack} attack has no restarts; use --attack apgd")
+
+    def region_options(self) -> dict[str, Any]:
+        """Keyword arguments for the region beyond its signature: the box quantile, when not the paper's."""
+        return {"q": self.box_q} if self.box_q != 0.95 else {}
 
     def attack_options(self) -> dict[str, Any]:
         """Keyword arguments beyond pgd's signature for the attack: restarts, when asked for."""

@@ -108,10 +108,10 @@ def token_region(maps: torch.Tensor, cells: torch.Tensor, valid: torch.Tensor, *
     return outside_boxes(y0, y1 - 1, x0, x1 - 1, valid, size, margin)
 
 
-def box_region(maps: torch.Tensor, cells: torch.Tensor, valid: torch.Tensor, *, size: int, margin: int
-               ) -> torch.Tensor:
-    """`--region box`: the paper's high-activation box of each attacked prototype's map."""
-    return attackable_pixels(maps, valid, size, margin)
+def box_region(maps: torch.Tensor, cells: torch.Tensor, valid: torch.Tensor, *, size: int, margin: int,
+               q: float = 0.95) -> torch.Tensor:
+    """`--region box`: the paper's high-activation box of each attacked prototype's map (its top 5%: q)."""
+    return attackable_pixels(maps, valid, size, margin, q)
 
 
 def default_margin(size: int) -> int:

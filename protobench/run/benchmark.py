@@ -59,7 +59,8 @@ def protect(adapter: PrototypeAdapter, maps: torch.Tensor, y: torch.Tensor, prot
     slot_maps = maps.gather(1, slots[..., None, None].expand(-1, -1, *maps.shape[2:]))
     slot_cells = cells.gather(1, slots[..., None].expand(-1, -1, cells.shape[2]))
     region = REGIONS.get(protocol.region)
-    attackable = region.attackable(slot_maps, slot_cells, valid, size=size, margin=protocol.resolved(size)["margin"])
+    attackable = region.attackable(slot_maps, slot_cells, valid, size=size, margin=protocol.resolved(size)["margin"],
+                                   **protocol.region_options())
     return attacked, p_star, in_class, attackable
 
 
@@ -137,7 +138,8 @@ def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, id
                               p_star=p_star, attacked=attacked, in_class=in_class,
                               identity=adapter.prototype_class_identity, size=adapter.info.input_size,
                               act=act, act_adv=adv.act.clamp(min=0), parts=clean.part_maps, parts_adv=adv.part_maps,
-                              cells=clean.part_cells, cells_adv=adv.part_cells, plc=protocol.plc)
+                              cells=clean.part_cells, cells_adv=adv.part_cells, plc=protocol.plc,
+                              plc_q=protocol.plc_q)
     out = measure(outcome)
     if on_outcome is not None:
         on_outcome(outcome, ids)
