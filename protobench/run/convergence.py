@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 TRACE_KEYS = ("trace_objective", "trace_pac")  # per-image lists in the records, not per_image.csv columns
 CLEAN_KEY = "objective_clean"
+RECORD_KEYS = (*TRACE_KEYS, CLEAN_KEY)  # what the attack adds to each record for convergence.csv
 IMPROVING = 1e-3  # an image improves at a step when its best objective drops by more than this share of its clean one
 COLUMNS = ["step", "images", "objective_mean", "PAC_mean", "improving_share"]
 
