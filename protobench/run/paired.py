@@ -24,6 +24,7 @@ PAIRED_SEED = 0
 N_BOOT = 1000  # as many draws as each run's own CI (protobench.run.results.bootstrap_ci)
 LEVEL = 0.95
 CHUNK = 200  # draws resampled at a time: a (CHUNK, images) count matrix, a few MB for CUB
+MAX_TABLE_BYTES = 512 * 2**20  # CUB's per_image.csv is about 1 MB: a larger file is not read (no pairing)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ def per_image_values(spec: MetricSpec, frame: pd.DataFrame) -> np.ndarray:
 def read_per_image(folder: Path | None) -> pd.DataFrame | None:
     """A run's per_image.csv (None when there is none, or it lacks the index column)."""
     if folder is None or not (folder / "per_image.csv").is_file():
+        return None
+    if (folder / "per_image.csv").stat().st_size > MAX_TABLE_BYTES:
         return None
     try:
         frame = pd.read_csv(folder / "per_image.csv")
