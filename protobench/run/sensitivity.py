@@ -161,10 +161,12 @@ def plot(frame: pd.DataFrame, metric: str) -> bytes:
     for ax, axis in zip(panels, axes_names):
         part = data[data["axis"] == axis]
         settings = list(dict.fromkeys(part["setting"]))
-        for i, (model, rows_) in enumerate(part.groupby("model", sort=False)):
+        groups = list(part.groupby("model", sort=False))
+        for i, (model, rows_) in enumerate(groups):
             rows_ = rows_.set_index("setting").loc[settings]
             err = np.abs(np.vstack([rows_["mean"] - rows_["ci_low"], rows_["ci_high"] - rows_["mean"]]))
-            ax.errorbar(range(len(settings)), rows_["mean"], yerr=np.nan_to_num(err), color=color(i),
+            shift = 0.06 * (i - (len(groups) - 1) / 2)  # side by side, so that the intervals stay apart
+            ax.errorbar(np.arange(len(settings)) + shift, rows_["mean"], yerr=np.nan_to_num(err), color=color(i),
                         linestyle=style(i), marker="o", capsize=3, label=model)
         defaults = set(part.loc[part["default"], "setting"])
         ax.set_xticks(range(len(settings)), [f"{s}*" if s in defaults else s for s in settings])
