@@ -28,8 +28,9 @@ def main() -> None:
     times: dict[str, list[float]] = {"1 seed": [], "3 seeds": []}
     for repeat in range(args.repeats):
         for name, seeds in (("1 seed", None), ("3 seeds", (0, 1, 2))):
-            cfg = EvaluateConfig(ckpt=demo_checkpoint(), data=DEMO_DATA, out=str(args.out / f"{repeat}-{len(seeds or [0])}"),
-                                 protocol=EvalProtocol.make(seeds=seeds), limit=args.limit, overwrite=True, device="cpu")
+            out = args.out / f"{repeat}-{len(seeds or [0])}"
+            cfg = EvaluateConfig(ckpt=demo_checkpoint(), data=DEMO_DATA, out=str(out), limit=args.limit,
+                                 protocol=EvalProtocol.make(seeds=seeds), overwrite=True, device="cpu")
             started = time.perf_counter()
             evaluate(cfg)
             times[name].append(round(time.perf_counter() - started, 2))

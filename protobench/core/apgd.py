@@ -19,7 +19,6 @@ image's best result.
 
 from __future__ import annotations
 
-import math
 
 import torch
 

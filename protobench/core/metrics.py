@@ -12,8 +12,8 @@ computed from says which passes a run makes: a per-image or summary function rea
 results; a per-prototype function reads the part hits of every (image, own-class prototype) pair
 (protobench.core.partscores), and `needs_noise` adds the stability pass's noisy images.
 
-This module imports no torch (compare and the CLI read the table without it); the
-per-image functions get tensors and use their methods.
+This module imports no torch (compare and the CLI read the table without it); the per-image
+functions get tensors and use their methods.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class MetricSpec:
     suite: str = MISALIGNMENT  # the `evaluate --metrics` name that selects it
     per_prototype: PerPrototype | None = None  # one value per prototype: a per_prototype.csv column
     needs_noise: bool = False  # its per_prototype function reads the stability pass (codes_noisy)
-    derived_from: tuple[str, ...] = ()  # the metrics it is computed from: compare reports it and gates those
+    derived_from: tuple[str, ...] = ()  # the metrics it is computed from: compare reports it, gates those
     summary_rows: Summary | None = None  # per_image table -> per-row values whose mean is `summary` (compare)
 
     def __post_init__(self) -> None:
@@ -270,14 +270,14 @@ def accuracy(column: str) -> Summary:
     return summarize
 
 
-def accuracy_change(frame: Any) -> float:
-    """AC: accuracy points lost to the attack."""
+def accuracy_change(frame: Any) -> float:  # AC: accuracy points lost to the attack
     return accuracy("pred_before")(frame) - accuracy("pred_after")(frame)
 
 
-def correct(column: str) -> Summary:
-    """Per image: 100 if the prediction in `column` is right, else 0 (their mean is accuracy(column))."""
-    return lambda frame: 100.0 * (frame[column] == frame["label"]).to_numpy(dtype=float)
+def correct(column: str, minus: str | None = None) -> Summary:  # per image: 100 if right, else 0; less `minus`'s
+    hit = lambda f, c: (f[c] == f["label"]).to_numpy(float) if c else 0.0  # noqa: E731
+    return lambda f: 100.0 * (hit(f, column) - hit(f, minus))
+
 
 for _spec in (
     MetricSpec("PLC", "PLC (location change, %)", "%", True, 1.0, order=10, csv_order=30,
@@ -290,8 +290,8 @@ for _spec in (
                summary=accuracy("pred_before"), tol_groups=("acc",), summary_rows=correct("pred_before")),
     MetricSpec("acc_after", "accuracy, attacked images (%)", "%", False, 1.0, order=50, decimals=1,
                summary=accuracy("pred_after"), tol_groups=("acc",), summary_rows=correct("pred_after")),
-    MetricSpec("AC", "AC (accuracy change, points)", "points", True, 1.0, order=60, decimals=1,
-               summary=accuracy_change, derived_from=("acc_before", "acc_after"), summary_rows=lambda f: correct("pred_before")(f) - correct("pred_after")(f)),
+    MetricSpec("AC", "AC (accuracy change, points)", "points", True, 1.0, order=60, decimals=1, summary=accuracy_change,
+               derived_from=("acc_before", "acc_after"), summary_rows=correct("pred_before", "pred_after")),
     MetricSpec("consistency", "consistency (prototypes on one part, %)", "%", False, 2.0, order=70,
                suite="consistency", per_prototype=lambda records: _partscores().consistency(records)),
     MetricSpec("stability", "stability (part hits kept under noise, %)", "%", False, 2.0, order=80,

@@ -17,7 +17,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -273,8 +273,9 @@ def _cell(text: Any) -> str:
 
 def delta_cell(row: dict[str, Any]) -> str:
     """The delta, with its paired 95% interval when there is one: '+2.00 [+0.50, +3.50]'."""
-    ci = "" if math.isnan(row.get("ci_low", math.nan)) else f" [{fmt(row['ci_low'], True)}, {fmt(row['ci_high'], True)}]"
-    return fmt(row["delta"], signed=True) + ci
+    if math.isnan(row.get("ci_low", math.nan)):
+        return fmt(row["delta"], signed=True)
+    return f"{fmt(row['delta'], signed=True)} [{fmt(row['ci_low'], True)}, {fmt(row['ci_high'], True)}]"
 
 
 def fmt(value: float, signed: bool = False) -> str:

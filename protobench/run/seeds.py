@@ -24,7 +24,8 @@ def matrices(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     """(images, seeds) per-seed values of each metric the records hold ({} for a one-seed run)."""
     if not records:
         return {}
-    names = [key[len(PREFIX):] for key, value in records[0].items() if key.startswith(PREFIX) and isinstance(value, list)]
+    names = [key[len(PREFIX):] for key, value in records[0].items()
+             if key.startswith(PREFIX) and isinstance(value, list)]
     return {name: np.array([r[PREFIX + name] for r in records], dtype=float) for name in names}
 
 
