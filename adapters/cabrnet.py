@@ -25,7 +25,8 @@ from protobench.checkpoints.loading import Checkpoint
 from protobench.errors import CheckpointError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.config import flag, sizes
+from protobench.models.family_adapter import FamilyAdapter, take_options
 
 ARCH_FILE, STATE_FILE, DATASET_FILE = "model_arch.yml", "model_state.pth", "dataset.yml"
 
@@ -109,6 +110,7 @@ class CaBRNetAdapter(FamilyAdapter):
               "for ProtoTree), `dataset.yml`; ProtoPNet, ProtoTree, ProtoPool and PIP-Net, pruned ones included")
 
     config_class = CaBRNetConfig
+    config_rules = {"log_probabilities": flag, "bias": flag, "num_features": sizes("MAX_CHANNELS")}
     model_class = CaBRNetNet
     options = {"img_size": None}
 

@@ -7,17 +7,20 @@ significant gate does fail.
 The images are the first --images of the demo's test split, exported as PNG files so that every run
 evaluates the same images whatever its seed (with --limit, the seed also picks the subset).
 
-Prints JSON: per pair the failing metrics under each gate; the false-alarm counts; per perturbation
-the PAC and PLC deltas with their paired intervals and both gates' verdicts.
+Prints one JSON object: per pair the failing metrics under each gate; the false-alarm counts; per
+perturbation the PAC and PLC deltas with their paired intervals and both gates' verdicts. Each pair
+also goes to stderr as it is compared.
 
   python benchmarks/false_alarms.py [--images 20] [--pairs 20] [--noise 0.05,0.1,0.2]
                                      [--out protobench-results/false-alarms]
+  python benchmarks/false_alarms.py --smoke   # 2 images, 1 pair, one perturbation, 2 steps
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -29,10 +32,14 @@ from protobench.run.evaluate import EvaluateConfig, evaluate, load_adapter
 GATES = ("tolerance", "significant")
 
 
+STEPS = [40]  # the attack's steps (--steps)
+
+
 def run(ckpt: str, data: Path, out: Path, seed: int) -> Path:
     if not (out / "meta.json").is_file():
-        evaluate(EvaluateConfig(ckpt=ckpt, data=str(data), out=str(out), protocol=EvalProtocol.make(seed=seed),
-                                overwrite=True, device="cpu"))
+        protocol = EvalProtocol.make(seed=seed, steps=STEPS[0])
+        evaluate(EvaluateConfig(ckpt=ckpt, data=str(data), out=str(out), protocol=protocol, overwrite=True,
+                                device="cpu"))
     return out
 
 
@@ -64,8 +71,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--noise", default="0.05,0.1,0.2")
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path("protobench-results/false-alarms"))
+    parser.add_argument("--smoke", action="store_true", help="the smallest sizes: 2 images, 1 pair, 2 steps")
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.pairs, args.noise, args.steps = 2, 1, "0.1", 2
+    STEPS[0] = args.steps
     from protobench.demo import demo_checkpoint
     from protobench.demo.shapes import export
 
@@ -76,15 +88,19 @@ def main() -> None:
     ckpt = demo_checkpoint()
     runs = [run(ckpt, data, args.out / f"seed-{s}", s) for s in range(args.pairs + 1)]
     alarms = {gate: 0 for gate in GATES}
+    pairs, perturbations = [], []
     for s in range(args.pairs):
         found = verdicts(runs[s], runs[s + 1])
         alarms = {gate: alarms[gate] + bool(found[gate]) for gate in GATES}
-        print(json.dumps({"pair": [s, s + 1], **found}), flush=True)
-    print(json.dumps({"images": args.images, "pairs": args.pairs, "false_alarms": alarms}), flush=True)
+        pairs.append({"pair": [s, s + 1], **found})
+        print(json.dumps(pairs[-1]), file=sys.stderr, flush=True)
     for scale in [float(x) for x in args.noise.split(",") if x]:
         model = perturbed(ckpt, args.out, scale)
-        found = verdicts(runs[0], run(model, data, args.out / f"perturbed-{scale}", 1))
-        print(json.dumps({"prototype_noise": scale, **found}), flush=True)
+        other = run(model, data, args.out / f"perturbed-{scale}", 1)
+        perturbations.append({"prototype_noise": scale, "demo_vs_perturbed": verdicts(runs[0], other),
+                              "perturbed_vs_demo": verdicts(other, runs[0])})
+    print(json.dumps({"images": args.images, "pairs": args.pairs, "steps": args.steps, "false_alarms": alarms,
+                      "pair_results": pairs, "perturbations": perturbations}, indent=1))
 
 
 if __name__ == "__main__":

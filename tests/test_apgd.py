@@ -1,9 +1,9 @@
-"""APGD (protobench.core.apgd) on objectives whose optimum is known by hand."""
+"""APGD (protobench.attacks.apgd) on objectives whose optimum is known by hand."""
 
 import pytest
 import torch
 
-from protobench.core import apgd as A
+from protobench.attacks import apgd as A
 from protobench.core.attack import ATTACKS
 from protobench.core.protocol import EvalProtocol
 from protobench.errors import OptionError

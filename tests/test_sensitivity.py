@@ -35,7 +35,7 @@ def test_the_grid_changes_one_setting_at_a_time():
 
 
 def test_two_tiny_models_over_eps(tmp_path, image_folder):
-    from protobench.models.families import get_adapter
+    from protobench.models.lookup import get_adapter
 
     models = {}
     for seed in (0, 1):
@@ -50,7 +50,9 @@ def test_two_tiny_models_over_eps(tmp_path, image_folder):
                                 limit=6))
 
     base = EvalProtocol.make(steps=2)
-    result = S.sensitivity(models, ["eps"], tmp_path / "out", run, base=base)
+    from protobench.report.figures import sensitivity as draw
+
+    result = S.sensitivity(models, ["eps"], tmp_path / "out", run, base=base, draw=draw)
     assert len(calls) == 2 * 4 and result["points"] == 4
     frame = pd.read_csv(tmp_path / "out" / "sensitivity.csv", dtype={"setting": str})
     assert set(frame["metric"]) == set(S.METRIC_NAMES) and len(frame) == 2 * 4 * len(S.METRIC_NAMES)

@@ -12,8 +12,8 @@ import typer
 
 from protobench.cli.console import (err_console, fail, line, out_console, parse_options, run_library, say,
                                     warnings_to_console)
-from protobench.cli.helptext import (DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP, PLC_HELP, PROTOCOL_HELP,
-                                     REGION_HELP)
+from protobench.cli.helptext import (ATTACK_HELP, DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP,
+                                     PLC_HELP, PROTOCOL_HELP, REGION_HELP)
 from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
 from protobench.cli.compare import compare_command
 from protobench.cli.sensitivity import sensitivity_command
@@ -51,8 +51,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
                                                   "or protobench-results/models for several)."),
     protocol: str = typer.Option("default", help=PROTOCOL_HELP),
-    attack: Optional[str] = typer.Option(None, help="pgd, apgd, noise, or an attack a plugin registered "
-                                                    "[default: from --protocol]."),
+    attack: Optional[str] = typer.Option(None, help=ATTACK_HELP),
     restarts: Optional[int] = typer.Option(None, help="apgd: runs from new random starts, best kept [1]."),
     eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
     step: Optional[float] = typer.Option(None, help="pgd step size [0.01]."),
@@ -95,7 +94,7 @@ def evaluate(
     from protobench.demo import DEMO_DATA, demo_checkpoint, is_demo_data
     from protobench.run.evaluate import EvaluateConfig
     from protobench.run.evaluate import evaluate as run_evaluate
-    from protobench.run.progress import RichProgress
+    from protobench.cli.progress import RichProgress
     from protobench.cli.tables import summary_table
     from protobench.run.sweep import evaluate_models, pair_adapters
 
@@ -170,7 +169,7 @@ def convert(
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
 ) -> None:
     """Rewrite any supported checkpoint in protobench's safetensors format (no pickle needed again)."""
-    from protobench.checkpoints.convert import convert as run_convert
+    from protobench.models.convert import convert as run_convert
 
     result = run_library(run_convert, str(src), str(out), adapter, parse_options(adapter_option), overwrite)
     say(f"wrote {result['out']} ({result['adapter']}: {result['num_prototypes']} prototypes, "
@@ -218,7 +217,7 @@ def finetune(
     """Fine-tune a model to align its explanations (alignment loss, masking augmentation, push)."""
     from protobench.train.finetune import FinetuneConfig
     from protobench.train.finetune import finetune as run_finetune
-    from protobench.run.progress import RichProgress, TrainProgress
+    from protobench.cli.progress import RichProgress, TrainProgress
     from protobench.train.settings import TrainSettings
 
     settings = TrainSettings(
@@ -268,7 +267,7 @@ def demo_export(
 @app.command()
 def adapters() -> None:
     """List the model families protobench can load (built in, installed plugins), with their papers and licenses."""
-    from protobench.models.families import describe
+    from protobench.cli.families import describe
     from protobench.cli.tables import adapters_table
 
     out_console.print(adapters_table(run_library(describe)))

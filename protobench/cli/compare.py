@@ -8,13 +8,14 @@ from pathlib import Path
 import typer
 
 from protobench.cli.console import fail, out_console, run_library
+from protobench.cli.helptext import METRIC_NAMES
 
 
 def compare_command(
     base: Path = typer.Argument(..., help="Baseline: a result directory or its summary.csv."),
     new: Path = typer.Argument(..., help="Candidate: a result directory or its summary.csv."),
-    tol: list[str] = typer.Option([], "--tol", help="METRIC=VALUE, absolute (PLC PAC PRC AC acc_before acc_after "
-                                                    "acc, and plugin metrics); defaults in docs/ci.md."),
+    tol: list[str] = typer.Option([], "--tol", help=f"METRIC=VALUE, absolute ({METRIC_NAMES} acc, and plugin "
+                                                     "metrics); defaults in docs/ci.md."),
     format: str = typer.Option("table", "--format", help="table or markdown."),
     force: bool = typer.Option(False, help="Compare runs of different protocols or datasets anyway."),
     gate: str = typer.Option("tolerance", help="tolerance: fail a metric worse by more than its tolerance; "

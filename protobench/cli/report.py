@@ -89,7 +89,7 @@ def _attacked(out: str) -> bool:
     from protobench.core.metrics import MISALIGNMENT
     from protobench.errors import ProtobenchError
     from protobench.run.resume import read_json_object
-    from protobench.run.scorecard import recorded
+    from protobench.run.partpass import recorded
 
     try:
         return MISALIGNMENT in recorded(read_json_object(Path(out) / "meta.json"))

@@ -24,6 +24,7 @@ def sensitivity_command(
     batch_size: Optional[int] = typer.Option(None, help="Images per batch (default: 32 on CPU, 256 on GPU)."),
 ) -> None:
     """Evaluate models over a grid of settings: sensitivity.csv, a plot per metric, Kendall's tau vs the default."""
+    from protobench.report.figures import sensitivity as draw
     from protobench.run.evaluate import EvaluateConfig, evaluate
     from protobench.run.sensitivity import sensitivity
     from protobench.run.sweep import unique_names
@@ -38,6 +39,6 @@ def sensitivity_command(
     models = dict(zip(unique_names([str(c) for c in ckpt]), [str(c) for c in ckpt]))
     with warnings_to_console():
         result = run_library(sensitivity, models, [a.strip() for a in axes.split(",") if a.strip()], out, run_one,
-                             log=say, trace_dir=out)
+                             log=say, draw=draw, trace_dir=out)
     say(f"{result['points']} grid points per model; wrote {result['out']}/ (sensitivity.csv, tau.csv, "
         "sensitivity-<metric>.png, runs/)")

@@ -16,8 +16,8 @@ from protobench.core.protocol import EvalProtocol
 from protobench.run.forward import AUTOCAST_DTYPES
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.run.devices import check_device_name, resolve_device
-from protobench.run import scorecard
-from protobench.run.scorecard import DEFAULT_METRICS, PartSettings, check_metrics
+from protobench.run import partpass
+from protobench.run.partpass import DEFAULT_METRICS, PartSettings, check_metrics
 from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
 
 MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
@@ -58,7 +58,7 @@ class EvaluateConfig:
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see forward.Runtime
     compile: bool = False  # torch.compile the model's forward
-    metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.scorecard
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.partpass
     parts: PartSettings = field(default_factory=PartSettings)  # consistency and stability's parameters
     source: dict[str, Any] = field(default_factory=dict)  # download, published accuracy, Hub record (run/sources.py)
 
@@ -84,7 +84,7 @@ def resolve_context(cfg: EvaluateConfig, adapter, world):
 
 
 def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
-    from protobench.models.families import get_adapter
+    from protobench.models.lookup import get_adapter
 
     return get_adapter(name).load(ckpt, **options).to(device)
 
@@ -124,8 +124,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     context = resolve_context(cfg, adapter, world)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
-    found, passes, parts_identity = scorecard.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
-                                                      cfg.protocol.seed)  # keypoints when a metric needs them
+    keypoints, passes, parts_identity = partpass.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
+                                                          cfg.protocol.seed)  # when a metric needs them
     identity = {**run_identity(cfg, adapter, dataset, context), **parts_identity}
     distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
     if status == "empty":
@@ -142,7 +142,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     distributed.barrier(world)  # every shard is on disk before rank 0 merges them
     if not world.main:
         return None
-    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, context, found)
+    return _finish(cfg, adapter, dataset, indices, out, identity=identity, resumed=status == "partial",
+                   timing=timing, context=context, keypoints=keypoints)
 
 
 def check_selection(protocol: EvalProtocol, adapter) -> None:
@@ -228,12 +229,12 @@ def model_name(cfg: EvaluateConfig) -> str:
     return cfg.name or Path(cfg.ckpt).stem
 
 
-def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated, context, found) -> dict[str, Any]:
-    """Per-image table from the partial log (in subset order), per-prototype table, summary, meta."""
+def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, timing, context, keypoints) -> dict[str, Any]:
+    """Per-image table from the partial log (in subset order), per-prototype table (from the part
+    `keypoints`, None without a part pass), summary, meta; written atomically. timing: (wall, evaluated)."""
     import pandas as pd
 
-    from protobench.run import convergence, results, seeds, sources
-    from protobench.run import resume as runstate
+    from protobench.run import convergence, results, seeds, sources, resume as runstate
 
     records, skipped = runstate.read_partial(out)
     by_index = {r["index"]: r for r in reversed(records)}  # first record of an index wins
@@ -242,10 +243,9 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     if not records:
         raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
     per_image = pd.DataFrame(records, columns=results.per_image_columns(cfg.metrics))
-    per_prototype = scorecard.model_table(per_image, cfg.metrics, adapter, found, cfg.parts.threshold)
-    summary = seeds.summary_update(results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics,
-                                                     per_prototype), seeds.matrices(records), cfg.protocol.seed)
-    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
+    per_prototype = partpass.model_table(per_image, cfg.metrics, adapter, keypoints, cfg.parts.threshold)
+    summary = seeds.summarize(per_image, records, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
+    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, *timing, context)
     meta.update(resumed=resumed, **sources.report(cfg.source, summary))  # incl. the published-accuracy check
     try:
         results.write_csv(out / "per_image.csv", per_image)

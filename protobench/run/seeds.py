@@ -51,6 +51,15 @@ def two_level_ci(values: np.ndarray, seed: int, n_boot: int = 1000, level: float
     return float(np.quantile(joined, alpha)), float(np.quantile(joined, 1 - alpha))
 
 
+def summarize(per_image: Any, records: Sequence[dict[str, Any]], model: str, seed: int, suites: Sequence[str],
+              per_prototype: Any = None) -> dict[str, Any]:
+    """protobench.run.results.summarize, then summary_update with the records' per-seed values."""
+    from protobench.run.results import summarize as one_seed
+
+    row = one_seed(per_image, model, seed, suites, per_prototype)
+    return summary_update(row, matrices(records), seed)
+
+
 def summary_update(row: dict[str, Any], per_seed: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
     """A summary row of a several-seed run: each per-image metric's interval from both levels, accuracy
     on attacked images averaged over the seeds, and the seed count."""

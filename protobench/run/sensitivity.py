@@ -6,7 +6,8 @@ choice at a time (AXES). Every grid point is an ordinary result directory, OUT/r
 named by its protocol: a point that is the same protocol as another (each axis's default is the
 default protocol) is run once, and a rerun reuses every finished point. The results are:
 - sensitivity.csv: one row per model, grid point and metric (mean and 95% interval);
-- sensitivity-<metric>.png: the metric against each setting, one line per model;
+- sensitivity-<metric>.png: the metric against each setting, one line per model (drawn by
+  protobench.report.figures.sensitivity);
 - tau.csv: per grid point and metric, Kendall's tau between the models' ranking there and at the
   default, with a 95% bootstrap interval over the images (both rankings from the same resample).
 """
@@ -148,42 +149,11 @@ def taus(models: Sequence[str], points: list[Point], dirs: dict) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def plot(frame: pd.DataFrame, metric: str) -> bytes:
-    """One metric against each axis's settings (a panel per axis), one line per model, 95% intervals."""
-    from protobench.report.figures import color, figure, png, style
-
-    data = frame[frame["metric"] == metric]
-    axes_names = list(dict.fromkeys(data["axis"]))
-    cols = min(4, len(axes_names))
-    rows = math.ceil(len(axes_names) / cols)
-    fig = figure(3.3 * cols, 2.9 * rows + 0.6)
-    panels = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for ax, axis in zip(panels, axes_names):
-        part = data[data["axis"] == axis]
-        settings = list(dict.fromkeys(part["setting"]))
-        groups = list(part.groupby("model", sort=False))
-        for i, (model, rows_) in enumerate(groups):
-            rows_ = rows_.set_index("setting").loc[settings]
-            err = np.abs(np.vstack([rows_["mean"] - rows_["ci_low"], rows_["ci_high"] - rows_["mean"]]))
-            shift = 0.06 * (i - (len(groups) - 1) / 2)  # side by side, so that the intervals stay apart
-            ax.errorbar(np.arange(len(settings)) + shift, rows_["mean"], yerr=np.nan_to_num(err), color=color(i),
-                        linestyle=style(i), marker="o", capsize=3, label=model)
-        defaults = set(part.loc[part["default"], "setting"])
-        ax.set_xticks(range(len(settings)), [f"{s}*" if s in defaults else s for s in settings])
-        ax.set_xlabel(axis)
-        ax.grid(alpha=0.3)
-    for ax in panels[len(axes_names):]:
-        ax.set_visible(False)
-    handles, labels = panels[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
-    fig.suptitle(f"{metric} against each setting of the benchmark (* the default; bars: 95% interval)",
-                 fontsize=11)
-    return png(fig)
-
-
 def sensitivity(models: dict[str, str], axes: Sequence[str], out: Path, evaluate: Evaluate,
-                base: EvalProtocol | None = None, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Run the grid and write sensitivity.csv, tau.csv and one PNG per metric into `out`."""
+                base: EvalProtocol | None = None, log: Callable[[str], None] = lambda _: None,
+                draw: Callable[[pd.DataFrame, str], bytes] | None = None) -> dict[str, Any]:
+    """Run the grid and write sensitivity.csv, tau.csv and, with `draw` (protobench.report.figures.
+    sensitivity), one PNG per metric into `out`."""
     from protobench.run.results import write_csv
 
     if len(models) < 2:
@@ -196,6 +166,6 @@ def sensitivity(models: dict[str, str], axes: Sequence[str], out: Path, evaluate
     frame, tau = tidy(list(models), points, dirs), taus(list(models), points, dirs)
     write_csv(out / "sensitivity.csv", frame)
     write_csv(out / "tau.csv", tau)
-    for metric in METRIC_NAMES:
-        (out / f"sensitivity-{metric}.png").write_bytes(plot(frame, metric))
+    for metric in METRIC_NAMES if draw is not None else ():
+        (out / f"sensitivity-{metric}.png").write_bytes(draw(frame, metric))
     return {"out": str(out), "points": len({folder(p.protocol) for p in points}), "tau": tau}

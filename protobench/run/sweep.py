@@ -126,7 +126,7 @@ def run_one(cfg: EvaluateConfig, progress: Progress | None) -> dict[str, Any]:
     except ProtobenchError as err:
         return error_row(cfg.name, str(err), cfg.metrics)
     except Exception as err:  # a sweep survives any failure of one model (bad weights, OOM, adapter bugs)
-        from protobench.run.bugs import out_of_memory, save_traceback
+        from protobench.run.failures import out_of_memory, save_traceback
 
         message = f"{type(err).__name__}: {' '.join(str(err).split()) or 'no message'}"
         if not out_of_memory(err):  # anything else is a bug somewhere: keep the evidence

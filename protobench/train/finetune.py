@@ -115,9 +115,12 @@ def check_trainable(adapter, settings: TrainSettings) -> None:
 
     needed = ("training_loss", "parameter_groups") + (("push",) if settings.push else ())
     missing = [hook for hook in needed if getattr(type(adapter), hook) is getattr(PrototypeAdapter, hook)]
+    if type(adapter).training_schedule is None:
+        missing.append("training_schedule")
     if missing:
-        raise AdapterError(f"adapter {adapter.name!r} cannot be fine-tuned (it has no {' / '.join(missing)}): "
-                           "protobench finetune supports the ProtoPNet family (--adapter protopnet)")
+        raise AdapterError(f"adapter {adapter.name!r} cannot be fine-tuned: its family declares no "
+                           f"{' / '.join(missing)} in its file; `protobench adapters` lists the families "
+                           "protobench finetune trains")
     if settings.align_weight > 0 and bool((adapter.prototype_class_identity.sum(dim=0) <= 0).any()):
         raise OptionError("some of the model's classes have no prototypes, and the alignment loss needs one per "
                           "class: pass --lambda-align 0")
@@ -213,7 +216,7 @@ def train_and_save(cfg: FinetuneConfig, adapter, dataset, out: Path, progress: P
 
     state = load_state(out / STATE, adapter.device) if (out / STATE).is_file() else None
     try:
-        log = fit(adapter, dataset, cfg.settings.plan(), objective=cfg.settings.objective(adapter), progress=progress,
+        log = fit(adapter, dataset, cfg.settings.plan(adapter), objective=cfg.settings.objective(adapter), progress=progress,
                   out=out, state=state, workers=cfg.workers)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted {kept(out)}: rerun the same command with --resume to continue") from None

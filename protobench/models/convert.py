@@ -24,7 +24,7 @@ def _outputs_match(first, second, size: int) -> float:
 def convert(src: str, dst: str, adapter: str = "auto", options: dict[str, Any] | None = None,
             overwrite: bool = False) -> dict[str, Any]:
     """Load `src` with `adapter` (default: detect the family) and write it to `dst` (*.safetensors)."""
-    from protobench.models.families import get_adapter
+    from protobench.models.lookup import get_adapter
     from protobench.checkpoints.formats import sha256
     from protobench.files import atomic_path, check_writable_dir
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 
 from protobench.core import rng
-from protobench.core.attack import Bounds, Objective, _project, random_start
+from protobench.attacks.pgd import _project, random_start
+from protobench.core.attack import ATTACKS, Bounds, Objective
 
 ALPHA = 0.75  # weight of the new step against the last one (momentum 0.25)
 RHO = 0.75  # condition 1: share of improving steps below which the step size is halved
@@ -49,6 +50,7 @@ def restart_noise(noise: torch.Tensor, restart: int) -> torch.Tensor:
     return (mixed >> 8).to(torch.float32) * (2.0 / (1 << 24)) - 1.0
 
 
+@ATTACKS.register("apgd")
 def apgd(objective: Objective, x: torch.Tensor, attackable: torch.Tensor, noise: torch.Tensor, *, eps: float,
          step: float, steps: int, bounds: Bounds = None, restarts: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """APGD on `objective` (lowered), touching only pixels where `attackable`; `steps` iterations per
