@@ -96,7 +96,8 @@ def main() -> None:
         "pushed_patches": [w and {"prototype": j, "image": w[0], "row": w[1], "col": w[2]} for j, w in enumerate(pushed)],
         "log": log,
     }
-    adapter.save(str(args.out), extra={"trained_by": "scripts/train_demo.py", "seed": str(args.seed)})
+    adapter.save(str(args.out), extra={"trained_by": "scripts/train_demo.py", "seed": str(args.seed),
+                                       "classes": json.dumps(design.classes)})  # checked against the data
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"test accuracy {record['test_accuracy']:.1f}% ({len(test_set)} images), trained in {seconds:.0f} s; "
           f"wrote {args.out} and {args.out.with_suffix('.json')}")

@@ -127,7 +127,8 @@ def evaluate(
         if len(models) > 1:
             result = run_library(evaluate_models, cfg, models, RichProgress(err_console), trace_dir=cfg.out)
             return None if result is None else report_models(
-                result, lambda done: after_evaluate(cfg.out, done, save_examples, bool(report), device))
+                result, lambda done: after_evaluate(cfg.out, done, save_examples, bool(report), device,
+                                                   tuple(adapter)))
         result = run_library(run_evaluate, cfg, RichProgress(err_console), trace_dir=cfg.out)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
@@ -142,7 +143,7 @@ def evaluate(
     written = [name for name in ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
                if (Path(result["out"]) / name).is_file()]
     say(f"results written to {result['out']}/ ({', '.join(written)})")
-    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device)
+    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device, tuple(adapter))
 
 
 def report_models(result: dict[str, Any], then: Any) -> None:

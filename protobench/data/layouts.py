@@ -132,7 +132,22 @@ def open_dataset(data: str, info: Any, layout: str | None = None, split: str | N
         noun = found.layout.class_noun or f"classes ({found.name})"
         raise DataError(f"{data} has {len(dataset.classes)} {noun} but the model predicts "
                         f"{info.num_classes} classes: point --data at the dataset the model was trained on")
+    check_class_names(data, list(map(str, dataset.classes)), getattr(info, "classes", None))
     return dataset
+
+
+def check_class_names(data: str, found: list[str], recorded: Any) -> None:
+    """A DataError when the checkpoint records its class names and the dataset's differ (order included):
+    every prediction would be scored against the wrong label."""
+    if not recorded or found == list(recorded):
+        return
+    first = next(i for i, (a, b) in enumerate(zip(found, recorded)) if a != b)
+    differ = sum(a != b for a, b in zip(found, recorded))
+    how = ("the same names in another order" if sorted(found) == sorted(recorded) else "other names")
+    raise DataError(f"{data}'s classes are not the ones the checkpoint records ({how}; {differ} of {len(found)} "
+                    f"differ, first class {first}: {found[first][:60]!r} here, {str(recorded[first])[:60]!r} in the "
+                    "checkpoint): every accuracy would be scored against the wrong labels; name and order the "
+                    "class folders as the checkpoint does")
 
 
 def marked_root(data: str, marker: str, subdir: str) -> Path | None:

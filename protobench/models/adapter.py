@@ -57,6 +57,7 @@ class ModelInfo:
     num_classes: int  # C, width of the logits
     num_prototypes: int  # P, number of similarity maps
     similarity: str  # how maps are computed, for the record (e.g. "log", "linear")
+    classes: tuple[str, ...] | None = None  # class names in logit order, where the checkpoint records them
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ original repositories' files, plus `save` in protobench's format. (`--adapter au
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any, ClassVar, Iterator
 
 import torch
@@ -100,7 +101,13 @@ class FamilyAdapter(PrototypeAdapter):
     @classmethod
     def from_protobench(cls, ckpt: Checkpoint, **options: Any) -> PrototypeAdapter:
         overrides = {k: v for k, v in take_options(cls.name, options, cls.options, cls.config_rules).items() if v is not None}
-        return cls.from_weights(make_config(cls.config_class, {**ckpt.config, **overrides}), ckpt.tensors, ckpt.path)
+        adapter = cls.from_weights(make_config(cls.config_class, {**ckpt.config, **overrides}), ckpt.tensors, ckpt.path)
+        if ckpt.classes is not None:
+            if len(ckpt.classes) != adapter.info.num_classes:
+                raise CheckpointError(f"{ckpt.path} records {len(ckpt.classes)} class names for a model of "
+                                      f"{adapter.info.num_classes} classes; the file is damaged")
+            adapter.info = replace(adapter.info, classes=ckpt.classes)
+        return adapter
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> PrototypeAdapter:
@@ -164,4 +171,5 @@ class FamilyAdapter(PrototypeAdapter):
         return asdict(self.model.cfg)
 
     def save(self, path: str, extra: dict[str, str] | None = None) -> None:
-        write_protobench(path, self.name, self.config(), self.model.state_dict(), extra)
+        names = {"classes": json.dumps(list(self.info.classes))} if self.info.classes else {}
+        write_protobench(path, self.name, self.config(), self.model.state_dict(), {**names, **(extra or {})})

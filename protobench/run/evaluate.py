@@ -19,6 +19,7 @@ from protobench.run.devices import check_device_name, resolve_device
 from protobench.run import partpass
 from protobench.run.partpass import DEFAULT_METRICS, PartSettings, check_metrics
 from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
+from protobench.lock import holds_out
 
 MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
 
@@ -98,6 +99,7 @@ def load_dataset(data: str, info, layout: str | None = None, split: str | None =
     return dataset, dataset.paths
 
 
+@holds_out(lambda cfg, *_, **__: cfg.out)  # one run writing cfg.out at a time
 def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out.
 
@@ -105,8 +107,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     continues with cfg.resume and ends with the same files as an uninterrupted one.
     """
     from protobench import files
-    from protobench.run import distributed, results, sources
-    from protobench.run import resume as runstate
+    from protobench.run import distributed, resume as runstate, results, sources
     from protobench.data.imagelist import random_subset
 
     cfg.check()
@@ -177,8 +178,7 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, An
 def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context, passes) -> tuple[float, int]:
     """Evaluate the images the partial logs lack (this rank's share of them), appending each
     batch; (wall time, images evaluated)."""
-    from protobench.run import benchmark
-    from protobench.run import resume as runstate
+    from protobench.run import benchmark, resume as runstate
     from protobench.data.imagelist import Subset
 
     records, skipped = runstate.read_partial(out)
@@ -230,11 +230,10 @@ def model_name(cfg: EvaluateConfig) -> str:
 
 
 def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, timing, context, keypoints) -> dict[str, Any]:
-    """Per-image table from the partial log (in subset order), per-prototype table (from the part
-    `keypoints`, None without a part pass), summary, meta; written atomically. timing: (wall, evaluated)."""
+    """The result files from the partial log (subset order), written atomically; timing: (wall, evaluated)."""
     import pandas as pd
 
-    from protobench.run import convergence, results, seeds, sources, resume as runstate
+    from protobench.run import convergence, resume as runstate, results, sanity, seeds, sources
 
     records, skipped = runstate.read_partial(out)
     by_index = {r["index"]: r for r in reversed(records)}  # first record of an index wins
@@ -247,6 +246,7 @@ def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, timing, c
     summary = seeds.summarize(per_image, records, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, *timing, context)
     meta.update(resumed=resumed, **sources.report(cfg.source, summary))  # incl. the published-accuracy check
+    meta["warnings"] = sanity.run_warnings(summary, adapter.info.num_classes, keypoints, adapter.info.input_size)
     try:
         results.write_csv(out / "per_image.csv", per_image)
         if per_prototype is not None:
