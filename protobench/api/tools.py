@@ -53,7 +53,7 @@ def _tolerances(tol: Mapping[str, float] | Sequence[str] | None) -> dict[str, fl
 
 @public
 def compare(base: Any, new: Any, tol: Mapping[str, float] | Sequence[str] | None = None,
-            force: bool = False) -> Comparison:
+            force: bool = False, gate: str = "tolerance") -> Comparison:
     """Is any metric of `new` worse than `base` by more than its tolerance?
 
     Args:
@@ -61,13 +61,15 @@ def compare(base: Any, new: Any, tol: Mapping[str, float] | Sequence[str] | None
         tol: absolute tolerances by metric name or group, e.g. {'PAC': 0.5, 'acc': 0.01}; the rest keep their
             defaults (docs/ci.md).
         force: compare runs of different protocols or datasets anyway.
+        gate: 'tolerance' (worse by more than the tolerance) or 'significant' (only when the paired 95%
+            interval lies wholly beyond it; docs/ci.md).
     """
     from protobench.run.compare import compare as run_compare
 
     tolerances = _tolerances(tol)
     with ExitStack() as stack:
         paths = [_on_disk(item, stack) for item in (base, new)]
-        table, notes = run_compare(paths[0], paths[1], tolerances, force)
+        table, notes = run_compare(paths[0], paths[1], tolerances, force, gate)
     return Comparison(table, notes)
 
 

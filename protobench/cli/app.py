@@ -14,7 +14,9 @@ from protobench.cli.console import (err_console, fail, line, out_console, parse_
                                     warnings_to_console)
 from protobench.cli.helptext import (ADAPTER_OPTION_HELP, ATTACK_HELP, DATASET_HELP, MARGIN_HELP, MAX_PIXELS,
                                      MAX_PIXELS_HELP, METRICS_HELP, PLC_HELP, PROTOCOL_HELP, REGION_HELP, SELECT_HELP,
-                                     TOL_HELP, RegistryHelp)
+                                     RegistryHelp)
+from protobench.cli.compare import compare_command
+from protobench.cli.sensitivity import sensitivity_command
 from protobench.cli.root import app
 from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
 from protobench.cli.zoo import DOWNLOAD_HELP, MODEL_HELP, ZOO_DIR_HELP, zoo_app, zoo_model
@@ -52,6 +54,14 @@ def evaluate(
     margin: Optional[int] = typer.Option(None, metavar="PIXELS", help=MARGIN_HELP),
     region: Optional[str] = typer.Option(None, metavar="NAME", help=REGION_HELP),
     plc: Optional[str] = typer.Option(None, metavar="KIND", help=PLC_HELP),
+    restarts: Optional[int] = typer.Option(None, metavar="N", help="apgd: runs from new random starts, best kept. "
+                                           "[default: 1]"),
+    box_quantile: Optional[float] = typer.Option(None, metavar="Q", help="The box region's map quantile. [default: "
+                                                 "0.95, the top 5%]"),
+    plc_quantile: Optional[float] = typer.Option(None, metavar="Q", help="Pixel PLC's map quantile. [default: 0.9, "
+                                                 "the top 10%]"),
+    seeds: Optional[str] = typer.Option(None, metavar="LIST", help="Attack every image once per seed, e.g. 0,1,2: "
+                                        "per-image means, an interval over images and seeds (overrides --seed)."),
     clip: Optional[bool] = typer.Option(None, "--clip/--no-clip", help="Keep attacked images in the valid range. "
                                         "[default: from --protocol]"),
     batch_size: Optional[int] = typer.Option(None, metavar="N", help="Images per batch. [default: 32 on a CPU; 256 on "
@@ -80,7 +90,7 @@ def evaluate(
     download: bool = typer.Option(False, "--download", help=DOWNLOAD_HELP),
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
-    from protobench.core.protocol import EvalProtocol
+    from protobench.core.protocol import EvalProtocol, parse_seeds
     from protobench.run.defaults import evaluate_defaults
     from protobench.run.evaluate import EvaluateConfig
     from protobench.run.evaluate import evaluate as run_evaluate
@@ -89,7 +99,8 @@ def evaluate(
     from protobench.run.sweep import evaluate_models, pair_adapters
 
     proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
-                        margin=margin, clip=clip, seed=seed, region=region, plc=plc)
+                        margin=margin, clip=clip, seed=seed, region=region, plc=plc, restarts=restarts,
+                        seeds=run_library(parse_seeds, seeds), box_q=box_quantile, plc_q=plc_quantile)
     source = {"download": download}
     if model is not None:  # a released model from the catalogue
         if ckpt:
@@ -141,29 +152,6 @@ def report_models(result: dict[str, Any], then: Any) -> None:
     if result["failed"]:
         fail(f"{result['failed']} of {len(result['summaries'])} models failed: see the error column "
              f"of {result['out']}/summary.csv", 1)
-
-
-@app.command(cls=RegistryHelp)
-def compare(
-    base: Path = typer.Argument(..., metavar="BASE", help="Baseline: a result directory or its summary.csv."),
-    new: Path = typer.Argument(..., metavar="NEW", help="Candidate: a result directory or its summary.csv."),
-    tol: list[str] = typer.Option([], "--tol", metavar="METRIC=VALUE", help=TOL_HELP),
-    format: str = typer.Option("table", "--format", metavar="NAME", help="table or markdown."),
-    force: bool = typer.Option(False, "--force", help="Compare runs of different protocols or datasets anyway."),
-) -> None:
-    """Exit 0 if no metric of NEW is worse than BASE by more than its tolerance, 1 if one is, 2 if unusable."""
-    from protobench.api.tools import compare as run_compare
-    from protobench.cli.tables import compare_table
-
-    if format not in ("table", "markdown"):
-        fail(f"unknown --format {format!r}: use table or markdown")
-    found = run_library(run_compare, str(base), str(new), tol, force)
-    if format == "markdown":
-        print(found.markdown().encode("utf-8", "backslashreplace").decode("utf-8"), end="")
-    else:
-        out_console.print(compare_table(found.table, found.notes))
-    if found.regressions:
-        raise typer.Exit(1)
 
 
 @app.command(cls=RegistryHelp)
@@ -282,7 +270,9 @@ def adapters() -> None:
 
 
 app.add_typer(zoo_app, name="zoo")  # the catalogue of released models (cli/zoo.py)
-app.command(name="report", cls=RegistryHelp)(report_command)  # written beside the report's other CLI code (cli/report.py)
+app.command(name="report", cls=RegistryHelp)(report_command)
+app.command(name="compare", cls=RegistryHelp)(compare_command)  # cli/compare.py
+app.command(name="sensitivity", cls=RegistryHelp)(sensitivity_command)  # cli/sensitivity.py  # written beside the report's other CLI code (cli/report.py)
 
 
 def main() -> None:

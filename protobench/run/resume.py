@@ -26,7 +26,7 @@ from protobench.run.rundir import RunDirectory
 
 PARTIAL = "per_image.partial.jsonl"
 RUN = "run.json"
-FINAL = ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
+FINAL = ("per_image.csv", "per_prototype.csv", "convergence.csv", "summary.csv", "meta.json")
 
 
 def state(out: Path) -> str:
