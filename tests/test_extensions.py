@@ -52,14 +52,15 @@ def test_a_plugin_metric_reaches_every_table(plugin_metrics, tiny_ckpt, image_fo
     result = evaluate(tiny_ckpt, image_folder, tmp_path / "a")
     per_image = pd.read_csv(tmp_path / "a" / "per_image.csv")
     columns = list(per_image.columns)
-    assert columns[9:13] == ["PAC", "PRC", "PLC", "ADROP"] and columns[-3:] == ["zero_grad", "zero_grad_steps",
-                                                                              "protected_frac"]
+    assert columns[9:13] == ["PAC", "PRC", "PLC", "ADROP"] and columns[-5:] == ["zero_grad", "zero_grad_steps",
+                                                                              "protected_frac", "collapsed",
+                                                                              "top_outside"]
     assert "FLIPS" not in columns  # a run-level figure has no per-image column
     assert per_image["ADROP"].tolist() == pytest.approx((per_image.act_before - per_image.act_after).tolist(),
                                                         abs=1e-5)
     summary = pd.read_csv(tmp_path / "a" / "summary.csv").iloc[0]
     drop_columns = ["ADROP_mean", "ADROP_std", "ADROP_n", "ADROP_ci_low", "ADROP_ci_high"]
-    assert list(summary.index)[-8:] == ["AC", *drop_columns, "FLIPS", "zero_grad_images"]
+    assert list(summary.index)[-9:] == ["AC", *drop_columns, "FLIPS", "zero_grad_images", "collapsed_images"]
     assert summary["ADROP_mean"] == pytest.approx(per_image["ADROP"].mean()) and summary["ADROP_n"] == 6
     flips = 100 * (per_image.pred_before != per_image.pred_after).sum() / 6
     assert summary["FLIPS"] == pytest.approx(flips)

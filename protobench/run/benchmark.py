@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from protobench.core import metrics, rng
+from protobench.core import diagnostics, metrics, rng
 from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import REGIONS, select_prototypes
@@ -118,7 +118,9 @@ def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, id
     if on_outcome is not None:
         on_outcome(outcome, ids)
     out.update(zero_grad_steps=zero_steps, zero_grad=zero_steps > 0,
-               protected_frac=1 - attackable.float().mean(dim=(1, 2, 3)))
+               protected_frac=1 - attackable.float().mean(dim=(1, 2, 3)),
+               collapsed=diagnostics.collapsed(outcome.map_star, outcome.map_star_adv),
+               top_outside=diagnostics.top_outside(outcome.map_star, attackable, outcome.size))
     return out
 
 
