@@ -16,11 +16,11 @@ def test_contrast_is_the_peak_above_the_median_cell():
 
 
 def test_a_flattened_map_collapsed_a_weakened_or_moved_one_did_not():
-    clean = maps([[0.0, 0.0], [0.0, 4.0]])  # contrast 4: collapsed below 1
+    clean = maps([[0.0, 0.0], [0.0, 3.0]])  # contrast 3: collapsed below a third of it, 1
     flat = maps([[1.0, 1.0], [1.0, 1.5]])  # contrast 0.5: collapsed
     weaker = maps([[0.0, 0.0], [0.0, 1.2]])  # contrast 1.2: weaker, same place, not collapsed
-    moved = maps([[3.0, 0.0], [0.0, 0.0]])  # contrast 3 elsewhere: a move, not a collapse
-    edge = maps([[0.0, 0.0], [0.0, 1.0]])  # exactly a quarter: not below it
+    moved = maps([[2.0, 0.0], [0.0, 0.0]])  # contrast 2 elsewhere: a move, not a collapse
+    edge = maps([[0.0, 0.0], [0.0, 1.0]])  # exactly a third: not below it
     before = torch.stack([clean] * 4)
     assert collapsed(before, torch.stack([flat, weaker, moved, edge])).tolist() == [True, False, False, False]
 

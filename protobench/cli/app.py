@@ -14,7 +14,7 @@ from protobench.cli.console import (err_console, fail, line, out_console, parse_
                                     warnings_to_console)
 from protobench.cli.helptext import (DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP, PLC_HELP, PROTOCOL_HELP,
                                      REGION_HELP)
-from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
+from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, keeper, report_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Benchmark the spatial alignment of prototype networks' explanations (PLC / PAC / PRC). "
@@ -113,7 +113,8 @@ def evaluate(
             result = run_library(evaluate_models, cfg, models, RichProgress(err_console), trace_dir=cfg.out)
             return None if result is None else report_models(
                 result, lambda done: after_evaluate(cfg.out, done, save_examples, bool(report), device))
-        result = run_library(run_evaluate, cfg, RichProgress(err_console), trace_dir=cfg.out)
+        kept = keeper(report)
+        result = run_library(run_evaluate, cfg, RichProgress(err_console), kept, trace_dir=cfg.out)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
     summary = result["summary"]
@@ -127,7 +128,7 @@ def evaluate(
     written = [name for name in ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
                if (Path(result["out"]) / name).is_file()]
     say(f"results written to {result['out']}/ ({', '.join(written)})")
-    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device)
+    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device, kept)
 
 
 def report_models(result: dict[str, Any], then: Any) -> None:

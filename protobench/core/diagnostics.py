@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-COLLAPSE_FRACTION = 0.25  # collapsed: the attacked map's peak contrast below this share of the clean map's
+COLLAPSE_FRACTION = 1 / 3  # collapsed: the attacked map's peak contrast below this share of the clean map's
 COLUMNS = ("collapsed", "top_outside")  # per_image.csv, after protected_frac
 
 

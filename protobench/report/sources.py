@@ -38,6 +38,7 @@ class Source:
     cell: int  # row * w + col of the map cell
     activation: float
     box: tuple[int, int, int, int]  # top, bottom, left, right (exclusive ends), in input pixels
+    weight: float | None = None  # class-connection weight to the prototype's class (None: not a linear layer)
 
 
 @dataclass
@@ -122,14 +123,14 @@ def connection_weights(adapter: Any) -> Any:
     return weight.detach().cpu() if weight is not None and tuple(weight.shape) == shape else None
 
 
-def search_data(run: Run, adapter: Any, train_data: str | None) -> tuple[Any, str, bool, str]:
+def search_data(run: Run, adapter: Any, train_data: str | None, data: str | None = None) -> tuple[Any, str, bool, str]:
     """(dataset, its name, whether it is training data, its data path): --train-data, the run's
-    dataset's training split, or, lacking both, the evaluated data."""
+    dataset's (`data`: its new place) training split, or, lacking both, the evaluated data."""
     from protobench.data.layouts import find
     from protobench.run.evaluate import load_dataset
 
     meta = run.meta
-    data, layout = train_data or str(meta.get("dataset")), None if train_data else meta.get("dataset_kind")
+    data, layout = train_data or data or str(meta.get("dataset")), None if train_data else meta.get("dataset_kind")
     found = find(data, layout)
     split = found.split(None, "train")
     splits = found.layout.splits(found.root)
@@ -142,11 +143,11 @@ def search_data(run: Run, adapter: Any, train_data: str | None) -> tuple[Any, st
 
 
 def find_sources(run: Run, adapter: Any, protos: list[int], train_data: str | None,
-                 log: Callable[[str], None] = lambda _: None) -> Sources:
+                 log: Callable[[str], None] = lambda _: None, data: str | None = None) -> Sources:
     """The source patches of `protos`, from the cache where it has them, searched otherwise (and cached)."""
     from protobench.run.provenance import dataset_fingerprint_of
 
-    dataset, name, training, data = search_data(run, adapter, train_data)
+    dataset, name, training, data = search_data(run, adapter, train_data, data)
     key = {"format": FORMAT, "checkpoint_sha256": run.meta.get("checkpoint_sha256"), "data": name,
            "training": training, "fingerprint": dataset_fingerprint_of(dataset, data).get("sha256")}
     cache = _read(run.dir / FILE, key)
@@ -155,11 +156,15 @@ def find_sources(run: Run, adapter: Any, protos: list[int], train_data: str | No
         log(f"finding the source patches of {len(missing)} prototypes in {name}")
         hits = nearest_patches(adapter, dataset, missing)
         boxes = patch_boxes(adapter, dataset, hits)
+        weights = connection_weights(adapter)
+        classes = adapter.prototype_class_identity.detach().cpu().argmax(dim=1)
         for p, (index, cell, act) in hits.items():
             cache[str(p)] = {"index": index, "path": dataset.paths[index], "label": int(dataset.labels[index]),
-                             "cell": cell, "activation": act, "box": list(boxes[p])}
+                             "cell": cell, "activation": act, "box": list(boxes[p]),
+                             "weight": None if weights is None else float(weights[classes[p], p])}
         _write(run.dir / FILE, key, cache)
-    found = {p: Source(p, c["index"], c["path"], c["label"], c["cell"], c["activation"], tuple(c["box"]))
+    found = {p: Source(p, c["index"], c["path"], c["label"], c["cell"], c["activation"], tuple(c["box"]),
+                       c.get("weight"))
              for p in protos if (c := cache.get(str(p)))}
     return Sources(training, name, found, dataset)
 
