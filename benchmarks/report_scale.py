@@ -94,6 +94,17 @@ def synthetic_sources(run, options, protos, adapter=None, log=None):
             for k, p in enumerate(protos)}, ""
 
 
+def by_kind(files: list[Path]) -> dict[str, list[int]]:
+    """PNG sizes by picture kind: strips (worst, median, best), prototype cards, the rest."""
+    kinds: dict[str, list[int]] = {}
+    for path in files:
+        if path.suffix == ".png":
+            kind = ("strip" if any(f"-{k}-" in path.name for k in ("worst", "median", "best")) else
+                    "prototype card" if "-prototype-" in path.name else "chart")
+            kinds.setdefault(kind, []).append(path.stat().st_size)
+    return kinds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=2)
@@ -119,6 +130,7 @@ def main() -> None:
             "worst": args.worst, "best": args.best, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
             "report_html_mb": round(result["bytes"] / 2**20, 2),
             "files_mb": round(sum(p.stat().st_size for p in written) / 2**20, 2), "files": len(written),
+            "mean_png_mb": {kind: round(float(np.mean(sizes)) / 2**20, 3) for kind, sizes in by_kind(written).items()},
             "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
         }, indent=1))
 

@@ -108,7 +108,7 @@ def comparison(runs: Sequence[Run]) -> bytes:
     metrics = [spec for spec in measured([run.summary for run in runs]) if spec.summary is None
                and any(not math.isnan(finite(run.summary.get(spec.column))) for run in runs)]
     panels = len(metrics) + 1
-    cols = min(panels, 3)
+    cols = 2 if panels == 4 else min(panels, 3)
     rows = -(-panels // cols)
     fig = figure(4.3 * cols, rows * (1.3 + 0.45 * len(runs)) + 0.4)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).flatten())
@@ -122,6 +122,9 @@ def comparison(runs: Sequence[Run]) -> bytes:
             ax.errorbar([mean], [y[i]], xerr=err, fmt="o", color=color(i), capsize=4, markersize=6)
         ax.set_xlabel(f"{spec.name} ({spec.unit}), mean and 95% CI")
         ax.grid(alpha=0.3, axis="x")
+        low, high = ax.dataLim.intervalx
+        if high - low < 1e-9:  # every run the same value (e.g. PRC 0): a readable unit-wide axis around it
+            ax.set_xlim(low - 1, high + 1)
     accuracy_panel(axes[len(metrics)], runs, y)
     for k, ax in enumerate(axes):
         if k > len(metrics):

@@ -61,7 +61,8 @@ class Keeper:
         order = sorted(self.tensors)
         stacked = {key: torch.stack([self.tensors[i][key] for i in order]) for key in next(iter(self.tensors.values()))}
         return Pixels(indices=order, mean=tuple(mean), std=tuple(std), classes=[str(c) for c in classes],
-                      source="kept by evaluate from the run itself", **stacked)
+                      source="kept by evaluate from the run itself (the very tensors its numbers were computed from)",
+                      **stacked)
 
 
 def select(pixels: Any, indices: list[int]) -> Any:
