@@ -18,12 +18,17 @@ class Keeper:
     """on_outcome / on_batch hooks of benchmark.run that keep the tensors a strip draws, on the CPU."""
 
     def __init__(self, k: int, budget: int = BUDGET):
+        from protobench.run.distributed import world
+
         self.k, self.budget = k, budget
+        self.active = world().main  # under torchrun only rank 0 reports: the others keep nothing
         self.tensors: dict[int, dict[str, Any]] = {}  # dataset index -> its tensors
         self.values: dict[str, dict[int, float]] = {"PAC": {}, "PLC": {}}
         self.bytes = 0
 
     def on_outcome(self, outcome: Any, ids: Any) -> None:
+        if not self.active:
+            return
         parts = {"images": outcome.images, "images_adv": outcome.images_adv, "attackable": outcome.attackable,
                  "map_star": outcome.map_star, "map_star_adv": outcome.map_star_adv}
         parts = {key: t.detach().cpu() for key, t in parts.items()}

@@ -100,9 +100,8 @@ def load_dataset(data: str, info, layout: str | None = None, split: str | None =
 def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, watch: Any = None) -> dict[str, Any]:
     """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out.
 
-    Per-image results are appended to the partial log every batch, so an interrupted run
-    continues with cfg.resume and ends with the same files as an uninterrupted one. `watch` (optional,
-    e.g. report.kept.Keeper) sees every batch's tensors (on_outcome) and rows (on_batch).
+    Per-image results are appended to the partial log every batch (and shown to `watch`: report.kept.Keeper),
+    so an interrupted run continues with cfg.resume and ends with the same files as an uninterrupted one.
     """
     from protobench import files
     from protobench.run import distributed, results
@@ -138,8 +137,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, watch: Any =
             return runstate.load_finished(out) if world.main else None
     distributed.barrier(world)
     timing = _run_remaining(cfg, adapter, dataset, paths, indices, out,
-                            (progress or NoProgress()) if world.main else NoProgress(), context, passes,
-                            watch if world.main else None)
+                            (progress or NoProgress()) if world.main else NoProgress(), context, passes, watch)
     distributed.barrier(world)  # every shard is on disk before rank 0 merges them
     if not world.main:
         return None
@@ -174,8 +172,7 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, An
     }
 
 
-def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context, passes,
-                   watch=None) -> tuple[float, int]:
+def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context, passes, watch) -> tuple[float, int]:
     """Evaluate the images the partial logs lack (this rank's share of them), appending each
     batch; (wall time, images evaluated)."""
     from protobench.run import benchmark
@@ -197,15 +194,14 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context
         count[1] += len(rows)
         report_skipped(bad, dataset, cfg.strict)
         progress.update(rows, bad)
-        if watch is not None:
-            watch.on_batch(rows, bad)
+        getattr(watch, "on_batch", lambda *_: None)(rows, bad)
 
     started = time.perf_counter()
     progress.start(len(todo), model_name(cfg))
     try:
         with runstate.PartialLog(out, context.world.rank) as log:
             benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, context, on_batch=on_batch,
-                          passes=passes, on_outcome=watch.on_outcome if watch is not None else None)
+                          passes=passes, on_outcome=getattr(watch, "on_outcome", None))
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {count[0]} of {len(indices)} images; the partial results in {out} "
                           "are kept: rerun the same command with --resume to continue") from None
