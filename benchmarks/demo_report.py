@@ -9,6 +9,7 @@ each phase and their ratios (CPU time is what a busy machine inflates least).
 
     python benchmarks/demo_report.py                 # the whole demo, 150 images
     python benchmarks/demo_report.py --limit 24      # a quicker loop; the report phases draw as many images
+    python benchmarks/demo_report.py --smoke         # 4 images, 2 steps: does it run
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ def timed(fn, *args, **kwargs) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--smoke", action="store_true", help="4 images, 2 pgd steps: only checks that it runs")
     args = parser.parse_args()
     import torch
 
+    from protobench.core.protocol import EvalProtocol
     from protobench.demo import DEMO_DATA, demo_checkpoint
     from protobench.report.build import Options, build_report
     from protobench.report.kept import Keeper
@@ -42,7 +45,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "demo"
         keeper = Keeper(3)
-        cfg = EvaluateConfig(ckpt=demo_checkpoint(), data=DEMO_DATA, out=str(out), limit=args.limit)
+        limit = 4 if args.smoke else args.limit
+        cfg = EvaluateConfig(ckpt=demo_checkpoint(), data=DEMO_DATA, out=str(out), limit=limit,
+                             protocol=EvalProtocol(steps=2) if args.smoke else EvalProtocol())
         phases = {"loop": timed(evaluate, cfg, watch=keeper)}
         kept = {str(out.resolve()): keeper}
         phases["report_kept_first"] = timed(build_report, [str(out)], Options(out=str(out / "r1"), up_to=True,
@@ -52,7 +57,7 @@ def main() -> None:
         phases["report_rerun_cached"] = timed(build_report, [str(out)], Options(out=str(out / "r3"), up_to=True))
     cpu = {name: phase["cpu_s"] for name, phase in phases.items()}
     print(json.dumps({
-        "images": args.limit or 150, "phases": phases,
+        "images": limit or 150, "steps": cfg.protocol.steps, "phases": phases,
         "kept_cached_over_rerun_cpu": round(cpu["report_kept_cached"] / cpu["report_rerun_cached"], 3),
         "kept_first_over_rerun_cpu": round(cpu["report_kept_first"] / cpu["report_rerun_cached"], 3),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

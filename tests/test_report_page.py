@@ -18,7 +18,7 @@ ROW = {"index": 3, "label": 0, "proto": 5, "proto_class": 1, "act_before": 7.5, 
 
 
 def test_a_collapsed_map_is_said_collapsed_not_moved():
-    assert attacked_title(ROW) == "heatmap, attacked: COLLAPSED"
+    assert attacked_title(ROW) == "heatmap, attacked: COLLAPSED, PLC 40%"
     assert attacked_title({**ROW, "collapsed": False}) == "heatmap, attacked: PLC 40%"
     assert attacked_title({**ROW, "collapsed": "False"}) == "heatmap, attacked: PLC 40%"  # as read from a CSV
     assert "collapsed (went flat)" in alt_text(ROW, [])

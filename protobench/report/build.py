@@ -115,8 +115,9 @@ def pixels_for(run: Run, options: Options, log: Callable[[str], None]) -> dict[s
     if kept is not None:
         from protobench.report.kept import merge
 
+        source = f"{kept.source}, {len(kept.indices)} images; and {pixels.source}, {len(lacking)} images"
         pixels = merge(kept, pixels)
-        pixels.source = f"{kept.source} ({len(kept.indices)} images) and {pixels.source} ({len(lacking)} images)"
+        pixels.source = source
     return {"pixels": pixels, "problem": problem, "picks": chosen}
 
 

@@ -92,7 +92,7 @@ def strip(pixels: Any, row: int, numbers: dict[str, Any], heading: str, source: 
 def attacked_title(numbers: dict[str, Any]) -> str:
     """What happened to the map, in two words: a flattened map is no move."""
     if _true(numbers.get("collapsed")):
-        return "heatmap, attacked: COLLAPSED"
+        return f"heatmap, attacked: COLLAPSED, PLC {float(numbers['PLC']):.0f}%"
     return f"heatmap, attacked: PLC {float(numbers['PLC']):.0f}%"
 
 
