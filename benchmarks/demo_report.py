@@ -48,7 +48,7 @@ def main() -> None:
         limit = 4 if args.smoke else args.limit
         cfg = EvaluateConfig(ckpt=demo_checkpoint(), data=DEMO_DATA, out=str(out), limit=limit,
                              protocol=EvalProtocol(steps=2) if args.smoke else EvalProtocol())
-        phases = {"loop": timed(evaluate, cfg, watch=keeper)}
+        phases = {"loop": timed(evaluate, cfg, keeper)}
         kept = {str(out.resolve()): keeper}
         phases["report_kept_first"] = timed(build_report, [str(out)], Options(out=str(out / "r1"), up_to=True,
                                                                               kept=kept))

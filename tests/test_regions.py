@@ -5,8 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protobench.core.regions import (REGIONS, attackable_pixels, cell_boxes, default_margin, high_activation_boxes,
-                                     quantile, select_prototypes, token_region)
+from protobench.core.regions import (REGIONS, attackable_pixels, cell_boxes, high_activation_boxes,
+                                     quantile, select_prototypes)
+from protobench.regions.box import default_margin
+from protobench.regions.tokens import token_region
 
 
 def test_quantile_matches_numpy_and_torch():

@@ -115,7 +115,7 @@ def test_evaluate_s_own_report_draws_the_run_s_tensors_which_equal_a_rerun(tmp_p
 
     cfg = EvaluateConfig(ckpt=str(ckpt), data=data, out=str(tmp_path / "run"), batch_size=5,
                          protocol=EvalProtocol(steps=3, seed=2))
-    evaluate(cfg, watch=keeper)
+    evaluate(cfg, keeper)
     run = load_runs([str(tmp_path / "run")])[0][0]
     kept = keeper.pixels(run.meta["model_info"]["mean"], run.meta["model_info"]["std"], run.meta["classes"])
     assert kept.indices == list(range(12))

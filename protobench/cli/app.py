@@ -12,17 +12,17 @@ import typer
 
 from protobench.cli.console import (err_console, fail, line, out_console, parse_options, run_library, say,
                                     warnings_to_console)
-from protobench.cli.helptext import (DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP, PLC_HELP, PROTOCOL_HELP,
-                                     REGION_HELP)
-from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, keeper, report_command
+from protobench.cli.helptext import (ATTACK_HELP, DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP,
+                                     METRIC_NAMES, PLC_HELP, PROTOCOL_HELP, REGION_HELP)
+from protobench.cli.report import (REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, keeper,
+                                   report_command)
+from protobench.cli.zoo import DOWNLOAD_HELP, MODEL_HELP, ZOO_DIR_HELP, zoo_app, zoo_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Benchmark the spatial alignment of prototype networks' explanations (PLC / PAC / PRC). "
                        "Exit codes: 0 done; 1 the run finished but a model failed or compare found a "
                        "regression; 2 bad input, option or output location; 3 a bug (traceback saved to a "
                        "file); 130 interrupted.")
-
-
 
 
 def layout_name(name: Optional[str]) -> Optional[str]:
@@ -50,8 +50,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
                                                   "or protobench-results/models for several)."),
     protocol: str = typer.Option("default", help=PROTOCOL_HELP),
-    attack: Optional[str] = typer.Option(None, help="pgd, noise, or an attack a plugin registered "
-                                                    "[default: from --protocol]."),
+    attack: Optional[str] = typer.Option(None, help=ATTACK_HELP),
     eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
     step: Optional[float] = typer.Option(None, help="pgd step size [0.01]."),
     steps: Optional[int] = typer.Option(None, help="pgd steps [40]."),
@@ -80,18 +79,27 @@ def evaluate(
     adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
     report: Optional[bool] = typer.Option(None, "--report/--no-report", help=REPORT_HELP),
     save_examples: Optional[int] = typer.Option(None, "--save-examples", metavar="K", help=SAVE_EXAMPLES_HELP),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    zoo_dir: Optional[Path] = typer.Option(None, help=ZOO_DIR_HELP),
+    download: bool = typer.Option(False, "--download", help=DOWNLOAD_HELP),
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
     from protobench.core.protocol import EvalProtocol
     from protobench.demo import DEMO_DATA, demo_checkpoint, is_demo_data
     from protobench.run.evaluate import EvaluateConfig
     from protobench.run.evaluate import evaluate as run_evaluate
-    from protobench.run.progress import RichProgress
+    from protobench.cli.progress import RichProgress
     from protobench.cli.tables import summary_table
     from protobench.run.sweep import evaluate_models, pair_adapters
 
     proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
                         margin=margin, clip=clip, seed=seed, region=region, plc=plc)
+    source = {"download": download}
+    if model is not None:  # a released model from the catalogue
+        if ckpt:
+            fail("give --ckpt or --model, not both")
+        checkpoint, adapter, source = zoo_model(model, zoo_dir, download, adapter)
+        ckpt, out = [checkpoint], out or Path("protobench-results") / model
     if not ckpt and (data is None or is_demo_data(data)):  # the built-in demo
         ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
         out = out or Path("protobench-results") / "demo"
@@ -105,16 +113,17 @@ def evaluate(
         adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
         device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
         strict=strict, resume=resume, precision=precision, compile=compile,
-        max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")),
+        max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")), source=source,
     )
     check_examples(save_examples)
     with warnings_to_console():
         if len(models) > 1:
             result = run_library(evaluate_models, cfg, models, RichProgress(err_console), trace_dir=cfg.out)
             return None if result is None else report_models(
-                result, lambda done: after_evaluate(cfg.out, done, save_examples, bool(report), device))
-        kept = keeper(report)
-        result = run_library(run_evaluate, cfg, RichProgress(err_console), kept, trace_dir=cfg.out)
+                result, lambda done: after_evaluate(cfg.out, done, save_examples, bool(report), device,
+                                                   tuple(adapter)))
+        progress = keeper(report, RichProgress(err_console))  # keeps the drawn images' tensors for the report
+        result = run_library(run_evaluate, cfg, progress, trace_dir=cfg.out)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
     summary = result["summary"]
@@ -128,7 +137,7 @@ def evaluate(
     written = [name for name in ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
                if (Path(result["out"]) / name).is_file()]
     say(f"results written to {result['out']}/ ({', '.join(written)})")
-    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device, kept)
+    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device, tuple(adapter), progress)
 
 
 def report_models(result: dict[str, Any], then: Any) -> None:
@@ -147,8 +156,8 @@ def report_models(result: dict[str, Any], then: Any) -> None:
 def compare(
     base: Path = typer.Argument(..., help="Baseline: a result directory or its summary.csv."),
     new: Path = typer.Argument(..., help="Candidate: a result directory or its summary.csv."),
-    tol: list[str] = typer.Option([], "--tol", help="METRIC=VALUE, absolute (PLC PAC PRC AC acc_before acc_after "
-                                                    "acc, and plugin metrics); defaults in docs/ci.md."),
+    tol: list[str] = typer.Option([], "--tol", help=f"METRIC=VALUE, absolute ({METRIC_NAMES} acc, and plugin "
+                                                     "metrics); defaults in docs/ci.md."),
     format: str = typer.Option("table", "--format", help="table or markdown."),
     force: bool = typer.Option(False, help="Compare runs of different protocols or datasets anyway."),
 ) -> None:
@@ -178,7 +187,7 @@ def convert(
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
 ) -> None:
     """Rewrite any supported checkpoint in protobench's safetensors format (no pickle needed again)."""
-    from protobench.checkpoints.convert import convert as run_convert
+    from protobench.models.convert import convert as run_convert
 
     result = run_library(run_convert, str(src), str(out), adapter, parse_options(adapter_option), overwrite)
     say(f"wrote {result['out']} ({result['adapter']}: {result['num_prototypes']} prototypes, "
@@ -226,7 +235,7 @@ def finetune(
     """Fine-tune a model to align its explanations (alignment loss, masking augmentation, push)."""
     from protobench.train.finetune import FinetuneConfig
     from protobench.train.finetune import finetune as run_finetune
-    from protobench.run.progress import RichProgress, TrainProgress
+    from protobench.cli.progress import RichProgress, TrainProgress
     from protobench.train.settings import TrainSettings
 
     settings = TrainSettings(
@@ -276,13 +285,14 @@ def demo_export(
 @app.command()
 def adapters() -> None:
     """List the model families protobench can load (built in, installed plugins), with their papers and licenses."""
-    from protobench.models.families import describe
+    from protobench.cli.families import describe
     from protobench.cli.tables import adapters_table
 
     out_console.print(adapters_table(run_library(describe)))
 
 
 app.command(name="report")(report_command)  # written beside the report's other CLI code (cli/report.py)
+app.add_typer(zoo_app, name="zoo")  # the catalogue of released models (cli/zoo.py)
 
 
 def main() -> None:

@@ -32,6 +32,9 @@ def report_command(
                                                    "checked); one model only."),
     data: Optional[Path] = typer.Option(None, help="The dataset's new place, if it moved (its fingerprint is still "
                                                    "checked); one model only."),
+    adapter: Optional[str] = typer.Option(None, help="The adapter to re-run with (a model family or "
+                                          "pkg.module:Class); one model only. A run directory's own import path is "
+                                          "never imported unless named here."),
     device: str = typer.Option("auto", help="Where to re-run the drawn images: auto, cpu or cuda[:N]."),
     force: bool = typer.Option(False, "--force", help="Draw a re-run whose numbers differ from per_image.csv (the page "
                                            "says so)."),
@@ -43,8 +46,8 @@ def report_command(
     from protobench.report.build import Options
 
     options = Options(out=str(out) if out else None, worst=worst, best=best, examples=examples,
-                      ckpt=str(ckpt) if ckpt else None, data=str(data) if data else None, device=device, force=force,
-                      train_data=str(train_data) if train_data else None)
+                      ckpt=str(ckpt) if ckpt else None, data=str(data) if data else None, adapter=adapter, device=device,
+                      force=force, train_data=str(train_data) if train_data else None)
     write_report([str(p) for p in run_dir], options)
 
 
@@ -68,17 +71,19 @@ def check_examples(k: Optional[int]) -> None:
         run_library(check_count, k)
 
 
-def keeper(report: Optional[bool]) -> Any:
-    """What evaluate keeps of the drawn images' tensors for its own report (None: no report)."""
+def keeper(report: Optional[bool], progress: Any) -> Any:
+    """evaluate's progress display, wrapped in a report.kept.Keeper that keeps the drawn images' tensors for
+    its own report (the display alone without a report)."""
     from protobench.report.kept import Keeper
 
-    return Keeper(max(WORST, BEST)) if report else None
+    return Keeper(max(WORST, BEST), progress) if report else progress
 
 
 def after_evaluate(out: str, model_dirs: list[str], save_examples: Optional[int], report: bool, device: str,
-                   watched: Any = None) -> None:
+                   adapters: tuple[str, ...] = (), watched: Any = None) -> None:
     """evaluate's --save-examples (in each model's directory) and --report, once its results are written;
-    `watched`: the Keeper that watched a one-model run (its tensors spare the report a re-run)."""
+    `adapters`: the --adapter values the user typed (their import paths may be re-run); `watched`: the
+    Keeper that watched a one-model run (its tensors spare the report a re-run)."""
     from protobench.report.build import Options
     from protobench.report.examples import save_examples as keep
 
@@ -88,12 +93,12 @@ def after_evaluate(out: str, model_dirs: list[str], save_examples: Optional[int]
         return
     with warnings_to_console():
         for run_dir in model_dirs if save_examples else []:
-            kept = run_library(keep, run_dir, save_examples, device, trace_dir=run_dir)
+            kept = run_library(keep, run_dir, save_examples, device, adapters, trace_dir=run_dir)
             say(f"kept the tensors of {kept['images']} images (the {kept['k']} worst and best by PAC and PLC) "
                 f"in {kept['path']}")
     if report:
-        tensors = {str(Path(out).resolve()): watched} if watched is not None else None
-        write_report([out], Options(device=device, up_to=True, kept=tensors))
+        tensors = {str(Path(out).resolve()): watched} if hasattr(watched, "on_outcome") else None
+        write_report([out], Options(device=device, up_to=True, trusted=adapters, kept=tensors))
     else:
         say(f"to see the worst images and the per-prototype table: protobench report {out}")
 
@@ -103,7 +108,7 @@ def _attacked(out: str) -> bool:
     from protobench.core.metrics import MISALIGNMENT
     from protobench.errors import ProtobenchError
     from protobench.run.resume import read_json_object
-    from protobench.run.scorecard import recorded
+    from protobench.run.partpass import recorded
 
     try:
         return MISALIGNMENT in recorded(read_json_object(Path(out) / "meta.json"))

@@ -1,7 +1,8 @@
 """The drawn images' tensors kept while `evaluate` runs, so that its own report need not re-run them.
 
-`Keeper` watches the benchmark loop (on_outcome, then on_batch). It keeps every image's tensors while
-they fit in `budget` bytes; past that it keeps only the images that can still be drawn as the K worst
+`Keeper` is evaluate's progress display (it passes start, update and stop on) and watches the benchmark
+loop (on_outcome, then update); under torchrun only rank 0 has a display, so only it keeps. It keeps
+every image's tensors while they fit in `budget` bytes; past that it keeps only the images that can still be drawn as the K worst
 or best by PAC or PLC: an image that is not among them now never will be, as more images only push it
 further down. A median image dropped that way, or any image of a resumed or multi-process run that
 this process did not evaluate, is re-run by the report from the verified checkpoint as before.
@@ -15,20 +16,29 @@ BUDGET = 256 * 2**20  # bytes of kept tensors before the keeper starts dropping 
 
 
 class Keeper:
-    """on_outcome / on_batch hooks of benchmark.run that keep the tensors a strip draws, on the CPU."""
+    """evaluate's progress (start / update / stop, passed on to `progress`) that also keeps the tensors a strip
+    draws, on the CPU: evaluate hands its `on_outcome` to the benchmark loop."""
 
-    def __init__(self, k: int, budget: int = BUDGET):
-        from protobench.run.distributed import world
-
-        self.k, self.budget = k, budget
-        self.active = world().main  # under torchrun only rank 0 reports: the others keep nothing
+    def __init__(self, k: int, progress: Any = None, budget: int = BUDGET):
+        self.k, self.progress, self.budget = k, progress, budget
         self.tensors: dict[int, dict[str, Any]] = {}  # dataset index -> its tensors
         self.values: dict[str, dict[int, float]] = {"PAC": {}, "PLC": {}}
         self.bytes = 0
 
+    def start(self, total: int, description: str) -> None:
+        if self.progress is not None:
+            self.progress.start(total, description)
+
+    def update(self, rows: list[dict[str, Any]], skipped: list[int]) -> None:
+        if self.progress is not None:
+            self.progress.update(rows, skipped)
+        self.on_batch(rows, skipped)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
     def on_outcome(self, outcome: Any, ids: Any) -> None:
-        if not self.active:
-            return
         parts = {"images": outcome.images, "images_adv": outcome.images_adv, "attackable": outcome.attackable,
                  "map_star": outcome.map_star, "map_star_adv": outcome.map_star_adv}
         parts = {key: t.detach().cpu() for key, t in parts.items()}

@@ -16,9 +16,10 @@ from protobench.core.protocol import EvalProtocol
 from protobench.run.forward import AUTOCAST_DTYPES
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.run.devices import check_device_name, resolve_device
-from protobench.run import scorecard
-from protobench.run.scorecard import DEFAULT_METRICS, PartSettings, check_metrics
+from protobench.run import partpass
+from protobench.run.partpass import DEFAULT_METRICS, PartSettings, check_metrics
 from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
+from protobench.lock import holds_out
 
 MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
 
@@ -58,8 +59,9 @@ class EvaluateConfig:
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see forward.Runtime
     compile: bool = False  # torch.compile the model's forward
-    metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.scorecard
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.partpass
     parts: PartSettings = field(default_factory=PartSettings)  # consistency and stability's parameters
+    source: dict[str, Any] = field(default_factory=dict)  # download, published accuracy, Hub record (run/sources.py)
 
     def check(self) -> None:
         """OptionError for any option out of its range: before the output directory is touched."""
@@ -83,7 +85,7 @@ def resolve_context(cfg: EvaluateConfig, adapter, world):
 
 
 def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
-    from protobench.models.families import get_adapter
+    from protobench.models.lookup import get_adapter
 
     return get_adapter(name).load(ckpt, **options).to(device)
 
@@ -97,15 +99,15 @@ def load_dataset(data: str, info, layout: str | None = None, split: str | None =
     return dataset, dataset.paths
 
 
-def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, watch: Any = None) -> dict[str, Any]:
+@holds_out(lambda cfg, *_, **__: cfg.out)  # one run writing cfg.out at a time
+def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out.
 
-    Per-image results are appended to the partial log every batch (and shown to `watch`: report.kept.Keeper),
-    so an interrupted run continues with cfg.resume and ends with the same files as an uninterrupted one.
+    Per-image results are appended to the partial log every batch, so an interrupted run continues with
+    cfg.resume and ends with the same files as an uninterrupted one (`progress.on_outcome`, if any, sees tensors).
     """
     from protobench import files
-    from protobench.run import distributed, results
-    from protobench.run import resume as runstate
+    from protobench.run import distributed, resume as runstate, results, sources
     from protobench.data.imagelist import random_subset
 
     cfg.check()
@@ -118,13 +120,13 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, watch: Any =
     if cfg.resume and status == "empty" and world.main:  # e.g. a CI job that always passes --resume
         warnings.warn(f"nothing to resume in {out}: starting a fresh run", Notice, stacklevel=2)
     files.check_writable_dir(out)
-    adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
+    adapter = load_adapter(cfg.adapter, sources.prepare(cfg), cfg.adapter_options, device)  # hf:// -> the cache
     check_selection(cfg.protocol, adapter)
     context = resolve_context(cfg, adapter, world)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
-    found, passes, parts_identity = scorecard.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
-                                                      cfg.protocol.seed)  # keypoints when a metric needs them
+    keypoints, passes, parts_identity = partpass.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
+                                                          cfg.protocol.seed)  # when a metric needs them
     identity = {**run_identity(cfg, adapter, dataset, context), **parts_identity}
     distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
     if status == "empty":
@@ -137,11 +139,12 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, watch: Any =
             return runstate.load_finished(out) if world.main else None
     distributed.barrier(world)
     timing = _run_remaining(cfg, adapter, dataset, paths, indices, out,
-                            (progress or NoProgress()) if world.main else NoProgress(), context, passes, watch)
+                            (progress or NoProgress()) if world.main else NoProgress(), context, passes)
     distributed.barrier(world)  # every shard is on disk before rank 0 merges them
     if not world.main:
         return None
-    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, context, found)
+    return _finish(cfg, adapter, dataset, indices, out, identity=identity, resumed=status == "partial",
+                   timing=timing, context=context, keypoints=keypoints)
 
 
 def check_selection(protocol: EvalProtocol, adapter) -> None:
@@ -172,11 +175,10 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, An
     }
 
 
-def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context, passes, watch) -> tuple[float, int]:
+def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context, passes) -> tuple[float, int]:
     """Evaluate the images the partial logs lack (this rank's share of them), appending each
     batch; (wall time, images evaluated)."""
-    from protobench.run import benchmark
-    from protobench.run import resume as runstate
+    from protobench.run import benchmark, resume as runstate
     from protobench.data.imagelist import Subset
 
     records, skipped = runstate.read_partial(out)
@@ -194,14 +196,13 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context
         count[1] += len(rows)
         report_skipped(bad, dataset, cfg.strict)
         progress.update(rows, bad)
-        getattr(watch, "on_batch", lambda *_: None)(rows, bad)
 
     started = time.perf_counter()
     progress.start(len(todo), model_name(cfg))
     try:
         with runstate.PartialLog(out, context.world.rank) as log:
             benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, context, on_batch=on_batch,
-                          passes=passes, on_outcome=getattr(watch, "on_outcome", None))
+                          passes=passes, on_outcome=getattr(progress, "on_outcome", None))
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {count[0]} of {len(indices)} images; the partial results in {out} "
                           "are kept: rerun the same command with --resume to continue") from None
@@ -228,13 +229,12 @@ def model_name(cfg: EvaluateConfig) -> str:
     return cfg.name or Path(cfg.ckpt).stem
 
 
-def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated, context, found) -> dict[str, Any]:
-    """Per-image table from the partial log (in subset order), per-prototype table, summary, meta;
-    written atomically."""
+def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, timing, context, keypoints) -> dict[str, Any]:
+    """Per-image table from the partial log (in subset order), per-prototype table (from the part
+    `keypoints`, None without a part pass), summary, meta; written atomically. timing: (wall, evaluated)."""
     import pandas as pd
 
-    from protobench.run import resume as runstate
-    from protobench.run import results
+    from protobench.run import resume as runstate, results, sanity, sources
 
     records, skipped = runstate.read_partial(out)
     by_index = {r["index"]: r for r in reversed(records)}  # first record of an index wins
@@ -243,10 +243,11 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     if not records:
         raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
     per_image = pd.DataFrame(records, columns=results.per_image_columns(cfg.metrics))
-    per_prototype = scorecard.model_table(per_image, cfg.metrics, adapter, found, cfg.parts.threshold)
+    per_prototype = partpass.model_table(per_image, cfg.metrics, adapter, keypoints, cfg.parts.threshold)
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
-    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
-    meta["resumed"] = resumed
+    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, *timing, context)
+    meta.update(resumed=resumed, **sources.report(cfg.source, summary))  # incl. the published-accuracy check
+    meta["warnings"] = sanity.run_warnings(summary, adapter.info.num_classes, keypoints, adapter.info.input_size)
     try:
         results.write_csv(out / "per_image.csv", per_image)
         if per_prototype is not None:
@@ -279,8 +280,7 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
         "model_info": adapter.info.__dict__,
         "checkpoint": str(Path(cfg.ckpt).resolve()) if Path(cfg.ckpt).exists() else cfg.ckpt,
         "dataset": str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data,
-        "dataset_images": len(dataset),
-        "classes": [str(c) for c in getattr(dataset, "classes", [])],  # class names, for the report's tables
+        "dataset_images": len(dataset), "classes": [str(c) for c in getattr(dataset, "classes", [])],
         "evaluated_images": n_records,
         "skipped_images": [dataset.paths[i] for i in skipped],
         "seed": cfg.protocol.seed,
