@@ -2,7 +2,7 @@
 
 import torch
 
-from protobench.core.diagnostics import collapsed, contrast, top_outside
+from protobench.run.diagnostics import collapsed, contrast, top_outside
 
 
 def maps(*rows):

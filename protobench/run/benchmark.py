@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 import torch
 
-from protobench.core import diagnostics, metrics, rng
+from protobench.core import metrics, rng
 from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import REGIONS, select_prototypes
 from protobench.models.adapter import Evidence, PrototypeAdapter, map_argmax_cells, map_maxima
-from protobench.run import partpass
+from protobench.run import diagnostics, partpass
 from protobench.run.context import RunContext
 from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
 from protobench.run.partpass import Passes

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from protobench.core.diagnostics import COLUMNS as DIAGNOSTICS
+from protobench.run.diagnostics import COLUMNS as DIAGNOSTICS
 from protobench.core.metrics import MetricSpec, per_image_specs, per_prototype_specs, specs, suites as all_suites
 from protobench.run.partpass import DEFAULT_METRICS, needs_attack, part_columns
 from protobench.registry import RegistryError

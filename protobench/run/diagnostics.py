@@ -40,7 +40,7 @@ def top_outside(map_before: Tensor, attackable: Tensor, size: int, q: float = 0.
     """(B,) %: the share of the clean map's top-10% region (the pixels PLC compares) that the attack
     could change, i.e. outside the protected region; 0 when that region is empty (a constant map).
     attackable: (B, 1, S, S) bool."""
-    from protobench.core.metrics import high_region
+    from protobench.metrics.PLC import high_region
 
     region = high_region(map_before, size, q).flatten(1)
     outside = (region & attackable[:, 0].flatten(1)).sum(dim=1).float()
