@@ -48,6 +48,7 @@ def build_report(paths: list[str], options: Options, log: Callable[[str], None] 
         files: dict[str, bytes] = {}
         context = {"title": ", ".join(dict.fromkeys(run.label for run in runs)), "notes": notes, "runs": []}
         sections(runs, pixels, options, files, context, log)
+        context["convergence"] = convergence_picture(runs, files)
         if len(runs) > 1:
             from protobench.report.figures import comparison
 
@@ -212,6 +213,14 @@ def comparison_text(runs: list[Run], sections: list[dict[str, Any]]) -> dict[str
         f"{row['label']}: " + ", ".join(f"{c.split(' ')[0]} {v}" for c, v in zip(columns, row["cells"]))
         for row in rows) + "."
     return {"comparison_columns": columns, "comparison_rows": rows, "comparison_alt": alt}
+
+
+def convergence_picture(runs: list[Run], files: dict[str, bytes]) -> Picture | None:
+    """The attack's convergence over the steps (convergence.csv of each run), when a run recorded it."""
+    from protobench.report.figures import convergence
+
+    drawn = convergence(runs)
+    return add(files, Picture(drawn, "convergence.png")) if drawn is not None else None
 
 
 def compare_tables(runs: list[Run]) -> list[dict[str, Any]]:
