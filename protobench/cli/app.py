@@ -15,11 +15,13 @@ from protobench.cli.console import (err_console, fail, line, out_console, parse_
 from protobench.cli.helptext import (ADAPTER_OPTION_HELP, ATTACK_HELP, DATASET_HELP, MARGIN_HELP, MAX_PIXELS,
                                      MAX_PIXELS_HELP, METRICS_HELP, PLC_HELP, PROTOCOL_HELP, REGION_HELP, SELECT_HELP,
                                      RegistryHelp)
+from protobench.cli.report import (REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, keeper,
+                                   report_command)
 from protobench.cli.compare import compare_command
 from protobench.cli.sensitivity import sensitivity_command
 from protobench.cli.root import app
-from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
 from protobench.cli.zoo import DOWNLOAD_HELP, MODEL_HELP, ZOO_DIR_HELP, zoo_app, zoo_model
+
 
 def layout_name(name: Optional[str]) -> Optional[str]:
     """--dataset, checked against the registry before anything is loaded or written."""
@@ -125,7 +127,8 @@ def evaluate(
             return None if result is None else report_models(
                 result, lambda done: after_evaluate(cfg.out, done, save_examples, bool(report), device,
                                                    tuple(adapter)))
-        result = run_library(run_evaluate, cfg, RichProgress(err_console), trace_dir=cfg.out)
+        progress = keeper(report, RichProgress(err_console))  # keeps the drawn images' tensors for the report
+        result = run_library(run_evaluate, cfg, progress, trace_dir=cfg.out)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
     summary = result["summary"]
@@ -139,7 +142,7 @@ def evaluate(
     written = [name for name in ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
                if (Path(result["out"]) / name).is_file()]
     say(f"results written to {result['out']}/ ({', '.join(written)})")
-    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device, tuple(adapter))
+    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device, tuple(adapter), progress)
 
 
 def report_models(result: dict[str, Any], then: Any) -> None:
