@@ -29,9 +29,12 @@ class Keeper:
         if self.progress is not None:
             self.progress.start(total, description)
 
-    def update(self, rows: list[dict[str, Any]], skipped: list[int]) -> None:
+    def update(self, done: int, values: dict[str, float]) -> None:
         if self.progress is not None:
-            self.progress.update(rows, skipped)
+            self.progress.update(done, values)
+
+    def rows(self, rows: list[dict[str, Any]], skipped: list[int]) -> None:
+        """The batch's finished rows (run.watch.Progress.rows): the values the strips are picked by."""
         self.on_batch(rows, skipped)
 
     def stop(self) -> None:

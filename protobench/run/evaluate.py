@@ -187,6 +187,7 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context
         report_skipped(bad, dataset, cfg.strict)
         pac.add(r.get("PAC") for r in rows)  # none without the attack (--metrics consistency)
         progress.update(count[2], {"PAC": pac.value} if pac.n else {})
+        getattr(progress, "rows", lambda *_: None)(rows, bad)  # a display that also keeps rows (report.kept)
 
     started = time.perf_counter()
     progress.start(len(todo), model_name(cfg))

@@ -18,6 +18,8 @@ class Progress(Protocol):
     def end(self, row: dict) -> None:
         """The part finished, with its figures (a training epoch's log row)."""
 
+    # optional: rows(rows, skipped), an evaluation batch's per-image rows, for a display that keeps some
+
     def stop(self) -> None:
         """Nothing more comes (also after an error)."""
 
