@@ -6,9 +6,9 @@ which knows where it drew each part (protobench.demo.shapes).
 
 Keypoints are pixel coordinates in the image as displayed (after its EXIF orientation). They follow
 the image's crop and squash to the model's input: a keypoint (x, y) in the crop (left, top, right,
-bottom) lands at u = int(S (x - left) / (right - left)), v = int(S (y - top) / (bottom - top)),
-truncated toward zero, as Huang et al.'s reference code maps CUB's keypoints into its cropped test
-images (docs/metrics.md, Consistency and stability).
+bottom) lands at u = int(S * ((x - left) / (right - left))), v = int(S * ((y - top) / (bottom - top))),
+truncated toward zero, in the float order of Huang et al.'s reference code (the fraction first, then
+times S), which maps CUB's keypoints into its cropped test images this way (docs/metrics.md, Consistency and stability).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def to_input(xy: np.ndarray, visible: np.ndarray, crops: np.ndarray, size: int) 
     image that cannot be read) -> (n, K, 3) int64 u, v, visible in the size x size input."""
     left, top, right, bottom = (crops[:, i, None] for i in range(4))
     with np.errstate(invalid="ignore"):
-        u = np.trunc(size * (xy[..., 0] - left) / (right - left))
-        v = np.trunc(size * (xy[..., 1] - top) / (bottom - top))
+        u = np.trunc(size * ((xy[..., 0] - left) / (right - left)))  # the reference's order: divide, then scale
+        v = np.trunc(size * ((xy[..., 1] - top) / (bottom - top)))
     shown = visible & np.isfinite(u) & np.isfinite(v)
     out = np.zeros((*visible.shape, 3), dtype=np.int64)
     out[..., 0], out[..., 1] = np.where(shown, u, 0), np.where(shown, v, 0)
