@@ -66,6 +66,9 @@ def evaluate(
     workers: Optional[int] = typer.Option(None, help="Image-decoding processes (default: 0 on CPU, up to 8 on GPU)."),
     precision: str = typer.Option("fp32", help="fp32 (true fp32), tf32 (faster on GPUs), bf16 or fp16 (autocast); "
                                                "prototype layers and metrics always run in fp32."),
+    distance: str = typer.Option("float64", help="The prototype distance of ProtoPNet, ProtoPShare, ProtoPool and "
+                                                 "ProtoTree: float64 (stable) or float32 (the original code's "
+                                                 "arithmetic, bit for bit); docs/adapters.md."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
     seed: int = typer.Option(0, help="Seeds the random start of each image, the stability noise and --limit's "
                                      "subset."),
@@ -104,7 +107,7 @@ def evaluate(
         ckpt=models[0][0], data=str(data), out=str(out or default_out), adapter=models[0][1],
         adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
         device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
-        strict=strict, resume=resume, precision=precision, compile=compile,
+        strict=strict, resume=resume, precision=precision, distance=distance, compile=compile,
         max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")),
     )
     check_examples(save_examples)

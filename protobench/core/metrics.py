@@ -208,8 +208,9 @@ def measured(rows: Sequence[dict[str, Any]]) -> list[MetricSpec]:
 # --- the built-in metrics' functions ----------------------------------------------------------
 
 def pac(before: Tensor, after: Tensor) -> Tensor:
-    """Activation change in %: positive when the activation fell. NaN when it was 0 before."""
-    return 100 * (1 - after / before)
+    """Activation change in %: positive when the activation fell. NaN when it was 0 before. In float64,
+    as the reference (`(1 - float(after) / float(before)) * 100`)."""
+    return 100 * (1 - after.double() / before.double())
 
 
 def prc(act_before: Tensor, act_after: Tensor, p_star: Tensor, in_class: Tensor) -> Tensor:
@@ -236,7 +237,8 @@ def plc(map_before: Tensor, map_after: Tensor, size: int, q: float = 0.9) -> Ten
     a, b = high_region(map_before, size, q), high_region(map_after, size, q)
     inter = (a & b).flatten(1).sum(1).float()
     union = (a | b).flatten(1).sum(1).float()
-    return (100 * (1 - inter / union.clamp(min=1))).where(union > 0, 0.0)
+    iou = (inter / union.clamp(min=1)).double()  # a float32 ratio, then 100 (1 - iou) in float64: the reference's
+    return (100 * (1 - iou)).where(union > 0, 0.0)
 
 
 def _partscores():

@@ -114,7 +114,8 @@ def rerun(run: Run, indices: list[int], *, ckpt: str | None = None, data: str | 
     path = checkpoint_path(run, ckpt)
     protocol = protocol_of(run)
     options = run.meta.get("adapter_options") or {}
-    adapter = load_adapter(str(run.meta.get("adapter") or "auto"), path, options, resolve_device(device))
+    adapter = load_adapter(str(run.meta.get("adapter") or "auto"), path, options, resolve_device(device),
+                           str(run.meta.get("distance") or "float64"))
     dataset = open_data(run, data, adapter.info)
     context = RunContext.resolve(adapter.device, adapter.info.input_size, workers=0,
                                  precision=str(run.meta.get("precision") or "fp32"))

@@ -4,8 +4,8 @@ BASE and NEW are result directories (or their summary.csv). A metric regressed w
 in its bad direction by more than its tolerance (absolute, in the metric's own units). The
 metrics, their directions and default tolerances are protobench.core.metrics.METRICS (plugins
 included): higher PLC / PAC / PRC / AC is worse, lower accuracy is worse. Runs are comparable
-only with the same protocol (the region and PLC definition included) and dataset (read from
-meta.json); --force compares anyway.
+only with the same protocol (the region and PLC definition included), prototype distance
+(`--distance`) and dataset (read from meta.json); --force compares anyway.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from protobench.core.protocol import as_recorded_now
 from protobench.errors import OptionError, ProtobenchError
 from protobench.run.resume import json_kind
 
-COMPARABLE = ("protocol", "dataset_fingerprint", "dataset_kind", "split", "limit")
+COMPARABLE = ("protocol", "distance", "dataset_fingerprint", "dataset_kind", "split", "limit")
 PART_COMPARABLE = ("scorecard",)  # consistency and stability's parameters and part annotations, when both have them
 TABLE_COLUMNS = ["model", "metric", "base", "new", "delta", "tolerance", "status"]
 MAX_INPUT_BYTES = 64 * 2**20  # a summary of thousands of models is under 5 MiB; refuse to load a huge file
@@ -254,7 +254,8 @@ def differences(base: dict | None, new: dict | None) -> str:
 
     if base is None or new is None:
         return "a meta.json is missing, so protocol and dataset are unchecked"
-    base, new = ({**meta, "protocol": as_recorded_now(meta.get("protocol"))} for meta in (base, new))
+    base, new = ({**meta, "protocol": as_recorded_now(meta.get("protocol")),
+                  "distance": meta.get("distance", "float64")} for meta in (base, new))  # recorded since float32 came
     both = [key for key in PART_COMPARABLE if key in base and key in new]  # a run without parts has none
     return describe_differences(base, new, [*COMPARABLE, *both], ("base", "new"))
 

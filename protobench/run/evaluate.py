@@ -57,6 +57,7 @@ class EvaluateConfig:
     resume: bool = False  # continue the interrupted run in `out`
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see forward.Runtime
+    distance: str = "float64"  # the prototype distance: float64, or float32 as the originals (docs/adapters.md)
     compile: bool = False  # torch.compile the model's forward
     metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.scorecard
     parts: PartSettings = field(default_factory=PartSettings)  # consistency and stability's parameters
@@ -72,20 +73,22 @@ class EvaluateConfig:
         options.optional_integer("--limit", self.limit, 1)
         check_max_pixels(self.max_image_pixels)
         options.choice("precision", self.precision, tuple(AUTOCAST_DTYPES))
+        options.choice("distance", self.distance, ("float64", "float32"))  # core.precision.DISTANCES, torch-free
 
 
 def resolve_context(cfg: EvaluateConfig, adapter, world):
-    """The run context (device, runtime, batch size, workers, world): resolved here, once."""
+    """The run context, resolved here, once. With the float32 distance the CPU calls the model one image at
+    a time, as the paper's code: float32's cancellation shows bits a chunk's other images move."""
     from protobench.run.context import RunContext
-
-    return RunContext.resolve(adapter.device, adapter.info.input_size, batch_size=cfg.batch_size,
+    chunk = 1 if cfg.distance == "float32" and adapter.device.type == "cpu" else None
+    return RunContext.resolve(adapter.device, adapter.info.input_size, batch_size=cfg.batch_size, chunk=chunk,
                               workers=cfg.workers, precision=cfg.precision, compile=cfg.compile, world=world)
 
 
-def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
+def load_adapter(name: str, ckpt: str, options: dict[str, Any], device, distance: str = "float64"):
     from protobench.models.families import get_adapter
 
-    return get_adapter(name).load(ckpt, **options).to(device)
+    return get_adapter(name).load(ckpt, **options).set_distance(distance).to(device)
 
 
 def load_dataset(data: str, info, layout: str | None = None, split: str | None = None,
@@ -118,7 +121,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     if cfg.resume and status == "empty" and world.main:  # e.g. a CI job that always passes --resume
         warnings.warn(f"nothing to resume in {out}: starting a fresh run", Notice, stacklevel=2)
     files.check_writable_dir(out)
-    adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device)
+    adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device, cfg.distance)
     check_selection(cfg.protocol, adapter)
     context = resolve_context(cfg, adapter, world)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
@@ -168,6 +171,7 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, An
         "protocol": cfg.protocol.resolved(adapter.info.input_size),
         "device_type": context.device.type,
         "precision": context.runtime.precision,  # bf16 numbers differ from fp32 ones: never mixed in one run
+        "distance": cfg.distance,  # float32 (the originals' arithmetic) moves maps near pushed prototypes
         "max_image_pixels": cfg.max_image_pixels,  # decides which images are skipped
     }
 
@@ -215,7 +219,6 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context
 def report_skipped(indices: list[int], dataset, strict: bool) -> None:
     """Warn about each unusable image and why, or stop on the first one under --strict."""
     from protobench.data.imagelist import skip_reason
-
     for i in indices:
         if strict:
             raise DataError(f"cannot use image {skip_reason(dataset, i)} (fix or remove it, or drop --strict "
@@ -291,7 +294,6 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
 
 def _version(package: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(package)
     except PackageNotFoundError:
