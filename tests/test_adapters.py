@@ -11,7 +11,7 @@ from protobench.errors import AdapterError, CheckpointError
 from protobench.models.infer import infer_backbone
 from protobench.models.family import FamilyAdapter
 
-BUILTIN = ["deformable", "pipnet", "protopnet", "protopool", "protopshare", "prototree", "protovit", "stprotopnet",
+BUILTIN = ["deformable", "evalprotopnet", "pipnet", "protopnet", "protopool", "protopshare", "prototree", "protovit", "stprotopnet",
            "tesnet"]
 
 
