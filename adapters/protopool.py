@@ -48,7 +48,7 @@ class ProtoPoolConfig:
     proto_depth: int = 256  # D
     activation: str = "log"  # 'log' or 'linear' (1 / (d + 1)); the weights cannot tell
     use_last_layer: bool = True
-    use_thresh: bool = False  # keeps the unused `alfa` parameter so the state dict loads unchanged
+    use_thresh: bool = False  # keeps the unused `alfa` parameter so the state dict loads without renaming
     epsilon: float = 1e-4
     img_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN

@@ -123,7 +123,7 @@ def measure(name: str, images: int, seed: int) -> dict:
         top32 = top(adapter, x)
         exact = original_maps_float64(adapter.model, z)
     return {"family": name, "model": "CUB size, 224 px", "expanded_form": True,
-            "logits_max_diff": (logits64 - logits32).abs().max().item(),
+            "logits_max_abs": logits64.abs().max().item(), "logits_max_diff": (logits64 - logits32).abs().max().item(),
             "maps_max_diff": (maps64 - maps32).abs().max().item(),
             "same_top_prototype": f"{int((top64 == top32).sum())} of {images}",
             "float64_maps_vs_original_in_float64": (maps64.double() - exact).abs().max().item()}
