@@ -75,7 +75,7 @@ def scorecard(ckpt: str, data: Path, out: Path) -> dict:
 
     summary = evaluate(EvaluateConfig(ckpt=ckpt, data=str(data), out=str(out), metrics=("consistency", "stability"),
                                       overwrite=True))["summary"]
-    return {k: summary[k] for k in ("consistency", "stability") if k in summary}
+    return {k: v for k, v in summary.items() if k.startswith(("consistency", "stability"))}
 
 
 def demo(work: Path) -> dict:
@@ -97,12 +97,12 @@ def demo(work: Path) -> dict:
 
 
 def cub(work: Path, n: int) -> dict:
-    import importlib.util
+    import sys
 
-    spec = importlib.util.spec_from_file_location("cub_jpeg", Path(__file__).with_name("cub_jpeg.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    root = module.make_cub(work / "cub", n)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cub_jpeg import make_cub  # a module by name, so its worker processes can import it too
+
+    root = make_cub(work / "cub", n)
     names = dict(line.split() for line in (root / "images.txt").read_text().splitlines())
     boxes = {r.split()[0]: [int(float(v)) for v in r.split()[1:]] for r in (root / "bounding_boxes.txt").read_text().splitlines()}
     pairs = []
