@@ -5,15 +5,23 @@ Measures, in one run, on the same model, batch size, device and precision:
   (b) ideal        a bare loop of forward + input-gradient passes at the same batch size;
   (c) reference    the reference implementation's structure: one image at a time, the
                    protected box computed per image on the CPU with numpy, then pgd at batch 1.
-and prints JSON with efficiency = a / b and speedup = a / c.
+and prints JSON with efficiency = a / b and speedup = a / c. On a CPU it also prints the machine
+(model, vector extensions, threads), the load average at the start and the end, and each part's
+CPU seconds (this process's), with efficiency_cpu_s = CPU seconds of (b) / those of (a): other
+work on a shared machine disturbs CPU seconds far less than wall time.
 
 Images are synthetic (a pool of random images in memory), so the figures are compute, not
 JPEG decoding; `--jpeg DIR` instead reads JPEG files from a CUB-layout directory (written
 there first if missing: --n images of CUB-like sizes, see cub_jpeg.py) and reports their
 decoding (protobench's DataLoader processes, and nvJPEG on the GPU) apart from the attack.
 `--compile-mode` compiles the forward and its input gradient (torch.compile: default,
-max-autotune or reduce-overhead), every call padded to the batch shape. Examples:
+max-autotune or reduce-overhead), every call padded to the batch shape. `--smoke` shrinks
+every size (the smallest network, 32 px, 4 images, 2 steps, batch 4, one round; with --jpeg,
+4 files) and keeps the modes (compiling with the aot_eager backend: no kernels generated): it
+checks that the script runs end to end, and its figures mean nothing.
+Examples:
   python benchmarks/attack_throughput.py --model demo --device cpu
+  python benchmarks/attack_throughput.py --smoke --device cpu
   python benchmarks/attack_throughput.py --model resnet34 --device cuda --precision bf16 --batch-size 128
   python benchmarks/attack_throughput.py --model resnet34 --device cuda --precision bf16 --jpeg /tmp/cub
 """
@@ -22,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -33,7 +43,7 @@ from protobench.core import rng
 from protobench.core.precision import machine
 from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
 from protobench.core.protocol import EvalProtocol
-from protobench.run.benchmark import run
+from protobench.run.benchmark import attack_objective, run
 from protobench.run.context import RunContext
 from protobench.run.forward import Runtime, frozen_eval, model_forward
 
@@ -66,8 +76,11 @@ def build_model(name: str, ckpt: str | None) -> ProtoPNetAdapter:
     elif name == "tiny":
         cfg = ProtoPNetConfig(backbone="tinycnn", backbone_kwargs={"channels": [32, 64, 128], "convs": 2},
                               num_classes=6, num_prototypes=12, prototype_dim=32, img_size=64)
+    elif name == "smoke":  # the smallest network that runs every part (--smoke)
+        cfg = ProtoPNetConfig(backbone="tinycnn", backbone_kwargs={"channels": [4, 8, 8]}, num_classes=4,
+                              num_prototypes=8, prototype_dim=8, img_size=32)
     else:
-        raise SystemExit(f"unknown --model {name!r}: demo, tiny or resnet34")
+        raise SystemExit(f"unknown --model {name!r}: demo, tiny, smoke or resnet34")
     return ProtoPNetAdapter.from_config(cfg, seed=0)
 
 
@@ -86,20 +99,35 @@ def time_protobench(adapter, data, protocol, batch_size, runtime, workers) -> fl
     return time.perf_counter() - start
 
 
+def ideal_step(objective, x: torch.Tensor) -> torch.Tensor:
+    """One forward + input-gradient pass of the attack's objective, as each pgd step takes it."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(x).sum(), x)
+    return grad
+
+
 def time_ideal(adapter, data, steps, batch_size, runtime) -> float:
-    """Forward + input-gradient passes only, `steps` per batch, no attack logic at all: the
-    gradient of one prototype's max activation per image, as the attack takes."""
+    """The attack's passes alone: per batch, `steps` forward + input-gradient passes of the
+    attack's own objective (benchmark.attack_objective, through the same model_forward: the same
+    precision, chunks, memory format and compilation, and the same Evidence field, `act`), one
+    prototype per image; no regions, projection, metrics or records."""
     forward = model_forward(adapter, runtime)
-    batches = [torch.stack([data[j][0] for j in range(i, min(i + batch_size, len(data)))])
-               for i in range(0, len(data), batch_size)]
+    pad = bool(runtime.compile) and runtime.chunk is None  # as benchmark.run: a compiled model sees one shape
+    batches = []
+    for i in range(0, len(data), batch_size):
+        rows = list(range(i, min(i + batch_size, len(data))))
+        rows += rows[-1:] * (batch_size - len(rows)) if pad else []
+        batches.append(torch.stack([data[j][0] for j in rows]))
+    num = adapter.info.num_prototypes
     sync(adapter.device)
     start = time.perf_counter()
     with frozen_eval(adapter.model):
         for x in batches:
-            x = x.to(adapter.device, non_blocking=True).requires_grad_(True)
-            rows = torch.arange(len(x), device=x.device)
+            x = x.to(adapter.device, non_blocking=True)
+            weights = F.one_hot(torch.arange(len(x), device=x.device) % num, num).float()  # (B, P)
+            objective = attack_objective(forward, weights)
             for _ in range(steps):
-                torch.autograd.grad(forward(x)[0][rows, rows % adapter.info.num_prototypes].amax(dim=(1, 2)).sum(), x)
+                ideal_step(objective, x)
     sync(adapter.device)
     return time.perf_counter() - start
 
@@ -117,10 +145,11 @@ def reference_box_mask(act_map: np.ndarray, size: int, margin: int) -> np.ndarra
 
 
 def time_reference(adapter, data, protocol, n_images, runtime) -> float:
-    """One image at a time, as the reference does (its attack made real: gradient steps)."""
+    """One image at a time, as the reference does (its attack made real: gradient steps). Every
+    model call is one image: the CPU's fixed chunks (Runtime.chunk) would pad it to several."""
     size = adapter.info.input_size
     margin = protocol.resolved(size)["margin"]
-    forward = model_forward(adapter, runtime)
+    forward = model_forward(adapter, replace(runtime, chunk=None))
     bounds = attack.image_bounds(adapter.info.mean, adapter.info.std, adapter.device)
     sync(adapter.device)
     start = time.perf_counter()
@@ -128,11 +157,12 @@ def time_reference(adapter, data, protocol, n_images, runtime) -> float:
         for i in range(n_images):
             x = data[i][0][None].to(adapter.device)
             with torch.no_grad():
-                maps = forward(x)[0].clamp(min=0).cpu().numpy()
+                maps = forward(x).maps.clamp(min=0).cpu().numpy()
             proto = int(maps.max(axis=(2, 3)).argmax())
             attackable = torch.from_numpy(reference_box_mask(maps[0, proto], size, margin)).to(adapter.device) > 0
             noise = rng.uniform(protocol.seed, torch.tensor([i], device=adapter.device), (3, size, size), -1, 1)
-            x_adv, _ = attack.pgd(lambda im: forward(im)[0][:, proto].amax(dim=(1, 2)), x, attackable, noise,
+            weights = F.one_hot(torch.tensor([proto], device=x.device), adapter.info.num_prototypes).float()
+            x_adv, _ = attack.pgd(attack_objective(forward, weights), x, attackable, noise,
                                   eps=protocol.eps, step=protocol.step, steps=protocol.steps, bounds=bounds)
             with torch.no_grad():
                 forward(x_adv)
@@ -171,14 +201,25 @@ def jpeg_mode(args, adapter, runtime, protocol, batch: int, device: torch.device
     }
 
 
+def smoke_compile(compile_fn):
+    """torch.compile with the aot_eager backend, whatever the mode: Dynamo and AOTAutograd capture
+    the forward and its backward as in a real run, but no kernels are generated (code generation
+    for a CPU takes minutes). --compile-mode's own code generation is what a full run times."""
+
+    def compile_smoke(fn, mode=None, **kwargs):
+        return compile_fn(fn, backend="aot_eager", **kwargs)
+
+    return compile_smoke
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo", help="demo, tiny or resnet34 (random weights)")
+    parser.add_argument("--model", default="demo", help="demo, tiny, smoke or resnet34 (random weights)")
     parser.add_argument("--ckpt", default=None, help="a protopnet checkpoint instead of --model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 128 on GPU")
-    parser.add_argument("--images", type=int, default=None, help="images for (a) and (b); default 96 CPU, 1024 GPU")
+    parser.add_argument("--images", type=int, default=None, help="images for (a) and (b); default 64 CPU, 1024 GPU")
     parser.add_argument("--reference-images", type=int, default=None, help="images for (c); default 8 CPU, 64 GPU")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--workers", type=int, default=None,
@@ -195,7 +236,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of (a), (b), (c); fastest kept")
     parser.add_argument("--label", default=None, help="a name for this measurement, copied into the JSON")
     parser.add_argument("--oneline", action="store_true", help="print the JSON on one line (for .jsonl logs)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest sizes, whatever the options above say: checks that it runs, times nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.ckpt, args.images, args.reference_images, args.steps = "smoke", None, 4, 1, 2
+        args.batch_size, args.repeat, args.n = 4, 1, 4
+        torch.compile = smoke_compile(torch.compile)
 
     device = torch.device(args.device)
     batch = args.batch_size or (128 if device.type == "cuda" else 32)
@@ -223,16 +270,24 @@ def in_memory(args, adapter, runtime, protocol, batch: int, device: torch.device
     warm = SyntheticImages(min(batch, n), adapter.info.input_size, adapter.info.num_classes)
     time_protobench(adapter, warm, EvalProtocol.make(steps=2), batch, runtime, 0)  # warm-up (and compile)
     skip = set(args.skip.split(","))
-    runs: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    parts = {"a": lambda: time_protobench(adapter, data, protocol, batch, runtime, workers),
+             "b": None if "ideal" in skip else lambda: time_ideal(adapter, data, args.steps, batch, runtime),
+             "c": None if "reference" in skip else lambda: time_reference(adapter, data, protocol, n_ref, runtime)}
+    runs: dict[str, list[float]] = {k: [] for k in parts}
+    cpu_runs: dict[str, list[float]] = {k: [] for k in parts}  # this process's CPU seconds: load disturbs them less
+    load_start = os.getloadavg()
     for _ in range(args.repeat):  # interleaved rounds; the fastest of each is the least disturbed
-        runs["a"].append(time_protobench(adapter, data, protocol, batch, runtime, workers))
-        if "ideal" not in skip:
-            runs["b"].append(time_ideal(adapter, data, args.steps, batch, runtime))
-        if "reference" not in skip:
-            runs["c"].append(time_reference(adapter, data, protocol, n_ref, runtime))
+        for key, part in parts.items():
+            if part is not None:
+                cpu = time.process_time()
+                runs[key].append(part())
+                cpu_runs[key].append(time.process_time() - cpu)
     t_a, t_b, t_c = (min(runs[k]) if runs[k] else None for k in "abc")
     rate = lambda images, t: images * args.steps / t if t else None  # noqa: E731 image-steps per second
     a, b, c = rate(n, t_a), rate(n, t_b), rate(n_ref, t_c)
+    cpu_a, cpu_b = (min(cpu_runs[k]) if cpu_runs[k] else None for k in "ab")
+    host = {} if gpu else {"machine": machine(), "load_average": [load_start, os.getloadavg()],
+                           "rounds_cpu_s": cpu_runs, "efficiency_cpu_s": cpu_b / cpu_a if cpu_b else None}
     return {
         "label": args.label, "model": args.ckpt or args.model, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if gpu else machine()["cpu"],
@@ -241,7 +296,7 @@ def in_memory(args, adapter, runtime, protocol, batch: int, device: torch.device
         "images": n, "reference_images": n_ref, "steps": args.steps,
         "protobench_img_steps_per_s": a, "ideal_img_steps_per_s": b, "reference_img_steps_per_s": c,
         "protobench_wall_s": t_a, "rounds_s": runs, "efficiency": a / b if b else None, "speedup": a / c if c else None,
-        "torch": torch.__version__,
+        **host, "torch": torch.__version__,
     }
 
 

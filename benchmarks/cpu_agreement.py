@@ -9,6 +9,7 @@ first, the largest difference of each clean-side value (activation of p*, protec
 how many images changed p* or a prediction, and the difference of the PAC / PLC / PRC means.
 
   python benchmarks/cpu_agreement.py [--limit 150] [--steps 40] [--out protobench-results/agreement]
+  python benchmarks/cpu_agreement.py --smoke     # 2 images, 1 step, default against 1 thread: checks that it runs
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("protobench-results/agreement"))
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
                         help="the settings to run ('default' always runs first, as the base)")
+    parser.add_argument("--smoke", action="store_true", help="2 images, 1 step, 'default' and '1 thread' only")
     args = parser.parse_args()
+    if args.smoke:
+        args.limit, args.steps, args.settings = 2, 1, ["default", "1 thread"]
     names = ["default", *[name for name in args.settings if name != "default"]]
     frames = {name: evaluate(name, SETTINGS[name], args) for name in names}
     base = frames["default"]

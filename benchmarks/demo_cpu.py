@@ -20,9 +20,10 @@ Two parts, printed as one JSON object with the CPU, its vector extensions and th
             the per-image numbers are (set the environment yourself).
 
 The CPU kernels default to an AVX2-only machine (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)
-and 2 threads, the issue's reference machine; --native keeps this CPU's own kernels.
+and 2 threads, the reference machine of the demo's time target; --native keeps this CPU's own kernels.
 
   python benchmarks/demo_cpu.py --before main --rounds 2 [--limit 150]
+  python benchmarks/demo_cpu.py --smoke     # every part once: 2 images (8 for kernels), 2 steps, 1 thread, 1 round
 """
 
 from __future__ import annotations
@@ -60,15 +61,16 @@ from protobench.core.protocol import EvalProtocol
 from protobench.run import benchmark
 from protobench.run.context import RunContext
 context = RunContext.resolve(adapter.device, adapter.info.input_size)
-limit = int(sys.argv[1]) if len(sys.argv) > 1 else len(data)
-benchmark.run(adapter, Subset(data, range(limit)), data.paths, EvalProtocol.make(), context)
+limit = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else len(data)
+steps = int(sys.argv[2]) if len(sys.argv) > 2 else EvalProtocol.make().steps
+benchmark.run(adapter, Subset(data, range(limit)), data.paths, EvalProtocol.make(steps=steps), context)
 t.append(time.perf_counter())
 names = ["import_torch", "import_protobench", "load_model", "draw_images", "loop"]
 print(json.dumps({"images": limit, **{n: round(b - a, 3) for n, a, b in zip(names, t, t[1:])}}))
 """
 
 
-def kernels(rounds: int) -> dict:
+def kernels(rounds: int, images: int = 32) -> dict:
     """Seconds for 3 x (forward + input gradient of 32 images) per call size and layout."""
     import torch
 
@@ -77,7 +79,7 @@ def kernels(rounds: int) -> dict:
     from protobench.run.forward import frozen_eval
 
     adapter = ProtoPNetAdapter.load(demo_checkpoint())
-    x = torch.rand(32, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 4 - 2
+    x = torch.rand(images, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 4 - 2
     variants = {"chunk8_nchw": (8, False), "chunk32_nchw": (32, False), "chunk8_nhwc": (8, True),
                 "chunk32_nhwc": (32, True)}
 
@@ -103,7 +105,7 @@ def kernels(rounds: int) -> dict:
             "nhwc_over_nchw_chunk8": round(best["chunk8_nhwc"] / best["chunk8_nchw"], 3)}
 
 
-def layouts(limit: int, rounds: int) -> dict:
+def layouts(limit: int, rounds: int, steps: int | None = None) -> dict:
     """The whole loop on `limit` demo images, NCHW against channels-last inputs; seconds and differences."""
     import pandas as pd
     import torch
@@ -125,8 +127,8 @@ def layouts(limit: int, rounds: int) -> dict:
         for name in times:
             context = RunContext(torch.device("cpu"), Runtime(chunk=8, channels_last=name == "nhwc"), 32, 0)
             start = time.perf_counter()
-            records[name], _ = benchmark.run(adapter, Subset(data, range(limit)), data.paths, EvalProtocol.make(),
-                                             context)
+            protocol = EvalProtocol.make() if steps is None else EvalProtocol.make(steps=steps)
+            records[name], _ = benchmark.run(adapter, Subset(data, range(limit)), data.paths, protocol, context)
             times[name].append(round(time.perf_counter() - start, 2))
     a, b = pd.DataFrame(records["nchw"]), pd.DataFrame(records["nhwc"])
     return {"threads": torch.get_num_threads(), "kernels": torch.backends.cpu.get_cpu_capability(), "images": limit,
@@ -144,9 +146,10 @@ def export(rev: str, into: Path) -> Path:
     return into
 
 
-def end_to_end(name: str, env: dict[str, str], out: Path, limit: int | None) -> dict:
+def end_to_end(name: str, env: dict[str, str], out: Path, limit: int | None, steps: int | None = None) -> dict:
     command = [sys.executable, "-m", "protobench", "evaluate", "--overwrite", "--out", str(out)]
     command += ["--limit", str(limit)] if limit else []
+    command += ["--steps", str(steps)] if steps else []
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, cwd=out.parent)
     wall = time.perf_counter() - start
@@ -172,10 +175,16 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="images (default: all 150)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--native", action="store_true", help="this CPU's own kernels, not AVX2 only")
+    parser.add_argument("--steps", type=int, default=None, help="pgd steps (default: the protocol's 40)")
     parser.add_argument("--skip-phases", action="store_true")
     parser.add_argument("--kernels", type=int, default=0, metavar="R", help="only the layout/chunk timing, R rounds")
     parser.add_argument("--layouts", type=int, default=0, metavar="N", help="only the loop, NCHW vs NHWC, N images")
+    parser.add_argument("--smoke", action="store_true",
+                        help="phases, end to end, kernels and layouts, each once on 2 images (8 for kernels), "
+                             "2 steps, 1 thread: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.before, args.rounds, args.limit, args.steps, args.threads, args.skip_phases = None, 1, 2, 2, 1, False
     if args.kernels:
         print(json.dumps(kernels(args.kernels), indent=2))
         return
@@ -193,7 +202,8 @@ def main() -> None:
     report = {"machine": {**machine(), "torch_cpu_capability": capability, "torch_threads": args.threads},
               "load_average_start": os.getloadavg(), "command": "python -m protobench evaluate --overwrite"}
     if not args.skip_phases:
-        phases = subprocess.run([sys.executable, "-c", PHASES, *([str(args.limit)] if args.limit else [])], env=env,
+        argv = [str(args.limit or ""), *([str(args.steps)] if args.steps else [])]
+        phases = subprocess.run([sys.executable, "-c", PHASES, *argv], env=env,
                                 check=True, capture_output=True, text=True, cwd=ROOT).stdout
         report["phases"] = json.loads(phases)
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,7 +215,7 @@ def main() -> None:
         runs: dict[str, list[dict]] = {name: [] for name in versions}
         for _ in range(args.rounds):  # interleaved: a shared machine's load moves
             for name, version_env in versions.items():
-                runs[name].append(end_to_end(name, version_env, Path(tmp) / name, args.limit))
+                runs[name].append(end_to_end(name, version_env, Path(tmp) / name, args.limit, args.steps))
         report["end_to_end"] = runs
         best = {name: min(r["end_to_end_s"] for r in rs) for name, rs in runs.items()}
         report["fastest_end_to_end_s"] = best
@@ -214,6 +224,8 @@ def main() -> None:
             report["loop_current_over_before"] = round(min(r["loop_s"] for r in runs["current"])
                                                        / min(r["loop_s"] for r in runs["before"]), 3)
             report["numbers"] = compare(Path(tmp) / "before", Path(tmp) / "current")
+    if args.smoke:
+        report["kernels"], report["layouts"] = kernels(1, images=8), layouts(2, 1, args.steps)
     report["load_average_end"] = os.getloadavg()
     print(json.dumps(report, indent=2))
 

@@ -14,6 +14,7 @@ with one row of ones per prototype) against the float64 one:
             loss: what training and finetune pay.
 
 Prints JSON with the CPU it ran on.  python benchmarks/distance_cost.py [--device cpu] [--rounds 3]
+`--smoke`: one round, one repeat of each layer, 2 images, 2 steps, 1 batch (checks that it runs; times nothing).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def distance_in_use(distance):
         protopnet.squared_distances = saved
 
 
-def evaluate_seconds(distance, adapter, data, paths) -> float:
+def evaluate_seconds(distance, adapter, data, paths, steps: int) -> float:
     from protobench.core.protocol import EvalProtocol
     from protobench.run import benchmark
     from protobench.run.context import RunContext
@@ -77,7 +78,7 @@ def evaluate_seconds(distance, adapter, data, paths) -> float:
     context = RunContext.resolve(adapter.device, adapter.info.input_size, batch_size=32)
     with distance_in_use(distance):
         start = time.perf_counter()
-        benchmark.run(adapter, data, paths, EvalProtocol.make(), context)
+        benchmark.run(adapter, data, paths, EvalProtocol.make(steps=steps), context)
     return time.perf_counter() - start
 
 
@@ -109,13 +110,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=48, help="demo test images for the evaluate timing (0: skip)")
+    parser.add_argument("--steps", type=int, default=40, help="pgd steps of the evaluate timing")
     parser.add_argument("--batches", type=int, default=20, help="training batches for the train timing (0: skip)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one round, 2 images, 2 steps, 1 batch: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.images, args.steps, args.batches = 1, 2, 2, 1
     device = torch.device(args.device)
     report: dict = {"device": str(device), **(precision.machine() if device.type == "cpu" else
                                               {"gpu": torch.cuda.get_device_name(device)})}
     for label, shape in SHAPES.items():
-        repeats = 20 if label == "demo" else 2
+        repeats = 1 if args.smoke else 20 if label == "demo" else 2
         best = best_of(args.rounds, {name: (lambda f=f: layer_seconds(f, shape, device, repeats))
                                      for name, f in VARIANTS.items()})
         report[f"layer_{label}_s"] = best
@@ -129,7 +135,7 @@ def main() -> None:
         adapter = ProtoPNetAdapter.load(demo_checkpoint()).to(device)
         test = ProtoShapes("test", adapter.info.mean, adapter.info.std)
         data = Subset(test, range(args.images))
-        best = best_of(args.rounds, {name: (lambda f=f: evaluate_seconds(f, adapter, data, test.paths))
+        best = best_of(args.rounds, {name: (lambda f=f: evaluate_seconds(f, adapter, data, test.paths, args.steps))
                                      for name, f in VARIANTS.items()})
         report["evaluate_images"] = args.images
         report["evaluate_s"] = best

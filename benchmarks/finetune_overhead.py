@@ -10,6 +10,7 @@ epoch from the same demo weights, so a busy shared machine slows them alike; the
 seconds per epoch and the ratios to `family` are printed as JSON.
 
     python benchmarks/finetune_overhead.py [--repeats 3] [--batches N] [--device cpu]
+    python benchmarks/finetune_overhead.py --smoke    # one round, 1 batch, 1 crafting step: checks that it runs
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=None, help="time only the first N batches of each epoch")
     parser.add_argument("--adv-steps", type=int, default=TrainSettings().adv_steps)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one round of 1 batch, 1 crafting step: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.batches, args.adv_steps = 1, 1, 1
     device = torch.device(args.device)
     data = in_memory(load_dataset("protoshapes:train", ProtoPNetAdapter.load(demo_checkpoint()).info)[0])
     seconds: dict[str, list[float]] = {}

@@ -8,6 +8,7 @@ moves), checks that both give the same per-image numbers, and with --count-subno
 the denormal values every torch operation (forward and backward) produced. Prints JSON with
 the CPU it ran on. Example:
   python benchmarks/flush_denormal.py --images 24 --repeat 3 --count-subnormals 8
+  python benchmarks/flush_denormal.py --smoke   # 2 images, 2 steps, one round, 1 image counted: checks that it runs
 """
 
 from __future__ import annotations
@@ -77,7 +78,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads [torch's default]")
     parser.add_argument("--count-subnormals", type=int, default=0, metavar="N",
                         help="also count denormal outputs of every operation on N images (slow)")
+    parser.add_argument("--smoke", action="store_true", help="2 images, 2 steps, one round, 1 image counted")
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.steps, args.repeat, args.count_subnormals = 2, 2, 1, 1
     if args.threads:
         torch.set_num_threads(args.threads)
 

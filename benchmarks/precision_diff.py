@@ -3,6 +3,7 @@
 its difference from fp32, plus how often p* and the predictions agree per image.
 
   python benchmarks/precision_diff.py --device cuda
+  python benchmarks/precision_diff.py --smoke --device cpu   # 2 images, 1 step: checks that it runs
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from protobench.core.protocol import EvalProtocol
 from protobench.demo import DEMO_DATA, demo_checkpoint
@@ -25,15 +27,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", default=None)
     parser.add_argument("--data", default=DEMO_DATA)
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precisions", default="fp32,tf32,bf16,fp16")
+    parser.add_argument("--limit", type=int, default=None, help="images (default: all)")
+    parser.add_argument("--steps", type=int, default=None, help="pgd steps (default: the protocol's)")
+    parser.add_argument("--smoke", action="store_true", help="2 images, 1 step: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.limit, args.steps = 2, 1
+    protocol = EvalProtocol.make() if args.steps is None else EvalProtocol.make(steps=args.steps)
 
     frames, summaries = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for precision in args.precisions.split(","):
             cfg = EvaluateConfig(ckpt=args.ckpt or demo_checkpoint(), data=args.data, out=str(Path(tmp) / precision),
-                                 protocol=EvalProtocol.make(), device=args.device, precision=precision)
+                                 protocol=protocol, device=args.device, precision=precision, limit=args.limit)
             result = evaluate(cfg)
             frames[precision] = pd.read_csv(Path(tmp) / precision / "per_image.csv")
             summaries[precision] = {k: result["summary"][k] for k in

@@ -12,6 +12,7 @@ sign noise outside the protected box (like pgd's, it does not).
 
     python benchmarks/report_scale.py                      # 2 models, --worst 3 --best 1
     python benchmarks/report_scale.py --models 4 --worst 5 --best 2
+    python benchmarks/report_scale.py --smoke            # 2 models of 400 images: checks that it runs
 """
 
 from __future__ import annotations
@@ -31,34 +32,34 @@ IMAGES, CLASSES, PROTOTYPES, SIZE, MAP = 5794, 200, 2000, 224, 7
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def per_image(seed: int) -> pd.DataFrame:
+def per_image(seed: int, images: int = IMAGES) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    label = np.arange(IMAGES) % CLASSES
-    proto = np.where(rng.random(IMAGES) < 0.8, label * 10 + rng.integers(0, 10, IMAGES), rng.integers(0, PROTOTYPES, IMAGES))
-    act = rng.uniform(2, 9, IMAGES)
-    pac = np.clip(rng.normal(25 + 10 * seed, 20, IMAGES), -30, 100)
+    label = np.arange(images) % CLASSES
+    proto = np.where(rng.random(images) < 0.8, label * 10 + rng.integers(0, 10, images), rng.integers(0, PROTOTYPES, images))
+    act = rng.uniform(2, 9, images)
+    pac = np.clip(rng.normal(25 + 10 * seed, 20, images), -30, 100)
     return pd.DataFrame({
-        "index": np.arange(IMAGES), "path": [f"/data/CUB_200_2011/images/{c:03d}.Bird/img_{i:05d}.jpg"
-                                             for i, c in zip(range(IMAGES), label)],
-        "label": label, "pred_before": label, "pred_after": np.where(rng.random(IMAGES) < 0.3, (label + 1) % CLASSES, label),
+        "index": np.arange(images), "path": [f"/data/CUB_200_2011/images/{c:03d}.Bird/img_{i:05d}.jpg"
+                                             for i, c in zip(range(images), label)],
+        "label": label, "pred_before": label, "pred_after": np.where(rng.random(images) < 0.3, (label + 1) % CLASSES, label),
         "proto": proto, "proto_class": proto // 10, "act_before": act, "act_after": act * (1 - pac / 100),
-        "PAC": pac, "PRC": rng.poisson(3, IMAGES), "PLC": rng.uniform(0, 100, IMAGES),
-        "zero_grad": False, "zero_grad_steps": 0, "protected_frac": rng.uniform(0.1, 0.4, IMAGES)})
+        "PAC": pac, "PRC": rng.poisson(3, images), "PLC": rng.uniform(0, 100, images),
+        "zero_grad": False, "zero_grad_steps": 0, "protected_frac": rng.uniform(0.1, 0.4, images)})
 
 
-def write_run(out: Path, name: str, seed: int) -> None:
+def write_run(out: Path, name: str, seed: int, images: int = IMAGES) -> None:
     from protobench.report.examples import FILE, save_tensors
     from protobench.report.tables import picks
     from protobench.run.results import summarize
 
     out.mkdir(parents=True)
-    table = per_image(seed)
+    table = per_image(seed, images)
     table.to_csv(out / "per_image.csv", index=False)
     pd.DataFrame([summarize(table, name)]).to_csv(out / "summary.csv", index=False)
     meta = {"model": name, "adapter": "protopnet", "checkpoint": f"/models/{name}.pth",
             "checkpoint_sha256": f"{seed:064x}", "dataset": "/data/CUB_200_2011", "dataset_kind": "cub",
-            "split": "test", "dataset_fingerprint": {"sha256": "ab" * 32, "files": IMAGES + 2, "bytes": 10**9},
-            "dataset_images": IMAGES, "limit": None, "device_type": "cuda", "device": "cuda", "precision": "fp32",
+            "split": "test", "dataset_fingerprint": {"sha256": "ab" * 32, "files": images + 2, "bytes": 10**9},
+            "dataset_images": images, "limit": None, "device_type": "cuda", "device": "cuda", "precision": "fp32",
             "protocol": {"name": "default", "attack": "pgd", "select": "top-proto", "eps": 0.4, "step": 0.01,
                          "steps": 40, "clip": True, "margin": 10, "seed": 0}, "seed": 0}
     (out / "meta.json").write_text(json.dumps(meta))
@@ -84,20 +85,25 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=2)
     parser.add_argument("--worst", type=int, default=3)
     parser.add_argument("--best", type=int, default=1)
+    parser.add_argument("--images", type=int, default=IMAGES, help="test images per run (default: CUB's 5,794)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 models of 400 images, --worst 1 --best 1: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.models, args.images, args.worst, args.best = 2, 400, 1, 1
     from protobench.report.build import Options, build_report
 
     with tempfile.TemporaryDirectory() as tmp:
         dirs = [Path(tmp) / f"model{m}" for m in range(args.models)]
         for m, d in enumerate(dirs):
-            write_run(d, f"protopnet-{m}", m)
+            write_run(d, f"protopnet-{m}", m, args.images)
         started, cpu = time.perf_counter(), time.process_time()
         result = build_report([str(d) for d in dirs], Options(out=str(Path(tmp) / "report"), worst=args.worst,
                                                                best=args.best, examples="saved"))
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         written = sorted(Path(result["out"]).iterdir())
         print(json.dumps({
-            "models": args.models, "images": IMAGES, "prototypes": PROTOTYPES, "image_size": SIZE,
+            "models": args.models, "images": args.images, "prototypes": PROTOTYPES, "image_size": SIZE,
             "worst": args.worst, "best": args.best, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
             "report_html_mb": round(result["bytes"] / 2**20, 2),
             "files_mb": round(sum(p.stat().st_size for p in written) / 2**20, 2), "files": len(written),

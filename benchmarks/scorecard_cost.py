@@ -12,6 +12,7 @@ Examples:
   python benchmarks/scorecard_cost.py --model demo --device cpu
   python benchmarks/scorecard_cost.py --model resnet34 --device cpu --images 16 --repeat 1
   python benchmarks/scorecard_cost.py --model resnet34 --device cuda --precision bf16 --images 1024
+  python benchmarks/scorecard_cost.py --smoke --device cpu   # smallest network, 4 images, 2 steps: checks that it runs
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def time_run(adapter, data, protocol, context, passes) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo", help="demo, tiny or resnet34 (random weights)")
+    parser.add_argument("--model", default="demo", help="demo, tiny, smoke or resnet34 (random weights)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 256 on GPU")
@@ -63,7 +64,11 @@ def main() -> None:
     parser.add_argument("--parts", type=int, default=15)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the fastest of each is kept")
     parser.add_argument("--label", default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest sizes, whatever the options above say: checks that it runs, times nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.images, args.steps, args.batch_size, args.repeat = "smoke", 4, 2, 4, 1
 
     device = torch.device(args.device)
     torch.manual_seed(0)

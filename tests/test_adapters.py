@@ -11,8 +11,8 @@ from protobench.errors import AdapterError, CheckpointError
 from protobench.models.infer import infer_backbone
 from protobench.models.family import FamilyAdapter
 
-BUILTIN = ["deformable", "evalprotopnet", "pipnet", "protopnet", "protopool", "protopshare", "prototree", "protovit", "stprotopnet",
-           "tesnet"]
+BUILTIN = ["cabrnet", "deformable", "evalprotopnet", "pipnet", "protopnet", "protopool", "protopshare", "prototree",
+           "protovit", "stprotopnet", "tesnet"]
 
 
 @pytest.mark.parametrize("name", BUILTIN)

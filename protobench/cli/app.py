@@ -15,14 +15,13 @@ from protobench.cli.console import (err_console, fail, line, out_console, parse_
 from protobench.cli.helptext import (DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP, PLC_HELP, PROTOCOL_HELP,
                                      REGION_HELP)
 from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
+from protobench.cli.zoo import DOWNLOAD_HELP, MODEL_HELP, ZOO_DIR_HELP, zoo_app, zoo_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Benchmark the spatial alignment of prototype networks' explanations (PLC / PAC / PRC). "
                        "Exit codes: 0 done; 1 the run finished but a model failed or compare found a "
                        "regression; 2 bad input, option or output location; 3 a bug (traceback saved to a "
                        "file); 130 interrupted.")
-
-
 
 
 def layout_name(name: Optional[str]) -> Optional[str]:
@@ -83,6 +82,9 @@ def evaluate(
     adapter_option: list[str] = typer.Option([], "--adapter-option", help="key=value passed to the adapter."),
     report: Optional[bool] = typer.Option(None, "--report/--no-report", help=REPORT_HELP),
     save_examples: Optional[int] = typer.Option(None, "--save-examples", metavar="K", help=SAVE_EXAMPLES_HELP),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    zoo_dir: Optional[Path] = typer.Option(None, help=ZOO_DIR_HELP),
+    download: bool = typer.Option(False, "--download", help=DOWNLOAD_HELP),
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
     from protobench.core.protocol import EvalProtocol
@@ -95,6 +97,12 @@ def evaluate(
 
     proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
                         margin=margin, clip=clip, seed=seed, region=region, plc=plc)
+    source = {"download": download}
+    if model is not None:  # a released model from the catalogue
+        if ckpt:
+            fail("give --ckpt or --model, not both")
+        checkpoint, adapter, source = zoo_model(model, zoo_dir, download, adapter)
+        ckpt, out = [checkpoint], out or Path("protobench-results") / model
     if not ckpt and (data is None or is_demo_data(data)):  # the built-in demo
         ckpt, data = [Path(run_library(demo_checkpoint))], data or Path(DEMO_DATA)
         out = out or Path("protobench-results") / "demo"
@@ -108,7 +116,7 @@ def evaluate(
         adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
         device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
         strict=strict, resume=resume, precision=precision, distance=distance, compile=compile,
-        max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")),
+        max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")), source=source,
     )
     check_examples(save_examples)
     with warnings_to_console():
@@ -285,6 +293,7 @@ def adapters() -> None:
 
 
 app.command(name="report")(report_command)  # written beside the report's other CLI code (cli/report.py)
+app.add_typer(zoo_app, name="zoo")  # the catalogue of released models (cli/zoo.py)
 
 
 def main() -> None:

@@ -153,6 +153,17 @@ class PrototypeAdapter:
         return False
 
     @classmethod
+    def companion_files(cls, filename: str) -> tuple[str, ...]:
+        """Files beside a checkpoint of this name that the family also reads (fetched with it from a hub)."""
+        return ()
+
+    @classmethod
+    def claims_path(cls, path: str) -> bool:
+        """Whether `--adapter auto` should hand this path to the family before reading it as one file
+        (a family whose models are saved as a directory of files); no by default."""
+        return False
+
+    @classmethod
     def display_name(cls) -> str:
         return cls.facts.display_name if cls.facts is not None else cls.name
 

@@ -235,6 +235,9 @@ class AutoAdapter(PrototypeAdapter):
 
     @classmethod
     def load(cls, path: str, **options: Any) -> PrototypeAdapter:
+        for _, family in usable_families():  # a directory of files some family saves its models as
+            if family.claims_path(path):
+                return family.load(path, **options)
         ckpt = read_family_checkpoint(path)
         family = detect_family(ckpt)
         try:  # a registered family only: a file may say what it is, never which code to import

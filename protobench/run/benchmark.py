@@ -90,6 +90,16 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
     return {k: v.detach().cpu() for k, v in out.items()}
 
 
+def attack_objective(forward: Forward, weights: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the attack minimises: per image, the weighted sum of the prototypes' activations
+    (weights (B, P): 1 / the count on the attacked prototypes, 0 elsewhere, so their mean)."""
+
+    def objective(images: torch.Tensor) -> torch.Tensor:  # (B,)
+        return (forward(images).act * weights).sum(dim=1)
+
+    return objective
+
+
 def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                  protocol: EvalProtocol, forward: Forward, clean: Evidence,
                  on_outcome: OnOutcome | None = None, slots: int | None = None) -> dict[str, torch.Tensor]:
@@ -97,11 +107,7 @@ def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, id
     maps = clean.maps.clamp(min=0)  # docs/metrics.md, The procedure: metrics see maps clipped at 0
     act = clean.act.clamp(min=0)
     attacked, p_star, in_class, attackable = protect(adapter, maps, y, protocol, act, clean.part_cells, slots)
-    weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
-
-    def objective(images: torch.Tensor) -> torch.Tensor:  # mean activation of the attacked prototypes
-        return (forward(images).act * weights).sum(dim=1)
-
+    objective = attack_objective(forward, attacked.float() / attacked.sum(dim=1, keepdim=True))
     noise = rng.uniform(protocol.seed, ids.to(x.device, non_blocking=True), tuple(x.shape[1:]), -1.0, 1.0)
     bounds = image_bounds(adapter.info.mean, adapter.info.std, x.device) if protocol.clip else None
     x_adv, zero_steps = ATTACKS.get(protocol.attack)(objective, x, attackable, noise, eps=protocol.eps,

@@ -61,6 +61,7 @@ class EvaluateConfig:
     compile: bool = False  # torch.compile the model's forward
     metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.scorecard
     parts: PartSettings = field(default_factory=PartSettings)  # consistency and stability's parameters
+    source: dict[str, Any] = field(default_factory=dict)  # download, published accuracy, Hub record (run/sources.py)
 
     def check(self) -> None:
         """OptionError for any option out of its range: before the output directory is touched."""
@@ -87,7 +88,6 @@ def resolve_context(cfg: EvaluateConfig, adapter, world):
 
 def load_adapter(name: str, ckpt: str, options: dict[str, Any], device, distance: str = "float64"):
     from protobench.models.families import get_adapter
-
     return get_adapter(name).load(ckpt, **options).set_distance(distance).to(device)
 
 
@@ -107,7 +107,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     continues with cfg.resume and ends with the same files as an uninterrupted one.
     """
     from protobench import files
-    from protobench.run import distributed, results
+    from protobench.run import distributed, results, sources
     from protobench.run import resume as runstate
     from protobench.data.imagelist import random_subset
 
@@ -121,7 +121,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     if cfg.resume and status == "empty" and world.main:  # e.g. a CI job that always passes --resume
         warnings.warn(f"nothing to resume in {out}: starting a fresh run", Notice, stacklevel=2)
     files.check_writable_dir(out)
-    adapter = load_adapter(cfg.adapter, cfg.ckpt, cfg.adapter_options, device, cfg.distance)
+    adapter = load_adapter(cfg.adapter, sources.prepare(cfg), cfg.adapter_options, device, cfg.distance)  # hf://: cache
     check_selection(cfg.protocol, adapter)
     context = resolve_context(cfg, adapter, world)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
@@ -236,7 +236,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     import pandas as pd
 
     from protobench.run import resume as runstate
-    from protobench.run import results
+    from protobench.run import results, sources
 
     records, skipped = runstate.read_partial(out)
     by_index = {r["index"]: r for r in reversed(records)}  # first record of an index wins
@@ -248,7 +248,7 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     per_prototype = scorecard.model_table(per_image, cfg.metrics, adapter, found, cfg.parts.threshold)
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
-    meta["resumed"] = resumed
+    meta.update(resumed=resumed, **sources.report(cfg.source, summary))  # incl. the published-accuracy check
     try:
         results.write_csv(out / "per_image.csv", per_image)
         if per_prototype is not None:

@@ -102,7 +102,7 @@ def evaluate_models(cfg: EvaluateConfig, models: Sequence[tuple[str, str]],
     rows, entries = [], []
     for name, (ckpt, adapter) in zip(names, models):
         sub = out / name
-        sub_cfg = replace(cfg, ckpt=ckpt, adapter=adapter, out=str(sub), name=name,
+        sub_cfg = replace(cfg, ckpt=ckpt, adapter=adapter, out=str(sub), name=name, source=dict(cfg.source),
                           resume=cfg.resume and runstate.state(sub) != "empty")
         row = run_one(sub_cfg, progress)
         row.update(ckpt=ckpt, adapter=adapter)
