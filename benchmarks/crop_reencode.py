@@ -12,6 +12,8 @@ as OpenCV's default), on two sets of pictures:
         pixel change only (their content is meaningless to a model).
 
     python benchmarks/crop_reencode.py [--cub-images 200] [--work DIR]     prints JSON
+
+`--smoke`: 6 demo images, 2 CUB photos (checks that it runs; measures nothing).
 """
 
 from __future__ import annotations
@@ -78,12 +80,12 @@ def scorecard(ckpt: str, data: Path, out: Path) -> dict:
     return {k: v for k, v in summary.items() if k.startswith(("consistency", "stability"))}
 
 
-def demo(work: Path) -> dict:
+def demo(work: Path, n: int | None = None) -> dict:
     from protobench.demo import demo_checkpoint
     from protobench.demo.shapes import ProtoShapes
     from protobench.models.families import get_adapter
 
-    dataset = ProtoShapes("test")
+    dataset = ProtoShapes("test", n=n)
     lossless = np.stack([dataset.pixels(i) for i in range(len(dataset))])
     jpeg = np.stack([reencode(p) for p in lossless])
     adapter = get_adapter("auto").load(demo_checkpoint())
@@ -117,10 +119,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cub-images", type=int, default=200)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true", help="6 demo images, 2 CUB photos: checks that it runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
-        print(json.dumps({"machine": machine(), "demo": demo(work), "cub": cub(work, args.cub_images)}, indent=1))
+        found = {"demo": demo(work, 6 if args.smoke else None), "cub": cub(work, 2 if args.smoke else args.cub_images)}
+        print(json.dumps({"machine": machine(), **found}, indent=1))
 
 
 if __name__ == "__main__":
