@@ -18,14 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from protobench.adapters._cabrnet_arch import Extractor, fill_add_on_channels, parse_arch, read_yaml
+from protobench.adapters._cabrnet_arch import (ADD_ON, BACKBONE_PARAMS, TORCHVISION, Extractor, fill_add_on_channels,
+                                               parse_arch, read_yaml)
 from protobench.adapters._cabrnet_heads import HEADS, TREE
 from protobench.adapters._cabrnet_state import head_tensors, read_state, test_preprocessing
-from protobench.checkpoints.loading import Checkpoint
 from protobench.errors import CheckpointError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.checkpoints.limits import number_problem
+from protobench.checkpoints.loading import Checkpoint
+from protobench.models.config import choice, flag, sizes
+from protobench.models.family_adapter import FamilyAdapter, take_options
 
 ARCH_FILE, STATE_FILE, DATASET_FILE = "model_arch.yml", "model_state.pth", "dataset.yml"
 
@@ -51,6 +54,44 @@ class CaBRNetConfig:
     img_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str)) or (
+        isinstance(value, (list, tuple)) and len(value) <= 8 and all(isinstance(v, (bool, int, float)) for v in value))
+
+
+def _arch_params(value: Any) -> str | None:
+    if not isinstance(value, dict) or not all(k in BACKBONE_PARAMS and _plain(v) for k, v in value.items()):
+        return "a table of " + ", ".join(sorted(BACKBONE_PARAMS)) + " with plain values"
+    return None
+
+
+def _stability(value: Any) -> str | None:
+    return number_problem(value, 0.0, 1.0)  # 0 for softmax heads, which do not use it
+
+
+def _layer(value: Any) -> str | None:
+    ok = isinstance(value, str) and 0 < len(value) <= 64 and all(part.isidentifier() or part.isdigit()
+                                                                  for part in value.split("."))
+    return None if ok else "a layer name such as layer4 or features.28"
+
+
+def _stride_divider(value: Any) -> str | None:
+    if value is None:
+        return None
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(type(v) is int and 1 <= v <= 4096 for v in value)
+    return None if ok else "none, or [ratio, min_channels]: two whole numbers from 1 to 4096"
+
+
+def _add_on_spec(value: Any) -> str | None:
+    def layer_ok(entry: Any) -> bool:
+        return (isinstance(entry, (list, tuple)) and len(entry) == 3 and isinstance(entry[0], str) and len(entry[0]) <= 64
+                and entry[1] in ADD_ON and isinstance(entry[2], dict)
+                and all(k in ADD_ON[entry[1]] and _plain(v) for k, v in entry[2].items()))
+    if isinstance(value, (list, tuple)) and len(value) <= 16 and all(layer_ok(e) for e in value):
+        return None
+    return "at most 16 [name, layer type, arguments] entries, each type one of " + ", ".join(sorted(ADD_ON))
 
 
 class CaBRNetNet(nn.Module):
@@ -109,6 +150,11 @@ class CaBRNetAdapter(FamilyAdapter):
               "for ProtoTree), `dataset.yml`; ProtoPNet, ProtoTree, ProtoPool and PIP-Net, pruned ones included")
 
     config_class = CaBRNetConfig
+    config_rules = {"head": choice(*HEADS), "arch": choice(*sorted(TORCHVISION)), "arch_params": _arch_params,
+                    "layer": _layer, "stride_divider": _stride_divider, "add_on_spec": _add_on_spec,
+                    "similarity": choice("log", "exp", "softmax"), "stability": _stability, "similarity_log": flag,
+                    "compatibility": flag, "log_probabilities": flag, "bias": flag,
+                    "num_features": sizes("MAX_CHANNELS"), "num_slots": sizes("MAX_PROTOTYPES")}
     model_class = CaBRNetNet
     options = {"img_size": None}
 

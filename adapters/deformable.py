@@ -35,7 +35,8 @@ from protobench.errors import CheckpointError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.config import count, flag, positive
+from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 
 UPSAMPLE = "torch.nn.modules.upsampling.Upsample"
@@ -200,6 +201,10 @@ class DeformableAdapter(FamilyAdapter):
         return {"prototype_vectors", "last_layer.weight", "conv_offset.0.weight"} <= keys
 
     config_class = DeformableConfig
+    config_rules = {"deform": flag, "relu_on_cos": flag, "vector_length": positive(),
+                    "hidden_channels": count(0, "MAX_CHANNELS"),
+                    "eps_channels": count(0, 16), "dilation": count(1, "MAX_PROTOTYPE_SIZE"),
+                    "padding": count(0, "MAX_PROTOTYPE_SIZE")}
     model_class = DeformableProtoPNet
     options = {"img_size": None, "add_on": None}  # add_on: for state dicts, which cannot tell an upsample
 
@@ -216,8 +221,7 @@ class DeformableAdapter(FamilyAdapter):
     def tiny(cls, seed: int = 0) -> DeformableAdapter:
         cfg = DeformableConfig(backbone="tinycnn", backbone_kwargs={"channels": [4, 8, 8]}, num_classes=3,
                                num_prototypes=6, prototype_dim=8, hidden_channels=4, img_size=32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = DeformableProtoPNet(cfg)
             # the original starts at zero offsets; these move the parts by about 1.5 cells
             nn.init.normal_(model.conv_offset[0].weight, std=0.01)
@@ -226,7 +230,7 @@ class DeformableAdapter(FamilyAdapter):
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> DeformableAdapter:
-        opts = take_options(cls.name, options, cls.options)
+        opts = take_options(cls.name, options, cls.options, cls.config_rules)
         t, path = ckpt.tensors, ckpt.path
         root = ckpt.root.__dict__ if ckpt.root is not None else {}
         modules = root.get("_modules") or {}

@@ -32,8 +32,12 @@ from protobench.errors import CheckpointError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.config import choice
+from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
+
+
+ADD_ONS = ("regular", "bottleneck")
 
 
 @dataclass
@@ -43,7 +47,7 @@ class EvalProtoPNetConfig:
     num_classes: int = 200
     num_prototypes: int = 2000
     prototype_dim: int = 64  # D, train.sh's dim
-    add_on: str = "regular"  # 'regular' (one conv + sigmoid, main.py's default) or 'bottleneck'
+    add_on: str = "regular"  # ADD_ONS: 'regular' (one conv + sigmoid, main.py's default) or 'bottleneck'
     img_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -107,6 +111,7 @@ class EvalProtoPNetAdapter(FamilyAdapter):
               "and its argparse arguments",
         root_classes=(), pickled_classes=())  # never pickled whole: a state dict and an argparse.Namespace
     config_class = EvalProtoPNetConfig
+    config_rules = {"add_on": choice(*ADD_ONS)}  # its two; the other fields follow the shared rules
     model_class = OursNet
     options = {"img_size": None, "num_classes": None}  # None: from the checkpoint's args
 
@@ -124,15 +129,14 @@ class EvalProtoPNetAdapter(FamilyAdapter):
     def tiny(cls, seed: int = 0) -> EvalProtoPNetAdapter:
         cfg = EvalProtoPNetConfig(backbone="tinycnn", backbone_kwargs={"channels": [4, 8, 8]}, num_classes=3,
                                   num_prototypes=6, prototype_dim=4, img_size=32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = OursNet(cfg)
             nn.init.normal_(model.activation_weight)
             return cls(model)
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> EvalProtoPNetAdapter:
-        opts = take_options(cls.name, options, cls.options)
+        opts = take_options(cls.name, options, cls.options, cls.config_rules)
         t, args = ckpt.tensors, _args(ckpt)
         if "prototype_vectors" not in t or t["prototype_vectors"].dim() != 4 or \
                 tuple(t["prototype_vectors"].shape[2:]) != (1, 1):

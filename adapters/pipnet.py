@@ -32,7 +32,8 @@ from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, 
 from protobench.models.backbones import build_backbone
 from protobench.errors import AdapterError, CheckpointError, ProtobenchWarning
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.config import flag
+from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.limits import short
 from protobench.checkpoints.loading import Checkpoint
@@ -178,6 +179,7 @@ class PIPNetAdapter(FamilyAdapter):
         return "_classification.weight" in keys and any(k.startswith("_net.") for k in keys)
 
     config_class = PIPNetConfig
+    config_rules = {"add_on_conv": flag, "bias": flag, "inference": flag}
     model_class = PIPNet
     options = {"img_size": None, "inference": None, "net": None, "stride1_above": None}
 
@@ -191,8 +193,7 @@ class PIPNetAdapter(FamilyAdapter):
     def tiny(cls, seed: int = 0) -> PIPNetAdapter:
         kwargs = {"widths": [4, 8, 8, 6], "depths": [1, 1, 1, 1], "stride1_above": 6}  # 2x2 maps at 32 px
         cfg = PIPNetConfig(backbone_kwargs=kwargs, num_classes=3, num_prototypes=6, img_size=32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return cls(PIPNet(cfg))
 
     @classmethod
@@ -203,7 +204,7 @@ class PIPNetAdapter(FamilyAdapter):
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> PIPNetAdapter:
-        opts = take_options(cls.name, options, cls.options)
+        opts = take_options(cls.name, options, cls.options, cls.config_rules)
         t = ckpt.tensors
         if "_classification.weight" not in t:
             raise CheckpointError(f"{ckpt.path}: no _classification.weight in the weights")

@@ -26,11 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protobench.adapters import _protopnet_training as training
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, make_config, take_options
+from protobench.models.config import flag
+from protobench.models.family_adapter import FamilyAdapter, make_config, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.core.precision import original_squared_distances, squared_distances
 from protobench.checkpoints.limits import short
@@ -234,6 +236,7 @@ class ProtoPNetAdapter(FamilyAdapter):
         return ppnet and not any(k.endswith("proto_presence") for k in keys)
 
     config_class = ProtoPNetConfig
+    config_rules = {"focal": flag}
     model_class = ProtoPNet
     options = {"img_size": None, "activation": None}  # None: from the checkpoint, else the original default
 
@@ -259,19 +262,20 @@ class ProtoPNetAdapter(FamilyAdapter):
     def tiny(cls, seed: int = 0) -> ProtoPNetAdapter:
         cfg = ProtoPNetConfig(backbone="tinycnn", backbone_kwargs={"channels": [4, 8, 8]}, num_classes=3,
                               num_prototypes=6, prototype_dim=4, add_on="regular", img_size=32)
-        with torch.random.fork_rng(devices=[]):
-            return cls.from_config(cfg, seed)
+        with seeded(seed):
+            return cls.from_config(cfg)
 
     @classmethod
     def build(cls, cfg: ProtoPNetConfig, tensors: dict[str, torch.Tensor]) -> ProtoPNet:
         return cls.model_class(cfg, identity=tensors.get("prototype_class_identity"))
 
+    # ProtoPNet's training (adapters/_protopnet_training.py): its loss terms, push and schedule
+    training_schedule = staticmethod(training.schedule)
+
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """CE + 0.8 cluster - 0.08 separation + 1e-4 L1, each term and the total as 'loss',
         with the pass's 'maps' and 'logits'."""
-        from protobench.train import protopnet as train
-
-        return train.training_loss(self.model, x, y)
+        return training.training_loss(self.model, x, y)
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         m = self.model
@@ -279,12 +283,10 @@ class ProtoPNetAdapter(FamilyAdapter):
                 "prototypes": [m.prototype_vectors], "last_layer": list(m.last_layer.parameters())}
 
     def push(self, loader) -> list:
-        """Project each prototype onto its nearest training patch of its class (protobench.train.protopnet.push)."""
-        from protobench.train import protopnet as train
-
-        return train.push(self.model, loader)
+        """Project each prototype onto its nearest training patch of its class."""
+        return training.push(self.model, loader)
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> ProtoPNetAdapter:
-        cfg, identity = original_config(ckpt, **take_options(cls.name, options, cls.options))
+        cfg, identity = original_config(ckpt, **take_options(cls.name, options, cls.options, cls.config_rules))
         return cls.from_weights(cfg, {**ckpt.tensors, "prototype_class_identity": identity}, ckpt.path, original=True)

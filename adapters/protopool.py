@@ -32,7 +32,8 @@ from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, 
 from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.config import flag, sizes
+from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.loading import Checkpoint
 from protobench.core.precision import original_squared_distances, squared_distances
@@ -118,6 +119,8 @@ class ProtoPoolAdapter(FamilyAdapter):
         return any(k.endswith("proto_presence") for k in keys)  # the (C, P, N) slot matrix is ProtoPool's own
 
     config_class = ProtoPoolConfig
+    config_rules = {"use_last_layer": flag, "use_thresh": flag, "num_descriptive": sizes("MAX_SLOTS"),
+                    "proto_depth": sizes("MAX_CHANNELS")}
     model_class = ProtoPool
     options = {"img_size": None, "activation": None}
 
@@ -132,13 +135,12 @@ class ProtoPoolAdapter(FamilyAdapter):
     def tiny(cls, seed: int = 0) -> ProtoPoolAdapter:
         cfg = ProtoPoolConfig(backbone="vgg", backbone_kwargs={"cfg": [4, "M", 8, "M", 8, "M"]}, num_classes=3,
                               num_prototypes=5, num_descriptive=2, proto_depth=4, img_size=32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return cls(ProtoPool(cfg))
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> ProtoPoolAdapter:
-        opts = take_options(cls.name, options, cls.options)
+        opts = take_options(cls.name, options, cls.options, cls.config_rules)
         t = ckpt.tensors
         try:
             c, p, n = t["proto_presence"].shape

@@ -19,7 +19,6 @@ cut from the tree are left out.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +31,8 @@ from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, 
 from protobench.models.backbones import build_backbone
 from protobench.errors import CheckpointError
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.config import flag, sizes
+from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.loading import Checkpoint
 from protobench.checkpoints.limits import limit
@@ -242,6 +242,7 @@ class ProtoTreeAdapter(FamilyAdapter):
         return "prototype_layer.prototype_vectors" in keys or any(k.endswith("_dist_params") for k in keys)
 
     config_class = ProtoTreeConfig
+    config_rules = {"log_probabilities": flag, "kontschieder": flag, "num_features": sizes("MAX_CHANNELS")}
     model_class = ProtoTree
 
     def __init__(self, model: ProtoTree):
@@ -258,8 +259,7 @@ class ProtoTreeAdapter(FamilyAdapter):
         children = [[1, 2], [-1, -2], [-3, -4]]  # root -> nodes 1 and 4; each has two leaves
         structure = {"branch_prototype": torch.tensor([2, 0, 1]), "branch_children": torch.tensor(children),
                      "branch_index": torch.tensor([0, 1, 4]), "leaf_index": torch.tensor([2, 3, 5, 6])}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = ProtoTree(cfg, structure)
             nn.init.normal_(model.leaf_dist_params, std=2.0)
         return cls(model)
@@ -275,7 +275,7 @@ class ProtoTreeAdapter(FamilyAdapter):
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> ProtoTreeAdapter:
-        opts = take_options(cls.name, options, cls.options)
+        opts = take_options(cls.name, options, cls.options, cls.config_rules)
         root = ckpt.root
         if root is None or "_out_map" not in root.__dict__:
             raise CheckpointError(f"{ckpt.path} has ProtoTree weights but not the tree's node-to-prototype map, "

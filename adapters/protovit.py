@@ -38,7 +38,8 @@ from protobench.errors import CheckpointError, OptionError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, Evidence, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.config import count, positive, sizes
+from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 
 TIMM = "timm.models."  # timm 0.4.12's module paths, as ProtoViT's pickles name them
@@ -203,6 +204,8 @@ class ProtoViTAdapter(FamilyAdapter):
         root_classes=("model.PPNet",), pickled_classes=TIMM_CLASSES, refines=("protopnet",))
 
     config_class = ProtoViTConfig
+    config_rules = {"num_parts": sizes("MAX_SLOTS"), "temp": positive(),  # temp: a sigmoid's sharpness (part slots)
+                    "radius": count(0, "MAX_IMG_SIZE")}  # how far apart, in tokens, consecutive matched parts may lie
     model_class = ProtoViT
     options = {"img_size": None, "radius": None, "temp": None}  # None: the pickle's, else settings.py's
 
@@ -234,8 +237,7 @@ class ProtoViTAdapter(FamilyAdapter):
         kwargs = {"img_size": 32, "patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_hidden": 32}
         cfg = ProtoViTConfig(backbone="deit", backbone_kwargs=kwargs, num_classes=3, num_prototypes=6,
                              prototype_dim=16, num_parts=4, img_size=32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = ProtoViT(cfg)
             with torch.no_grad():
                 model.patch_select.normal_(0.0, 0.02)  # slots on and off
@@ -244,5 +246,5 @@ class ProtoViTAdapter(FamilyAdapter):
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> ProtoViTAdapter:
-        cfg, weights = original_config(ckpt, **take_options(cls.name, options, cls.options))
+        cfg, weights = original_config(ckpt, **take_options(cls.name, options, cls.options, cls.config_rules))
         return cls.from_weights(cfg, weights, ckpt.path, original=True)

@@ -33,7 +33,8 @@ from protobench.errors import CheckpointError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
 from protobench.models.families import FAMILIES
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.config import choice, flag
+from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 
 SETS = ("trivial", "support")  # the order of the sets in the maps, the identity and the last layer
@@ -121,6 +122,7 @@ class STProtoPNetAdapter(FamilyAdapter):
             <= {k.removesuffix(".weight") for k in keys}
 
     config_class = STProtoPNetConfig
+    config_rules = {"upsample": flag, "variant": choice("full", "cropped")}
     model_class = STProtoPNet
 
     def __init__(self, model: STProtoPNet):
@@ -134,8 +136,7 @@ class STProtoPNetAdapter(FamilyAdapter):
     def tiny(cls, seed: int = 0) -> STProtoPNetAdapter:
         cfg = STProtoPNetConfig(backbone="tinycnn", backbone_kwargs={"channels": [4, 8, 8]}, num_classes=3,
                                 num_prototypes=3, prototype_dim=4, upsample=True, img_size=32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = STProtoPNet(cfg)
             for name in SETS:  # non-negative latents, as the prototypes: positive cosines at random weights
                 for param in getattr(model, f"add_on_layers_{name}").parameters():
@@ -144,7 +145,7 @@ class STProtoPNetAdapter(FamilyAdapter):
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> STProtoPNetAdapter:
-        opts = take_options(cls.name, options, cls.options)
+        opts = take_options(cls.name, options, cls.options, cls.config_rules)
         t, path = ckpt.tensors, ckpt.path
         shape = tuple(t["prototype_vectors_trivial"].shape)
         if len(shape) != 4 or shape[2] != shape[3] or tuple(t["prototype_vectors_support"].shape) != shape:

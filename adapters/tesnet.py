@@ -55,3 +55,4 @@ class TesNetAdapter(ProtoPNetAdapter):
     training_loss = PrototypeAdapter.training_loss
     push = PrototypeAdapter.push
     parameter_groups = PrototypeAdapter.parameter_groups
+    training_schedule = None

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from protobench.core import attack
+from protobench.attacks.pgd import pgd
+from protobench.core.attack import image_bounds
 from protobench.core import rng
 from protobench.core.precision import machine
 from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
@@ -64,7 +65,7 @@ class SyntheticImages(torch.utils.data.Dataset):
 
 def build_model(name: str, ckpt: str | None) -> ProtoPNetAdapter:
     if ckpt:
-        from protobench.models.families import get_adapter
+        from protobench.models.lookup import get_adapter
 
         return get_adapter("protopnet").load(ckpt)
     if name == "demo":
@@ -150,7 +151,7 @@ def time_reference(adapter, data, protocol, n_images, runtime) -> float:
     size = adapter.info.input_size
     margin = protocol.resolved(size)["margin"]
     forward = model_forward(adapter, replace(runtime, chunk=None))
-    bounds = attack.image_bounds(adapter.info.mean, adapter.info.std, adapter.device)
+    bounds = image_bounds(adapter.info.mean, adapter.info.std, adapter.device)
     sync(adapter.device)
     start = time.perf_counter()
     with frozen_eval(adapter.model):
@@ -162,7 +163,7 @@ def time_reference(adapter, data, protocol, n_images, runtime) -> float:
             attackable = torch.from_numpy(reference_box_mask(maps[0, proto], size, margin)).to(adapter.device) > 0
             noise = rng.uniform(protocol.seed, torch.tensor([i], device=adapter.device), (3, size, size), -1, 1)
             weights = F.one_hot(torch.tensor([proto], device=x.device), adapter.info.num_prototypes).float()
-            x_adv, _ = attack.pgd(attack_objective(forward, weights), x, attackable, noise,
+            x_adv, _ = pgd(attack_objective(forward, weights), x, attackable, noise,
                                   eps=protocol.eps, step=protocol.step, steps=protocol.steps, bounds=bounds)
             with torch.no_grad():
                 forward(x_adv)

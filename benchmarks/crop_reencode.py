@@ -83,7 +83,7 @@ def scorecard(ckpt: str, data: Path, out: Path) -> dict:
 def demo(work: Path, n: int | None = None) -> dict:
     from protobench.demo import demo_checkpoint
     from protobench.demo.shapes import ProtoShapes
-    from protobench.models.families import get_adapter
+    from protobench.models.lookup import get_adapter
 
     dataset = ProtoShapes("test", n=n)
     lossless = np.stack([dataset.pixels(i) for i in range(len(dataset))])

@@ -8,7 +8,7 @@ colour fields with noise, so the files are about the size of real photos (tens o
 decode at a realistic speed; their content is meaningless (timing only).
 
 Two ways to decode, timed separately from the attack:
-  workers  protobench's own path: the CUB layout reader (protobench.data.cub) -> ImageList
+  workers  protobench's own path: the CUB layout reader (protobench.layouts.cub) -> ImageList
            (PIL decode, crop to the box, resize, normalize) in DataLoader processes with
            pinned memory when a GPU is there;
   cuda     torchvision.io.decode_jpeg(device="cuda") on batches of file bytes read by
@@ -86,7 +86,7 @@ def make_cub(root: str | Path, n: int = CUB_TEST_IMAGES, seed: int = 0, processe
 
 def open_test_split(root: str | Path, info):
     """The test split through protobench's own CUB layout reader."""
-    from protobench.data.cub import open_cub
+    from protobench.layouts.cub import open_cub
     from protobench.data.images import MAX_IMAGE_PIXELS
 
     return open_cub(Path(root), "test", info.input_size, info.mean, info.std, MAX_IMAGE_PIXELS)

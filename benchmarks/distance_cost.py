@@ -88,7 +88,7 @@ def train_seconds(distance, adapter, initial, data) -> float:
     from protobench.train.trainer import run_epoch
 
     adapter.model.load_state_dict(initial)  # every timed epoch starts from the demo weights
-    plan = TrainSettings(lambda_align=0.0, mask_aug=False).plan()
+    plan = TrainSettings(lambda_align=0.0, mask_aug=False).plan(adapter)
     joint = next(phase for phase in plan.phases if phase.name == "joint")
     with distance_in_use(distance):
         start = time.perf_counter()

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from protobench.core.precision import machine
-from protobench.models.families import FAMILIES, get_adapter
+from protobench.models.families import FAMILIES
+from protobench.models.lookup import get_adapter
 
 
 def complete_tree(depth: int, seed: int) -> dict[str, torch.Tensor]:

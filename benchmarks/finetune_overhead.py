@@ -42,7 +42,7 @@ VARIANTS = {
 def time_epoch(settings: TrainSettings, data, device, batches: int | None) -> float:
     """Seconds of one joint epoch (or of its first `batches` batches) from the demo weights."""
     adapter = ProtoPNetAdapter.load(demo_checkpoint()).to(device)
-    plan = settings.plan()
+    plan = settings.plan(adapter)
     joint = next(phase for phase in plan.phases if phase.name == "joint")
     optimizer = make_optimizer(adapter, joint)
     if batches is not None:

@@ -25,7 +25,7 @@ import torch
 
 from attack_throughput import SyntheticImages, build_model, sync  # benchmarks/: run from the repository root
 from protobench.core.protocol import EvalProtocol
-from protobench.run import scorecard
+from protobench.run import partpass
 from protobench.run.benchmark import run
 from protobench.run.context import RunContext
 from protobench.run.forward import Runtime
@@ -82,8 +82,8 @@ def main() -> None:
     found = keypoints(n, args.parts, size, device)
 
     def passes(suites):
-        parts = _Found(found) if scorecard.part_columns(suites) else None
-        return scorecard.plan(suites, scorecard.PartSettings(), adapter, parts, protocol.seed)
+        parts = _Found(found) if partpass.part_columns(suites) else None
+        return partpass.plan(suites, partpass.PartSettings(), adapter, parts, protocol.seed)
 
     warm = SyntheticImages(min(context.batch_size, n), size, adapter.info.num_classes)
     time_run(adapter, warm, EvalProtocol.make(steps=1), context, passes(SUITES["c"]))  # warm-up
@@ -109,7 +109,7 @@ def main() -> None:
 
 
 class _Found:
-    """The shape scorecard.plan reads keypoints from (protobench.data.parts.PartLocations)."""
+    """The shape partpass.plan reads keypoints from (protobench.data.parts.PartLocations)."""
 
     def __init__(self, table: torch.Tensor):
         self.table = table.cpu().numpy()

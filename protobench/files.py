@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +64,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str]) -> None:
+    """safetensors' save_file, atomically; its I/O failures (reported as SafetensorError '... (os error
+    28)') become the OutputError of any other write, e.g. 'No space left on device; free some space'."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as err:
+            code = re.search(r"os error (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1]))) from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -3,7 +3,7 @@
     python scripts/train_demo.py [--seed 0] [--out protobench/demo/protoshapes.safetensors]
 
 Trains with protobench's one training loop (protobench.train.trainer, the loop of
-`protobench finetune`) on ProtoPNet's schedule (protobench.train.protopnet.schedule): warm-up,
+`protobench finetune`) on ProtoPNet's schedule (protobench.adapters._protopnet_training.schedule): warm-up,
 joint, push, last layer. Writes the weights (protobench safetensors) and, beside them, a JSON
 record of the model, the data design, the plan, the seed, the versions, the machine and the
 measured accuracies. The same seed, torch version, thread count and CPU kernels give the same
@@ -28,9 +28,9 @@ from protobench.adapters.protopnet import ProtoPNetAdapter, ProtoPNetConfig
 from protobench.core.precision import machine
 from protobench.demo import DEMO_CKPT
 from protobench.demo.shapes import ProtoShapes, ShapesDesign
-from protobench.run.progress import TrainProgress
-from protobench.train.plan import Plan
-from protobench.train.protopnet import schedule
+from protobench.cli.progress import TrainProgress
+from protobench.models.plan import Plan
+from protobench.adapters._protopnet_training import schedule
 from protobench.train.trainer import fit
 
 MODEL = ProtoPNetConfig(
@@ -83,7 +83,7 @@ def main() -> None:
         "design": design.as_dict(),
         "plan": plan.as_dict(),
         "trainer": "protobench.train.trainer.fit",
-        "loss": "CE + 0.8 cluster - 0.08 separation + 1e-4 L1 (protobench.train.protopnet)",
+        "loss": "CE + 0.8 cluster - 0.08 separation + 1e-4 L1 (protobench.adapters._protopnet_training)",
         "torch_version": torch.__version__,
         "protobench_version": __version__,
         "python_version": platform.python_version(),
@@ -96,7 +96,8 @@ def main() -> None:
         "pushed_patches": [w and {"prototype": j, "image": w[0], "row": w[1], "col": w[2]} for j, w in enumerate(pushed)],
         "log": log,
     }
-    adapter.save(str(args.out), extra={"trained_by": "scripts/train_demo.py", "seed": str(args.seed)})
+    adapter.save(str(args.out), extra={"trained_by": "scripts/train_demo.py", "seed": str(args.seed),
+                                       "classes": json.dumps(design.classes)})  # checked against the data
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"test accuracy {record['test_accuracy']:.1f}% ({len(test_set)} images), trained in {seconds:.0f} s; "
           f"wrote {args.out} and {args.out.with_suffix('.json')}")

@@ -108,7 +108,7 @@ WRITERS = {f.__name__: f for f in (protopnet, protopshare, tesnet, protopool, pi
 
 
 def main() -> None:
-    from protobench.models.families import get_adapter
+    from protobench.models.lookup import get_adapter
 
     if OUT.exists():
         shutil.rmtree(OUT)

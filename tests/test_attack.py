@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from protobench.core import attack
+from protobench.attacks.pgd import pgd
+from protobench.core.attack import image_bounds
 from protobench.core import rng
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import attackable_pixels
@@ -24,10 +25,10 @@ def _setup(adapter, n=6):
 @pytest.mark.parametrize("steps", [0, 5])  # 0 steps = the noise attack
 def test_protected_pixels_are_bitwise_unchanged_and_bounds_hold(tiny_adapter, steps):
     x, attackable, noise = _setup(tiny_adapter)
-    bounds = attack.image_bounds(tiny_adapter.info.mean, tiny_adapter.info.std, "cpu")
+    bounds = image_bounds(tiny_adapter.info.mean, tiny_adapter.info.std, "cpu")
     x = torch.maximum(torch.minimum(x, bounds[1]), bounds[0])  # a valid image
     with frozen_eval(tiny_adapter.model):
-        x_adv, _ = attack.pgd(lambda im: tiny_adapter(im)[0].amax(dim=(2, 3))[:, 0], x, attackable, noise,
+        x_adv, _ = pgd(lambda im: tiny_adapter(im)[0].amax(dim=(2, 3))[:, 0], x, attackable, noise,
                               eps=0.4, step=0.05, steps=steps, bounds=bounds)
     protected = ~attackable.expand_as(x)
     assert torch.equal(x_adv[protected], x[protected])
@@ -45,7 +46,7 @@ def test_zero_gradient_is_counted_per_image():
     def objective(im):  # image 0 looks only at the protected pixel, image 1 at everything
         return torch.stack([im[0, :, 0, 0].sum(), im[1].sum()])
 
-    _, zero = attack.pgd(objective, x, attackable, noise, eps=0.4, step=0.01, steps=7)
+    _, zero = pgd(objective, x, attackable, noise, eps=0.4, step=0.01, steps=7)
     assert zero.tolist() == [7, 0]
 
 
@@ -53,10 +54,10 @@ def test_pgd_moves_downhill_on_a_linear_objective():
     # objective = sum of pixels: every step lowers each free pixel by `step` until -eps
     x = torch.zeros(1, 3, 4, 4)
     attackable = torch.ones(1, 1, 4, 4, dtype=torch.bool)
-    x_adv, _ = attack.pgd(lambda im: im.flatten(1).sum(1), x, attackable, torch.zeros_like(x),
+    x_adv, _ = pgd(lambda im: im.flatten(1).sum(1), x, attackable, torch.zeros_like(x),
                           eps=0.05, step=0.01, steps=3)
     assert torch.allclose(x_adv, torch.full_like(x, -0.03))
-    x_adv, _ = attack.pgd(lambda im: im.flatten(1).sum(1), x, attackable, torch.zeros_like(x),
+    x_adv, _ = pgd(lambda im: im.flatten(1).sum(1), x, attackable, torch.zeros_like(x),
                           eps=0.05, step=0.01, steps=10)
     assert torch.allclose(x_adv, torch.full_like(x, -0.05))  # projected onto the ball
 

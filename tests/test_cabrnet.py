@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from protobench.adapters._cabrnet_heads import HEADS
 from protobench.errors import CheckpointError
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cabrnet"
 NAMES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())

@@ -9,8 +9,10 @@ from torch import nn
 from originals import original_modules
 from protobench.errors import AdapterError, CheckpointError
 from protobench.models.adapter import FamilyFacts
-from protobench.models.families import FAMILIES, claimants, get_adapter, read_family_checkpoint
-from protobench.models.family import FamilyAdapter
+from protobench.models.families import FAMILIES
+from protobench.models.detect import claimants, read_family_checkpoint
+from protobench.models.lookup import get_adapter
+from protobench.models.family_adapter import FamilyAdapter
 from test_originals import write_ppnet
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 from test_cli import assert_one_line_error, invoke
 from test_originals import write_pipnet, write_ppnet, write_prototree
 from test_pickles import SystemCall

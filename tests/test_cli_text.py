@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import write_image_folder
 from protobench.cli.app import app
-from protobench.run.progress import RichProgress
+from protobench.cli.progress import RichProgress
 from test_cli import assert_one_line_error
 
 runner = CliRunner()

@@ -162,9 +162,9 @@ def test_adversarial_crafter_is_compared_with_its_own_maps_of_x():
 
 
 def test_adversarial_outside_is_the_benchmarks_pgd_maximizing_the_masked_difference():
-    """One PGD in the project: the crafted outside is protobench.core.attack.pgd's, on the negated per-image
+    """One PGD in the project: the crafted outside is protobench.attacks.pgd.pgd's, on the negated per-image
     masked difference, from the batch generator's uniform start, steps of eps / 2."""
-    from protobench.core.attack import pgd
+    from protobench.attacks.pgd import pgd
 
     model = BlurMaps()
     x = torch.rand(4, 3, 16, 16) * 2 - 1

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from protobench.errors import AdapterError
-from protobench.models.families import FAMILIES, get_adapter
+from protobench.models.families import FAMILIES
+from protobench.models.lookup import get_adapter
 
 
 def log_sim(d, eps=1e-4):

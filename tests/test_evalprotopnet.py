@@ -11,7 +11,7 @@ from torch import nn
 
 from originals import BasicBlockW, ResNetFeaturesW
 from protobench.errors import CheckpointError
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 from test_originals import randomize_batch_norm
 
 

@@ -16,8 +16,10 @@ from torch import nn
 from conftest import write_image_folder
 from protobench.errors import AdapterError, CheckpointError
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
-from protobench.models.families import FAMILIES, describe, get_adapter
-from protobench.models.family import FamilyAdapter, take_options
+from protobench.models.families import FAMILIES
+from protobench.cli.families import describe
+from protobench.models.lookup import get_adapter
+from protobench.models.family_adapter import FamilyAdapter, take_options
 from test_cli import invoke
 
 # The "original research code": a module `toymodel` whose classes only exist while a file is written

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import tiny_config
-from protobench.train import protopnet as train
+from protobench.adapters import _protopnet_training as train
 from protobench.adapters.protopnet import ProtoPNetAdapter
 from protobench.cli.app import app
 from protobench.errors import Interrupted, ProtobenchError
@@ -274,15 +274,36 @@ def test_cli_errors(tiny_ckpt, image_folder, tmp_path):
     assert invoke(*base, "--out", tmp_path / "o", "--overwrite", "--seed", 1).exit_code == 0
 
 
-@pytest.mark.parametrize("family", ["pipnet", "tesnet"])
+def untrainable_families() -> list[str]:
+    """The registered families whose file declares no training schedule."""
+    from protobench.models.families import FAMILIES
+
+    return [name for name in FAMILIES.names() if FAMILIES.get(name).training_schedule is None]
+
+
+@pytest.mark.parametrize("family", untrainable_families())
 def test_family_without_training_support(tmp_path, image_folder, family):
-    from protobench.models.families import get_adapter
+    from protobench.models.lookup import get_adapter
 
     path = tmp_path / f"{family}.safetensors"
     get_adapter(family).tiny().save(str(path))
     result = invoke("--ckpt", path, "--data", image_folder, "--out", tmp_path / "o")
-    assert_one_line_error(result, f"adapter {family!r} cannot be fine-tuned", "training_loss", "ProtoPNet family")
+    assert_one_line_error(result, f"adapter {family!r} cannot be fine-tuned: its family declares no",
+                          "training_schedule in its file", "`protobench adapters` lists")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_family_with_a_loss_but_no_schedule_is_refused(tiny_adapter):
+    from protobench.errors import AdapterError
+    from protobench.train.finetune import check_trainable
+
+    class Unscheduled(type(tiny_adapter)):
+        training_schedule = None
+
+    unscheduled = Unscheduled(tiny_adapter.model)
+    with pytest.raises(AdapterError, match="declares no training_schedule in its file"):
+        check_trainable(unscheduled, TrainSettings())
+    check_trainable(tiny_adapter, TrainSettings())  # ProtoPNet declares all of it
 
 
 def test_every_command_in_the_compensation_doc_exists():
@@ -309,7 +330,7 @@ def test_progress_bar_shows_each_loss_term(tiny_ckpt, image_folder, tmp_path):
 
     from rich.console import Console
 
-    from protobench.run.progress import TrainProgress
+    from protobench.cli.progress import TrainProgress
 
     stream = io.StringIO()
     console = Console(file=stream, force_terminal=True, width=200)
@@ -367,13 +388,13 @@ def test_lowered_rates_replace_the_saved_ones_and_only_those(tiny_adapter):
     from protobench.train.state import phase_optimizer
 
     s = TrainSettings(step_size=1, gamma=0.5)
-    joint = next(phase for phase in s.plan().phases if phase.name == "joint")
+    joint = next(phase for phase in s.plan(tiny_adapter).phases if phase.name == "joint")
     optimizer, scheduler = phase_optimizer(tiny_adapter, joint, None)
     for _ in range(2):
         optimizer.step()
         scheduler.step()
     saved = {"phase": "joint", "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    lowered = next(phase for phase in replace(s, lr_prototypes=1e-5).plan().phases if phase.name == "joint")
+    lowered = next(phase for phase in replace(s, lr_prototypes=1e-5).plan(tiny_adapter).phases if phase.name == "joint")
     optimizer, scheduler = phase_optimizer(tiny_adapter, lowered, saved)
     lrs = [group["lr"] for group in optimizer.param_groups]  # features, add_on, prototypes
     assert lrs == [s.lr_features * 0.5 * 0.5, s.lr_add_on * 0.5 * 0.5, 1e-5 * 0.25]

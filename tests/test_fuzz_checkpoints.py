@@ -26,7 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from hostile import peak_growth_mb
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 from protobench.errors import ProtobenchError
 from test_cli import invoke
 

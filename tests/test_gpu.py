@@ -110,7 +110,7 @@ def test_the_part_pass_on_cuda_matches_the_cpu():
     from protobench.adapters.protopnet import ProtoPNetAdapter
     from protobench.demo import demo_checkpoint
     from protobench.demo.shapes import ProtoShapes
-    from protobench.run import benchmark, scorecard
+    from protobench.run import benchmark, partpass
     from protobench.run.context import RunContext
 
     suites = ("consistency", "stability")
@@ -118,8 +118,8 @@ def test_the_part_pass_on_cuda_matches_the_cpu():
     for device in ("cpu", "cuda"):
         adapter = ProtoPNetAdapter.load(demo_checkpoint()).to(device)
         data = ProtoShapes("test", adapter.info.mean, adapter.info.std)
-        found = scorecard.locations(data, range(len(data)), suites)
-        passes = scorecard.plan(suites, scorecard.PartSettings(), adapter, found, 0)
+        found = partpass.locations(data, range(len(data)), suites)
+        passes = partpass.plan(suites, partpass.PartSettings(), adapter, found, 0)
         context = RunContext.resolve(adapter.device, adapter.info.input_size)
         records, _ = benchmark.run(adapter, data, data.paths, EvalProtocol(), context, passes=passes)
         tables[device] = pd.DataFrame(records)

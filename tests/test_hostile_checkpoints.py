@@ -19,7 +19,7 @@ from torch import nn
 from conftest import write_image_folder
 from hostile import (Call, Storage, Tensor, binget, binput, dumps, global_op, peak_growth_mb, raw, torch_legacy,
                      torch_zip)
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 from protobench.adapters.protopnet import ProtoPNetAdapter
 from protobench.errors import AdapterError, CheckpointError, ProtobenchError
 from test_cli import assert_one_line_error, invoke

@@ -13,7 +13,7 @@ import pytest
 
 from protobench.checkpoints import hub
 from protobench.errors import CheckpointError
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 
 pytest.importorskip("huggingface_hub")
 FIXTURE = Path(__file__).parent / "fixtures" / "cabrnet" / "protopnet"

@@ -1,4 +1,5 @@
-"""The package layout stays what docs/architecture.md describes: small modules, no import cycles."""
+"""The package layout stays what docs/architecture.md describes: small modules, no import cycles,
+and each package importing only what the table's "may import" column allows."""
 
 from __future__ import annotations
 
@@ -78,6 +79,61 @@ def test_the_import_graph_has_no_cycles():
         if start not in done:
             visit(start, [], set(), done)
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
+
+
+DOC = ROOT.parent / "docs" / "architecture.md"
+
+
+def layering() -> list[tuple[str, set[str]]]:
+    """docs/architecture.md's package table: (unit, the units it may import), in the table's order.
+    A unit is a subpackage (`core`), a top-level module (`errors`) or the families (`adapters`)."""
+    import re
+
+    table = DOC.read_text(encoding="utf-8").split("## Packages")[1].split("\n\n")
+    rows = next(block for block in table if block.startswith("| package |")).splitlines()[2:]
+    found: list[tuple[str, set[str]]] = []
+    for row in rows:
+        package, _, may = [cell.strip() for cell in row.strip("|").split(" | ")]
+        path = re.match(r"`([^`]+)`", package).group(1)
+        unit = "adapters" if path == "adapters/" else path.removeprefix("protobench/").removesuffix("/").removesuffix(".py")
+        if may.startswith("everything above"):
+            allowed = {name for name, _ in found}
+        else:
+            allowed = set(re.findall(r"`([^`]+)`", may)) if may != "nothing" else set()
+        found.append((unit, allowed))
+    return found
+
+
+def unit(module: str) -> str:
+    """The table's unit of a module: 'protobench.core.attack' -> 'core', 'protobench.errors' -> 'errors'."""
+    return module.split(".")[1] if module != "protobench" else "protobench"
+
+
+def test_the_layering_table_is_enforced():
+    table = layering()
+    allowed = dict(table)
+    assert len(allowed) == len(table), "a package is listed twice in docs/architecture.md"
+    found = modules()
+    unlisted = sorted({unit(name) for name in found} - set(allowed) - {"protobench"})
+    assert not unlisted, f"packages missing from docs/architecture.md's table: {unlisted}"
+    unknown = sorted({name for names in allowed.values() for name in names} - set(allowed))
+    assert not unknown, f"the table allows imports of packages it does not list: {unknown}"
+    broken = []
+    for name, path in sorted(found.items()):
+        for target in sorted(imports(path, name, set(found))):
+            if unit(target) not in (unit(name), "protobench") and unit(target) not in allowed.get(unit(name), ()):
+                broken.append(f"{name} imports {target}")
+    assert not broken, "imports docs/architecture.md does not allow:\n" + "\n".join(broken)
+
+
+def test_the_layering_check_sees_a_forbidden_import(tmp_path):
+    """The check above reads imports inside functions too, and not those under TYPE_CHECKING."""
+    path = tmp_path / "bad.py"
+    path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from protobench.run import evaluate\n"
+                    "def f():\n    from protobench.models.families import FAMILIES\n")
+    known = set(modules())
+    assert imports(path, "protobench.core.bad", known) == {"protobench.models.families"}
+    assert "models" not in dict(layering())["core"] and "models" in dict(layering())["run"]
 
 
 FAMILY_WORDS = ("protopnet", "tesnet", "protopool", "pipnet", "pip-net", "prototree", "deformable", "protopshare",

@@ -14,7 +14,7 @@ from torch import nn
 
 from conftest import write_image_folder
 from originals import original_modules
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 from protobench.adapters.prototree import ProtoTreeAdapter
 from protobench.errors import AdapterError, CheckpointError
 from protobench.checkpoints.loading import read_checkpoint

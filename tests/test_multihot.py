@@ -3,8 +3,8 @@ the benchmark's selection and PRC and in finetune's choice of class prototypes (
 
 import torch
 
-from protobench.core import metrics
-from protobench.models.families import get_adapter
+from protobench.metrics.PRC import prc
+from protobench.models.lookup import get_adapter
 from protobench.core.protocol import EvalProtocol
 from protobench.run.benchmark import protect
 from protobench.train.compensation import pick_class_prototypes
@@ -28,7 +28,7 @@ def test_the_merged_prototype_belongs_to_both_its_classes():
     p_star = torch.tensor([0, 2, 3])
     before = torch.tensor([[5.0, 1, 5, 5, 1]] * 3)
     after = torch.tensor([[5.0, 9, 5, 5, 1]] * 3)
-    assert metrics.prc(before, after, p_star, in_class).tolist() == [0, 0, 1]
+    assert prc(before, after, p_star, in_class).tolist() == [0, 0, 1]
 
 
 def test_finetune_picks_the_merged_prototype_for_both_its_classes():

@@ -15,7 +15,7 @@ from torch import nn
 
 from originals import (BottleneckW, PIPNetW, PrototypeChooserW, ResNetFeaturesW, VGGFeaturesW, as_old_torch_pickle,
                        original_modules, pipnet_convnext)
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 from protobench.errors import CheckpointError
 
 # The original code computes |z|^2 - 2 z.p + |p|^2 in float32; on these tiny models, at these (random, not small)

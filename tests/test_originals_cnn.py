@@ -15,7 +15,8 @@ from hostile import Call
 from originals import BasicBlockW, ResNetFeaturesW, VGGFeaturesW, original_modules
 from originals_cnn import DEFORMABLE, PROTOPSHARE, STProtoPNetW, share
 from protobench.errors import CheckpointError
-from protobench.models.families import detect_family, get_adapter, read_family_checkpoint
+from protobench.models.detect import detect_family, read_family_checkpoint
+from protobench.models.lookup import get_adapter
 from test_cli import invoke
 from test_originals import TOL, assert_not_importable, outputs, randomize_batch_norm, slow_ppnet, write_ppnet
 

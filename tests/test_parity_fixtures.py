@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from protobench.models.families import FAMILIES, get_adapter
+from protobench.models.families import FAMILIES
+from protobench.models.lookup import get_adapter
 
 PARITY = Path(__file__).resolve().parent / "parity"
 BUILT_IN = sorted(name for name, source in FAMILIES.sources().items() if source == "built-in")

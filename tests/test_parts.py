@@ -14,7 +14,7 @@ from protobench.core.metrics import METRICS, MetricSpec
 from protobench.core.protocol import EvalProtocol
 from protobench.models.adapter import ModelInfo, PrototypeAdapter
 from protobench.registry import RegistryError
-from protobench.run import scorecard
+from protobench.run import partpass
 from protobench.run.benchmark import evaluate_batch
 from protobench.run.forward import Runtime, frozen_eval, model_forward
 
@@ -149,11 +149,11 @@ def test_a_per_prototype_metric_goes_alone():
 
 
 def test_metrics_names_are_checked():
-    assert scorecard.check_metrics(["stability,misalignment"]) == ("misalignment", "stability")
+    assert partpass.check_metrics(["stability,misalignment"]) == ("misalignment", "stability")
     with pytest.raises(ValueError, match="did you mean 'consistency'"):
-        scorecard.check_metrics(["consistncy"])
+        partpass.check_metrics(["consistncy"])
     with pytest.raises(ValueError, match="at least one"):
-        scorecard.check_metrics([" , "])
+        partpass.check_metrics([" , "])
 
 
 # --- against a slow transcription of the published definition ----------------------------------
@@ -198,7 +198,7 @@ def test_fast_path_agrees_with_the_slow_transcription(tiny_adapter):
     keypoints = torch.stack([torch.randint(-3, size + 2, (n, k), generator=gen),
                              torch.randint(-3, size + 2, (n, k), generator=gen),
                              (torch.rand(n, k, generator=gen) < 0.7).long()], dim=-1)
-    passes = scorecard.Passes(attack=False, parts=keypoints, half=half, noise=(0.2, 0.25), seed=5,
+    passes = partpass.Passes(attack=False, parts=keypoints, half=half, noise=(0.2, 0.25), seed=5,
                               members=parts.class_members(tiny_adapter.prototype_class_identity))
     ids = torch.arange(n)
     with frozen_eval(tiny_adapter.model):
@@ -213,8 +213,8 @@ def test_fast_path_agrees_with_the_slow_transcription(tiny_adapter):
         assert torch.equal(whole[key], torch.cat([p[key] for p in pieces])), key
     slow_consistency, slow_clean = slow_scores(clean, labels, keypoints, 2, size, half)
     _, slow_noisy = slow_scores(noisy, labels, keypoints, 2, size, half)
-    frame = pd.DataFrame(scorecard.part_cells(dict(whole)))
-    table = scorecard.prototype_table(frame, ("consistency", "stability"), [0, 0, 1, 1, 2, 2], "abcdef", 0.8)
+    frame = pd.DataFrame(partpass.part_cells(dict(whole)))
+    table = partpass.prototype_table(frame, ("consistency", "stability"), [0, 0, 1, 1, 2, 2], "abcdef", 0.8)
     assert table["consistency"].tolist() == slow_consistency.tolist()
     stable = [100 * np.mean(np.abs(a - b).sum(axis=-1) == 0) for a, b in zip(slow_clean, slow_noisy)]
     assert table["stability"].tolist() == pytest.approx(stable)
@@ -245,12 +245,12 @@ def demo_scores(adapter, suites=("consistency",), n=150):
     from protobench.run.context import RunContext
 
     data = ProtoShapes("test", adapter.info.mean, adapter.info.std, n=n)
-    found = scorecard.locations(data, range(n), suites)
-    passes = scorecard.plan(suites, scorecard.PartSettings(), adapter, found, 0)
+    found = partpass.locations(data, range(n), suites)
+    passes = partpass.plan(suites, partpass.PartSettings(), adapter, found, 0)
     context = RunContext(adapter.device, Runtime(chunk=8), batch_size=50, workers=0)
     records, _ = benchmark.run(adapter, data, data.paths, EvalProtocol(), context, passes=passes)
     classes = adapter.prototype_class_identity.argmax(dim=1).tolist()
-    return scorecard.prototype_table(pd.DataFrame(records), suites, classes, found.names, 0.8)
+    return partpass.prototype_table(pd.DataFrame(records), suites, classes, found.names, 0.8)
 
 
 def test_a_prototype_that_always_fires_on_the_square_scores_100():

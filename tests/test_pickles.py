@@ -127,7 +127,7 @@ def test_the_allowlist_is_the_registered_families_classes():
 
 
 def test_unknown_weights_are_named(tmp_path):
-    from protobench.models.families import get_adapter
+    from protobench.models.lookup import get_adapter
 
     path = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(1)}, path)

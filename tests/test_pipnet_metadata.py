@@ -11,7 +11,7 @@ import torch
 
 from originals import PIPNetW, pipnet_convnext
 from protobench.errors import AdapterError, CheckpointError, ProtobenchWarning
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 from test_originals import outputs, randomize_batch_norm, slow_pipnet
 from test_originals_cnn import assert_parity
 

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from protobench.models.families import FAMILIES, describe, get_adapter
-from protobench.errors import AdapterError, ProtobenchError
+from protobench.models.families import FAMILIES
+from protobench.cli.families import describe
+from protobench.models.lookup import get_adapter
+from protobench.errors import AdapterError, ProtobenchError, ProtobenchWarning
 from test_cli import assert_one_line_error, invoke
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adapters.md"
@@ -139,10 +141,12 @@ def test_a_broken_plugin_leaves_the_other_families_usable(install, tmp_path):
 
 
 def test_a_plugin_cannot_replace_a_builtin_family(plugin, install):
-    """It used to replace the built-in silently; now the clash is an error naming the plugin."""
-    install("protopnet = mylab_adapter:CosineAdapter")
-    with pytest.raises(ProtobenchError, match="registers model family 'protopnet', which is already taken.*rename"):
-        get_adapter("protopnet")
+    """The built-in keeps its name, one warning names the plugin, and the plugin's other names work."""
+    install("protopnet = mylab_adapter:CosineAdapter\ncosine = mylab_adapter:CosineAdapter")
+    with pytest.warns(ProtobenchWarning, match="model family 'protopnet' of plugin mylab "
+                                               "\\(mylab_adapter:CosineAdapter\\) is left out: the name is taken"):
+        assert get_adapter("protopnet").__name__ == "ProtoPNetAdapter"
+    assert get_adapter("cosine").__name__ == "CosineAdapter"
 
 
 def test_registering_a_taken_name_needs_replace(plugin):

@@ -11,11 +11,11 @@ import torch
 from conftest import write_image_folder
 from originals import original_modules
 from protobench.adapters.protovit import greedy_match
-from protobench.checkpoints.convert import convert
+from protobench.models.convert import convert
 from protobench.core import rng
 from protobench.core.protocol import EvalProtocol
 from protobench.errors import CheckpointError
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 from protobench.run.benchmark import evaluate_batch
 from protobench.run.forward import Runtime, frozen_eval, model_forward
 from test_cli import invoke

@@ -12,7 +12,7 @@ from torch import nn
 from hostile import Call
 from originals_vit import VIT_LAYOUT
 from protobench.errors import CheckpointError, OptionError
-from protobench.models.families import get_adapter
+from protobench.models.lookup import get_adapter
 from test_protovit import write_protovit
 
 

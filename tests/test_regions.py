@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protobench.core import metrics
-from protobench.core.regions import (REGIONS, attackable_pixels, cell_boxes, default_margin, high_activation_boxes,
-                                     percentile_threshold, quantile, select_prototypes, token_region)
+from protobench.core.regions import (REGIONS, attackable_pixels, cell_boxes, high_activation_boxes,
+                                     percentile_threshold, quantile, select_prototypes)
+from protobench.metrics.PLC import high_region
+from protobench.regions.box import default_margin
+from protobench.regions.tokens import token_region
 
 
 def test_quantile_matches_numpy_and_torch():
@@ -32,7 +34,7 @@ def test_quantile_is_torch_quantile_bit_for_bit_ties_included():
     # the reference's PLC: torch.quantile(map.flatten(), q=0.9), one map at a time, then map > threshold
     coarse, up = tied_maps(0)
     ours = quantile(up.flatten(1), 0.9)
-    high = metrics.high_region(coarse, 224)
+    high = high_region(coarse, 224)
     for i in range(len(up)):
         ref = torch.quantile(up[i].flatten(), 0.9)
         assert ours[i].item() == ref.item(), i

@@ -9,6 +9,7 @@ from importlib.metadata import EntryPoint
 import pytest
 
 from protobench import registry as reg
+from protobench.errors import ProtobenchWarning
 from protobench.registry import Registry, RegistryError
 
 
@@ -146,12 +147,64 @@ def test_plugins_come_from_the_entry_point_group(monkeypatch, fake_module):
     assert r.sources()["spinner"].startswith("plugin")
 
 
-def test_a_plugin_cannot_take_a_builtin_name(monkeypatch):
-    plugins(monkeypatch, EntryPoint("builtin", "fake_widgets:spin", "protobench.widgets"))
+def test_a_plugin_cannot_take_a_builtin_name_and_the_rest_keeps_working(monkeypatch, fake_module):
+    plugins(monkeypatch, EntryPoint("builtin", "fake_widgets:spin", "protobench.widgets"),
+            EntryPoint("spinner", "fake_widgets:spin", "protobench.widgets"))
     r = make(group="protobench.widgets")
     r.add("builtin", print)
-    with pytest.raises(RegistryError, match="registers widget 'builtin', which is already taken.*rename the plugin"):
-        r.get("builtin")
+    with pytest.warns(ProtobenchWarning) as caught:
+        assert r.get("builtin") is print  # the built-in keeps its name
+        assert r.get("spinner")() == "spin"  # the plugin's other entry works
+        assert r.names() == ["builtin", "spinner"]
+    (warning,) = [str(w.message) for w in caught]  # once, naming both sources
+    assert "widget 'builtin' of plugin an installed package (fake_widgets:spin) is left out" in warning
+    assert "taken (registered at run time)" in warning and "rename the plugin" in warning
+
+
+def test_two_plugins_claiming_one_name_refuse_only_that_name(monkeypatch, fake_module):
+    plugins(monkeypatch, EntryPoint("twin", "fake_widgets:spin", "protobench.widgets"),
+            EntryPoint("twin", "fake_widgets.other:spin", "protobench.widgets"),
+            EntryPoint("spinner", "fake_widgets:spin", "protobench.widgets"))
+    r = make(group="protobench.widgets")
+    with pytest.warns(ProtobenchWarning, match="'twin' is claimed by both plugin .*fake_widgets:spin.* and "
+                                               "plugin .*fake_widgets.other:spin"):
+        assert r.names() == ["spinner"]
+    assert r.get("spinner")() == "spin"
+    with pytest.raises(RegistryError, match="'twin' is claimed by both .*uninstall or rename one of them"):
+        r.get("twin")
+
+
+def builtin_package(tmp_path, monkeypatch, files):
+    """A package `toy_builtins` on sys.path whose modules are `files` (name -> source)."""
+    root = tmp_path / "toy_builtins"
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    for name, text in files.items():
+        (root / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.startswith("toy_builtins")]:
+        monkeypatch.delitem(sys.modules, name)
+    return "toy_builtins"
+
+
+def test_builtins_are_the_modules_of_a_package_listed_without_import(tmp_path, monkeypatch):
+    registering = "from test_registry import TOYS\n@TOYS.register({name!r})\ndef fn():\n    return {name!r}\n"
+    package = builtin_package(tmp_path, monkeypatch, {
+        "spin": registering.format(name="spin"), "flip": registering.format(name="flip"),
+        "_helper": "raise RuntimeError('a private module is never imported')",
+        "silent": "x = 1  # registers nothing"})
+    global TOYS
+    TOYS = Registry("widget", check=callable, expects="a callable", package=package)
+    assert TOYS.names() == ["flip", "silent", "spin"] and not any(m.startswith("toy_builtins.") for m in sys.modules)
+    assert TOYS.sources() == {"flip": "built-in", "silent": "built-in", "spin": "built-in"}
+    assert TOYS.get("spin")() == "spin" and "toy_builtins.spin" in sys.modules and "toy_builtins.flip" not in sys.modules
+    with pytest.raises(RegistryError, match="importing 'toy_builtins.silent' did not register widget 'silent'"):
+        TOYS.get("silent")
+    with pytest.raises(RegistryError, match="'spin' is already registered \\(built-in\\)"):
+        TOYS.add("spin", print)  # a built-in's name is not taken twice by accident
+    import toy_builtins.flip  # imported directly (not through the registry) it registers itself, no clash
+
+    assert TOYS.get("flip") is toy_builtins.flip.fn
 
 
 def test_reserved_names_are_refused_also_for_plugins(monkeypatch):
@@ -159,8 +212,8 @@ def test_reserved_names_are_refused_also_for_plugins(monkeypatch):
     with pytest.raises(RegistryError, match="'auto' cannot be a widget name: it means something else"):
         r.add("auto", print)
     plugins(monkeypatch, EntryPoint("auto", "fake_widgets:spin", "protobench.widgets"))
-    with pytest.raises(RegistryError, match="'auto' cannot be a widget name"):
-        r.names()
+    with pytest.warns(ProtobenchWarning, match="plugin .*fake_widgets:spin.* is left out: 'auto' cannot be a widget"):
+        assert r.names() == []
 
 
 def test_a_plugin_module_that_registered_itself_is_not_a_clash(monkeypatch, fake_module):

@@ -9,8 +9,8 @@ import torch
 from conftest import tiny_config
 from protobench.adapters.protopnet import ProtoPNetAdapter
 from protobench.errors import OptionError
-from protobench.train.plan import Phase, Plan
-from protobench.train.protopnet import LossWeights, loss_terms, push, schedule, training_loss
+from protobench.models.plan import Phase, Plan
+from protobench.adapters._protopnet_training import LossWeights, loss_terms, push, schedule, training_loss
 from protobench.train.trainer import fit
 
 IDENTITY = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])  # prototypes 0, 1 -> class 0; 2, 3 -> class 1

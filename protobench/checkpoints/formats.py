@@ -18,7 +18,7 @@ import struct
 from typing import Any, BinaryIO
 
 from protobench.errors import CheckpointError
-from protobench.files import atomic_path
+from protobench.files import write_safetensors
 from protobench.checkpoints.limits import limit, short
 
 FORMAT_VERSION = "1"
@@ -148,8 +148,9 @@ def check_safetensors(f: BinaryIO, path: str) -> None:
                               f"{size - 8 - n} bytes of data (overlapping tensors)")
 
 
-def read_protobench(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """Read a protobench safetensors checkpoint -> (adapter name, config, tensors)."""
+def read_protobench(path: str | os.PathLike, with_classes: bool = False) -> tuple:
+    """Read a protobench safetensors checkpoint -> (adapter name, config, tensors), and its recorded
+    class names (or None) when `with_classes`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
@@ -177,19 +178,31 @@ def read_protobench(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[
     config = _json(meta.get("config", "{}"), path, "architecture metadata")
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its architecture metadata is a JSON {type(config).__name__}, not an object")
-    return adapter, config, tensors
+    return (adapter, config, tensors, recorded_classes(path, meta)) if with_classes else (adapter, config, tensors)
+
+
+def recorded_classes(path: str | os.PathLike, meta: dict[str, str]) -> tuple[str, ...] | None:
+    """The class names a protobench checkpoint's metadata records (`classes`, a JSON list of names in
+    logit order), or None when it records none."""
+    if "classes" not in meta:
+        return None
+    try:
+        names = json.loads(meta["classes"])
+    except (ValueError, RecursionError):
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= 1000 for n in names):
+        raise CheckpointError(f"{path}: its class names (metadata 'classes') are not a JSON list of names; "
+                              "the file is damaged")
+    return tuple(names)
 
 
 def write_protobench(path: str | os.PathLike, adapter: str, config: dict[str, Any], tensors: dict[str, Any],
                      extra: dict[str, str] | None = None) -> None:
     """Write a protobench checkpoint atomically (a crash never leaves half a file)."""
-    from safetensors.torch import save_file
-
     meta = {"protobench": FORMAT_VERSION, "adapter": adapter, "config": json.dumps(config, sort_keys=True)}
     meta.update(extra or {})
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+    write_safetensors(path, tensors, meta)
 
 
 def sha256(path: str | os.PathLike) -> str:

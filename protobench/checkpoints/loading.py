@@ -29,6 +29,7 @@ class Checkpoint:
     adapter: str | None = None  # protobench files: the adapter named in the metadata
     config: dict[str, Any] = field(default_factory=dict)  # protobench files: the architecture
     root: StandIn | None = None  # whole-model pickles: the stand-in of the pickled model
+    classes: tuple[str, ...] | None = None  # protobench files: the class names, where recorded
     extras: dict[str, Any] = field(default_factory=dict)  # a wrapping dict's other entries ('epoch', 'args', ...)
 
     @property
@@ -134,6 +135,6 @@ def read_checkpoint(path: str, classes: Collection[str] = ()) -> Checkpoint:
             f.seek(0)
             return _unwrap(path, load_pickle(path, kind, f, classes))
     if kind == "safetensors":
-        adapter, config, tensors = read_protobench(path)
-        return Checkpoint(path, tensors, adapter=adapter, config=config)
+        adapter, config, tensors, classes = read_protobench(path, with_classes=True)
+        return Checkpoint(path, tensors, adapter=adapter, config=config, classes=classes)
     raise CheckpointError(describe_unreadable(path, kind))

@@ -88,7 +88,8 @@ def tensor_view(storage: Any, offset: Any, size: Any, stride: Any) -> torch.Tens
     numel = math.prod(size)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if numel else offset
     if numel > storage.numel or (numel and last >= storage.numel):
-        raise Oversized(f"a tensor of shape {tuple(size)[:6]} reaches past its storage of {storage.numel} elements")
+        raise Oversized(f"holds a tensor of shape {tuple(size)[:6]} that reaches past its storage of "
+                        f"{storage.numel} elements")
     start = storage.data.storage_offset() // _itemsize(storage.dtype) + offset
     return torch.empty(0, dtype=storage.dtype).set_(storage.data.untyped_storage(), start, tuple(size), tuple(stride))
 
@@ -138,7 +139,7 @@ def _member(f: io.BufferedReader, size: int, info: zipfile.ZipInfo) -> torch.Ten
     name_len, extra_len = struct.unpack("<HH", header[26:30])
     start = info.header_offset + 30 + name_len + extra_len
     if start + info.file_size > size:
-        raise Oversized(f"member {info.filename[:60]!r} runs past the end of the file")
+        raise Oversized(f"has a member {info.filename[:60]!r} that runs past the end of the file")
     f.seek(start)
     return _fill(f, torch.empty(info.file_size, dtype=torch.uint8), f"member {info.filename[:60]!r}")
 
@@ -165,7 +166,8 @@ def read_zip(f: io.BufferedReader, size: int, unpickle: Unpickle) -> Any:
             if info is None:
                 raise pickle.UnpicklingError(f"storage {key[:20]!r} is missing from the archive")
             if numel * _itemsize(kind.dtype) != info.file_size:
-                raise Oversized(f"storage {key[:20]!r} declares {numel} elements but holds {info.file_size} bytes")
+                raise Oversized(f"has a storage {key[:20]!r} that declares {numel} elements but holds "
+                                f"{info.file_size} bytes")
             loaded[key] = Storage(_member(f, size, info), kind.dtype)
         return Storage(loaded[key].data, kind.dtype)
 

@@ -12,8 +12,8 @@ import typer
 
 from protobench.cli.console import (err_console, fail, line, out_console, parse_options, run_library, say,
                                     warnings_to_console)
-from protobench.cli.helptext import (DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP, PLC_HELP, PROTOCOL_HELP,
-                                     REGION_HELP)
+from protobench.cli.helptext import (ATTACK_HELP, DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP,
+                                     METRIC_NAMES, PLC_HELP, PROTOCOL_HELP, REGION_HELP)
 from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
 from protobench.cli.zoo import DOWNLOAD_HELP, MODEL_HELP, ZOO_DIR_HELP, zoo_app, zoo_model
 
@@ -49,8 +49,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Result directory (default: protobench-results/<ckpt name>, "
                                                   "or protobench-results/models for several)."),
     protocol: str = typer.Option("default", help=PROTOCOL_HELP),
-    attack: Optional[str] = typer.Option(None, help="pgd, noise, or an attack a plugin registered "
-                                                    "[default: from --protocol]."),
+    attack: Optional[str] = typer.Option(None, help=ATTACK_HELP),
     eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
     step: Optional[float] = typer.Option(None, help="pgd step size [0.01]."),
     steps: Optional[int] = typer.Option(None, help="pgd steps [40]."),
@@ -91,7 +90,7 @@ def evaluate(
     from protobench.demo import DEMO_DATA, demo_checkpoint, is_demo_data
     from protobench.run.evaluate import EvaluateConfig
     from protobench.run.evaluate import evaluate as run_evaluate
-    from protobench.run.progress import RichProgress
+    from protobench.cli.progress import RichProgress
     from protobench.cli.tables import summary_table
     from protobench.run.sweep import evaluate_models, pair_adapters
 
@@ -123,7 +122,8 @@ def evaluate(
         if len(models) > 1:
             result = run_library(evaluate_models, cfg, models, RichProgress(err_console), trace_dir=cfg.out)
             return None if result is None else report_models(
-                result, lambda done: after_evaluate(cfg.out, done, save_examples, bool(report), device))
+                result, lambda done: after_evaluate(cfg.out, done, save_examples, bool(report), device,
+                                                   tuple(adapter)))
         result = run_library(run_evaluate, cfg, RichProgress(err_console), trace_dir=cfg.out)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
@@ -138,7 +138,7 @@ def evaluate(
     written = [name for name in ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
                if (Path(result["out"]) / name).is_file()]
     say(f"results written to {result['out']}/ ({', '.join(written)})")
-    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device)
+    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device, tuple(adapter))
 
 
 def report_models(result: dict[str, Any], then: Any) -> None:
@@ -157,8 +157,8 @@ def report_models(result: dict[str, Any], then: Any) -> None:
 def compare(
     base: Path = typer.Argument(..., help="Baseline: a result directory or its summary.csv."),
     new: Path = typer.Argument(..., help="Candidate: a result directory or its summary.csv."),
-    tol: list[str] = typer.Option([], "--tol", help="METRIC=VALUE, absolute (PLC PAC PRC AC acc_before acc_after "
-                                                    "acc, and plugin metrics); defaults in docs/ci.md."),
+    tol: list[str] = typer.Option([], "--tol", help=f"METRIC=VALUE, absolute ({METRIC_NAMES} acc, and plugin "
+                                                     "metrics); defaults in docs/ci.md."),
     format: str = typer.Option("table", "--format", help="table or markdown."),
     force: bool = typer.Option(False, help="Compare runs of different protocols or datasets anyway."),
 ) -> None:
@@ -188,7 +188,7 @@ def convert(
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
 ) -> None:
     """Rewrite any supported checkpoint in protobench's safetensors format (no pickle needed again)."""
-    from protobench.checkpoints.convert import convert as run_convert
+    from protobench.models.convert import convert as run_convert
 
     result = run_library(run_convert, str(src), str(out), adapter, parse_options(adapter_option), overwrite)
     say(f"wrote {result['out']} ({result['adapter']}: {result['num_prototypes']} prototypes, "
@@ -236,7 +236,7 @@ def finetune(
     """Fine-tune a model to align its explanations (alignment loss, masking augmentation, push)."""
     from protobench.train.finetune import FinetuneConfig
     from protobench.train.finetune import finetune as run_finetune
-    from protobench.run.progress import RichProgress, TrainProgress
+    from protobench.cli.progress import RichProgress, TrainProgress
     from protobench.train.settings import TrainSettings
 
     settings = TrainSettings(
@@ -286,7 +286,7 @@ def demo_export(
 @app.command()
 def adapters() -> None:
     """List the model families protobench can load (built in, installed plugins), with their papers and licenses."""
-    from protobench.models.families import describe
+    from protobench.cli.families import describe
     from protobench.cli.tables import adapters_table
 
     out_console.print(adapters_table(run_library(describe)))

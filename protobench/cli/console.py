@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from protobench.run.bugs import out_of_memory, save_traceback
+from protobench.run.failures import out_of_memory, save_traceback
 
 out_console = Console()
 err_console = Console(stderr=True)

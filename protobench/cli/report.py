@@ -32,6 +32,9 @@ def report_command(
                                                    "checked); one model only."),
     data: Optional[Path] = typer.Option(None, help="The dataset's new place, if it moved (its fingerprint is still "
                                                    "checked); one model only."),
+    adapter: Optional[str] = typer.Option(None, help="The adapter to re-run with (a model family or "
+                                          "pkg.module:Class); one model only. A run directory's own import path is "
+                                          "never imported unless named here."),
     device: str = typer.Option("auto", help="Where to re-run the drawn images: auto, cpu or cuda[:N]."),
     force: bool = typer.Option(False, "--force", help="Draw a re-run whose numbers differ from per_image.csv (the page "
                                            "says so)."),
@@ -40,7 +43,8 @@ def report_command(
     from protobench.report.build import Options
 
     options = Options(out=str(out) if out else None, worst=worst, best=best, examples=examples,
-                      ckpt=str(ckpt) if ckpt else None, data=str(data) if data else None, device=device, force=force)
+                      ckpt=str(ckpt) if ckpt else None, data=str(data) if data else None, adapter=adapter, device=device,
+                      force=force)
     write_report([str(p) for p in run_dir], options)
 
 
@@ -64,8 +68,10 @@ def check_examples(k: Optional[int]) -> None:
         run_library(check_count, k)
 
 
-def after_evaluate(out: str, model_dirs: list[str], save_examples: Optional[int], report: bool, device: str) -> None:
-    """evaluate's --save-examples (in each model's directory) and --report, once its results are written."""
+def after_evaluate(out: str, model_dirs: list[str], save_examples: Optional[int], report: bool, device: str,
+                   adapters: tuple[str, ...] = ()) -> None:
+    """evaluate's --save-examples (in each model's directory) and --report, once its results are written;
+    `adapters`: the --adapter values the user typed (their import paths may be re-run)."""
     from protobench.report.build import Options
     from protobench.report.examples import save_examples as keep
 
@@ -75,11 +81,11 @@ def after_evaluate(out: str, model_dirs: list[str], save_examples: Optional[int]
         return
     with warnings_to_console():
         for run_dir in model_dirs if save_examples else []:
-            kept = run_library(keep, run_dir, save_examples, device, trace_dir=run_dir)
+            kept = run_library(keep, run_dir, save_examples, device, adapters, trace_dir=run_dir)
             say(f"kept the tensors of {kept['images']} images (the {kept['k']} worst and best by PAC and PLC) "
                 f"in {kept['path']}")
     if report:
-        write_report([out], Options(device=device, up_to=True))
+        write_report([out], Options(device=device, up_to=True, trusted=adapters))
     else:
         say(f"to see the worst images and the per-prototype table: protobench report {out}")
 
@@ -89,7 +95,7 @@ def _attacked(out: str) -> bool:
     from protobench.core.metrics import MISALIGNMENT
     from protobench.errors import ProtobenchError
     from protobench.run.resume import read_json_object
-    from protobench.run.scorecard import recorded
+    from protobench.run.partpass import recorded
 
     try:
         return MISALIGNMENT in recorded(read_json_object(Path(out) / "meta.json"))

@@ -82,7 +82,7 @@ def before_after_table(before: dict[str, Any], after: dict[str, Any]) -> Table:
 
 
 def adapters_table(rows: list[dict[str, str]]) -> Table:
-    """The registered model families (protobench.models.families.describe); plugins' facts are third-party text."""
+    """The registered model families (protobench.cli.families.describe); plugins' facts are third-party text."""
     table = Table(title="model families (--adapter NAME)",
                   caption="--adapter auto (the default) tells the family from the checkpoint; "
                           "--adapter package.module:Class loads your own adapter")

@@ -1,9 +1,10 @@
-"""The metrics (docs/metrics.md, The metrics): one spec per metric, in one registry.
+"""The metrics (docs/metrics.md, The metrics): one spec per metric, in one registry. The built-ins
+are the modules of `protobench/metrics/`, one per metric, named after it (`PAC.py` is PAC).
 
 Everything that computes, writes or shows a metric reads METRICS: the benchmark loop's measure
 step (per-image values), per_image.csv, per_prototype.csv and summary.csv, `protobench compare`
 (direction, tolerance, --tol names), the CLI's tables and finetune's before/after table. A new
-metric is one MetricSpec, registered with `register(spec)` or through the entry-point group
+metric is one MetricSpec, registered with `register(spec)`, as one file in protobench/metrics/, or through the entry-point group
 "protobench.metrics" (docs/metrics.md, Adding a metric).
 
 Each metric belongs to a suite, the name `evaluate --metrics` selects it by: `misalignment` (the
@@ -161,7 +162,7 @@ class MetricSpec:
 
 METRICS: Registry[MetricSpec] = Registry("metric", group="protobench.metrics",
                                          check=lambda obj: isinstance(obj, MetricSpec),
-                                         expects="a protobench.core.metrics.MetricSpec")
+                                         expects="a protobench.core.metrics.MetricSpec", package="protobench.metrics")
 
 
 def register(spec: MetricSpec, *, replace: bool = False, source: str = "registered at run time") -> MetricSpec:
@@ -203,93 +204,3 @@ def measured(rows: Sequence[dict[str, Any]]) -> list[MetricSpec]:
     so a run without --metrics consistency shows no empty consistency line."""
     chosen = {spec.suite for spec in specs() for row in rows if spec.column in row}
     return specs(sorted(chosen))
-
-
-# --- the built-in metrics' functions ----------------------------------------------------------
-
-def pac(before: Tensor, after: Tensor) -> Tensor:
-    """Activation change in %: positive when the activation fell. NaN when it was 0 before. In float64,
-    as the reference (`(1 - float(after) / float(before)) * 100`)."""
-    return 100 * (1 - after.double() / before.double())
-
-
-def prc(act_before: Tensor, act_after: Tensor, p_star: Tensor, in_class: Tensor) -> Tensor:
-    """Rank change: how many more other-class prototypes beat p* after the attack than before."""
-    def outranking(act: Tensor) -> Tensor:
-        own = act.gather(1, p_star[:, None])
-        return ((act > own) & ~in_class).sum(dim=1)
-
-    return outranking(act_after) - outranking(act_before)
-
-
-def high_region(maps: Tensor, size: int, q: float = 0.9) -> Tensor:
-    """(B, h, w) -> (B, S, S) bool: bilinear upsampling strictly above its q-quantile."""
-    import torch.nn.functional as F  # here: importing this module must not import torch
-
-    from protobench.core.regions import quantile
-
-    up = F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    return up > quantile(up.flatten(1), q)[:, None, None]
-
-
-def plc(map_before: Tensor, map_after: Tensor, size: int, q: float = 0.9) -> Tensor:
-    """Location change in %: 100 (1 - IoU) of the high regions before and after; 0 if both are empty."""
-    a, b = high_region(map_before, size, q), high_region(map_after, size, q)
-    inter = (a & b).flatten(1).sum(1).float()
-    union = (a | b).flatten(1).sum(1).float()
-    iou = (inter / union.clamp(min=1)).double()  # a float32 ratio, then 100 (1 - iou) in float64: the reference's
-    return (100 * (1 - iou)).where(union > 0, 0.0)
-
-
-def _partscores():
-    from protobench.core import partscores  # numpy: imported when a per-prototype table is made
-
-    return partscores
-
-
-def plc_tokens(*args: Any, **kwargs: Any) -> Tensor:
-    """The token-level PLC: protobench.core.regions.plc_tokens, beside the token region (imported
-    when used, so that reading the metric table never imports torch)."""
-    from protobench.core.regions import plc_tokens as formula
-
-    return formula(*args, **kwargs)
-
-
-PLC_KINDS: dict[str, PerImage] = {  # --plc NAME (protobench.core.protocol.PLC_KINDS)
-    "pixels": lambda o: plc(o.map_star, o.map_star_adv, o.size),
-    "tokens": lambda o: plc_tokens(o.parts_star, o.parts_star_adv, o.cells_star, o.cells_star_adv),
-}
-
-
-def accuracy(column: str) -> Summary:
-    """Top-1 accuracy in % of the predictions in `column` against `label` (0 for no images)."""
-    def summarize(frame: Any) -> float:
-        return 100.0 * float((frame[column] == frame["label"]).sum()) / max(len(frame), 1)
-
-    return summarize
-
-
-def accuracy_change(frame: Any) -> float:
-    """AC: accuracy points lost to the attack."""
-    return accuracy("pred_before")(frame) - accuracy("pred_after")(frame)
-
-
-for _spec in (
-    MetricSpec("PLC", "PLC (location change, %)", "%", True, 1.0, order=10, csv_order=30,
-               per_image=lambda o: PLC_KINDS[o.plc](o)),
-    MetricSpec("PAC", "PAC (activation change, %)", "%", True, 1.0, order=20, csv_order=10,
-               per_image=lambda o: pac(o.act_star, o.act_star_adv)),
-    MetricSpec("PRC", "PRC (rank change)", "prototypes", True, 0.5, order=30, csv_order=20,
-               per_image=lambda o: prc(o.act, o.act_adv, o.p_star, o.in_class)),
-    MetricSpec("acc_before", "accuracy, clean images (%)", "%", False, 1.0, order=40, decimals=1,
-               summary=accuracy("pred_before"), tol_groups=("acc",)),
-    MetricSpec("acc_after", "accuracy, attacked images (%)", "%", False, 1.0, order=50, decimals=1,
-               summary=accuracy("pred_after"), tol_groups=("acc",)),
-    MetricSpec("AC", "AC (accuracy change, points)", "points", True, 1.0, order=60, decimals=1,
-               summary=accuracy_change),
-    MetricSpec("consistency", "consistency (prototypes on one part, %)", "%", False, 2.0, order=70,
-               suite="consistency", per_prototype=lambda records: _partscores().consistency(records)),
-    MetricSpec("stability", "stability (part hits kept under noise, %)", "%", False, 2.0, order=80,
-               suite="stability", per_prototype=lambda records: _partscores().stability(records), needs_noise=True),
-):
-    register(_spec, source="built-in")

@@ -28,7 +28,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "protovit": {"attack": "noise", "clip": False, "steps": 50, "region": "tokens", "plc": "tokens"},
 }
 SELECTIONS = ("top-proto", "gt-protos")
-PLC_KINDS = ("pixels", "tokens")  # protobench.core.metrics.PLC_KINDS: how PLC compares the two locations
+PLC_KINDS = ("pixels", "tokens")  # how PLC compares the two locations (formulas: protobench.metrics.PLC)
 # what runs recorded before a field existed used instead (meta.json, run.json): they stay comparable
 RECORDED_BEFORE = {"region": "box", "plc": "pixels"}
 

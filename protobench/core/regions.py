@@ -1,7 +1,8 @@
 """What the attack targets: which prototypes (docs/metrics.md, The procedure, step 2) and which
 pixels it may change, those outside the protected region (step 3). Batched.
 
-The protected region is a registered `Region` (REGIONS, `--region NAME`):
+The protected region is a registered `Region` (REGIONS, `--region NAME`); the built-ins are the
+modules of `protobench/regions/`, one per region, named after it:
 
 - `box` (the paper's): for each attacked prototype, upsample its similarity map to S x S
   (bicubic), take the bounding box of pixels >= the 95th percentile (numpy.percentile's float64
@@ -118,28 +119,6 @@ def cell_boxes(cells: torch.Tensor, grid: tuple[int, int], size: int) -> tuple[t
     return r * size // h, (r + 1) * size // h, c * size // w, (c + 1) * size // w
 
 
-def token_region(maps: torch.Tensor, cells: torch.Tensor, valid: torch.Tensor, *, size: int, margin: int
-                 ) -> torch.Tensor:
-    """`--region tokens`: the boxes of the cells each attacked prototype's parts matched.
-
-    That benchmark copy zeroes mask[16 r : 16 (r + 1) - 1] for token (r, c): its end is
-    exclusive already, so the token's last pixel row and column stay attackable (15 x 15 boxes
-    at 16 px per token). Reproduced: each cell box loses its last row and column."""
-    y0, y1, x0, x1 = cell_boxes(cells, tuple(maps.shape[-2:]), size)
-    return outside_boxes(y0, y1 - 1, x0, x1 - 1, valid, size, margin)
-
-
-def box_region(maps: torch.Tensor, cells: torch.Tensor, valid: torch.Tensor, *, size: int, margin: int
-               ) -> torch.Tensor:
-    """`--region box`: the paper's high-activation box of each attacked prototype's map."""
-    return attackable_pixels(maps, valid, size, margin)
-
-
-def default_margin(size: int) -> int:
-    """10 px at 224 px (the reference), scaled with the image side for other sizes."""
-    return max(1, round(10 * size / 224))
-
-
 @dataclass(frozen=True)
 class Region:
     """A way to protect the attacked prototypes' region (`--region NAME`).
@@ -156,13 +135,7 @@ class Region:
 
 
 REGIONS: Registry[Region] = Registry("region", group="protobench.regions", check=lambda obj: isinstance(obj, Region),
-                                     expects="a protobench.core.regions.Region")
-REGIONS.add("box", Region(box_region, default_margin, "the paper's: the box of the upsampled map's top 5%, "
-                                                      "plus a margin (10 px at 224 px)"), source="built-in")
-REGIONS.add("tokens", Region(token_region, lambda size: 0, "the boxes of the tokens (map cells) the "
-                                                           "prototype's parts matched, no margin"), source="built-in")
-
-
+                                     expects="a protobench.core.regions.Region", package="protobench.regions")
 def select_prototypes(act: torch.Tensor, in_class: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Which prototypes to attack, and p* for the metrics.
 
@@ -177,9 +150,7 @@ def select_prototypes(act: torch.Tensor, in_class: torch.Tensor, mode: str) -> t
     if mode == "top-proto":
         p_star = act.argmax(dim=1)
         attacked = F.one_hot(p_star, act.shape[1]).bool()
-    elif mode == "gt-protos":
-        if not in_class.any(dim=1).all():
-            raise ValueError("gt-protos: some images' classes have no prototypes; use --select top-proto")
+    elif mode == "gt-protos":  # every class has prototypes: evaluate checks the model before the first batch
         p_star = act.masked_fill(~in_class, -torch.inf).argmax(dim=1)
         attacked = in_class
     else:

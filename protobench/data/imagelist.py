@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from protobench.errors import DataError
+from protobench.data.parts import CSV_NAME as PARTS_CSV
 from protobench.data.images import (  # noqa: F401 - normalize, pixel_box: re-exported, others import them from here
     MAX_IMAGE_PIXELS, Box, Unusable, load_image, normalize, pixel_box, probe)
 
@@ -95,7 +96,8 @@ class ImageFolder(ImageList):
         if not root.is_dir():
             raise DataError(f"--data must be a directory of class folders, got a file: {root}")
         try:
-            classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+            classes = sorted(d.name for d in root.iterdir()
+                             if d.is_dir() and not d.name.startswith(".") and d.name != PARTS_CSV)
             if not classes:
                 raise DataError(f"no class folders in {root}: expected {root}/<class>/<image> (ImageFolder layout)")
             paths, labels = _image_files(root, classes)
@@ -104,7 +106,8 @@ class ImageFolder(ImageList):
         if not paths:
             raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) under the class folders of {root}")
         super().__init__(root, paths, labels, classes, size, mean, std, kind="imagefolder", max_pixels=max_pixels,
-                         parts=_parts_csv(root, paths) if (root / "parts.csv").is_file() else None)
+                         parts=_parts_csv(root, paths) if os.path.lexists(root / PARTS_CSV) else None)  # a pipe or
+        # a directory named parts.csv is an annotation file that cannot be read, said when parts are asked for
 
 
 def _parts_csv(root: Path, paths: list[str]) -> Callable[[], PartAnnotations]:
@@ -112,7 +115,7 @@ def _parts_csv(root: Path, paths: list[str]) -> Callable[[], PartAnnotations]:
     def read() -> PartAnnotations:
         from protobench.data.parts import read_parts_csv
 
-        return read_parts_csv(root / "parts.csv", root, paths)
+        return read_parts_csv(root / PARTS_CSV, root, paths)
 
     return read
 

@@ -18,9 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-# Default of --max-image-pixels, checked from the header before decoding: 50 MP decodes to
-# 150 MB of RGB (400 MB for 16-bit greyscale on its way to RGB) per decoding process.
-MAX_IMAGE_PIXELS = 50_000_000
+from protobench.data.layouts import MAX_IMAGE_PIXELS
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in pixels, 0-based, right/bottom exclusive
 

@@ -8,6 +8,9 @@ A layout is a `Layout` registered in LAYOUTS under its `--dataset` name. It answ
     open(root, split, info, max_pixels)
                    the split as a torch Dataset in the model's input format (docs/datasets.md, Adding a layout).
 
+The built-in layouts are the modules of `protobench/layouts/`, one per layout, named after it;
+each registers its instance (`LAYOUTS.add("cub", CubLayout())`).
+
 `open_dataset` is what evaluate and finetune call: it finds the layout (the one --dataset names, or
 the first whose `detect` claims --data, in `order`; ImageFolder, which claims any directory, comes
 last), picks the split, opens it and checks its classes against the model. Nothing here imports
@@ -22,6 +25,10 @@ from typing import Any
 
 from protobench.errors import DataError
 from protobench.registry import Registry
+
+# Default of --max-image-pixels, checked from the header before decoding: 50 MP decodes to
+# 150 MB of RGB (400 MB for 16-bit greyscale on its way to RGB) per decoding process.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -53,11 +60,8 @@ class Layout:
 
 LAYOUTS: Registry[Layout] = Registry("dataset layout", group="protobench.datasets",
                                      check=lambda obj: isinstance(obj, Layout),
-                                     expects="an instance of protobench.data.layouts.Layout")
-LAYOUTS.add("protoshapes", "protobench.demo.shapes:LAYOUT", source="built-in")
-LAYOUTS.add("cub", "protobench.data.cub:LAYOUT", source="built-in")
-LAYOUTS.add("cars", "protobench.data.cars:LAYOUT", source="built-in")
-LAYOUTS.add("imagefolder", "protobench.data.imagefolder:LAYOUT", source="built-in")
+                                     expects="an instance of protobench.data.layouts.Layout",
+                                     package="protobench.layouts")
 
 
 @dataclass(frozen=True)
@@ -119,10 +123,8 @@ def open_dataset(data: str, info: Any, layout: str | None = None, split: str | N
     """The dataset at `data` in the model's input format (info: ModelInfo), its classes checked
     against the model's. layout: a LAYOUTS name (None: detect). split: None for the layout's
     evaluation default. max_pixels: images larger than this are skipped unread (0: no limit;
-    None: protobench.data.images.MAX_IMAGE_PIXELS)."""
+    None: MAX_IMAGE_PIXELS)."""
     if max_pixels is None:
-        from protobench.data.images import MAX_IMAGE_PIXELS
-
         max_pixels = MAX_IMAGE_PIXELS
     found = find(data, layout)
     dataset = found.layout.open(found.root, found.split(split), info, max_pixels)
@@ -130,7 +132,22 @@ def open_dataset(data: str, info: Any, layout: str | None = None, split: str | N
         noun = found.layout.class_noun or f"classes ({found.name})"
         raise DataError(f"{data} has {len(dataset.classes)} {noun} but the model predicts "
                         f"{info.num_classes} classes: point --data at the dataset the model was trained on")
+    check_class_names(data, list(map(str, dataset.classes)), getattr(info, "classes", None))
     return dataset
+
+
+def check_class_names(data: str, found: list[str], recorded: Any) -> None:
+    """A DataError when the checkpoint records its class names and the dataset's differ (order included):
+    every prediction would be scored against the wrong label."""
+    if not recorded or found == list(recorded):
+        return
+    first = next(i for i, (a, b) in enumerate(zip(found, recorded)) if a != b)
+    differ = sum(a != b for a, b in zip(found, recorded))
+    how = ("the same names in another order" if sorted(found) == sorted(recorded) else "other names")
+    raise DataError(f"{data}'s classes are not the ones the checkpoint records ({how}; {differ} of {len(found)} "
+                    f"differ, first class {first}: {found[first][:60]!r} here, {str(recorded[first])[:60]!r} in the "
+                    "checkpoint): every accuracy would be scored against the wrong labels; name and order the "
+                    "class folders as the checkpoint does")
 
 
 def marked_root(data: str, marker: str, subdir: str) -> Path | None:

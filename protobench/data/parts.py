@@ -52,9 +52,10 @@ def to_input(xy: np.ndarray, visible: np.ndarray, crops: np.ndarray, size: int) 
     """(n, K, 2) keypoints, (n, K) visibility and (n, 4) crops (left, top, right, bottom; NaN for an
     image that cannot be read) -> (n, K, 3) int64 u, v, visible in the size x size input."""
     left, top, right, bottom = (crops[:, i, None] for i in range(4))
-    with np.errstate(invalid="ignore"):
-        u = np.trunc(size * ((xy[..., 0] - left) / (right - left)))  # the reference's order: divide, then scale
-        v = np.trunc(size * ((xy[..., 1] - top) / (bottom - top)))
+    far = float(1 << 40)  # a keypoint this far outside the input stays outside; 1e300 px would not fit int64
+    with np.errstate(invalid="ignore", over="ignore"):  # the reference's order: divide, then scale
+        u = np.clip(np.trunc(size * ((xy[..., 0] - left) / (right - left))), -far, far)
+        v = np.clip(np.trunc(size * ((xy[..., 1] - top) / (bottom - top))), -far, far)
     shown = visible & np.isfinite(u) & np.isfinite(v)
     out = np.zeros((*visible.shape, 3), dtype=np.int64)
     out[..., 0], out[..., 1] = np.where(shown, u, 0), np.where(shown, v, 0)

@@ -14,7 +14,7 @@ A family's adapter class also says what the family is and which original files a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from protobench.errors import AdapterError
 
@@ -57,6 +57,7 @@ class ModelInfo:
     num_classes: int  # C, width of the logits
     num_prototypes: int  # P, number of similarity maps
     similarity: str  # how maps are computed, for the record (e.g. "log", "linear")
+    classes: tuple[str, ...] | None = None  # class names in logit order, where the checkpoint records them
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,11 @@ class PrototypeAdapter:
 
     name: ClassVar[str] = ""  # the name it is registered under (set by FAMILIES.add / .register)
     facts: ClassVar[FamilyFacts | None] = None  # None: nothing to list, and no pickled class is its own
+    # How the family trains, declared in its own file beside `training_loss`, `parameter_groups` and
+    # `push`: a function of finetune's rates and epochs (joint, push, last, lr_features, lr_add_on,
+    # lr_prototypes, lr_last, weight_decay, step_size, gamma, joint_extras) returning the phases
+    # (protobench.models.plan.Phase). None: the family declares no training; finetune refuses it.
+    training_schedule: ClassVar[Callable[..., tuple] | None] = None
 
     def __init__(self, model: torch.nn.Module, info: ModelInfo, prototype_class_identity: torch.Tensor):
         self.model = model.eval()

@@ -2,11 +2,16 @@
 
 The values come from a file (protobench metadata or a pickle's attributes), so each is checked
 before anything is built from it; the limits themselves are in protobench.checkpoints.limits.
+The rules here are those of the fields many families share; a family declares the rules of its
+own fields in its file (`FamilyAdapter.config_rules`, built from `flag`, `choice`, `count`,
+`sizes` and `positive`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
+
+Rule = Callable[[Any], "str | None"]  # a value -> what is wrong with it ('should be ...'), or None
 
 from protobench.checkpoints.limits import (MEAN_RANGE, STD_RANGE, check_ints, int_problem, limit, number_problem, short,
                                         triple_problem)
@@ -19,36 +24,45 @@ def _size(value: Any) -> str | None:
     return int_problem(value, 1, hi)
 
 
-_SIZES = {"num_classes": "MAX_CLASSES", "num_prototypes": "MAX_PROTOTYPES", "prototype_dim": "MAX_CHANNELS",
-          "proto_depth": "MAX_CHANNELS", "num_features": "MAX_CHANNELS", "num_descriptive": "MAX_SLOTS",
-          "num_parts": "MAX_SLOTS"}
-_CHOICES = {"activation": ("log", "linear"), "add_on": ("bottleneck", "regular", "shallow", "upsample", "identity"),
-            "variant": ("full", "cropped")}
-_FLAGS = {"focal", "use_last_layer", "use_thresh", "add_on_conv", "bias", "inference", "log_probabilities",
-          "kontschieder", "deform", "relu_on_cos", "upsample"}
-_COUNTS = {  # small integers of a prototype layer: (lowest, limit or highest)
-    "hidden_channels": (0, "MAX_CHANNELS"), "eps_channels": (0, 16), "dilation": (1, "MAX_PROTOTYPE_SIZE"),
-    "padding": (0, "MAX_PROTOTYPE_SIZE"),
-    "radius": (0, "MAX_IMG_SIZE")}  # how far apart, in tokens, consecutive matched parts may lie
+def flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
 
 
-def field_problem(name: str, value: Any) -> str | None:
-    """What is wrong with one config value (None if nothing, or if protobench has no rule for `name`)."""
+def choice(*values: Any) -> Rule:
+    return lambda value: None if value in values else "one of " + ", ".join(values)
+
+
+def count(lo: int, hi: int | str) -> Rule:
+    """A small integer in [lo, hi]; hi a number or the name of a limit (protobench.checkpoints.limits)."""
+    return lambda value: int_problem(value, lo, hi if isinstance(hi, int) else limit(hi))
+
+
+def sizes(limit_name: str) -> Rule:
+    """A count of things, 1 up to a limit."""
+    return count(1, limit_name)
+
+
+def positive(hi: float = 1e6) -> Rule:
+    return lambda value: number_problem(value, 0.0, hi, low_open=True)
+
+
+_SIZES = {"num_classes": "MAX_CLASSES", "num_prototypes": "MAX_PROTOTYPES", "prototype_dim": "MAX_CHANNELS"}
+_CHOICES = {"activation": ("log", "linear"), "add_on": ("bottleneck", "regular", "shallow", "upsample", "identity")}
+
+
+def field_problem(name: str, value: Any, rules: dict[str, Rule] | None = None) -> str | None:
+    """What is wrong with one config value (None if nothing, or if neither the family's `rules`
+    nor the shared ones have a rule for `name`)."""
+    if rules and name in rules:
+        return rules[name](value)
     if name == "img_size":
         return int_problem(value, limit("MIN_IMG_SIZE"), limit("MAX_IMG_SIZE"))
     if name in _SIZES:
         return int_problem(value, 1, limit(_SIZES[name]))
     if name in _CHOICES:
-        return None if value in _CHOICES[name] else "one of " + ", ".join(_CHOICES[name])
-    if name in _FLAGS:
-        return None if isinstance(value, bool) else "true or false"
-    if name in _COUNTS:
-        lo, hi = _COUNTS[name]
-        return int_problem(value, lo, hi if isinstance(hi, int) else limit(hi))
+        return choice(*_CHOICES[name])(value)
     if name == "epsilon":
         return number_problem(value, 0.0, 1.0, low_open=True)
-    if name in ("vector_length", "temp"):  # temp: a sigmoid's sharpness (part slots)
-        return number_problem(value, 0.0, 1e6, low_open=True)
     if name == "prototype_size":
         return _size(value)
     if name in ("mean", "std"):
@@ -64,15 +78,16 @@ def _backbone(value: Any) -> str | None:
     return None if isinstance(value, str) and value in BACKBONES else "one of " + ", ".join(sorted(BACKBONES))
 
 
-def config_problem(cfg: Any) -> str | None:
-    """The first invalid field of an architecture config dataclass, as 'name value: should be ...'."""
+def config_problem(cfg: Any, rules: dict[str, Rule] | None = None) -> str | None:
+    """The first invalid field of an architecture config dataclass, as 'name value: should be ...';
+    `rules`: the family's own fields' rules."""
     from dataclasses import fields
 
     from protobench.models.backbones import backbone_problem  # torch: only when a config is checked
 
     for f in fields(cfg):
         value = getattr(cfg, f.name)
-        wrong = field_problem(f.name, value)
+        wrong = field_problem(f.name, value, rules)
         if wrong:
             return f"{f.name} {short(value)} should be {wrong}"
     if hasattr(cfg, "backbone") and hasattr(cfg, "backbone_kwargs"):

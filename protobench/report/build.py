@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from protobench.lock import holding
 from protobench.report.page import Picture, prototype_rows, slug
 from protobench.report.runs import ReportError, Run, load_runs
 from protobench.report.tables import Pick, check_counts, picks
 
 EXAMPLES = ("rerun", "saved", "none")  # --examples: where the drawn images' tensors come from
 REPORT = "report.html"
+WRITING = ".protobench-report-writing"  # present while a report is written: a rerun may replace what it left
 
 
 @dataclass
@@ -28,6 +30,8 @@ class Options:
     ckpt: str | None = None  # the checkpoint's new place (one model only); its sha256 is still checked
     data: str | None = None  # the dataset's new place (one model only); its fingerprint is still checked
     device: str = "auto"  # where to re-run
+    adapter: str | None = None  # the adapter to re-run with (one model only): the user's --adapter
+    trusted: tuple[str, ...] = ()  # import paths the user typed (evaluate's --adapter), usable when recorded
     force: bool = False  # draw a re-run whose numbers differ from per_image.csv (marked in the page)
     up_to: bool = False  # worst / best are at most: evaluate's own report of a run with fewer images
 
@@ -37,17 +41,18 @@ def build_report(paths: list[str], options: Options, log: Callable[[str], None] 
     runs, notes = load_runs(paths)
     check_options(runs, options)
     out = output_dir(paths, options.out)
-    pixels = {id(run): pixels_for(run, options, log) for run in runs}  # the slow part: before any file
-    files: dict[str, bytes] = {}
-    context = {"title": ", ".join(dict.fromkeys(run.label for run in runs)), "notes": notes, "runs": []}
-    sections(runs, pixels, options, files, context)
-    if len(runs) > 1:
-        from protobench.report.figures import comparison
+    with holding(out):  # one run writing `out` at a time
+        pixels = {id(run): pixels_for(run, options, log) for run in runs}  # the slow part: before any file
+        files: dict[str, bytes] = {}
+        context = {"title": ", ".join(dict.fromkeys(run.label for run in runs)), "notes": notes, "runs": []}
+        sections(runs, pixels, options, files, context)
+        if len(runs) > 1:
+            from protobench.report.figures import comparison
 
-        context["comparison"] = add(files, Picture(comparison(runs), "comparison.png"))
-        context["compare_tables"] = compare_tables(runs)
-    html = _render(context)
-    write(out, files, html)
+            context["comparison"] = add(files, Picture(comparison(runs), "comparison.png"))
+            context["compare_tables"] = compare_tables(runs)
+        html = _render(context)
+        write(out, files, html)
     return {"out": str(out), "html": str(out / REPORT), "bytes": len(html.encode("utf-8")), "files": len(files) + 1,
             "runs": len(runs), "notes": notes}
 
@@ -58,20 +63,21 @@ def check_options(runs: list[Run], options: Options) -> None:
 
     choice("--examples", options.examples, EXAMPLES)
     check_device_name(options.device)
-    if (options.ckpt or options.data) and len(runs) > 1:
-        raise ReportError("--ckpt and --data name one model's new files: report that run on its own")
-    if (options.ckpt or options.data) and options.examples != "rerun":
-        raise ReportError("--ckpt and --data are for re-running: drop them with --examples saved or none")
+    if (options.ckpt or options.data or options.adapter) and len(runs) > 1:
+        raise ReportError("--ckpt, --data and --adapter name one model's files and code: report that run on its own")
+    if (options.ckpt or options.data or options.adapter) and options.examples != "rerun":
+        raise ReportError("--ckpt, --data and --adapter are for re-running: drop them with --examples saved or none")
     for run in [] if options.up_to else runs:
         check_counts(run, options.worst, options.best)
 
 
 def output_dir(paths: list[str], out: str | None) -> Path:
-    """--out, or RUN_DIR/report: empty, new, or an earlier report (which the new one replaces)."""
+    """--out, or RUN_DIR/report: empty, new, or an earlier report, finished or interrupted (which the new
+    one replaces)."""
     path = Path(out) if out else (Path(paths[0]) / "report" if len(paths) == 1 else Path("protobench-results/report"))
     if path.exists() and not path.is_dir():
         raise ReportError(f"--out {path} is a file, not a directory")
-    if path.is_dir() and any(path.iterdir()) and not (path / REPORT).is_file():
+    if path.is_dir() and any(path.iterdir()) and not ((path / REPORT).is_file() or (path / WRITING).is_file()):
         raise ReportError(f"--out {path} holds other files and no earlier {REPORT}: choose a new or empty directory")
     from protobench.files import check_writable_dir
 
@@ -97,7 +103,7 @@ def pixels_for(run: Run, options: Options, log: Callable[[str], None]) -> dict[s
     from protobench.report.pixels import verified_rerun
 
     pixels, found = verified_rerun(run, indices, force=options.force, ckpt=options.ckpt, data=options.data,
-                                   device=options.device, log=log)
+                                   adapter=options.adapter, trusted=options.trusted, device=options.device, log=log)
     pixels.source += f" (sha256 {run.meta.get('checkpoint_sha256')} verified, data fingerprint verified)"
     problem = ""
     if found:
@@ -214,15 +220,19 @@ def _render(context: dict[str, Any]) -> str:
 
 
 def write(out: Path, files: dict[str, bytes], html: str) -> None:
-    """Replace an earlier report in `out` by this one: its PNG and CSV files, then report.html last."""
+    """Replace an earlier report in `out` by this one: its PNG and CSV files, then report.html last. The
+    WRITING mark stays until report.html is in place, so a report interrupted (a full disk, a kill)
+    is recognised, and replaced, by its rerun."""
     from protobench.files import atomic_path, atomic_write_text, writing
 
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-        if (out / REPORT).is_file():
+        if (out / REPORT).is_file() or (out / WRITING).is_file():
             for old in [*out.glob("*.png"), *out.glob("*.csv")]:
                 old.unlink()
+        (out / WRITING).write_text("a protobench report is being written here; its rerun replaces it\n")
     for name, data in files.items():
         with atomic_path(out / name) as tmp:
             Path(tmp).write_bytes(data)
     atomic_write_text(out / REPORT, html)
+    (out / WRITING).unlink()

@@ -27,9 +27,10 @@ def identity(meta: dict[str, Any]) -> str:
     return json.dumps({key: meta.get(key) for key in IDENTITY}, sort_keys=True)
 
 
-def save_examples(run_dir: str | Path, k: int, device: str = "auto") -> dict[str, Any]:
+def save_examples(run_dir: str | Path, k: int, device: str = "auto", trusted: tuple[str, ...] = ()) -> dict[str, Any]:
     """Re-run the K worst and K best images of a finished run (checked against its CSV) and keep their
-    tensors in RUN_DIR/examples.safetensors; K larger than the run's images keeps them all."""
+    tensors in RUN_DIR/examples.safetensors; K larger than the run's images keeps them all. `trusted`:
+    the import paths the user named (protobench.report.pixels.adapter_of)."""
     import torch
 
     from protobench.report.pixels import verified_rerun
@@ -41,7 +42,7 @@ def save_examples(run_dir: str | Path, k: int, device: str = "auto") -> dict[str
     run.label = run.model
     k = min(k, run.n)
     indices = sorted({pick.index for pick in picks(run.per_image, k, k)})
-    pixels, _ = verified_rerun(run, indices, device=device)
+    pixels, _ = verified_rerun(run, indices, device=device, trusted=trusted)
     tensors = {name: getattr(pixels, name) for name in TENSORS if name != "index"}
     tensors["index"] = torch.tensor(pixels.indices, dtype=torch.long)
     path = Path(run_dir) / FILE
@@ -52,14 +53,11 @@ def save_examples(run_dir: str | Path, k: int, device: str = "auto") -> dict[str
 def save_tensors(path: Path, meta: dict[str, Any], tensors: dict[str, Any], mean: Any, std: Any,
                  classes: list[str]) -> None:
     """Write the examples file of the run `meta` describes (atomically: never half a file)."""
-    from safetensors.torch import save_file
-
-    from protobench.files import atomic_path
+    from protobench.files import write_safetensors
 
     metadata = {"format": FORMAT, "run": identity(meta), "mean": json.dumps(list(mean)), "std": json.dumps(list(std)),
                 "classes": json.dumps(list(classes))}
-    with atomic_path(path) as tmp:
-        save_file({name: t.contiguous() for name, t in tensors.items()}, tmp, metadata=metadata)
+    write_safetensors(path, {name: t.contiguous() for name, t in tensors.items()}, metadata)
 
 
 def check_count(k: Any) -> None:
@@ -98,14 +96,24 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         tensors = load_file(str(path))
         meta = {key: json.loads(raw[key]) for key in ("mean", "std", "classes")}
         meta["run"] = raw.get("run")
-        ok = raw.get("format") == FORMAT and set(tensors) == set(TENSORS) and _consistent(tensors)
+        ok = (raw.get("format") == FORMAT and set(tensors) == set(TENSORS) and _consistent(tensors)
+              and _numbers(meta["mean"]) and _numbers(meta["std"])
+              and isinstance(meta["classes"], list) and all(isinstance(c, str) for c in meta["classes"]))
     except (OSError, ValueError, KeyError, SafetensorError) as err:
         raise ReportError(f"{path} is damaged ({type(err).__name__}): save it again with evaluate "
                           "--save-examples K") from None
     if not ok:
-        raise ReportError(f"{path} is not a {FORMAT} file (wrong tensors or shapes): save it again with "
+        raise ReportError(f"{path} is not a {FORMAT} file (wrong tensors, shapes or metadata): save it again with "
                           "evaluate --save-examples K")
     return tensors, meta
+
+
+def _numbers(values: Any) -> bool:
+    """A normalization (mean or std) as the examples file records it: three finite numbers."""
+    import math
+
+    return (isinstance(values, list) and len(values) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
 
 
 def _consistent(t: dict[str, Any]) -> bool:

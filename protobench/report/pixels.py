@@ -90,6 +90,46 @@ def open_data(run: Run, override: str | None, info: Any):
     return dataset
 
 
+def adapter_of(run: Run, named: str | None = None, trusted: tuple[str, ...] = ()) -> str:
+    """The adapter to re-run `run` with: `named` (the user's --adapter), else the one meta.json records
+    when it is `auto` or a registered family, or an import path the user typed (`trusted`). A run
+    directory never chooses code to import (docs/security.md)."""
+    from protobench.models.families import FAMILIES
+
+    if named:
+        return named
+    recorded = run.meta.get("adapter") or "auto"
+    if not isinstance(recorded, str):
+        raise ReportError(f"{run.dir / 'meta.json'}: its adapter is not a name (damaged file)")
+    if recorded in trusted or recorded == "auto" or (":" not in recorded and recorded in FAMILIES):
+        return recorded
+    shown = recorded if len(recorded) <= 80 else recorded[:77] + "..."
+    if ":" in recorded:
+        raise ReportError(f"{run.dir / 'meta.json'} names the adapter {shown!r}, an import path: a run directory "
+                          f"never chooses code to import; if you trust that code, name it yourself with --adapter "
+                          f"{shown}, {OTHER_WAYS}")
+    raise ReportError(f"{run.dir / 'meta.json'} names the model family {shown!r}, which is not installed here: "
+                      f"install the plugin that provides it, or pass --adapter package.module:Class if you trust "
+                      f"that code, {OTHER_WAYS}")
+
+
+def adapter_options_of(run: Run) -> dict[str, Any]:
+    options = run.meta.get("adapter_options") or {}
+    if not isinstance(options, dict):
+        raise ReportError(f"{run.dir / 'meta.json'}: its adapter_options are not an object (damaged file)")
+    return options
+
+
+def distance_of(run: Run) -> str:
+    from protobench.core.precision import DISTANCES
+
+    distance = run.meta.get("distance") or "float64"  # absent: a run from before --distance, in float64
+    if distance not in DISTANCES:
+        raise ReportError(f"{run.dir / 'meta.json'}: its distance {str(distance)[:40]!r} is none of "
+                          f"{', '.join(DISTANCES)} (damaged file)")
+    return distance
+
+
 def protocol_of(run: Run):
     from protobench.core.protocol import EvalProtocol
 
@@ -102,21 +142,25 @@ def protocol_of(run: Run):
 
 
 def rerun(run: Run, indices: list[int], *, ckpt: str | None = None, data: str | None = None,
-          device: str = "auto", log: Callable[[str], None] = lambda _: None) -> tuple[Pixels, pd.DataFrame]:
+          adapter: str | None = None, trusted: tuple[str, ...] = (), device: str = "auto",
+          log: Callable[[str], None] = lambda _: None) -> tuple[Pixels, pd.DataFrame]:
     """Evaluate the images `indices` again exactly as the run did: their tensors, and their per-image rows.
-    `log` hears what is being done once the checkpoint and data are verified."""
+    `adapter` and `trusted`: see adapter_of. `log` hears what is being done once the checkpoint and
+    data are verified."""
     from protobench.run import benchmark
     from protobench.data.imagelist import Subset
     from protobench.run.context import RunContext
     from protobench.run.devices import resolve_device
     from protobench.run.evaluate import load_adapter
 
+    name = adapter_of(run, adapter, trusted)
     path = checkpoint_path(run, ckpt)
     protocol = protocol_of(run)
-    options = run.meta.get("adapter_options") or {}
-    adapter = load_adapter(str(run.meta.get("adapter") or "auto"), path, options, resolve_device(device),
-                           str(run.meta.get("distance") or "float64"))
+    adapter = load_adapter(name, path, adapter_options_of(run), resolve_device(device), distance_of(run))
     dataset = open_data(run, data, adapter.info)
+    if max(indices) >= len(dataset):
+        raise ReportError(f"{run.dir / 'per_image.csv'} names image {max(indices)}, but the data has "
+                          f"{len(dataset)} images (damaged file): restore it, or {OTHER_WAYS[3:]}")
     context = RunContext.resolve(adapter.device, adapter.info.input_size, workers=0,
                                  precision=str(run.meta.get("precision") or "fp32"))
     kept: list[dict[str, Any]] = []

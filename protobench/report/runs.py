@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from protobench.errors import ProtobenchError
@@ -21,6 +22,11 @@ from protobench.run.resume import RUN, json_kind
 
 NEEDED = ("index", "path", "label", "pred_before", "pred_after", "proto", "proto_class", "act_before",
           "act_after", "PAC", "PLC", "PRC")  # per_image.csv columns the report reads
+# per_image.csv's whole-number columns and the meta.json figure each one must stay below (None: may be negative)
+WHOLE = {"index": ("dataset_images",), "label": ("model_info", "num_classes"),
+         "pred_before": ("model_info", "num_classes"), "pred_after": ("model_info", "num_classes"),
+         "proto": ("model_info", "num_prototypes"), "proto_class": ("model_info", "num_classes"), "PRC": None}
+REAL = ("act_before", "act_after", "PAC", "PLC")  # numbers, NaN allowed (PAC of a zero activation)
 
 
 class ReportError(ProtobenchError):
@@ -61,6 +67,9 @@ def load_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
     if not runs:
         raise ReportError(f"no model of {', '.join(paths)} has results to report ({'; '.join(notes)})")
     label_runs(runs)
+    for run in runs:  # what evaluate warned about (protobench.run.sanity): the page says it too
+        recorded = run.meta.get("warnings")
+        notes += [f"{run.label}: {w}" for w in (recorded if isinstance(recorded, list) else []) if isinstance(w, str)]
     return runs, notes
 
 
@@ -111,6 +120,7 @@ def load_run(path: Path, meta: dict[str, Any]) -> Run:
                           "per-image table (or from an older version: run protobench evaluate again)")
     if per_image.empty:
         raise ReportError(f"{path / 'per_image.csv'} has no images: nothing to report")
+    check_numbers(path / "per_image.csv", per_image, meta)
     if per_image["index"].duplicated().any():
         raise ReportError(f"{path / 'per_image.csv'} lists an image twice (damaged file)")
     summary = _read_csv(path / "summary.csv")
@@ -119,6 +129,36 @@ def load_run(path: Path, meta: dict[str, Any]) -> Run:
     row = summary.iloc[0].to_dict()
     model = str(meta.get("model") or row.get("model") or path.name)
     return Run(dir=path, model=model, meta=meta, summary=row, per_image=per_image)
+
+
+def check_numbers(path: Path, per_image: pd.DataFrame, meta: dict[str, Any]) -> None:
+    """Every number the report reads is a number, and every index, class and prototype is one the run
+    had (meta.json's dataset_images, num_classes, num_prototypes): the columns are made numeric in place."""
+    for column in (*WHOLE, *REAL):
+        values = pd.to_numeric(per_image[column], errors="coerce")
+        bad = values.isna() & per_image[column].notna() | ~np.isfinite(values.fillna(0))
+        limit = None
+        if column in WHOLE:
+            limit = _figure(meta, WHOLE[column])
+            bad |= values.isna() | (values % 1 != 0) | ((values < 0) & (WHOLE[column] is not None))
+            bad |= values.abs() >= (limit or 2**53)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raw = per_image[column].iloc[row]
+            shown = " ".join(raw.split())[:40] if isinstance(raw, str) else f"{raw:.15g}"
+            what = ("a finite number" if column in REAL else "a whole number" if WHOLE[column] is None else
+                    f"a whole number from 0 to {limit - 1}" if limit is not None else "a whole number >= 0")
+            raise ReportError(f"{path}:{row + 2}: {column} is {shown!r}, not {what} (damaged file): restore it, "
+                              "or run protobench evaluate again")
+        per_image[column] = values.astype("int64") if column in WHOLE else values.astype(float)
+
+
+def _figure(meta: dict[str, Any], keys: tuple[str, ...] | None) -> int | None:
+    """A positive whole number meta.json records (e.g. ('model_info', 'num_classes')), or None."""
+    value: Any = meta
+    for key in keys or ():
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if keys and isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

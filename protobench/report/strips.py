@@ -31,10 +31,10 @@ def pixels_of(image: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> np
 
 def upsampled(maps: Any, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(2, h, w) maps -> their bilinear upsampling (2, S, S) and top-10% regions (2, S, S) bool,
-    exactly as PLC computes them (protobench.core.metrics.high_region)."""
+    exactly as PLC computes them (protobench.metrics.PLC.high_region)."""
     import torch.nn.functional as F
 
-    from protobench.core.metrics import high_region
+    from protobench.metrics.PLC import high_region
 
     up = F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     return up.numpy(), high_region(maps, size, 0.9).numpy()

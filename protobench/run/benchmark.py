@@ -1,5 +1,5 @@
 """The benchmark loop: data -> maps -> protected region -> attack -> metrics -> records, and the
-part pass of consistency and stability on the same maps (protobench.run.scorecard).
+part pass of consistency and stability on the same maps (protobench.run.partpass).
 
 The attack is looked up by name in protobench.core.attack.ATTACKS, the protected region in
 protobench.core.regions.REGIONS and the per-image metrics come from
@@ -19,10 +19,10 @@ from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import REGIONS, select_prototypes
 from protobench.models.adapter import Evidence, PrototypeAdapter, map_argmax_cells, map_maxima
-from protobench.run import scorecard
+from protobench.run import partpass
 from protobench.run.context import RunContext
 from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
-from protobench.run.scorecard import Passes
+from protobench.run.partpass import Passes
 
 
 def attack_slots(identity: torch.Tensor, select: str) -> int:
@@ -69,7 +69,7 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
                    protocol: EvalProtocol, forward: Forward | None = None,
                    on_outcome: OnOutcome | None = None, passes: Passes | None = None,
                    slots: int | None = None) -> dict[str, torch.Tensor]:
-    """Measure one batch: the attack and, when `passes` asks, the part pass (scorecard.Passes;
+    """Measure one batch: the attack and, when `passes` asks, the part pass (partpass.Passes;
     default: the attack alone). Returns per-image tensors on the CPU.
 
     `forward` (default: the adapter's, in fp32) runs the model: see forward.model_forward.
@@ -86,7 +86,7 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
     out = attack_batch(adapter, x, y, ids, protocol, forward, clean, on_outcome, slots) if passes.attack else {
         "pred_before": clean.logits.argmax(dim=1)}
     if passes.parts is not None:
-        out.update(scorecard.measure_parts(forward, x, y, ids, clean.maps, passes, adapter.info.input_size))
+        out.update(partpass.measure_parts(forward, x, y, ids, clean.maps, passes, adapter.info.input_size))
     return {k: v.detach().cpu() for k, v in out.items()}
 
 
@@ -152,7 +152,7 @@ def batch_records(values: dict[str, torch.Tensor], labels: torch.Tensor, ids: to
                   paths: list[str]) -> list[dict[str, Any]]:
     """Per-image tensors -> one flat dict per image (the rows of per_image.csv)."""
     values = dict(values)
-    cells = scorecard.part_cells(values)  # the part pass's tensors, as text cells
+    cells = partpass.part_cells(values)  # the part pass's tensors, as text cells
     columns = {k: v.tolist() for k, v in values.items()}
     columns.update(cells)
     rows = []
@@ -168,7 +168,7 @@ def is_out_of_memory(err: BaseException) -> bool:
         isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err)))
 
 
-class Fit:
+class BatchLimit:
     """The largest number of images known to fit in one evaluate_batch call."""
 
     def __init__(self, limit: int):
@@ -181,7 +181,7 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                     protocol: EvalProtocol, forward: Forward, fit: Fit, on_outcome: OnOutcome | None = None,
+                     protocol: EvalProtocol, forward: Forward, fit: BatchLimit, on_outcome: OnOutcome | None = None,
                      passes: Passes | None = None, slots: int | None = None, pad: bool = False) -> dict[str, torch.Tensor]:
     """evaluate_batch in pieces of at most fit.limit images, halving the piece on out-of-memory
     (never a crash, unless a single image does not fit). Images are independent, so pieces
@@ -232,7 +232,7 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
                                          collate_fn=collate, pin_memory=ctx.device.type == "cuda",
                                          persistent_workers=False, prefetch_factor=4 if ctx.workers > 0 else None)
     forward = model_forward(adapter, ctx.runtime)
-    fit = Fit(ctx.batch_size)
+    fit = BatchLimit(ctx.batch_size)
     slots = attack_slots(adapter.prototype_class_identity, protocol.select)
     pad = bool(ctx.runtime.compile) and ctx.runtime.chunk is None  # a CPU's fixed chunks pad already
     records: list[dict] = []
@@ -241,9 +241,10 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
         for x, y, ids, bad in loader:
             rows = []
             if x is not None:
+                labels = y  # the loader's, on the CPU: the rows need no copy back from the device
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit, on_outcome, passes, slots, pad)
-                rows = batch_records(values, y.cpu(), ids, paths)
+                rows = batch_records(values, labels, ids, paths)
             records.extend(rows)
             skipped.extend(bad)
             if on_batch is not None:

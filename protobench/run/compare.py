@@ -276,13 +276,18 @@ def to_markdown(table: pd.DataFrame, notes: list[str]) -> str:
         status = "**FAIL**" if r["status"] == "FAIL" else r["status"]
         lines.append(f"| {_cell(r['model'])} | {r['metric']} | {fmt(r['base'])} | {fmt(r['new'])} | "
                      f"{fmt(r['delta'], signed=True)} | {fmt(r['tolerance'])} | {status} |")
-    lines += [""] + [f"- {' '.join(note.split())}" for note in notes] if notes else []
+    lines += [""] + [f"- {_cell(note)}" for note in notes] if notes else []
     return "\n".join(lines) + "\n"
 
 
+MARKDOWN_SPECIAL = "\\`*_[]|~#!@"  # backslash-escaped: emphasis, links, images, tables, code, mentions, refs
+HTML_SPECIAL = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}  # never raw HTML in a comment
+
+
 def _cell(text: Any) -> str:
-    """A model name as one markdown table cell: a '|' or a line break would split the table."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Text from a file (a model name, a note quoting one) as literal markdown on one line: shown as it
+    is, never as formatting, a link, a mention or HTML; a line break or '|' cannot split the table."""
+    return "".join(f"\\{c}" if c in MARKDOWN_SPECIAL else HTML_SPECIAL.get(c, c) for c in " ".join(str(text).split()))
 
 
 def fmt(value: float, signed: bool = False) -> str:

@@ -16,9 +16,10 @@ from protobench.core.protocol import EvalProtocol
 from protobench.run.forward import AUTOCAST_DTYPES
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.run.devices import check_device_name, resolve_device
-from protobench.run import scorecard
-from protobench.run.scorecard import DEFAULT_METRICS, PartSettings, check_metrics
+from protobench.run import partpass
+from protobench.run.partpass import DEFAULT_METRICS, PartSettings, check_metrics
 from protobench.errors import DataError, DataWarning, Interrupted, Notice, OptionError, OutputError, ProtobenchError
+from protobench.lock import holds_out
 
 MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
 
@@ -59,7 +60,7 @@ class EvaluateConfig:
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see forward.Runtime
     distance: str = "float64"  # the prototype distance: float64, or float32 as the originals (docs/adapters.md)
     compile: bool = False  # torch.compile the model's forward
-    metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.scorecard
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.partpass
     parts: PartSettings = field(default_factory=PartSettings)  # consistency and stability's parameters
     source: dict[str, Any] = field(default_factory=dict)  # download, published accuracy, Hub record (run/sources.py)
 
@@ -81,13 +82,15 @@ def resolve_context(cfg: EvaluateConfig, adapter, world):
     """The run context, resolved here, once. With the float32 distance the CPU calls the model one image at
     a time, as the paper's code: float32's cancellation shows bits a chunk's other images move."""
     from protobench.run.context import RunContext
+
     chunk = 1 if cfg.distance == "float32" and adapter.device.type == "cpu" else None
     return RunContext.resolve(adapter.device, adapter.info.input_size, batch_size=cfg.batch_size, chunk=chunk,
                               workers=cfg.workers, precision=cfg.precision, compile=cfg.compile, world=world)
 
 
 def load_adapter(name: str, ckpt: str, options: dict[str, Any], device, distance: str = "float64"):
-    from protobench.models.families import get_adapter
+    from protobench.models.lookup import get_adapter
+
     return get_adapter(name).load(ckpt, **options).set_distance(distance).to(device)
 
 
@@ -100,6 +103,7 @@ def load_dataset(data: str, info, layout: str | None = None, split: str | None =
     return dataset, dataset.paths
 
 
+@holds_out(lambda cfg, *_, **__: cfg.out)  # one run writing cfg.out at a time
 def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out.
 
@@ -107,8 +111,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     continues with cfg.resume and ends with the same files as an uninterrupted one.
     """
     from protobench import files
-    from protobench.run import distributed, results, sources
-    from protobench.run import resume as runstate
+    from protobench.run import distributed, resume as runstate, results, sources
     from protobench.data.imagelist import random_subset
 
     cfg.check()
@@ -126,8 +129,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     context = resolve_context(cfg, adapter, world)
     dataset, paths = load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
-    found, passes, parts_identity = scorecard.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
-                                                      cfg.protocol.seed)  # keypoints when a metric needs them
+    keypoints, passes, parts_identity = partpass.prepare(cfg.metrics, cfg.parts, adapter, dataset, indices, cfg.data,
+                                                          cfg.protocol.seed)  # when a metric needs them
     identity = {**run_identity(cfg, adapter, dataset, context), **parts_identity}
     distributed.barrier(world)  # every rank has looked at `out` before rank 0 changes it
     if status == "empty":
@@ -144,7 +147,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     distributed.barrier(world)  # every shard is on disk before rank 0 merges them
     if not world.main:
         return None
-    return _finish(cfg, adapter, dataset, indices, identity, out, status == "partial", *timing, context, found)
+    return _finish(cfg, adapter, dataset, indices, out, identity=identity, resumed=status == "partial",
+                   timing=timing, context=context, keypoints=keypoints)
 
 
 def check_selection(protocol: EvalProtocol, adapter) -> None:
@@ -179,8 +183,7 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, An
 def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context, passes) -> tuple[float, int]:
     """Evaluate the images the partial logs lack (this rank's share of them), appending each
     batch; (wall time, images evaluated)."""
-    from protobench.run import benchmark
-    from protobench.run import resume as runstate
+    from protobench.run import benchmark, resume as runstate
     from protobench.data.imagelist import Subset
 
     records, skipped = runstate.read_partial(out)
@@ -219,6 +222,7 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context
 def report_skipped(indices: list[int], dataset, strict: bool) -> None:
     """Warn about each unusable image and why, or stop on the first one under --strict."""
     from protobench.data.imagelist import skip_reason
+
     for i in indices:
         if strict:
             raise DataError(f"cannot use image {skip_reason(dataset, i)} (fix or remove it, or drop --strict "
@@ -230,13 +234,12 @@ def model_name(cfg: EvaluateConfig) -> str:
     return cfg.name or Path(cfg.ckpt).stem
 
 
-def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evaluated, context, found) -> dict[str, Any]:
-    """Per-image table from the partial log (in subset order), per-prototype table, summary, meta;
-    written atomically."""
+def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, timing, context, keypoints) -> dict[str, Any]:
+    """Per-image table from the partial log (in subset order), per-prototype table (from the part
+    `keypoints`, None without a part pass), summary, meta; written atomically. timing: (wall, evaluated)."""
     import pandas as pd
 
-    from protobench.run import resume as runstate
-    from protobench.run import results, sources
+    from protobench.run import resume as runstate, results, sanity, sources
 
     records, skipped = runstate.read_partial(out)
     by_index = {r["index"]: r for r in reversed(records)}  # first record of an index wins
@@ -245,10 +248,11 @@ def _finish(cfg, adapter, dataset, indices, identity, out, resumed, wall, evalua
     if not records:
         raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
     per_image = pd.DataFrame(records, columns=results.per_image_columns(cfg.metrics))
-    per_prototype = scorecard.model_table(per_image, cfg.metrics, adapter, found, cfg.parts.threshold)
+    per_prototype = partpass.model_table(per_image, cfg.metrics, adapter, keypoints, cfg.parts.threshold)
     summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
-    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, wall, evaluated, context)
+    meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, *timing, context)
     meta.update(resumed=resumed, **sources.report(cfg.source, summary))  # incl. the published-accuracy check
+    meta["warnings"] = sanity.run_warnings(summary, adapter.info.num_classes, keypoints, adapter.info.input_size)
     try:
         results.write_csv(out / "per_image.csv", per_image)
         if per_prototype is not None:
@@ -273,7 +277,7 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
         "protobench_version": __version__,
         "git": provenance.git_commit(),
         "torch_version": torch.__version__,
-        "torchvision_version": _version("torchvision"),
+        "torchvision_version": provenance.package_version("torchvision"),
         "python_version": platform.python_version(),
         "command": " ".join(["protobench", *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -290,11 +294,3 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
         "wall_time_s": round(wall, 3),  # this session's share when resumed
         "images_per_s": round(evaluated / wall, 3) if wall > 0 else None,
     }
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 
 from protobench.core.metrics import MetricSpec, per_image_specs, per_prototype_specs, specs, suites as all_suites
-from protobench.run.scorecard import DEFAULT_METRICS, needs_attack, part_columns
+from protobench.run.partpass import DEFAULT_METRICS, needs_attack, part_columns
 from protobench.registry import RegistryError
 from protobench.files import atomic_write_text
 
 # per_image.csv: these, then one column per per-image metric, then the attack's diagnostics, then the
-# part pass's columns (protobench.run.scorecard); without the attack, only the first four
+# part pass's columns (protobench.run.partpass); without the attack, only the first four
 RECORD_COLUMNS = ["index", "path", "label", "pred_before", "pred_after", "proto", "proto_class",
                   "act_before", "act_after"]
 CLEAN_COLUMNS = 4  # index, path, label, pred_before: what a run without the attack records

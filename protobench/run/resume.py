@@ -21,7 +21,7 @@ from typing import Any
 from protobench.errors import ProtobenchError
 from protobench.files import writing
 from protobench.run.results import write_json
-from protobench.run.scorecard import DEFAULT_METRICS, IDENTITY_KEYS, recorded
+from protobench.run.partpass import DEFAULT_METRICS, IDENTITY_KEYS, recorded
 
 PARTIAL = "per_image.partial.jsonl"
 RUN = "run.json"

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from protobench.errors import Interrupted, Notice, OptionError, OutputError, ProtobenchError
 from protobench.run.evaluate import RESULT_FILES, EvaluateConfig, Progress, evaluate
 from protobench.files import TRACEBACK_FILE
+from protobench.lock import holds_out
 from protobench.run.resume import PARTIAL, RUN
 
 TOP_FILES = ("summary.csv", "meta.json")
@@ -84,6 +85,7 @@ def check_top(out: Path, names: Sequence[str], overwrite: bool, resume: bool) ->
     return resume and not existing
 
 
+@holds_out(lambda cfg, *_, **__: cfg.out)  # one run writing cfg.out at a time
 def evaluate_models(cfg: EvaluateConfig, models: Sequence[tuple[str, str]],
                     progress: Progress | None = None) -> dict[str, Any] | None:
     """Evaluate each (checkpoint, adapter) into cfg.out/<model>/ and write cfg.out/summary.csv and meta.json."""
@@ -126,7 +128,7 @@ def run_one(cfg: EvaluateConfig, progress: Progress | None) -> dict[str, Any]:
     except ProtobenchError as err:
         return error_row(cfg.name, str(err), cfg.metrics)
     except Exception as err:  # a sweep survives any failure of one model (bad weights, OOM, adapter bugs)
-        from protobench.run.bugs import out_of_memory, save_traceback
+        from protobench.run.failures import out_of_memory, save_traceback
 
         message = f"{type(err).__name__}: {' '.join(str(err).split()) or 'no message'}"
         if not out_of_memory(err):  # anything else is a bug somewhere: keep the evidence

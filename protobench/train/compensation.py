@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from protobench.core.attack import pgd
+from protobench.attacks.pgd import pgd
 from protobench.core.regions import quantile
 
 MapsFn = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, S, S) -> similarity maps (B, P, h, w)
@@ -55,7 +55,7 @@ def weighted_differences(s: torch.Tensor, s_tilde: torch.Tensor, m_act: torch.Te
 def adversarial_outside(maps_fn: MapsFn, x: torch.Tensor, m_img: torch.Tensor, protos: torch.Tensor,
                         s: torch.Tensor, m_act: torch.Tensor, *, eps: float, steps: int, generator: torch.Generator,
                         bounds: tuple[torch.Tensor, torch.Tensor] | None = None, kind: str = "l1") -> torch.Tensor:
-    """x inside the mask, and outside it the benchmark's PGD (protobench.core.attack.pgd: a uniform
+    """x inside the mask, and outside it the benchmark's PGD (protobench.attacks.pgd.pgd: a uniform
     random start, then sign-gradient steps of eps / 2 in the L-inf ball of radius eps) *maximizing*
     the masked map difference: the worst outside the benchmark's attack could find."""
     batch = torch.arange(len(x), device=x.device)

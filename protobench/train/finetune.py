@@ -22,6 +22,7 @@ from protobench import options
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
 from protobench.demo import DEMO_TEST, DEMO_TRAIN
 from protobench.errors import AdapterError, Interrupted, Notice, OptionError, ProtobenchError
+from protobench.lock import holds_out
 from protobench.train.settings import TUNABLE, TrainSettings
 from protobench.train.state import LOG, STATE
 from protobench.train.trainer import NoProgress, NonFinite, Progress
@@ -115,9 +116,12 @@ def check_trainable(adapter, settings: TrainSettings) -> None:
 
     needed = ("training_loss", "parameter_groups") + (("push",) if settings.push else ())
     missing = [hook for hook in needed if getattr(type(adapter), hook) is getattr(PrototypeAdapter, hook)]
+    if type(adapter).training_schedule is None:
+        missing.append("training_schedule")
     if missing:
-        raise AdapterError(f"adapter {adapter.name!r} cannot be fine-tuned (it has no {' / '.join(missing)}): "
-                           "protobench finetune supports the ProtoPNet family (--adapter protopnet)")
+        raise AdapterError(f"adapter {adapter.name!r} cannot be fine-tuned: its family declares no "
+                           f"{' / '.join(missing)} in its file; `protobench adapters` lists the families "
+                           "protobench finetune trains")
     if settings.align_weight > 0 and bool((adapter.prototype_class_identity.sum(dim=0) <= 0).any()):
         raise OptionError("some of the model's classes have no prototypes, and the alignment loss needs one per "
                           "class: pass --lambda-align 0")
@@ -166,6 +170,7 @@ def start_or_check(out: Path, identity: dict[str, Any], resuming: bool) -> None:
         write_json(out / META, {**meta, "identity": current, "status": "running", "retuned": retuned})
 
 
+@holds_out(lambda cfg, *_, **__: cfg.resolved().out)  # one run writing OUT at a time
 def finetune(cfg: FinetuneConfig, progress: Progress | None = None, eval_progress=None) -> dict[str, Any]:
     """Fine-tune cfg.ckpt on cfg.data and write OUT (see the module docstring); evaluate before
     and after when there is evaluation data. Returns the paths, the log and both summaries."""
@@ -200,6 +205,8 @@ def load_for_training(cfg: FinetuneConfig, device):
     check_trainable(adapter, cfg.settings)
     dataset, _ = load_dataset(cfg.data, adapter.info, cfg.dataset, train_split(cfg.data, cfg.dataset, cfg.split),
                               cfg.max_image_pixels)
+    if getattr(dataset, "classes", None):  # the fine-tuned model records the names it was trained on
+        adapter.info = replace(adapter.info, classes=tuple(map(str, dataset.classes)))
     return adapter, in_memory(dataset)
 
 
@@ -213,7 +220,7 @@ def train_and_save(cfg: FinetuneConfig, adapter, dataset, out: Path, progress: P
 
     state = load_state(out / STATE, adapter.device) if (out / STATE).is_file() else None
     try:
-        log = fit(adapter, dataset, cfg.settings.plan(), objective=cfg.settings.objective(adapter), progress=progress,
+        log = fit(adapter, dataset, cfg.settings.plan(adapter), objective=cfg.settings.objective(adapter), progress=progress,
                   out=out, state=state, workers=cfg.workers)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted {kept(out)}: rerun the same command with --resume to continue") from None

@@ -13,7 +13,7 @@ from protobench.core.attack import image_bounds
 from protobench.models.adapter import PrototypeAdapter
 from protobench.run.forward import frozen_eval
 from protobench.train.compensation import alignment_loss, masking_augmentation
-from protobench.train.plan import Phase
+from protobench.models.plan import Phase
 from protobench.train.trainer import Row, family_row
 
 

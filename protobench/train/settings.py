@@ -9,8 +9,7 @@ from typing import Any
 from protobench import options
 from protobench.core.protocol import MAX_RADIUS
 from protobench.train.objective import Compensation
-from protobench.train.plan import Plan
-from protobench.train.protopnet import schedule
+from protobench.models.plan import Plan
 
 DEFAULT_LAMBDA = {False: 10.0, True: 3.0}  # the paper's 10; 3 for the adversarial variant (docs/compensation.md)
 MAX_EPOCHS, MAX_BATCH = 100_000, 65536
@@ -68,10 +67,10 @@ class TrainSettings:
         """The settings as recorded (finetune.json, the model's metadata): lambda resolved."""
         return {**asdict(self), "lambda_align": self.align_weight}
 
-    def plan(self) -> Plan:
-        """ProtoPNet's schedule without warm-up: joint epochs (with the alignment term), push,
-        last-layer epochs."""
-        phases = schedule(joint=self.epochs, push=self.push, last=self.last_epochs, lr_features=self.lr_features,
+    def plan(self, adapter) -> Plan:
+        """The family's own schedule (its `training_schedule`) without warm-up: joint epochs (with
+        the alignment term), push, last-layer epochs."""
+        phases = type(adapter).training_schedule(joint=self.epochs, push=self.push, last=self.last_epochs, lr_features=self.lr_features,
                           lr_add_on=self.lr_add_on, lr_prototypes=self.lr_prototypes, lr_last=self.lr_last,
                           weight_decay=self.weight_decay, step_size=self.step_size, gamma=self.gamma,
                           joint_extras=("align",))

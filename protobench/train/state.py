@@ -15,7 +15,7 @@ import torch
 
 from protobench.files import atomic_path
 from protobench.models.adapter import PrototypeAdapter
-from protobench.train.plan import Phase
+from protobench.models.plan import Phase
 
 STATE, LOG = "checkpoint.pt", "train_log.csv"
 

@@ -25,7 +25,7 @@ from protobench.errors import ProtobenchError
 from protobench.models.adapter import PrototypeAdapter
 from protobench.train import state as saved
 from protobench.train.data import batches, epoch_order, generator
-from protobench.train.plan import Phase, Plan
+from protobench.models.plan import Phase, Plan
 
 
 class NonFinite(ProtobenchError):

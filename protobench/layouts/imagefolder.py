@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protobench.data.layouts import Layout
+from protobench.data.layouts import LAYOUTS, Layout
 
 
 class ImageFolderLayout(Layout):
@@ -24,3 +24,4 @@ class ImageFolderLayout(Layout):
 
 
 LAYOUT = ImageFolderLayout()
+LAYOUTS.add("imagefolder", LAYOUT)

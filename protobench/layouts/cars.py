@@ -14,7 +14,7 @@ import numpy as np
 
 from protobench.data.annotations import check_image_folder, relative_name, short
 from protobench.data.imagelist import ImageList
-from protobench.data.layouts import Layout, Splits, marked_root
+from protobench.data.layouts import LAYOUTS, Layout, Splits, marked_root
 from protobench.errors import DataError
 
 META = "devkit/cars_meta.mat"
@@ -41,6 +41,7 @@ class CarsLayout(Layout):
 
 
 LAYOUT = CarsLayout()
+LAYOUTS.add("cars", LAYOUT)
 
 
 def open_cars(root: Path, split: str, size: int, mean, std, max_pixels: int) -> ImageList:

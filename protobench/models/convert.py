@@ -24,7 +24,7 @@ def _outputs_match(first, second, size: int) -> float:
 def convert(src: str, dst: str, adapter: str = "auto", options: dict[str, Any] | None = None,
             overwrite: bool = False) -> dict[str, Any]:
     """Load `src` with `adapter` (default: detect the family) and write it to `dst` (*.safetensors)."""
-    from protobench.models.families import get_adapter
+    from protobench.models.lookup import get_adapter
     from protobench.checkpoints.formats import sha256
     from protobench.files import atomic_path, check_writable_dir
 
@@ -40,6 +40,8 @@ def convert(src: str, dst: str, adapter: str = "auto", options: dict[str, Any] |
     with atomic_path(out) as tmp:  # OUT (even when it is SRC) is replaced only by a checked copy
         try:
             model.save(tmp, extra={"source": Path(src).name, "source_sha256": sha256(src)})
+        except OutputError as err:  # e.g. a full disk: name the file the user asked for, not the temporary one
+            raise OutputError(str(err).replace(tmp, dst)) from None
         except NotImplementedError as err:
             raise ProtobenchError(f"adapter {model.name or adapter!r} cannot write protobench checkpoints "
                                   f"({err})") from None

@@ -2,22 +2,24 @@
 
 `FamilyAdapter` gives each family one `load` that serves protobench safetensors and the
 original repositories' files, plus `save` in protobench's format. (`--adapter auto` is
-`protobench.models.families.AutoAdapter`.)
+`protobench.models.lookup.AutoAdapter`.)
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
-from typing import Any, ClassVar
+import json
+from contextlib import contextmanager
+from dataclasses import asdict, fields, replace
+from typing import Any, ClassVar, Iterator
 
 import torch
 
 from protobench.models.adapter import PrototypeAdapter
-from protobench.models.families import check_family, read_family_checkpoint
+from protobench.models.detect import check_family, read_family_checkpoint
 from protobench.checkpoints.formats import check_state, write_protobench
 from protobench.errors import AdapterError, CheckpointError, OptionError
 from protobench.checkpoints.limits import short
-from protobench.models.config import config_problem, field_problem
+from protobench.models.config import Rule, config_problem, field_problem
 from protobench.checkpoints.loading import Checkpoint
 
 # what reading a malformed checkpoint's values can raise, past the checks that name the problem
@@ -25,14 +27,25 @@ MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, Runtim
              ZeroDivisionError, MemoryError)
 
 
-def take_options(name: str, options: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:
-    """Adapter options merged over their defaults; unknown names and out-of-range values are an error."""
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's draws inside come from `seed` (a tiny model's random weights); the global random
+    state is restored afterwards, so building a model changes no one else's draws."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def take_options(name: str, options: dict[str, Any], allowed: dict[str, Any],
+                 rules: dict[str, Rule] | None = None) -> dict[str, Any]:
+    """Adapter options merged over their defaults; unknown names and out-of-range values (by the
+    family's config `rules` and the shared ones) are an error."""
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         known = ", ".join(sorted(allowed)) or "none"
         raise AdapterError(f"adapter {name!r} has no option {unknown[0]!r} (its options: {known})")
     for key, value in options.items():  # the same rules as the checkpoint's own values
-        wrong = None if value is None else field_problem(key, value)
+        wrong = None if value is None else field_problem(key, value, rules)
         if wrong:
             raise AdapterError(f"adapter option {key}={short(value)} should be {wrong}")
     return {**allowed, **options}
@@ -56,13 +69,16 @@ class FamilyAdapter(PrototypeAdapter):
 
     Subclasses declare their `facts` and key signature (`claims_keys`, see PrototypeAdapter),
     set `config_class` and `model_class` (built as `model_class(cfg)`, or by overriding
-    `build`), implement `from_original(ckpt, **options)` and `tiny(seed)`, and list their
+    `build`) and the rules of their own config fields (`config_rules`), implement `from_original(ckpt, **options)` and `tiny(seed)`, and list their
     `options` (name -> default; None means "from the checkpoint").
     """
 
     config_class: ClassVar[type]
     model_class: ClassVar[type]
     options: ClassVar[dict[str, Any]] = {"img_size": None}
+    # the rules of the family's own config fields (protobench.models.config: flag, choice, count, ...);
+    # fields many families share (sizes, backbone, mean, std, ...) have theirs there
+    config_rules: ClassVar[dict[str, Rule]] = {}
 
     @classmethod
     def load(cls, path: str, **options: Any) -> PrototypeAdapter:
@@ -84,8 +100,14 @@ class FamilyAdapter(PrototypeAdapter):
 
     @classmethod
     def from_protobench(cls, ckpt: Checkpoint, **options: Any) -> PrototypeAdapter:
-        overrides = {k: v for k, v in take_options(cls.name, options, cls.options).items() if v is not None}
-        return cls.from_weights(make_config(cls.config_class, {**ckpt.config, **overrides}), ckpt.tensors, ckpt.path)
+        overrides = {k: v for k, v in take_options(cls.name, options, cls.options, cls.config_rules).items() if v is not None}
+        adapter = cls.from_weights(make_config(cls.config_class, {**ckpt.config, **overrides}), ckpt.tensors, ckpt.path)
+        if ckpt.classes is not None:
+            if len(ckpt.classes) != adapter.info.num_classes:
+                raise CheckpointError(f"{ckpt.path} records {len(ckpt.classes)} class names for a model of "
+                                      f"{adapter.info.num_classes} classes; the file is damaged")
+            adapter.info = replace(adapter.info, classes=ckpt.classes)
+        return adapter
 
     @classmethod
     def from_original(cls, ckpt: Checkpoint, **options: Any) -> PrototypeAdapter:
@@ -99,7 +121,7 @@ class FamilyAdapter(PrototypeAdapter):
         The config is checked first, then the model is built on the meta device (no memory)
         and must match the tensors and run on its input size; only then is it built for real.
         """
-        wrong = config_problem(cfg)
+        wrong = config_problem(cfg, cls.config_rules)
         if wrong:
             where = "read from the pickle" if original else "in its metadata"
             raise CheckpointError(f"{path}: the architecture {where} is invalid: {wrong}")
@@ -149,4 +171,5 @@ class FamilyAdapter(PrototypeAdapter):
         return asdict(self.model.cfg)
 
     def save(self, path: str, extra: dict[str, str] | None = None) -> None:
-        write_protobench(path, self.name, self.config(), self.model.state_dict(), extra)
+        names = {"classes": json.dumps(list(self.info.classes))} if self.info.classes else {}
+        write_protobench(path, self.name, self.config(), self.model.state_dict(), {**names, **(extra or {})})

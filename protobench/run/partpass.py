@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from protobench import options
 from protobench.core.metrics import MISALIGNMENT, per_prototype_specs, specs, suites
-from protobench.errors import DataError, OptionError
+from protobench.errors import DataError, OptionError, ProtobenchWarning
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -128,7 +128,13 @@ def plan(chosen: Sequence[str], settings: PartSettings, adapter, found, seed: in
 def prepare(chosen: Sequence[str], settings: PartSettings, adapter, dataset, indices: Sequence[int], data: str,
             seed: int) -> tuple[Any, Passes, dict[str, Any]]:
     """(keypoints or None, the passes, what the run's identity gains) for a run of `chosen` suites."""
+    import warnings
+
+    from protobench.run.sanity import part_warning
+
     found = locations(dataset, indices, chosen)
+    if part_warning(found, adapter.info.input_size):
+        warnings.warn(part_warning(found, adapter.info.input_size), ProtobenchWarning, stacklevel=2)
     passes = plan(chosen, settings, adapter, found, seed)
     return found, passes, identity(chosen, settings, adapter.info.input_size, found, getattr(dataset, "root", data))
 
@@ -137,8 +143,13 @@ def model_table(per_image: pd.DataFrame, chosen: Sequence[str], adapter, found, 
     """per_prototype.csv of this model's run (prototype_table), or None without a part pass."""
     if found is None:
         return None
+    from protobench.run.sanity import part_warning
+
     classes = adapter.prototype_class_identity.argmax(dim=1).tolist()
-    return prototype_table(per_image, chosen, classes, found.names, threshold)
+    table = prototype_table(per_image, chosen, classes, found.names, threshold)
+    if table is not None and part_warning(found, adapter.info.input_size):  # nothing measured: undefined
+        table[table.columns[3:]] = float("nan")
+    return table
 
 
 def identity(chosen: Sequence[str], settings: PartSettings, size: int, found, root) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from protobench.data.annotations import ID, check_image_folder, read_table, relative_name, short
 from protobench.data.imagelist import ImageList
-from protobench.data.layouts import Layout, Splits, marked_root
+from protobench.data.layouts import LAYOUTS, Layout, Splits, marked_root
 from protobench.data.parts import read_cub_parts
 from protobench.errors import DataError
 
@@ -37,6 +37,7 @@ class CubLayout(Layout):
 
 
 LAYOUT = CubLayout()
+LAYOUTS.add("cub", LAYOUT)
 
 
 def open_cub(root: Path, split: str, size: int, mean, std, max_pixels: int) -> ImageList:

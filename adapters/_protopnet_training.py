@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from protobench.train.plan import Phase
+from protobench.models.plan import Phase
 
 if TYPE_CHECKING:  # the adapter imports this module
     from protobench.adapters.protopnet import ProtoPNet

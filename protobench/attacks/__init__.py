@@ -1,0 +1,1 @@
+"""Built-in attacks: one module per entry, named after it; each registers itself when first asked for."""
