@@ -55,10 +55,11 @@ def test_gt_protos_attacks_the_true_class_prototypes(tiny_adapter, image_folder)
 
 
 def test_records_have_every_column(tiny_adapter, image_folder):
+    from protobench.run.convergence import RECORD_KEYS
     from protobench.run.results import per_image_columns
 
     df = _run(tiny_adapter, image_folder, EvalProtocol.make(steps=2), 4)
-    assert sorted(df.columns) == sorted(per_image_columns())
+    assert sorted(df.columns) == sorted([*per_image_columns(), *RECORD_KEYS])  # the traces go to convergence.csv
     assert len(df) == 12 and df["index"].tolist() == list(range(12))
     assert df["path"].str.endswith(".png").all()
 

@@ -90,8 +90,18 @@ def test_worse_beyond_tolerance_fails_and_tol_relaxes_it(tmp_path):
 
 def test_summary_csv_paths_work_too(tmp_path):
     base = write(tmp_path / "base", [{}])
-    new = write(tmp_path / "new", [{"AC": 9.5}])
+    new = write(tmp_path / "new", [{"acc_after": 66.5, "AC": 9.5}])
     assert compare(base / "summary.csv", new / "summary.csv").exit_code == 1
+
+
+def test_one_accuracy_drop_is_one_failure(tmp_path):
+    """AC is the difference of the two accuracies: reported, never gated, so a drop fails once."""
+    base = write(tmp_path / "base", [{}])
+    new = write(tmp_path / "new", [{"acc_after": 66.0, "AC": 10.0}])
+    result = compare(base, new, "--format", "markdown")
+    assert result.exit_code == 1 and result.stdout.startswith("### protobench compare: **1 regression**")
+    assert "| m | acc_after | 68.00 | 66.00 | -2.00 | 1.00 | **FAIL** |" in result.stdout
+    assert "| m | AC | 8.00 | 10.00 | +2.00 | 1.00 | derived |" in result.stdout
 
 
 @pytest.mark.parametrize("change", [{"protocol": {**META["protocol"], "steps": 10}},
@@ -159,7 +169,7 @@ def test_several_models_match_by_name(tmp_path):
                                                           "error": "CheckpointError: truncated"}],
                    per_model_meta=metas)
     result = compare(base, failed, "--format", "markdown")
-    assert result.exit_code == 1 and "b failed" in result.stdout and result.stdout.count("**FAIL**") == 6
+    assert result.exit_code == 1 and "b failed" in result.stdout and result.stdout.count("**FAIL**") == 5  # AC: derived
     assert compare(failed, base).exit_code == 2  # a baseline without results cannot judge anything
 
 
@@ -172,8 +182,11 @@ def test_compare_real_runs(tmp_path, tiny_ckpt, image_folder):
     run(tmp_path / "b", "--steps", 1, "--batch-size", 3)
     run(tmp_path / "c", "--steps", 2)
     same = compare(tmp_path / "a", tmp_path / "b", "--format", "markdown", "--tol", "PAC=0", "--tol", "PLC=0")
-    assert same.exit_code == 0 and same.stdout.count("| +0.00 |") == 6
+    assert same.exit_code == 0 and same.stdout.count("| +0.00 [+0.00, +0.00] |") == 6  # paired, the same images
     assert compare(tmp_path / "a", tmp_path / "c").exit_code == 2
+    run(tmp_path / "d", "--steps", 1, "--limit", 6)  # images 0 2 3 4 5 7; a has 3 5 6 7 (random_subset, seed 0)
+    shared = compare(tmp_path / "a", tmp_path / "d", "--format", "markdown")
+    assert shared.exit_code == 0 and "compared on the 3 images both runs evaluated (base 4, new 6)" in shared.stdout
     assert not math.isnan(pd.read_csv(tmp_path / "a" / "summary.csv").loc[0, "PAC_mean"])
 
 

@@ -74,15 +74,15 @@ def test_compare_judges_a_plugin_metric_with_its_own_tolerance(plugin_metrics, t
     evaluate(tiny_ckpt, image_folder, tmp_path / "new", "--batch-size", 4)  # the same numbers
     same = invoke("compare", tmp_path / "base", tmp_path / "new", "--format", "markdown")
     assert same.exit_code == 0, same.output
-    assert "| ADROP | " in same.stdout and "| +0.00 | 0.25 | pass |" in same.stdout
-    assert "| FLIPS | " in same.stdout and "| +0.00 | 2.00 | pass |" in same.stdout
+    assert "| ADROP | " in same.stdout and "| +0.00 [+0.00, +0.00] | 0.25 | pass |" in same.stdout
+    assert "| FLIPS | " in same.stdout and "| +0.00 [+0.00, +0.00] | 2.00 | pass |" in same.stdout
     table = invoke("compare", tmp_path / "base", tmp_path / "new")
     assert "ADROP" in table.stdout and "FLIPS" in table.stdout  # the rich table too
-    summary = pd.read_csv(tmp_path / "new" / "summary.csv")
-    summary.loc[0, "ADROP_mean"] += 0.5  # worse by 0.5 > 0.25
-    summary.to_csv(tmp_path / "new" / "summary.csv", index=False)
+    per_image = pd.read_csv(tmp_path / "new" / "per_image.csv")
+    per_image["ADROP"] += 0.5  # every image worse by 0.5 > 0.25 (compare pairs the per-image values)
+    per_image.to_csv(tmp_path / "new" / "per_image.csv", index=False)
     worse = invoke("compare", tmp_path / "base", tmp_path / "new", "--format", "markdown")
-    assert worse.exit_code == 1 and "| +0.50 | 0.25 | **FAIL** |" in worse.stdout
+    assert worse.exit_code == 1 and "| +0.50 [+0.50, +0.50] | 0.25 | **FAIL** |" in worse.stdout
     assert invoke("compare", tmp_path / "base", tmp_path / "new", "--tol", "ADROP=0.6").exit_code == 0
 
 

@@ -37,7 +37,8 @@ def test_page_parses_and_every_image_decodes_at_its_size(finished, tmp_path):
         assert image.size == (int(img["width"]), int(img["height"]))
         sizes.append(image.size)
     assert sizes.count(HISTOGRAMS) == 1 and sizes.count(STRIP) == len(images)
-    assert len(sizes) == 1 + len(images)
+    assert len(sizes) == 2 + len(images)  # and the attack's convergence (convergence.csv)
+    assert any("How the attack converged" in t for t in page.text) and (out / "convergence.png").is_file()
     written = sorted(p.name for p in out.glob("*.png"))
     assert len(written) == len(page.images)  # every picture also beside the page
     assert {Image.open(out / name).size for name in written} == set(sizes)
@@ -132,7 +133,7 @@ def test_report_from_saved_examples_without_the_checkpoint(finished, tmp_path):
     result = invoke("report", run, "--worst", 2, "--best", 1, "--examples", "saved")
     assert result.exit_code == 0, result.output
     page = Page((run / "report" / "report.html").read_text(encoding="utf-8"))
-    assert len(page.images) == 1 + len(drawn(pd.read_csv(run / "per_image.csv"), 2, 1))
+    assert len(page.images) == 2 + len(drawn(pd.read_csv(run / "per_image.csv"), 2, 1))  # histograms, convergence
     assert "saved by evaluate --save-examples" in "".join(page.text)
     more = invoke("report", run, "--worst", 3, "--examples", "saved")
     assert more.exit_code == 2 and "kept the tensors of" in more.stderr
@@ -147,7 +148,8 @@ def test_several_runs_compare_and_overlay_one_models_protocols(finished, tmp_pat
     out = tmp_path / "both"
     result = invoke("report", finished, reference, "--out", out, "--examples", "none")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.glob("*.png")) == ["comparison.png", "run1-tiny_default_pgd-histograms.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["comparison.png", "convergence.png",
+                                                         "run1-tiny_default_pgd-histograms.png"]
     text = " ".join(" ".join(Page((out / "report.html").read_text(encoding="utf-8")).text).split())
     assert "tiny [default, pgd]" in text and "tiny [reference, noise]" in text
     assert "protobench compare: tiny [default, pgd] (base) against tiny [reference, noise] (new)" in text

@@ -13,8 +13,10 @@ import typer
 from protobench.cli.console import (err_console, fail, line, out_console, parse_options, run_library, say,
                                     warnings_to_console)
 from protobench.cli.helptext import (ATTACK_HELP, DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP,
-                                     METRIC_NAMES, PLC_HELP, PROTOCOL_HELP, REGION_HELP)
+                                     PLC_HELP, PROTOCOL_HELP, REGION_HELP)
 from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
+from protobench.cli.compare import compare_command
+from protobench.cli.sensitivity import sensitivity_command
 from protobench.cli.zoo import DOWNLOAD_HELP, MODEL_HELP, ZOO_DIR_HELP, zoo_app, zoo_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -50,6 +52,7 @@ def evaluate(
                                                   "or protobench-results/models for several)."),
     protocol: str = typer.Option("default", help=PROTOCOL_HELP),
     attack: Optional[str] = typer.Option(None, help=ATTACK_HELP),
+    restarts: Optional[int] = typer.Option(None, help="apgd: runs from new random starts, best kept [1]."),
     eps: Optional[float] = typer.Option(None, help="L-inf radius in normalized units [0.4]."),
     step: Optional[float] = typer.Option(None, help="pgd step size [0.01]."),
     steps: Optional[int] = typer.Option(None, help="pgd steps [40]."),
@@ -57,6 +60,8 @@ def evaluate(
     margin: Optional[int] = typer.Option(None, help=MARGIN_HELP),
     region: Optional[str] = typer.Option(None, help=REGION_HELP),
     plc: Optional[str] = typer.Option(None, help=PLC_HELP),
+    box_quantile: Optional[float] = typer.Option(None, help="The box region's map quantile [0.95: the top 5%]."),
+    plc_quantile: Optional[float] = typer.Option(None, help="Pixel PLC's map quantile [0.9: the top 10%]."),
     clip: Optional[bool] = typer.Option(None, "--clip/--no-clip", help="Keep attacked images in the valid range."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch (default: 32 on CPU; 256 on GPU, "
                                                         "halved automatically until it fits)."),
@@ -70,6 +75,8 @@ def evaluate(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
     seed: int = typer.Option(0, help="Seeds the random start of each image, the stability noise and --limit's "
                                      "subset."),
+    seeds: Optional[str] = typer.Option(None, help="Attack every image once per seed, e.g. 0,1,2: per-image means, "
+                                                   "an interval over images and seeds (overrides --seed)."),
     metrics: str = typer.Option("misalignment", help="What to measure, comma-separated: misalignment (the attack: "
                                                      "PLC, PAC, PRC, accuracy), consistency, stability (need part "
                                                      "annotations: docs/datasets.md), or a plugin's."),
@@ -86,7 +93,7 @@ def evaluate(
     download: bool = typer.Option(False, "--download", help=DOWNLOAD_HELP),
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
-    from protobench.core.protocol import EvalProtocol
+    from protobench.core.protocol import EvalProtocol, parse_seeds
     from protobench.demo import DEMO_DATA, demo_checkpoint, is_demo_data
     from protobench.run.evaluate import EvaluateConfig
     from protobench.run.evaluate import evaluate as run_evaluate
@@ -95,7 +102,8 @@ def evaluate(
     from protobench.run.sweep import evaluate_models, pair_adapters
 
     proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
-                        margin=margin, clip=clip, seed=seed, region=region, plc=plc)
+                        margin=margin, clip=clip, seed=seed, region=region, plc=plc, restarts=restarts,
+                        seeds=run_library(parse_seeds, seeds), box_q=box_quantile, plc_q=plc_quantile)
     source = {"download": download}
     if model is not None:  # a released model from the catalogue
         if ckpt:
@@ -153,30 +161,7 @@ def report_models(result: dict[str, Any], then: Any) -> None:
              f"of {result['out']}/summary.csv", 1)
 
 
-@app.command()
-def compare(
-    base: Path = typer.Argument(..., help="Baseline: a result directory or its summary.csv."),
-    new: Path = typer.Argument(..., help="Candidate: a result directory or its summary.csv."),
-    tol: list[str] = typer.Option([], "--tol", help=f"METRIC=VALUE, absolute ({METRIC_NAMES} acc, and plugin "
-                                                     "metrics); defaults in docs/ci.md."),
-    format: str = typer.Option("table", "--format", help="table or markdown."),
-    force: bool = typer.Option(False, help="Compare runs of different protocols or datasets anyway."),
-) -> None:
-    """Exit 0 if no metric of NEW is worse than BASE by more than its tolerance, 1 if one is, 2 if unusable."""
-    from protobench.run import compare as cmp
-    from protobench.cli.tables import compare_table
-
-    if format not in ("table", "markdown"):
-        fail(f"unknown --format {format!r}: use table or markdown")
-    tolerances = run_library(cmp.parse_tolerances, tol)
-    table, notes = run_library(cmp.compare, str(base), str(new), tolerances, force)
-    if format == "markdown":
-        text = cmp.to_markdown(table, notes)
-        print(text.encode("utf-8", "backslashreplace").decode("utf-8"), end="")
-    else:
-        out_console.print(compare_table(table, notes))
-    if cmp.regressions(table):
-        raise typer.Exit(1)
+app.command(name="compare")(compare_command)  # cli/compare.py
 
 
 @app.command()
@@ -293,6 +278,7 @@ def adapters() -> None:
 
 
 app.command(name="report")(report_command)  # written beside the report's other CLI code (cli/report.py)
+app.command(name="sensitivity")(sensitivity_command)  # cli/sensitivity.py
 app.add_typer(zoo_app, name="zoo")  # the catalogue of released models (cli/zoo.py)
 
 

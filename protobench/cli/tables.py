@@ -55,7 +55,7 @@ def models_table(summaries: list[dict[str, Any]]) -> Group:
 
 
 def compare_table(table, notes: list[str]) -> Table:
-    from protobench.run.compare import fmt, regressions
+    from protobench.run.compare import delta_cell, fmt, regressions
 
     failed = regressions(table)
     verdict = Text(f"{failed} regression(s)", style="red") if failed else Text("no regression", style="green")
@@ -65,7 +65,7 @@ def compare_table(table, notes: list[str]) -> Table:
         out.add_column(col, justify="left" if col in ("model", "metric", "status") else "right")
     for r in table.to_dict("records"):
         status = literal(r["status"], "red" if r["status"] == "FAIL" else "")
-        out.add_row(literal(r["model"]), r["metric"], fmt(r["base"]), fmt(r["new"]), fmt(r["delta"], signed=True),
+        out.add_row(literal(r["model"]), r["metric"], fmt(r["base"]), fmt(r["new"]), delta_cell(r),
                     fmt(r["tolerance"]), status)
     return out
 

@@ -13,8 +13,8 @@ computed from says which passes a run makes: a per-image or summary function rea
 results; a per-prototype function reads the part hits of every (image, own-class prototype) pair
 (protobench.core.partscores), and `needs_noise` adds the stability pass's noisy images.
 
-This module imports no torch (compare and the CLI read the table without it); the
-per-image functions get tensors and use their methods.
+This module imports no torch (compare and the CLI read the table without it); the per-image
+functions get tensors and use their methods.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class Outcome:
     cells: Tensor  # (B, P, J) long: the map cell (row * w + col) each part matched on the clean images
     cells_adv: Tensor  # (B, P, J) the same on the attacked images
     plc: str = "pixels"  # the protocol's PLC definition (PLC_KINDS)
+    plc_q: float = 0.9  # pixel PLC: the quantile above which a map's region counts (the top 10%)
 
     @cached_property
     def _rows(self) -> Tensor:
@@ -133,6 +134,8 @@ class MetricSpec:
     suite: str = MISALIGNMENT  # the `evaluate --metrics` name that selects it
     per_prototype: PerPrototype | None = None  # one value per prototype: a per_prototype.csv column
     needs_noise: bool = False  # its per_prototype function reads the stability pass (codes_noisy)
+    derived_from: tuple[str, ...] = ()  # the metrics it is computed from: compare reports it, gates those
+    summary_rows: Summary | None = None  # per_image table -> per-row values whose mean is `summary` (compare)
 
     def __post_init__(self) -> None:
         for kind, word in (("metric name", self.name), ("suite", self.suite)):

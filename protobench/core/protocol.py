@@ -10,6 +10,7 @@ registered one is a valid `--attack` / `--region` with no change here.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -18,7 +19,7 @@ from protobench.errors import OptionError
 
 # Upper bounds of the attack's options. Normalized images span about 5 units, so a radius of
 # 100 already leaves nothing unreachable, while 1e30 (with --no-clip) overflows the model to NaN.
-MAX_RADIUS, MAX_STEPS, MAX_MARGIN = 100.0, 1_000_000, 100_000
+MAX_RADIUS, MAX_STEPS, MAX_MARGIN, MAX_RESTARTS = 100.0, 1_000_000, 100_000, 1000
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "default": {},  # pgd, clipped to the valid image range
@@ -30,7 +31,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 SELECTIONS = ("top-proto", "gt-protos")
 PLC_KINDS = ("pixels", "tokens")  # how PLC compares the two locations (formulas: protobench.metrics.PLC)
 # what runs recorded before a field existed used instead (meta.json, run.json): they stay comparable
-RECORDED_BEFORE = {"region": "box", "plc": "pixels"}
+RECORDED_BEFORE = {"region": "box", "plc": "pixels", "restarts": 1, "seeds": [], "box_q": 0.95, "plc_q": 0.9}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class EvalProtocol:
     seed: int = 0  # seeds the per-image random start and the subset
     region: str = "box"  # a name in protobench.core.regions.REGIONS: which pixels are protected
     plc: str = "pixels"  # 'pixels' (the paper's PLC) or 'tokens' (on the model's grid, per part)
+    box_q: float = 0.95  # the box region's map quantile: the box around the top 5% (regions that take `q`)
+    plc_q: float = 0.9  # PLC compares the regions above this quantile (the top 10%; pixel PLC)
+    seeds: tuple[int, ...] = ()  # --seeds: attack every image once per seed (seed is then the first)
+    restarts: int = 1  # runs of an attack that takes restarts (apgd) from new random starts; the best is kept
 
     @classmethod
     def make(cls, name: str = "default", **overrides: Any) -> EvalProtocol:
@@ -55,6 +60,8 @@ class EvalProtocol:
         options.choice("protocol", name, tuple(PROTOCOLS))
         proto = replace(cls(name=name), **PROTOCOLS[name])
         proto = replace(proto, **{k: v for k, v in overrides.items() if v is not None})
+        if proto.seeds:  # the first seed also picks --limit's subset
+            proto = replace(proto, seeds=tuple(proto.seeds), seed=proto.seeds[0])
         proto.check()
         return proto
 
@@ -75,14 +82,44 @@ class EvalProtocol:
         options.integer("--steps", self.steps, 0, MAX_STEPS)
         options.optional_integer("--margin", self.margin, 0, MAX_MARGIN)
         options.integer("--seed", self.seed, 0, options.SEED_MAX)
+        options.integer("--restarts", self.restarts, 1, MAX_RESTARTS)
+        options.number("--box-quantile", self.box_q, 0, 1)
+        options.number("--plc-quantile", self.plc_q, 0, 1)
+        if self.box_q != 0.95 and "q" not in inspect.signature(REGIONS.get(self.region).attackable).parameters:
+            raise OptionError(f"--box-quantile: the {self.region} region has no quantile; use --region box")
+        for seed in self.seeds:
+            options.integer("--seeds", seed, 0, options.SEED_MAX)
+        if len(set(self.seeds)) != len(self.seeds) or len(self.seeds) == 1:
+            raise OptionError(f"--seeds wants two or more different seeds, comma-separated (0,1,2); got {self.seeds}")
+        if self.restarts != 1 and "restarts" not in inspect.signature(ATTACKS.get(self.attack)).parameters:
+            raise OptionError(f"--restarts: the {self.attack} attack has no restarts; use --attack apgd")
+
+    def region_options(self) -> dict[str, Any]:
+        """Keyword arguments for the region beyond its signature: the box quantile, when not the paper's."""
+        return {"q": self.box_q} if self.box_q != 0.95 else {}
+
+    def attack_options(self) -> dict[str, Any]:
+        """Keyword arguments beyond pgd's signature for the attack: restarts, when asked for."""
+        return {"restarts": self.restarts} if self.restarts != 1 else {}
 
     def resolved(self, size: int) -> dict[str, Any]:
         """The protocol as recorded in meta.json, with the margin worked out for this image size."""
         from protobench.core.regions import REGIONS
 
         out = asdict(self)
+        out["seeds"] = list(self.seeds)  # as meta.json reads back
         out["margin"] = self.margin if self.margin is not None else REGIONS.get(self.region).margin(size)
         return out
+
+
+def parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    """--seeds 0,1,2 -> (0, 1, 2); OptionError for anything but comma-separated whole numbers."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise OptionError(f"--seeds wants comma-separated whole numbers such as 0,1,2; got {text!r}") from None
 
 
 def as_recorded_now(record: Any) -> Any:

@@ -40,7 +40,7 @@ def plc_tokens(*args: Any, **kwargs: Any) -> Tensor:
 
 
 BY_KIND: dict[str, PerImage] = {  # --plc NAME, one per protobench.core.protocol.PLC_KINDS
-    "pixels": lambda o: plc(o.map_star, o.map_star_adv, o.size),
+    "pixels": lambda o: plc(o.map_star, o.map_star_adv, o.size, o.plc_q),
     "tokens": lambda o: plc_tokens(o.parts_star, o.parts_star_adv, o.cells_star, o.cells_star_adv),
 }
 if tuple(BY_KIND) != PLC_KINDS:

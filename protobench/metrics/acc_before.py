@@ -15,5 +15,14 @@ def accuracy(column: str) -> Summary:
     return summarize
 
 
+def correct(column: str, minus: str | None = None) -> Summary:
+    """Per image: 100 if the prediction in `column` is right, else 0 (their mean is accuracy(column)),
+    less the same for `minus` (pred_before less pred_after: AC's per-image values)."""
+    def hit(frame: Any, name: str | None) -> Any:
+        return (frame[name] == frame["label"]).to_numpy(dtype=float) if name else 0.0
+
+    return lambda frame: 100.0 * (hit(frame, column) - hit(frame, minus))
+
+
 register(MetricSpec("acc_before", "accuracy, clean images (%)", "%", False, 1.0, order=40, decimals=1,
-                    summary=accuracy("pred_before"), tol_groups=("acc",)))
+                    summary=accuracy("pred_before"), tol_groups=("acc",), summary_rows=correct("pred_before")))

@@ -8,10 +8,10 @@ import torch
 from protobench.core.regions import REGIONS, Region, attackable_pixels
 
 
-def box_region(maps: torch.Tensor, cells: torch.Tensor, valid: torch.Tensor, *, size: int, margin: int
-               ) -> torch.Tensor:
-    """`--region box`: the paper's high-activation box of each attacked prototype's map."""
-    return attackable_pixels(maps, valid, size, margin)
+def box_region(maps: torch.Tensor, cells: torch.Tensor, valid: torch.Tensor, *, size: int, margin: int,
+               q: float = 0.95) -> torch.Tensor:
+    """`--region box`: the paper's high-activation box of each attacked prototype's map (its top 5%: q)."""
+    return attackable_pixels(maps, valid, size, margin, q)
 
 
 def default_margin(size: int) -> int:

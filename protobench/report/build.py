@@ -46,6 +46,7 @@ def build_report(paths: list[str], options: Options, log: Callable[[str], None] 
         files: dict[str, bytes] = {}
         context = {"title": ", ".join(dict.fromkeys(run.label for run in runs)), "notes": notes, "runs": []}
         sections(runs, pixels, options, files, context)
+        context["convergence"] = convergence_picture(runs, files)
         if len(runs) > 1:
             from protobench.report.figures import comparison
 
@@ -190,6 +191,14 @@ def _histogram_caption(group: list[Run]) -> str:
     if len(group) > 1:
         text += " Runs of the same checkpoint (e.g. the pgd and the reference protocol) are overlaid on shared bins."
     return text
+
+
+def convergence_picture(runs: list[Run], files: dict[str, bytes]) -> Picture | None:
+    """The attack's convergence over the steps (convergence.csv of each run), when a run recorded it."""
+    from protobench.report.figures import convergence
+
+    drawn = convergence(runs)
+    return add(files, Picture(drawn, "convergence.png")) if drawn is not None else None
 
 
 def compare_tables(runs: list[Run]) -> list[dict[str, Any]]:

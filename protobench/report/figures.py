@@ -132,3 +132,71 @@ def accuracy_panel(ax: Any, runs: Sequence[Run], y: np.ndarray) -> None:
         ax.plot([after], [y[i]], "x", color=color(i), markersize=8, markeredgewidth=2)
     ax.set_xlabel("accuracy (%): o clean, x attacked")
     ax.grid(alpha=0.3, axis="x")
+
+
+CONVERGENCE = (("objective_mean", "mean objective (attacked activation)"), ("PAC_mean", "mean PAC (%)"),
+               ("improving_share", "share of images still improving"))
+
+
+def convergence(runs: Sequence[Run]) -> bytes | None:
+    """The attack's convergence (each run's convergence.csv): the mean objective, mean PAC and the share
+    of images whose best objective still dropped, against the step; one line per run. None when no run
+    has the file (runs made before it existed) or every run's attack had no steps (noise)."""
+    import pandas as pd
+
+    tables = []
+    for run in runs:
+        try:
+            table = pd.read_csv(run.dir / "convergence.csv")
+        except (OSError, ValueError):
+            continue
+        if {"step", *(c for c, _ in CONVERGENCE)} <= set(table.columns) and len(table) > 1:
+            tables.append((run, table))
+    if not tables:
+        return None
+    fig = figure(12, 3.2 + 0.25 * ((len(tables) + 2) // 3))
+    axes = fig.subplots(1, len(CONVERGENCE))
+    for ax, (column, label) in zip(axes, CONVERGENCE):
+        for i, (run, table) in enumerate(tables):
+            ax.plot(table["step"], table[column], color=color(i), linestyle=style(i), linewidth=2, label=run.label)
+        ax.set_xlabel("step (0: random start; last: the images returned)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[2].set_ylim(-0.02, 1.02)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=9, frameon=False)
+    fig.suptitle("how the attack converged: a curve still falling at the last step means a stronger attack "
+                 "would find more", fontsize=11)
+    return png(fig)
+
+
+def sensitivity(frame: Any, metric: str) -> bytes:
+    """`protobench sensitivity`'s picture of one metric (its sensitivity.csv rows, protobench.run.sensitivity):
+    the metric against each axis's settings (a panel per axis), one line per model, 95% intervals."""
+    data = frame[frame["metric"] == metric]
+    axes_names = list(dict.fromkeys(data["axis"]))
+    cols = min(4, len(axes_names))
+    rows = math.ceil(len(axes_names) / cols)
+    fig = figure(3.3 * cols, 2.9 * rows + 0.6)
+    panels = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, axis in zip(panels, axes_names):
+        part = data[data["axis"] == axis]
+        settings = list(dict.fromkeys(part["setting"]))
+        groups = list(part.groupby("model", sort=False))
+        for i, (model, rows_) in enumerate(groups):
+            rows_ = rows_.set_index("setting").loc[settings]
+            err = np.abs(np.vstack([rows_["mean"] - rows_["ci_low"], rows_["ci_high"] - rows_["mean"]]))
+            shift = 0.06 * (i - (len(groups) - 1) / 2)  # side by side, so that the intervals stay apart
+            ax.errorbar(np.arange(len(settings)) + shift, rows_["mean"], yerr=np.nan_to_num(err), color=color(i),
+                        linestyle=style(i), marker="o", capsize=3, label=model)
+        defaults = set(part.loc[part["default"], "setting"])
+        ax.set_xticks(range(len(settings)), [f"{s}*" if s in defaults else s for s in settings])
+        ax.set_xlabel(axis)
+        ax.grid(alpha=0.3)
+    for ax in panels[len(axes_names):]:
+        ax.set_visible(False)
+    handles, labels = panels[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+    fig.suptitle(f"{metric} against each setting of the benchmark (* the default; bars: 95% interval)",
+                 fontsize=11)
+    return png(fig)

@@ -10,6 +10,7 @@ activations and the cells its prototypes' parts matched.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -19,7 +20,7 @@ from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import REGIONS, select_prototypes
 from protobench.models.adapter import Evidence, PrototypeAdapter, map_argmax_cells, map_maxima
-from protobench.run import partpass
+from protobench.run import convergence, partpass, seeds
 from protobench.run.context import RunContext
 from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
 from protobench.run.partpass import Passes
@@ -58,7 +59,8 @@ def protect(adapter: PrototypeAdapter, maps: torch.Tensor, y: torch.Tensor, prot
     slot_maps = maps.gather(1, slots[..., None, None].expand(-1, -1, *maps.shape[2:]))
     slot_cells = cells.gather(1, slots[..., None].expand(-1, -1, cells.shape[2]))
     region = REGIONS.get(protocol.region)
-    attackable = region.attackable(slot_maps, slot_cells, valid, size=size, margin=protocol.resolved(size)["margin"])
+    attackable = region.attackable(slot_maps, slot_cells, valid, size=size, margin=protocol.resolved(size)["margin"],
+                                   **protocol.region_options())
     return attacked, p_star, in_class, attackable
 
 
@@ -83,19 +85,44 @@ def evaluate_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, 
     passes = passes or Passes()
     with torch.no_grad():
         clean = forward(x)
-    out = attack_batch(adapter, x, y, ids, protocol, forward, clean, on_outcome, slots) if passes.attack else {
+    out = attack_seeds(adapter, x, y, ids, protocol, forward, clean, on_outcome, slots) if passes.attack else {
         "pred_before": clean.logits.argmax(dim=1)}
     if passes.parts is not None:
         out.update(partpass.measure_parts(forward, x, y, ids, clean.maps, passes, adapter.info.input_size))
     return {k: v.detach().cpu() for k, v in out.items()}
 
 
-def attack_objective(forward: Forward, weights: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def attack_seeds(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+                 protocol: EvalProtocol, forward: Forward, clean: Evidence,
+                 on_outcome: OnOutcome | None = None, slots: int | None = None) -> dict[str, torch.Tensor]:
+    """attack_batch once, or once per seed of protocol.seeds (protobench.run.seeds): then each per-image
+    metric is the mean over the seeds, its per-seed values kept as seeds_<name> (B, S); predictions,
+    diagnostics and the convergence trace are the first seed's."""
+    if not protocol.seeds:
+        return attack_batch(adapter, x, y, ids, protocol, forward, clean, on_outcome, slots)
+    outs = [attack_batch(adapter, x, y, ids, replace(protocol, seed=s, seeds=()), forward, clean,
+                         on_outcome if i == 0 else None, slots) for i, s in enumerate(protocol.seeds)]
+    out = dict(outs[0])
+    for spec in metrics.per_image_specs():
+        stacked = torch.stack([o[spec.name].float() for o in outs], dim=1)
+        out.update({spec.name: stacked.nanmean(dim=1), f"{seeds.PREFIX}{spec.name}": stacked})
+    out[f"{seeds.PREFIX}{seeds.CORRECT_AFTER}"] = torch.stack([(o["pred_after"] == y).float() for o in outs], dim=1)
+    return out
+
+
+def attack_objective(forward: Forward, weights: torch.Tensor,
+                     record: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
     """What the attack minimises: per image, the weighted sum of the prototypes' activations
-    (weights (B, P): 1 / the count on the attacked prototypes, 0 elsewhere, so their mean)."""
+    (weights (B, P): 1 / the count on the attacked prototypes, 0 elsewhere, so their mean).
+    `record(value, act)` sees every evaluation (the convergence trace), on the device."""
 
     def objective(images: torch.Tensor) -> torch.Tensor:  # (B,)
-        return (forward(images).act * weights).sum(dim=1)
+        act = forward(images).act
+        value = (act * weights).sum(dim=1)
+        if record is not None:
+            record(value, act)
+        return value
 
     return objective
 
@@ -107,11 +134,14 @@ def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, id
     maps = clean.maps.clamp(min=0)  # docs/metrics.md, The procedure: metrics see maps clipped at 0
     act = clean.act.clamp(min=0)
     attacked, p_star, in_class, attackable = protect(adapter, maps, y, protocol, act, clean.part_cells, slots)
-    objective = attack_objective(forward, attacked.float() / attacked.sum(dim=1, keepdim=True))
+    weights = attacked.float() / attacked.sum(dim=1, keepdim=True)
+    trace = convergence.Trace(p_star)  # every evaluation, kept on the device (convergence.csv)
+    objective = attack_objective(forward, weights, trace.record)
     noise = rng.uniform(protocol.seed, ids.to(x.device, non_blocking=True), tuple(x.shape[1:]), -1.0, 1.0)
     bounds = image_bounds(adapter.info.mean, adapter.info.std, x.device) if protocol.clip else None
     x_adv, zero_steps = ATTACKS.get(protocol.attack)(objective, x, attackable, noise, eps=protocol.eps,
-                                                     step=protocol.step, steps=protocol.steps, bounds=bounds)
+                                                     step=protocol.step, steps=protocol.steps, bounds=bounds,
+                                                     **protocol.attack_options())
     with torch.no_grad():
         adv = forward(x_adv)
     outcome = metrics.Outcome(images=x, images_adv=x_adv, attackable=attackable, maps=maps,
@@ -119,12 +149,15 @@ def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, id
                               p_star=p_star, attacked=attacked, in_class=in_class,
                               identity=adapter.prototype_class_identity, size=adapter.info.input_size,
                               act=act, act_adv=adv.act.clamp(min=0), parts=clean.part_maps, parts_adv=adv.part_maps,
-                              cells=clean.part_cells, cells_adv=adv.part_cells, plc=protocol.plc)
+                              cells=clean.part_cells, cells_adv=adv.part_cells, plc=protocol.plc,
+                              plc_q=protocol.plc_q)
     out = measure(outcome)
     if on_outcome is not None:
         on_outcome(outcome, ids)
     out.update(zero_grad_steps=zero_steps, zero_grad=zero_steps > 0,
                protected_frac=1 - attackable.float().mean(dim=(1, 2, 3)))
+    out.update(trace.tensors((adv.act * weights).sum(dim=1), adv.act, (clean.act * weights).sum(dim=1),
+                             outcome.act_star))
     return out
 
 

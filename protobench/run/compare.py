@@ -1,11 +1,14 @@
 """`protobench compare BASE NEW`: did any metric get worse by more than its tolerance?
 
 BASE and NEW are result directories (or their summary.csv). A metric regressed when it moved
-in its bad direction by more than its tolerance (absolute, in the metric's own units). The
+in its bad direction by more than its tolerance (absolute, in the metric's own units); with
+`--gate significant`, only when its paired 95% interval lies wholly beyond the tolerance. The
 metrics, their directions and default tolerances are protobench.core.metrics.METRICS (plugins
-included): higher PLC / PAC / PRC / AC is worse, lower accuracy is worse. Runs are comparable
-only with the same protocol (the region and PLC definition included), prototype distance
-(`--distance`) and dataset (read from meta.json); --force compares anyway.
+included): higher PLC / PAC / PRC / AC is worse, lower accuracy is worse; a metric derived from
+others (AC) is reported, never gated. Runs are comparable only with the same protocol (the region
+and PLC definition included), prototype distance (`--distance`) and dataset (read from meta.json);
+--force compares anyway. Where both runs kept per_image.csv, the attack's seed and --limit may
+differ: the deltas are then over the images both evaluated, paired image by image (protobench.run.paired).
 """
 
 from __future__ import annotations
@@ -14,18 +17,21 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
 from protobench.core.metrics import measured, per_prototype_specs, specs
 from protobench.core.protocol import as_recorded_now
 from protobench.errors import OptionError, ProtobenchError
+from protobench.run import paired
+from protobench.run.gates import GATES, judge, parse_tolerances, tolerance_names, verdict  # noqa: F401 (API)
 from protobench.run.resume import json_kind
 
 COMPARABLE = ("protocol", "distance", "dataset_fingerprint", "dataset_kind", "split", "limit")
 PART_COMPARABLE = ("scorecard",)  # consistency and stability's parameters and part annotations, when both have them
-TABLE_COLUMNS = ["model", "metric", "base", "new", "delta", "tolerance", "status"]
+TABLE_COLUMNS = ["model", "metric", "base", "new", "delta", "ci_low", "ci_high", "tolerance", "status"]
+SOFT = ("protocol.seed", "limit")  # may differ when both runs kept per_image.csv: compared on the shared images
 MAX_INPUT_BYTES = 64 * 2**20  # a summary of thousands of models is under 5 MiB; refuse to load a huge file
 
 
@@ -44,52 +50,20 @@ class Entry:
     folder: Path | None = None  # that model's result directory (its per_prototype.csv), if known
 
 
-def tolerance_names() -> dict[str, list[str]]:
-    """--tol name -> the metrics it sets: each metric's own name, and its groups ('acc')."""
-    names: dict[str, list[str]] = {}
-    for spec in specs():
-        for name in (spec.name, *spec.tol_groups):
-            names.setdefault(name, []).append(spec.name)
-    return names
-
-
-def parse_tolerances(pairs: Sequence[str]) -> dict[str, float]:
-    """Defaults overridden by METRIC=VALUE pairs ('acc' sets acc_before and acc_after)."""
-    tol = {spec.name: spec.tolerance for spec in specs()}
-    known = tolerance_names()
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        names = known.get(name)
-        if not sep or not names:
-            raise OptionError(f"--tol wants METRIC=VALUE with METRIC one of {', '.join(known)}; got {pair!r}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise OptionError(f"--tol {pair!r}: {value!r} is not a number") from None
-        if not (math.isfinite(number) and number >= 0):
-            raise OptionError(f"--tol {pair!r}: a tolerance must be a finite number, zero or positive")
-        tol.update({n: number for n in names})
-    return tol
-
-
-def judge(base: float, new: float, tolerance: float, higher_is_worse: bool) -> str:
-    """'pass', 'FAIL' (worse by more than the tolerance, or undefined now but not before) or 'n/a'."""
-    if math.isnan(new):
-        return "n/a" if math.isnan(base) else "FAIL"
-    if math.isnan(base):
-        return "n/a"
-    worse_by = (new - base) if higher_is_worse else (base - new)
-    return "FAIL" if worse_by > tolerance + 1e-9 else "pass"  # 1e-9: CSV rounding of equal values
-
-
-def compare_rows(model: str, base: dict[str, Any], new: dict[str, Any], tol: dict[str, float]) -> list[dict]:
-    """One row per metric of every suite either run measured (a metric one of them lacks: NaN there)."""
+def compare_rows(model: str, base: dict[str, Any], new: dict[str, Any], tol: dict[str, float],
+                 gate: str = "tolerance", shared: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> list[dict]:
+    """One row per metric of every suite either run measured (a metric one of them lacks: NaN there).
+    `shared`: both runs' per-image rows of the same images, for paired deltas and intervals."""
     rows = []
+    idx = paired.draws(len(shared[0])) if shared is not None else None
     for spec in measured([base, new]):
         b, n = number_problem(base.get(spec.column)), number_problem(new.get(spec.column))
+        values = {"base": b, "new": n, "delta": n - b, "ci_low": math.nan, "ci_high": math.nan}
+        found = paired.paired(spec, *shared, idx) if shared is not None and spec.per_prototype is None else None
+        values = paired.row_values(found) if found is not None else values
         tolerance = tol.get(spec.name, spec.tolerance)
-        rows.append({"model": model, "metric": spec.name, "base": b, "new": n, "delta": n - b,
-                     "tolerance": tolerance, "status": judge(b, n, tolerance, spec.higher_is_worse)})
+        status = verdict(spec, values, tolerance, gate)
+        rows.append({"model": model, "metric": spec.name, **values, "tolerance": tolerance, "status": status})
     return rows
 
 
@@ -102,14 +76,18 @@ def number_problem(value: Any) -> float:
     return number if math.isfinite(number) else float("nan")
 
 
-def compare(base_path: str, new_path: str, tolerances: dict[str, float],
-            force: bool = False) -> tuple[pd.DataFrame, list[str]]:
+def compare(base_path: str, new_path: str, tolerances: dict[str, float], force: bool = False,
+            gate: str = "tolerance") -> tuple[pd.DataFrame, list[str]]:
     """(one row per model and metric, notes for the reader); NotComparable when it cannot say."""
+    if gate not in GATES:
+        raise OptionError(f"--gate {gate!r}: use {' or '.join(GATES)}")
     base, new = load(base_path, force), load(new_path, force)
     notes: list[str] = []
     rows: list[dict] = []
     for b, n in pair(base, new, notes):
-        differ = differences(b.meta, n.meta)
+        tables = paired.read_per_image(b.folder), paired.read_per_image(n.folder)
+        both = all(t is not None for t in tables)
+        differ = differences(b.meta, n.meta, soft=both)
         if differ and not force:
             raise NotComparable(f"{b.source} and {n.source} are different runs ({differ}): compare runs of the "
                                 "same protocol and dataset, or pass --force")
@@ -119,7 +97,12 @@ def compare(base_path: str, new_path: str, tolerances: dict[str, float],
             raise NotComparable(f"the baseline {b.source} has no results for {b.model} (error: {_error(b.row)})")
         if _error(n.row):
             notes.append(f"{n.model} failed in {n.source}: {_error(n.row)}")
-        rows += compare_rows(n.model, b.row, n.row, tolerances)
+        shared = None if differ or not both or _error(n.row) else paired.shared_images(*tables)
+        if shared is not None and not len(shared[0]):
+            raise NotComparable(f"{b.source} and {n.source} evaluated no image in common: compare runs of the "
+                                "same images (the same --limit and --seed)")
+        notes += paired.run_notes(n.model, b.meta, n.meta, shared, tables, gate)
+        rows += compare_rows(n.model, b.row, n.row, tolerances, gate, shared)
         notes += prototype_notes(n.model, b.folder, n.folder, tolerances)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS), notes
 
@@ -248,16 +231,20 @@ def pair(base: list[Entry], new: list[Entry], notes: list[str]) -> list[tuple[En
     return [(b, by_name[b.model]) for b in base]
 
 
-def differences(base: dict | None, new: dict | None) -> str:
-    """What makes two runs incomparable, in words ('' when nothing; unknown when a meta.json is missing)."""
+def differences(base: dict | None, new: dict | None, soft: bool = False) -> str:
+    """What makes two runs incomparable, in words ('' when nothing; unknown when a meta.json is missing).
+    The attack's seed may differ when every image is evaluated; with `soft` (both runs kept their
+    per-image rows, compared on the images they share) so may --limit (SOFT)."""
     from protobench.run.resume import describe_differences
 
     if base is None or new is None:
         return "a meta.json is missing, so protocol and dataset are unchecked"
     base, new = ({**meta, "protocol": as_recorded_now(meta.get("protocol")),
-                  "distance": meta.get("distance", "float64")} for meta in (base, new))  # recorded since float32 came
+                  "distance": meta.get("distance", "float64")} for meta in (base, new))  # none recorded: float64
+    allowed = SOFT if soft or (base.get("limit") is None and new.get("limit") is None) else ()
     both = [key for key in PART_COMPARABLE if key in base and key in new]  # a run without parts has none
-    return describe_differences(base, new, [*COMPARABLE, *both], ("base", "new"))
+    found = describe_differences(base, new, [*COMPARABLE, *both], ("base", "new"))
+    return "; ".join(part for part in found.split("; ") if part and part.split(":")[0] not in allowed)
 
 
 def _error(row: dict[str, Any]) -> str:
@@ -275,7 +262,7 @@ def to_markdown(table: pd.DataFrame, notes: list[str]) -> str:
     for r in table.to_dict("records"):
         status = "**FAIL**" if r["status"] == "FAIL" else r["status"]
         lines.append(f"| {_cell(r['model'])} | {r['metric']} | {fmt(r['base'])} | {fmt(r['new'])} | "
-                     f"{fmt(r['delta'], signed=True)} | {fmt(r['tolerance'])} | {status} |")
+                     f"{delta_cell(r)} | {fmt(r['tolerance'])} | {status} |")
     lines += [""] + [f"- {_cell(note)}" for note in notes] if notes else []
     return "\n".join(lines) + "\n"
 
@@ -288,6 +275,13 @@ def _cell(text: Any) -> str:
     """Text from a file (a model name, a note quoting one) as literal markdown on one line: shown as it
     is, never as formatting, a link, a mention or HTML; a line break or '|' cannot split the table."""
     return "".join(f"\\{c}" if c in MARKDOWN_SPECIAL else HTML_SPECIAL.get(c, c) for c in " ".join(str(text).split()))
+
+
+def delta_cell(row: dict[str, Any]) -> str:
+    """The delta, with its paired 95% interval when there is one: '+2.00 [+0.50, +3.50]'."""
+    if math.isnan(row.get("ci_low", math.nan)):
+        return fmt(row["delta"], signed=True)
+    return f"{fmt(row['delta'], signed=True)} [{fmt(row['ci_low'], True)}, {fmt(row['ci_high'], True)}]"
 
 
 def fmt(value: float, signed: bool = False) -> str:

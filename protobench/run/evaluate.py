@@ -23,7 +23,7 @@ from protobench.lock import holds_out
 
 MAX_BATCH, MAX_WORKERS = 65536, 256  # far above useful; a typo must not fork a process per image
 
-RESULT_FILES = ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
+RESULT_FILES = ("per_image.csv", "per_prototype.csv", "convergence.csv", "summary.csv", "meta.json")
 
 
 class Progress(TypingProtocol):
@@ -235,11 +235,10 @@ def model_name(cfg: EvaluateConfig) -> str:
 
 
 def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, timing, context, keypoints) -> dict[str, Any]:
-    """Per-image table from the partial log (in subset order), per-prototype table (from the part
-    `keypoints`, None without a part pass), summary, meta; written atomically. timing: (wall, evaluated)."""
+    """The result files from the partial log (subset order), written atomically; timing: (wall, evaluated)."""
     import pandas as pd
 
-    from protobench.run import resume as runstate, results, sanity, sources
+    from protobench.run import convergence, resume as runstate, results, sanity, seeds, sources
 
     records, skipped = runstate.read_partial(out)
     by_index = {r["index"]: r for r in reversed(records)}  # first record of an index wins
@@ -249,7 +248,7 @@ def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, timing, c
         raise DataError(f"none of the {len(indices)} images in {cfg.data} could be decoded")
     per_image = pd.DataFrame(records, columns=results.per_image_columns(cfg.metrics))
     per_prototype = partpass.model_table(per_image, cfg.metrics, adapter, keypoints, cfg.parts.threshold)
-    summary = results.summarize(per_image, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
+    summary = seeds.summarize(per_image, records, model_name(cfg), cfg.protocol.seed, cfg.metrics, per_prototype)
     meta = build_meta(cfg, adapter, dataset, identity, len(records), skipped, *timing, context)
     meta.update(resumed=resumed, **sources.report(cfg.source, summary))  # incl. the published-accuracy check
     meta["warnings"] = sanity.run_warnings(summary, adapter.info.num_classes, keypoints, adapter.info.input_size)
@@ -258,6 +257,7 @@ def _finish(cfg, adapter, dataset, indices, out, *, identity, resumed, timing, c
         if per_prototype is not None:
             results.write_csv(out / "per_prototype.csv", per_prototype)
         results.write_csv(out / "summary.csv", pd.DataFrame([summary]))
+        convergence.write(out, records)  # the attack's trace, per step (docs/metrics.md, Attack strength)
         results.write_json(out / "meta.json", meta)  # last: its presence marks the run complete
         runstate.finish(out)
     except OutputError as err:  # the partial log is untouched until meta.json is written

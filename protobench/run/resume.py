@@ -25,7 +25,7 @@ from protobench.run.partpass import DEFAULT_METRICS, IDENTITY_KEYS, recorded
 
 PARTIAL = "per_image.partial.jsonl"
 RUN = "run.json"
-FINAL = ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
+FINAL = ("per_image.csv", "per_prototype.csv", "convergence.csv", "summary.csv", "meta.json")
 
 
 def state(out: Path) -> str:

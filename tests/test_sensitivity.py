@@ -1,0 +1,65 @@
+"""protobench sensitivity: the grid, Kendall's tau (hand-worked), and a run on two tiny models."""
+
+import pandas as pd
+import pytest
+
+from protobench.core.protocol import EvalProtocol
+from protobench.errors import OptionError
+from protobench.run import sensitivity as S
+from protobench.run.evaluate import EvaluateConfig, evaluate
+
+
+@pytest.mark.parametrize("x, y, tau", [
+    ((1, 2, 3, 4), (1, 3, 2, 4), 2 / 3),  # 5 concordant pairs, 1 discordant, of 6
+    ((1, 2, 3), (3, 2, 1), -1.0),
+    ((1, 2, 2, 3), (1, 2, 3, 3), 0.8),  # 4 concordant, 0 discordant; one tie in each: 4 / sqrt(5 * 5)
+    ((1, 1, 1), (1, 2, 3), float("nan")),  # no order on one side
+])
+def test_kendall_tau_by_hand(x, y, tau):
+    got = S.kendall_tau(x, y)
+    assert got == pytest.approx(tau, nan_ok=True)
+
+
+def test_the_grid_changes_one_setting_at_a_time():
+    default = EvalProtocol.make()
+    points = S.grid(list(S.AXES), default)
+    assert len(points) == sum(len(settings) for _, settings in S.AXES.values())
+    for point in points:
+        field = S.AXES[point.axis][0]
+        changed = {k for k, v in point.protocol.__dict__.items() if v != default.__dict__[k]}
+        assert changed <= {field} and point.is_default == (not changed)
+    defaults = {S.folder(p.protocol) for p in points if p.is_default}
+    assert len(defaults) == 1 and sum(p.is_default for p in points) == len(S.AXES)  # one run serves every axis
+    with pytest.raises(OptionError, match="--axes"):
+        S.grid(["epsilon"], default)
+
+
+def test_two_tiny_models_over_eps(tmp_path, image_folder):
+    from protobench.models.lookup import get_adapter
+
+    models = {}
+    for seed in (0, 1):
+        path = tmp_path / f"m{seed}.safetensors"
+        get_adapter("protopnet").tiny(seed=seed).save(str(path))
+        models[f"m{seed}"] = str(path)
+    calls = []
+
+    def run(ckpt, protocol, where):
+        calls.append(where)
+        evaluate(EvaluateConfig(ckpt=ckpt, data=image_folder, out=str(where), protocol=protocol, device="cpu",
+                                limit=6))
+
+    base = EvalProtocol.make(steps=2)
+    from protobench.report.figures import sensitivity as draw
+
+    result = S.sensitivity(models, ["eps"], tmp_path / "out", run, base=base, draw=draw)
+    assert len(calls) == 2 * 4 and result["points"] == 4
+    frame = pd.read_csv(tmp_path / "out" / "sensitivity.csv", dtype={"setting": str})
+    assert set(frame["metric"]) == set(S.METRIC_NAMES) and len(frame) == 2 * 4 * len(S.METRIC_NAMES)
+    assert frame.loc[frame["default"], "setting"].unique().tolist() == ["0.4"]
+    tau = pd.read_csv(tmp_path / "out" / "tau.csv")
+    assert len(tau) == 3 * len(S.METRIC_NAMES) and tau["tau"].abs().max() <= 1  # two models: tau is +-1 or NaN
+    for metric in S.METRIC_NAMES:
+        assert (tmp_path / "out" / f"sensitivity-{metric}.png").stat().st_size > 1000
+    S.sensitivity(models, ["eps"], tmp_path / "out", run, base=base)
+    assert len(calls) == 8  # every grid point reused
