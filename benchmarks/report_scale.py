@@ -4,7 +4,9 @@ Builds synthetic result directories shaped like CUB-200-2011 runs of a ProtoPNet
 200 classes, 2,000 prototypes, 224 px images, 7 x 7 maps), one per model, each with an
 examples.safetensors as `evaluate --save-examples` writes it, then times `build_report` on them with
 `--examples saved` (what remains once the drawn images are re-run: reading, tables, charts, strips,
-page) and prints JSON: wall and CPU seconds (CPU time is what a busy machine does not inflate),
+page). The prototypes' source patches (which need a checkpoint and training data) are stood in for by
+synthetic 224 px images of the same kind, so the gallery's cards and the strips' source panels are drawn
+and counted too. It prints JSON: wall and CPU seconds (CPU time is what a busy machine does not inflate),
 report.html's size, the files written.
 
 The images are smooth random fields (like photographs, they compress) and the perturbation is +-eps
@@ -80,6 +82,30 @@ def synthetic_tensors(indices: list[int], seed: int) -> dict[str, torch.Tensor]:
             "attackable": attackable, "map_star": maps, "map_star_adv": maps.roll(2, dims=2) * 0.6}
 
 
+def synthetic_sources(run, options, protos, adapter=None, log=None):
+    """Stands in for report.gallery.prototype_side: one smooth synthetic source image per prototype."""
+    from protobench.report.gallery import Patch
+    from protobench.report.sources import Source
+    from protobench.report.strips import pixels_of
+
+    images = synthetic_tensors(list(protos), 7)["images"]
+    return {p: Patch(p, pixels_of(images[k], MEAN, STD), (80, 120, 90, 130), f"training image {p}",
+                     "the train split of /data/CUB_200_2011",
+                     Source(p, p, f"images/{p}.jpg", p // 10, 24, 7.5, (80, 120, 90, 130), 1.0))
+            for k, p in enumerate(protos)}, ""
+
+
+def by_kind(files: list[Path]) -> dict[str, list[int]]:
+    """PNG sizes by picture kind: strips (worst, median, best), prototype cards, the rest."""
+    kinds: dict[str, list[int]] = {}
+    for path in files:
+        if path.suffix == ".png":
+            kind = ("strip" if any(f"-{k}-" in path.name for k in ("worst", "median", "best")) else
+                    "prototype card" if "-prototype-" in path.name else "chart")
+            kinds.setdefault(kind, []).append(path.stat().st_size)
+    return kinds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=2)
@@ -91,7 +117,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.models, args.images, args.worst, args.best = 2, 400, 1, 1
+    from protobench.report import gallery
     from protobench.report.build import Options, build_report
+
+    gallery.prototype_side = synthetic_sources
 
     with tempfile.TemporaryDirectory() as tmp:
         dirs = [Path(tmp) / f"model{m}" for m in range(args.models)]
@@ -107,6 +136,7 @@ def main() -> None:
             "worst": args.worst, "best": args.best, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
             "report_html_mb": round(result["bytes"] / 2**20, 2),
             "files_mb": round(sum(p.stat().st_size for p in written) / 2**20, 2), "files": len(written),
+            "mean_png_mb": {kind: round(float(np.mean(sizes)) / 2**20, 3) for kind, sizes in by_kind(written).items()},
             "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
         }, indent=1))
 

@@ -59,7 +59,7 @@ class Page(HTMLParser):
 
     def __init__(self, text: str):
         super().__init__()
-        self.images, self.tags, self.rows, self.links, self.text = [], [], [], [], []
+        self.images, self.tags, self.rows, self.links, self.text, self.ids = [], [], [], [], [], []
         self._row = None
         self.feed(text)
         self.close()
@@ -69,6 +69,8 @@ class Page(HTMLParser):
         self.tags.append(tag)
         if tag == "img":
             self.images.append(attrs)
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
         if tag == "tr":
             self._row = []
         for name in ("href", "src"):

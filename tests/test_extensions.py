@@ -54,13 +54,13 @@ def test_a_plugin_metric_reaches_every_table(plugin_metrics, tiny_ckpt, image_fo
     columns = list(per_image.columns)
     metric_columns = [spec.name for spec in per_image_specs([MISALIGNMENT])]  # the registry's, plugins last
     assert metric_columns[-1] == "ADROP" and columns[9:9 + len(metric_columns)] == metric_columns
-    assert columns[-3:] == ["zero_grad", "zero_grad_steps", "protected_frac"]
+    assert columns[-5:] == ["zero_grad", "zero_grad_steps", "protected_frac", "collapsed", "top_outside"]
     assert "FLIPS" not in columns  # a run-level figure has no per-image column
     assert per_image["ADROP"].tolist() == pytest.approx((per_image.act_before - per_image.act_after).tolist(),
                                                         abs=1e-5)
     summary = pd.read_csv(tmp_path / "a" / "summary.csv").iloc[0]
     drop_columns = ["ADROP_mean", "ADROP_std", "ADROP_n", "ADROP_ci_low", "ADROP_ci_high"]
-    assert list(summary.index)[-7:] == [*drop_columns, "FLIPS", "zero_grad_images"]  # after every built-in
+    assert list(summary.index)[-8:] == [*drop_columns, "FLIPS", "zero_grad_images", "collapsed_images"]
     assert summary["ADROP_mean"] == pytest.approx(per_image["ADROP"].mean()) and summary["ADROP_n"] == 6
     flips = 100 * (per_image.pred_before != per_image.pred_after).sum() / 6
     assert summary["FLIPS"] == pytest.approx(flips)

@@ -45,8 +45,8 @@ def test_the_demo_prints_every_metric_in_one_table(scorecard_run):
 def test_the_scorecard_files(scorecard_run):
     out, _ = scorecard_run
     per_image = pd.read_csv(out / "per_image.csv")
-    assert list(per_image.columns)[-5:] == ["zero_grad", "zero_grad_steps", "protected_frac", "part_hits",
-                                            "part_hits_noisy"]
+    assert list(per_image.columns)[-7:] == ["zero_grad", "zero_grad_steps", "protected_frac", "collapsed",
+                                            "top_outside", "part_hits", "part_hits_noisy"]
     # each image: its class's 2 prototypes, 5 part codes each (demo classes own prototypes 2c, 2c + 1)
     for label, cell in zip(per_image["label"], per_image["part_hits"]):
         assert [token.split(":")[0] for token in cell.split()] == [str(2 * label), str(2 * label + 1)]
@@ -82,7 +82,7 @@ def test_misalignment_alone_is_the_run_it_always_was(scorecard_run, tmp_path):
     together = pd.read_csv(out / "per_image.csv")
     pd.testing.assert_frame_equal(default, together[default.columns])  # the part pass changes no attack number
     summary = pd.read_csv(tmp_path / "default" / "summary.csv")
-    assert list(summary.columns)[-2:] == ["AC", "zero_grad_images"]
+    assert list(summary.columns)[-3:] == ["AC", "zero_grad_images", "collapsed_images"]
 
 
 def test_the_part_metrics_alone_skip_the_attack(scorecard_run, tmp_path):

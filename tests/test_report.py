@@ -15,13 +15,19 @@ from protobench.report.examples import FILE
 from protobench.report.runs import load_runs
 from protobench.report.tables import picks, prototype_table
 
-STRIP, HISTOGRAMS = (1320, 295), (1200, 365)  # figure inches x 100 dpi (strips.py, figures.py)
+STRIP, HISTOGRAMS, CARD = (840, 610), (1200, 365), (440, 245)  # figure inches x 100 dpi (strips, figures, gallery)
 
 
 def drawn(per_image, worst, best):
-    """The images a report draws: the highest and lowest PAC and PLC (pandas keeps the first of ties)."""
-    return {i for metric in ("PAC", "PLC") for i in
-            [*per_image.nlargest(worst, metric)["index"], *per_image.nsmallest(best, metric)["index"]]}
+    """The images a report draws: the highest, the median (the lower middle by value, then index) and the
+    lowest PAC and PLC (pandas keeps the first of ties)."""
+    found = set()
+    for metric in ("PAC", "PLC"):
+        ordered = per_image.dropna(subset=[metric]).sort_values([metric, "index"])["index"].tolist()
+        found |= {*per_image.nlargest(worst, metric)["index"], *per_image.nsmallest(best, metric)["index"]}
+        if worst or best:
+            found.add(ordered[(len(ordered) - 1) // 2])
+    return found
 
 
 def test_page_parses_and_every_image_decodes_at_its_size(finished, tmp_path):
@@ -36,8 +42,10 @@ def test_page_parses_and_every_image_decodes_at_its_size(finished, tmp_path):
         image = decode(img["src"])
         assert image.size == (int(img["width"]), int(img["height"]))
         sizes.append(image.size)
-    assert sizes.count(HISTOGRAMS) == 1 and sizes.count(STRIP) == len(images)
-    assert len(sizes) == 2 + len(images)  # and the attack's convergence (convergence.csv)
+    per_image = pd.read_csv(finished / "per_image.csv").set_index("index")
+    prototypes = {int(per_image.loc[i, "proto"]) for i in images}
+    assert sizes.count(HISTOGRAMS) == 1 and sizes.count(STRIP) == len(images) and sizes.count(CARD) == len(prototypes)
+    assert len(sizes) == 2 + len(images) + len(prototypes)  # and the attack's convergence (convergence.csv)
     assert any("How the attack converged" in t for t in page.text) and (out / "convergence.png").is_file()
     written = sorted(p.name for p in out.glob("*.png"))
     assert len(written) == len(page.images)  # every picture also beside the page
@@ -91,9 +99,12 @@ def test_prototype_table_by_hand():
 
 def test_picks_are_the_worst_and_best_with_ties_by_index_and_no_nan():
     frame = pd.DataFrame({"index": [10, 11, 12, 13], "PAC": [5.0, math.nan, 5.0, -1.0], "PLC": [0.0, 9.0, 1.0, 2.0]})
-    chosen = [(p.metric, p.worst, p.rank, p.index) for p in picks(frame, 2, 1)]
-    assert chosen == [("PAC", True, 1, 10), ("PAC", True, 2, 12), ("PAC", False, 1, 13),
-                      ("PLC", True, 1, 11), ("PLC", True, 2, 13), ("PLC", False, 1, 10)]
+    chosen = [(p.metric, p.kind, p.rank, p.index) for p in picks(frame, 2, 1)]
+    # PAC ascending: 13 (-1), 10 (5), 12 (5): the median is the middle one, 10; PLC: 10, 12, 13, 11: the lower middle, 12
+    assert chosen == [("PAC", "worst", 1, 10), ("PAC", "worst", 2, 12), ("PAC", "median", 1, 10),
+                      ("PAC", "best", 1, 13), ("PLC", "worst", 1, 11), ("PLC", "worst", 2, 13),
+                      ("PLC", "median", 1, 12), ("PLC", "best", 1, 10)]
+    assert [p.kind for p in picks(frame, 0, 0)] == []  # no images asked for: no median either
 
 
 def test_rerun_reproduces_per_image_csv(finished):
@@ -170,17 +181,3 @@ def test_every_run_string_is_escaped(tmp_path):
     html = (out / "report" / "report.html").read_text(encoding="utf-8")
     assert "<b>" not in html and "<i>" not in html
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; &#39;q&#39;" in html and "&lt;i&gt;data&lt;/i&gt;" in html
-
-
-def test_a_long_class_name_is_cut_to_fit_the_strip():
-    from protobench.report.figures import figure
-    from protobench.report.strips import numbers_panel
-
-    ax = figure(3, 3).subplots()
-    row = {"index": 3, "label": 0, "proto": 5, "proto_class": 0, "act_before": 7.5, "act_after": 1.25, "PAC": 83.3,
-           "PLC": 40.0, "PRC": 2, "pred_before": 0, "pred_after": 0}
-    numbers_panel(ax, row, ["y" * 80])
-    lines = ax.texts[0].get_text().splitlines()
-    assert "  of class 0 (" + "y" * 20 + "..." in lines  # 26 characters: "0 (" + 20 + "..."
-    assert "activation 7.5 -> 1.25" in lines and "PAC 83.3 %   PLC 40.0 %" in lines and "PRC +2" in lines
-    assert max(len(line) for line in lines) <= len("  of class ") + 26

@@ -121,6 +121,8 @@ def test_evaluate_report_and_save_examples(tmp_path):
     assert result.exit_code == 0, result.output
     assert "kept the tensors of 3 images" in result.stdout  # K above the run's 3 images keeps them all
     assert f"report written to {out / 'report' / 'report.html'}" in result.stdout
+    assert "re-running" not in result.output  # its own report draws the tensors the run kept
+    assert "kept by evaluate from the run itself" in (out / "report" / "report.html").read_text(encoding="utf-8")
     assert (out / "examples.safetensors").is_file()
     bad = invoke("evaluate", "--ckpt", tmp_path / "m.safetensors", "--data", tmp_path / "data", "--out",
                  tmp_path / "p", "--save-examples", 0)
@@ -164,7 +166,9 @@ def test_the_demo_writes_its_report_and_says_where(tmp_path, monkeypatch):
     html = tmp_path / "protobench-results" / "demo" / "report" / "report.html"
     assert "report written to protobench-results/demo/report/report.html" in " ".join(result.stdout.split())
     text = html.read_text(encoding="utf-8")
-    assert "-vertical" in text or "-horizontal" in text  # the demo's class names, from the re-run data
+    assert "-vertical" in text or "-horizontal" in text  # the demo's class names
+    assert "training image" in text  # the prototypes' source patches, from the demo's train split
+    assert (tmp_path / "protobench-results" / "demo" / "prototype_sources.json").is_file()
     again = invoke("report", "protobench-results/demo", "--worst", 1, "--best", 0)
     assert again.exit_code == 0, again.output
     meta = json.loads((tmp_path / "protobench-results" / "demo" / "meta.json").read_text())

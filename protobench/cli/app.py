@@ -14,7 +14,8 @@ from protobench.cli.console import (err_console, fail, line, out_console, parse_
                                     warnings_to_console)
 from protobench.cli.helptext import (ATTACK_HELP, DATASET_HELP, MARGIN_HELP, MAX_PIXELS, MAX_PIXELS_HELP,
                                      PLC_HELP, PROTOCOL_HELP, REGION_HELP)
-from protobench.cli.report import REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, report_command
+from protobench.cli.report import (REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, keeper,
+                                   report_command)
 from protobench.cli.compare import compare_command
 from protobench.cli.sensitivity import sensitivity_command
 from protobench.cli.zoo import DOWNLOAD_HELP, MODEL_HELP, ZOO_DIR_HELP, zoo_app, zoo_model
@@ -132,7 +133,8 @@ def evaluate(
             return None if result is None else report_models(
                 result, lambda done: after_evaluate(cfg.out, done, save_examples, bool(report), device,
                                                    tuple(adapter)))
-        result = run_library(run_evaluate, cfg, RichProgress(err_console), trace_dir=cfg.out)
+        progress = keeper(report, RichProgress(err_console))  # keeps the drawn images' tensors for the report
+        result = run_library(run_evaluate, cfg, progress, trace_dir=cfg.out)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
     summary = result["summary"]
@@ -146,7 +148,7 @@ def evaluate(
     written = [name for name in ("per_image.csv", "per_prototype.csv", "summary.csv", "meta.json")
                if (Path(result["out"]) / name).is_file()]
     say(f"results written to {result['out']}/ ({', '.join(written)})")
-    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device, tuple(adapter))
+    after_evaluate(result["out"], [result["out"]], save_examples, bool(report), device, tuple(adapter), progress)
 
 
 def report_models(result: dict[str, Any], then: Any) -> None:

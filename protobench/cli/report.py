@@ -38,13 +38,16 @@ def report_command(
     device: str = typer.Option("auto", help="Where to re-run the drawn images: auto, cpu or cuda[:N]."),
     force: bool = typer.Option(False, "--force", help="Draw a re-run whose numbers differ from per_image.csv (the page "
                                            "says so)."),
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="Where to find the prototypes' source "
+                                              "patches (its training split) [the run's dataset's training split; "
+                                              "without one, the evaluated data, labelled so]."),
 ) -> None:
     """Draw a run's evidence: histograms, per-prototype table, the worst and best images (one HTML file + PNGs)."""
     from protobench.report.build import Options
 
     options = Options(out=str(out) if out else None, worst=worst, best=best, examples=examples,
                       ckpt=str(ckpt) if ckpt else None, data=str(data) if data else None, adapter=adapter, device=device,
-                      force=force)
+                      force=force, train_data=str(train_data) if train_data else None)
     write_report([str(p) for p in run_dir], options)
 
 
@@ -68,10 +71,19 @@ def check_examples(k: Optional[int]) -> None:
         run_library(check_count, k)
 
 
+def keeper(report: Optional[bool], progress: Any) -> Any:
+    """evaluate's progress display, wrapped in a report.kept.Keeper that keeps the drawn images' tensors for
+    its own report (the display alone without a report)."""
+    from protobench.report.kept import Keeper
+
+    return Keeper(max(WORST, BEST), progress) if report else progress
+
+
 def after_evaluate(out: str, model_dirs: list[str], save_examples: Optional[int], report: bool, device: str,
-                   adapters: tuple[str, ...] = ()) -> None:
+                   adapters: tuple[str, ...] = (), watched: Any = None) -> None:
     """evaluate's --save-examples (in each model's directory) and --report, once its results are written;
-    `adapters`: the --adapter values the user typed (their import paths may be re-run)."""
+    `adapters`: the --adapter values the user typed (their import paths may be re-run); `watched`: the
+    Keeper that watched a one-model run (its tensors spare the report a re-run)."""
     from protobench.report.build import Options
     from protobench.report.examples import save_examples as keep
 
@@ -85,7 +97,8 @@ def after_evaluate(out: str, model_dirs: list[str], save_examples: Optional[int]
             say(f"kept the tensors of {kept['images']} images (the {kept['k']} worst and best by PAC and PLC) "
                 f"in {kept['path']}")
     if report:
-        write_report([out], Options(device=device, up_to=True, trusted=adapters))
+        tensors = {str(Path(out).resolve()): watched} if hasattr(watched, "on_outcome") else None
+        write_report([out], Options(device=device, up_to=True, trusted=adapters, kept=tensors))
     else:
         say(f"to see the worst images and the per-prototype table: protobench report {out}")
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from protobench.lock import holding
 from protobench.report.page import Picture, prototype_rows, slug
 from protobench.report.runs import ReportError, Run, load_runs
-from protobench.report.tables import Pick, check_counts, picks
+from protobench.report.tables import check_counts, picks
 
 EXAMPLES = ("rerun", "saved", "none")  # --examples: where the drawn images' tensors come from
 REPORT = "report.html"
@@ -34,6 +34,8 @@ class Options:
     trusted: tuple[str, ...] = ()  # import paths the user typed (evaluate's --adapter), usable when recorded
     force: bool = False  # draw a re-run whose numbers differ from per_image.csv (marked in the page)
     up_to: bool = False  # worst / best are at most: evaluate's own report of a run with fewer images
+    train_data: str | None = None  # where to search the prototypes' source patches [the run's data's training split]
+    kept: dict[str, Any] | None = None  # run directory -> report.kept.Keeper: tensors evaluate kept while running
 
 
 def build_report(paths: list[str], options: Options, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -45,13 +47,14 @@ def build_report(paths: list[str], options: Options, log: Callable[[str], None] 
         pixels = {id(run): pixels_for(run, options, log) for run in runs}  # the slow part: before any file
         files: dict[str, bytes] = {}
         context = {"title": ", ".join(dict.fromkeys(run.label for run in runs)), "notes": notes, "runs": []}
-        sections(runs, pixels, options, files, context)
+        sections(runs, pixels, options, files, context, log)
         context["convergence"] = convergence_picture(runs, files)
         if len(runs) > 1:
             from protobench.report.figures import comparison
 
             context["comparison"] = add(files, Picture(comparison(runs), "comparison.png"))
             context["compare_tables"] = compare_tables(runs)
+            context.update(comparison_text(runs, context["runs"]))
         html = _render(context)
         write(out, files, html)
     return {"out": str(out), "html": str(out / REPORT), "bytes": len(html.encode("utf-8")), "files": len(files) + 1,
@@ -101,9 +104,13 @@ def pixels_for(run: Run, options: Options, log: Callable[[str], None]) -> dict[s
             raise ReportError(f"{run.dir} kept the tensors of {len(pixels.indices)} images (--save-examples), not of "
                               f"image {lacking[0]}: ask for fewer with --worst / --best, or use --examples rerun")
         return {"pixels": pixels, "problem": "", "picks": chosen}
+    kept = _kept(run, options, indices)
+    lacking = [i for i in indices if kept is None or i not in kept.indices]
+    if not lacking:
+        return {"pixels": kept, "problem": "", "picks": chosen}
     from protobench.report.pixels import verified_rerun
 
-    pixels, found = verified_rerun(run, indices, force=options.force, ckpt=options.ckpt, data=options.data,
+    pixels, found = verified_rerun(run, lacking, force=options.force, ckpt=options.ckpt, data=options.data,
                                    adapter=options.adapter, trusted=options.trusted, device=options.device, log=log)
     pixels.source += f" (sha256 {run.meta.get('checkpoint_sha256')} verified, data fingerprint verified)"
     problem = ""
@@ -112,14 +119,34 @@ def pixels_for(run: Run, options: Options, log: Callable[[str], None]) -> dict[s
                    "these pictures may not show what the numbers measured")
     else:
         pixels.source += "; every re-run number equals per_image.csv within the tolerance of docs/report.md"
+    if kept is not None:
+        from protobench.report.kept import merge
+
+        source = f"{kept.source}, {len(kept.indices)} images; and {pixels.source}, {len(lacking)} images"
+        pixels = merge(kept, pixels)
+        pixels.source = source
     return {"pixels": pixels, "problem": problem, "picks": chosen}
 
 
+def _kept(run: Run, options: Options, indices: list[int]) -> Any:
+    """The drawn images among the tensors evaluate kept for `run` (None: none kept)."""
+    keeper = (options.kept or {}).get(str(run.dir.resolve()))
+    info = run.meta.get("model_info") if isinstance(run.meta.get("model_info"), dict) else {}
+    pixels = keeper.pixels(info.get("mean"), info.get("std"), run.meta.get("classes") or []) if keeper else None
+    present = [i for i in indices if pixels is not None and i in pixels.indices]
+    if not present:
+        return None
+    from protobench.report.kept import select
+
+    return select(pixels, present)
+
+
 def sections(runs: list[Run], pixels: dict[int, dict], options: Options, files: dict[str, bytes],
-             context: dict[str, Any]) -> None:
+             context: dict[str, Any], log: Callable[[str], None] = lambda _: None) -> None:
     """One section per run: facts, summary, histograms (overlaid per checkpoint), prototypes, strips."""
     from protobench.report.figures import histograms
-    from protobench.report.tables import facts, header_rows, prototype_table
+    from protobench.report.sections import prototype_part, strips, words
+    from protobench.report.tables import facts, header_rows
 
     groups: dict[Any, list[Run]] = defaultdict(list)
     for run in runs:
@@ -138,41 +165,12 @@ def sections(runs: list[Run], pixels: dict[int, dict], options: Options, files: 
             first[id(run)] = section
         else:
             section["overlay_in"] = first[id(group[0])]
-        table = prototype_table(run.per_image)
-        files[f"{name}-prototypes.csv"] = table.to_csv(index=False).encode("utf-8")
-        classes = got["pixels"].classes if got["pixels"] is not None else []
-        section.update(prototypes=prototype_rows(table, classes), prototypes_file=f"{name}-prototypes.csv",
-                       pixels_problem=got["problem"],
+        part = prototype_part(run, name, got, options, files, log)
+        section.update(part, pixels_problem=got["problem"],
                        pixels_source=got["pixels"].source if got["pixels"] is not None else "",
-                       strips=strips(run, name, got, files))
+                       strips=strips(run, name, got, files, part["patches"], part["classes"]),
+                       **words(run, part["classes"]))
         context["runs"].append(section)
-
-
-def strips(run: Run, name: str, got: dict[str, Any], files: dict[str, bytes]) -> list[dict[str, Any]]:
-    """The strip groups (worst by PAC, best by PAC, worst by PLC, best by PLC); an image drawn once."""
-    from protobench.report.strips import strip
-
-    pixels = got["pixels"]
-    if pixels is None:
-        return []
-    rows = run.per_image.set_index("index", drop=False)
-    drawn: dict[int, Pick] = {}
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for pick in got["picks"]:
-        numbers = rows.loc[pick.index].to_dict()
-        item = {"title": pick.title, "index": pick.index, "path": str(numbers["path"]),
-                "anchor": f"{name}-image{pick.index}", "data": "", "first": ""}
-        if pick.index in drawn:
-            item["first"] = drawn[pick.index].title
-        else:
-            drawn[pick.index] = pick
-            picture = add(files, Picture(strip(pixels, pixels.row(pick.index), numbers,
-                                               f"{run.label}: {pick.title}, {Path(str(numbers['path'])).name}"),
-                                         f"{name}-{'worst' if pick.worst else 'best'}-{pick.metric}-{pick.rank}.png"))
-            item.update(data=picture.data, width=picture.width, height=picture.height, file=picture.file)
-        title = f"{'Worst' if pick.worst else 'Best'} images by {pick.metric}"
-        groups.setdefault(title, []).append(item)
-    return [{"title": title, "pictures": items} for title, items in groups.items()]
 
 
 def add(files: dict[str, bytes], picture: Picture) -> Picture:
@@ -191,6 +189,30 @@ def _histogram_caption(group: list[Run]) -> str:
     if len(group) > 1:
         text += " Runs of the same checkpoint (e.g. the pgd and the reference protocol) are overlaid on shared bins."
     return text
+
+
+def comparison_text(runs: list[Run], sections: list[dict[str, Any]]) -> dict[str, Any]:
+    """The comparison chart's numbers as a table, and its alt text."""
+    from protobench.core.metrics import measured
+    from protobench.report.tables import fmt
+
+    specs = measured([run.summary for run in runs])
+    columns, rows = [], []
+    for spec in specs:
+        columns.append(f"{spec.name} mean [95% CI]" if spec.summary is None else spec.label)
+    for run, section in zip(runs, sections):
+        values = []
+        for spec in specs:
+            mean = fmt(run.summary.get(spec.column), spec.decimals)
+            if spec.summary is None:
+                mean += (f" [{fmt(run.summary.get(f'{spec.name}_ci_low'), spec.decimals)}, "
+                         f"{fmt(run.summary.get(f'{spec.name}_ci_high'), spec.decimals)}]")
+            values.append(mean)
+        rows.append({"slug": section["slug"], "label": run.label, "cells": values})
+    alt = "Means and 95% intervals per run: " + "; ".join(
+        f"{row['label']}: " + ", ".join(f"{c.split(' ')[0]} {v}" for c, v in zip(columns, row["cells"]))
+        for row in rows) + "."
+    return {"comparison_columns": columns, "comparison_rows": rows, "comparison_alt": alt}
 
 
 def convergence_picture(runs: list[Run], files: dict[str, bytes]) -> Picture | None:

@@ -75,20 +75,22 @@ def bins(metric: str, data: Sequence[np.ndarray]) -> np.ndarray:
 
 def histograms(runs: Sequence[Run], title: str) -> bytes:
     """One panel per metric (PAC, PLC, PRC); each run one outlined histogram with its mean as a
-    vertical line, overlaid on shared bins (e.g. a pgd run and a reference run of one model)."""
+    vertical line, overlaid on shared bins (e.g. a pgd run and a reference run of one model). Runs of
+    different sizes are drawn as shares of their images (%), so that their shapes compare."""
     fig = figure(12, 3.4 + 0.25 * ((len(runs) + 2) // 3))
     axes = fig.subplots(1, len(HISTOGRAMS))
     for ax, (metric, label) in zip(axes, HISTOGRAMS):
         data = [values(run, metric) for run in runs]
+        shares = len({len(d) for d in data if len(d)}) > 1
         edges = bins(metric, data)
         for i, (run, d) in enumerate(zip(runs, data)):
             if not len(d):
                 continue
             ax.hist(d, bins=edges, histtype="step", linewidth=2, color=color(i), linestyle=style(i),
-                    label=f"{run.label} (n={len(d)})")
+                    weights=np.full(len(d), 100 / len(d)) if shares else None, label=f"{run.label} (n={len(d)})")
             ax.axvline(float(d.mean()), color=color(i), linestyle=style(i), linewidth=1)
         ax.set_xlabel(label)
-        ax.set_ylabel("images")
+        ax.set_ylabel("share of images (%)" if shares else "images")
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=9, frameon=False)
@@ -97,14 +99,19 @@ def histograms(runs: Sequence[Run], title: str) -> bytes:
 
 
 def comparison(runs: Sequence[Run]) -> bytes:
-    """Several runs side by side: each per-image metric's mean with its 95% CI (one panel per metric),
-    and accuracy on clean and attacked images. Lower PLC / PAC / PRC is better aligned."""
-    from protobench.core.metrics import specs
+    """Several runs side by side: each measured per-image metric's mean with its 95% CI (one panel per
+    metric; a metric no run has is left out, so no panel is empty), and accuracy on clean and attacked
+    images; at most three panels a row, so the chart fits the page at its own size."""
+    from protobench.core.metrics import measured
     from protobench.report.runs import finite
 
-    metrics = [spec for spec in specs() if spec.summary is None]
-    fig = figure(3.2 * (len(metrics) + 1), 1.2 + 0.45 * len(runs))
-    axes = fig.subplots(1, len(metrics) + 1, sharey=True)
+    metrics = [spec for spec in measured([run.summary for run in runs]) if spec.summary is None
+               and any(not math.isnan(finite(run.summary.get(spec.column))) for run in runs)]
+    panels = len(metrics) + 1
+    cols = 2 if panels == 4 else min(panels, 3)
+    rows = -(-panels // cols)
+    fig = figure(4.3 * cols, rows * (1.3 + 0.45 * len(runs)) + 0.4)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).flatten())
     y = np.arange(len(runs))[::-1]
     for ax, spec in zip(axes, metrics):
         for i, run in enumerate(runs):
@@ -115,9 +122,16 @@ def comparison(runs: Sequence[Run]) -> bytes:
             ax.errorbar([mean], [y[i]], xerr=err, fmt="o", color=color(i), capsize=4, markersize=6)
         ax.set_xlabel(f"{spec.name} ({spec.unit}), mean and 95% CI")
         ax.grid(alpha=0.3, axis="x")
-    accuracy_panel(axes[-1], runs, y)
-    axes[0].set_yticks(y, [run.label for run in runs])
-    axes[0].set_ylim(-0.6, len(runs) - 0.4)
+        low, high = ax.dataLim.intervalx
+        if high - low < 1e-9:  # every run the same value (e.g. PRC 0): a readable unit-wide axis around it
+            ax.set_xlim(low - 1, high + 1)
+    accuracy_panel(axes[len(metrics)], runs, y)
+    for k, ax in enumerate(axes):
+        if k > len(metrics):
+            ax.axis("off")
+            continue
+        ax.set_ylim(-0.6, len(runs) - 0.4)
+        ax.set_yticks(y, [run.label for run in runs] if k % cols == 0 else [])
     fig.suptitle("models and runs compared (lower PLC, PAC, PRC: better aligned)", fontsize=11)
     return png(fig)
 

@@ -1,6 +1,9 @@
 """One strip per drawn image: what the attack changed and how far the explanation moved.
 
-    clean image | heatmap before | perturbation | attacked image | heatmap after | the numbers
+    prototype's source patch | clean image    | heatmap before
+    perturbation             | attacked image | heatmap after
+
+The numbers are in the page's text beside the strip (report.story).
 
 The heatmap is p*'s similarity map upsampled to the image (bilinear, as PLC does), over the
 greyed image; its top-10% region (the pixels PLC compares: strictly above the 90th percentile)
@@ -16,11 +19,11 @@ import numpy as np
 
 from protobench.report.figures import figure, png
 
-NAME_WIDTH = 26  # characters of a class name in the numbers panel
 HEATMAP, DIVERGING = "viridis", "PuOr"  # perceptually uniform; colour-blind safe diverging (ColorBrewer)
-REGION, BEFORE, PROTECTED = "#FFFFFF", "#F0E442", "#E69F00"  # outline colours (Okabe-Ito yellow, orange)
-LEGEND = ("white line: the heatmap's top-10% region (what PLC compares); dotted yellow: that region before the "
-          "attack; dashed: the protected region (never attacked). Both heatmaps share the clean one's colour scale.")
+REGION, BEFORE, PROTECTED, PATCH = "#FFFFFF", "#F0E442", "#E69F00", "#56B4E9"  # outlines (Okabe-Ito)
+LEGEND = ("Top left: the prototype's source patch (blue box). White line: the heatmap's top-10% region (what PLC "
+          "compares); dotted yellow: that region before the attack; dashed orange: the protected region (never "
+          "attacked). Both heatmaps share the clean one's colour scale: a collapsed map turns dark and flat.")
 
 
 def pixels_of(image: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
@@ -51,39 +54,73 @@ def panel(ax: Any, title: str) -> None:
     ax.set_yticks([])
 
 
-def strip(pixels: Any, row: int, numbers: dict[str, Any], heading: str) -> bytes:
-    """The strip of image `row` of `pixels` (report.pixels.Pixels); `numbers`: its per_image.csv row."""
+def strip(pixels: Any, row: int, numbers: dict[str, Any], heading: str, source: Any = None) -> bytes:
+    """The strip of image `row` of `pixels` (report.pixels.Pixels); `numbers`: its per_image.csv row;
+    `source`: p*'s source patch (gallery.Patch) or None. Two rows of three panels, so that the strip
+    stays readable on a narrow screen; the numbers are in the page's text beside it."""
     size = pixels.images.shape[-1]
     clean = pixels_of(pixels.images[row], pixels.mean, pixels.std)
     attacked = pixels_of(pixels.images_adv[row], pixels.mean, pixels.std)
     maps, regions = upsampled(_pair(pixels, row), size)
     protected = ~pixels.attackable[row, 0].numpy()
-    fig = figure(13.2, 2.95)
-    axes = fig.subplots(1, 6, width_ratios=[1, 1.2, 1.2, 1, 1.2, 1.15])
+    fig = figure(8.4, 6.1)
+    axes = fig.subplots(2, 3, width_ratios=[1, 1, 1.2]).flatten()
     fig.suptitle(heading, fontsize=10, parse_math=False)
-    fig.supxlabel(LEGEND, fontsize=7.5, color="#333333")
+    fig.supxlabel(LEGEND, fontsize=7.5, color="#333333", wrap=True)
     show = {"interpolation": "nearest" if size < 160 else "antialiased"}
-    axes[0].imshow(clean, **show)
-    outline(axes[0], protected, PROTECTED, "--")
-    panel(axes[0], "clean image")
-    grey = clean.mean(axis=2)
+    source_panel(axes[0], source, numbers, show)
+    axes[1].imshow(clean, **show)
+    outline(axes[1], protected, PROTECTED, "--")
+    panel(axes[1], f"clean image {int(numbers['index'])}")
     top = float(maps[0].max()) or 1.0
-    for ax, i, image_grey, name in ((axes[1], 0, grey, "heatmap, clean"),
-                                    (axes[4], 1, attacked.mean(axis=2), "heatmap, attacked")):
-        ax.imshow(image_grey, cmap="gray", vmin=0, vmax=1, **show)
+    for ax, i, image, name in ((axes[2], 0, clean, "heatmap, clean"), (axes[5], 1, attacked, attacked_title(numbers))):
+        ax.imshow(image.mean(axis=2), cmap="gray", vmin=0, vmax=1, **show)
         shown = ax.imshow(maps[i], cmap=HEATMAP, vmin=0, vmax=top, alpha=0.6, interpolation="bilinear")
         outline(ax, regions[i], REGION, "-")
         if i == 1:
             outline(ax, regions[0], BEFORE, ":")
         outline(ax, protected, PROTECTED, "--", 1.0)
-        panel(ax, f"{name}: prototype {int(numbers['proto'])}")
+        panel(ax, f"{name}\nprototype {int(numbers['proto'])}")
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
-    perturbation_panel(fig, axes[2], pixels, row, protected, show)
-    axes[3].imshow(attacked, **show)
-    outline(axes[3], protected, PROTECTED, "--")
-    panel(axes[3], "attacked image")
-    numbers_panel(axes[5], numbers, pixels.classes)
+    perturbation_panel(fig, axes[3], pixels, row, protected, show)
+    axes[4].imshow(attacked, **show)
+    outline(axes[4], protected, PROTECTED, "--")
+    panel(axes[4], "attacked image")
     return png(fig)
+
+
+def attacked_title(numbers: dict[str, Any]) -> str:
+    """What happened to the map, in two words: a flattened map is no move."""
+    if _true(numbers.get("collapsed")):
+        return f"heatmap, attacked: COLLAPSED, PLC {float(numbers['PLC']):.0f}%"
+    return f"heatmap, attacked: PLC {float(numbers['PLC']):.0f}%"
+
+
+def _true(value: Any) -> bool:
+    return str(value).strip().lower() in ("true", "1", "1.0")
+
+
+def source_panel(ax: Any, source: Any, numbers: dict[str, Any], show: dict) -> None:
+    """p*'s source patch: the image it is most active on (training data, or the evaluated data), the
+    patch boxed; an empty panel that says why where there is none."""
+    if source is None:
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"prototype {int(numbers['proto'])}:\nsource patch\nnot available", ha="center",
+                va="center", fontsize=9, transform=ax.transAxes)
+        return
+    ax.imshow(source.pixels, **show)
+    top, bottom, left, right = source.box
+    ax.add_patch(_rectangle(left - 0.5, top - 0.5, right - left, bottom - top))
+    panel(ax, f"prototype {int(numbers['proto'])}: {source.short}")
+
+
+def _rectangle(x: float, y: float, w: float, h: float) -> Any:
+    from matplotlib import patheffects
+    from matplotlib.patches import Rectangle
+
+    box = Rectangle((x, y), w, h, fill=False, edgecolor=PATCH, linewidth=2)
+    box.set_path_effects([patheffects.withStroke(linewidth=4.5, foreground="black")])  # seen on any image
+    return box
 
 
 def _pair(pixels: Any, row: int) -> Any:
@@ -104,28 +141,6 @@ def perturbation_panel(fig: Any, ax: Any, pixels: Any, row: int, protected: np.n
     bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
     bar.ax.tick_params(labelsize=7)
     bar.set_label("pixel change (0-1)", fontsize=7)
-
-
-def numbers_panel(ax: Any, numbers: dict[str, Any], classes: list[str]) -> None:
-    def name(label: Any) -> str:  # cut: a long class name would run off the strip (one column of ~30 characters)
-        text = class_name(int(label), classes)
-        return text if len(text) <= NAME_WIDTH else text[:NAME_WIDTH - 3] + "..."
-
-    lines = [
-        f"image {int(numbers['index'])}",
-        f"  class {name(numbers['label'])}",
-        f"prototype {int(numbers['proto'])}",
-        f"  of class {name(numbers['proto_class'])}",
-        f"activation {float(numbers['act_before']):.3g} -> {float(numbers['act_after']):.3g}",
-        f"PAC {float(numbers['PAC']):.1f} %   PLC {float(numbers['PLC']):.1f} %",
-        f"PRC {int(numbers['PRC']):+d}",
-        "prediction",
-        f"  {name(numbers['pred_before'])}",
-        f"  -> {name(numbers['pred_after'])}",
-    ]
-    ax.axis("off")
-    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=9, family="monospace",
-            transform=ax.transAxes, parse_math=False, linespacing=1.35)
 
 
 def class_name(k: int, classes: list[str]) -> str:

@@ -37,16 +37,20 @@ def prototype_table(per_image: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Pick:
-    """One drawn image: the `rank`-th worst (or best) of the run by `metric`."""
+    """One drawn image: the `rank`-th worst (or best) of the run by `metric`, or its median image."""
 
     metric: str  # PAC or PLC
-    worst: bool
-    rank: int  # 1-based
+    kind: str  # worst, median or best
+    rank: int  # 1-based (1 for the median)
     index: int  # the image's dataset index (per_image.csv's `index`)
 
     @property
+    def worst(self) -> bool:
+        return self.kind == "worst"
+
+    @property
     def title(self) -> str:
-        return f"{'worst' if self.worst else 'best'} #{self.rank} by {self.metric}"
+        return f"median by {self.metric}" if self.kind == "median" else f"{self.kind} #{self.rank} by {self.metric}"
 
 
 def check_counts(run: Run, worst: int, best: int) -> None:
@@ -61,25 +65,32 @@ def check_counts(run: Run, worst: int, best: int) -> None:
                                   f"({run.dir / 'per_image.csv'}); use {option} {n} or less")
 
 
-def picks(per_image: pd.DataFrame, worst: int, best: int) -> list[Pick]:
-    """The `worst` highest and `best` lowest images by PAC, then by PLC (ties: lower index first;
-    NaN values never picked). An image can be picked more than once (worst by PAC and by PLC)."""
+def picks(per_image: pd.DataFrame, worst: int, best: int, median: bool = True) -> list[Pick]:
+    """The `worst` highest, the median (the lower middle image of the order) and the `best` lowest images by
+    PAC, then by PLC (ties: lower index first; NaN values never picked). An image can be picked more than
+    once (worst by PAC and by PLC)."""
     chosen = []
     for metric in RANKED:
         values = pd.to_numeric(per_image[metric], errors="coerce")
         frame = pd.DataFrame({"index": per_image["index"].astype(int), "value": values}).dropna()
-        for is_worst, k in ((True, worst), (False, best)):
-            order = frame.sort_values(["value", "index"], ascending=[not is_worst, True], kind="mergesort")
-            chosen += [Pick(metric, is_worst, rank + 1, int(i)) for rank, i in enumerate(order["index"][:k])]
+        order = list(frame.sort_values(["value", "index"], ascending=[False, True], kind="mergesort")["index"])
+        chosen += [Pick(metric, "worst", rank + 1, int(i)) for rank, i in enumerate(order[:worst])]
+        if median and order and (worst or best):
+            chosen.append(Pick(metric, "median", 1, int(sorted_ascending(frame)[(len(order) - 1) // 2])))
+        chosen += [Pick(metric, "best", rank + 1, int(i)) for rank, i in enumerate(sorted_ascending(frame)[:best])]
     return chosen
+
+
+def sorted_ascending(frame: pd.DataFrame) -> list[int]:
+    return list(frame.sort_values(["value", "index"], ascending=[True, True], kind="mergesort")["index"])
 
 
 def header_rows(run: Run) -> list[dict[str, Any]]:
     """The summary table of the header: each metric's mean, std, 95% CI and n, or its one value."""
-    from protobench.core.metrics import specs
+    from protobench.core.metrics import measured
 
     rows = []
-    for spec in specs():
+    for spec in measured([run.summary]):
         row = {"metric": spec.label, "mean": fmt(run.summary.get(spec.column), spec.decimals),
                "std": "", "ci": "", "n": ""}
         if spec.summary is None:

@@ -20,7 +20,7 @@ from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import REGIONS, select_prototypes
 from protobench.models.adapter import Evidence, PrototypeAdapter, map_argmax_cells, map_maxima
-from protobench.run import convergence, partpass, seeds
+from protobench.run import convergence, diagnostics, partpass, seeds
 from protobench.run.context import RunContext
 from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
 from protobench.run.partpass import Passes
@@ -155,7 +155,9 @@ def attack_batch(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, id
     if on_outcome is not None:
         on_outcome(outcome, ids)
     out.update(zero_grad_steps=zero_steps, zero_grad=zero_steps > 0,
-               protected_frac=1 - attackable.float().mean(dim=(1, 2, 3)))
+               protected_frac=1 - attackable.float().mean(dim=(1, 2, 3)),
+               collapsed=diagnostics.collapsed(outcome.map_star, outcome.map_star_adv),
+               top_outside=diagnostics.top_outside(outcome.map_star, attackable, outcome.size))
     out.update(trace.tensors((adv.act * weights).sum(dim=1), adv.act, (clean.act * weights).sum(dim=1),
                              outcome.act_star))
     return out

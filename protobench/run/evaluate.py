@@ -107,8 +107,8 @@ def load_dataset(data: str, info, layout: str | None = None, split: str | None =
 def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out.
 
-    Per-image results are appended to the partial log every batch, so an interrupted run
-    continues with cfg.resume and ends with the same files as an uninterrupted one.
+    Per-image results are appended to the partial log every batch, so an interrupted run continues with
+    cfg.resume and ends with the same files as an uninterrupted one (`progress.on_outcome`, if any, sees tensors).
     """
     from protobench import files
     from protobench.run import distributed, resume as runstate, results, sources
@@ -207,7 +207,7 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context
     try:
         with runstate.PartialLog(out, context.world.rank) as log:
             benchmark.run(adapter, Subset(dataset, todo), paths, cfg.protocol, context, on_batch=on_batch,
-                          passes=passes)
+                          passes=passes, on_outcome=getattr(progress, "on_outcome", None))
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {count[0]} of {len(indices)} images; the partial results in {out} "
                           "are kept: rerun the same command with --resume to continue") from None
@@ -285,7 +285,7 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
         "model_info": adapter.info.__dict__,
         "checkpoint": str(Path(cfg.ckpt).resolve()) if Path(cfg.ckpt).exists() else cfg.ckpt,
         "dataset": str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data,
-        "dataset_images": len(dataset),
+        "dataset_images": len(dataset), "classes": [str(c) for c in getattr(dataset, "classes", [])],
         "evaluated_images": n_records,
         "skipped_images": [dataset.paths[i] for i in skipped],
         "seed": cfg.protocol.seed,

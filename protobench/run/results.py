@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from protobench.run.diagnostics import COLUMNS as DIAGNOSTICS
 from protobench.core.metrics import MetricSpec, per_image_specs, per_prototype_specs, specs, suites as all_suites
 from protobench.run.partpass import DEFAULT_METRICS, needs_attack, part_columns
 from protobench.registry import RegistryError
@@ -21,10 +22,10 @@ from protobench.files import atomic_write_text
 RECORD_COLUMNS = ["index", "path", "label", "pred_before", "pred_after", "proto", "proto_class",
                   "act_before", "act_after"]
 CLEAN_COLUMNS = 4  # index, path, label, pred_before: what a run without the attack records
-DIAGNOSTIC_COLUMNS = ["zero_grad", "zero_grad_steps", "protected_frac"]
+DIAGNOSTIC_COLUMNS = ["zero_grad", "zero_grad_steps", "protected_frac", *DIAGNOSTICS]
 
 
-SUMMARY_COLUMNS = ["model", "images", "zero_grad_images", "error", "ckpt", "adapter"]  # sweeps add the last 3
+SUMMARY_COLUMNS = ["model", "images", "zero_grad_images", "collapsed_images", "error", "ckpt", "adapter"]  # sweeps add the last 3
 PROTOTYPE_COLUMNS = ["prototype", "class", "images"]  # per_prototype.csv, then the per-prototype metrics'
 
 
@@ -40,7 +41,7 @@ def per_image_columns(suites: Sequence[str] = DEFAULT_METRICS) -> list[str]:
 def summary_columns(suites: Sequence[str] = DEFAULT_METRICS) -> list[str]:
     """summary.csv's columns for one model."""
     metrics = _unclaimed([col for spec in specs(suites) for col in spec.summary_columns], SUMMARY_COLUMNS)
-    return ["model", "images", *metrics, *(["zero_grad_images"] if needs_attack(suites) else [])]
+    return ["model", "images", *metrics, *(["zero_grad_images", "collapsed_images"] if needs_attack(suites) else [])]
 
 
 def check_columns(suites: Sequence[str] | None = None) -> None:
@@ -80,7 +81,15 @@ def summarize(per_image: pd.DataFrame, model: str, seed: int = 0, suites: Sequen
         row.update(summary_of(spec, per_prototype if spec.per_prototype is not None else per_image, seed))
     if needs_attack(suites):
         row["zero_grad_images"] = int(per_image["zero_grad"].astype(bool).sum()) if len(per_image) else 0
+        row["collapsed_images"] = _count(per_image, "collapsed")
     return row
+
+
+def _count(per_image: pd.DataFrame, column: str) -> int:
+    """Images whose boolean `column` is true (0 where a table from an older version lacks it)."""
+    if column not in per_image or not len(per_image):
+        return 0
+    return int(per_image[column].fillna(False).astype(bool).sum())
 
 
 def summary_of(spec: MetricSpec, table: pd.DataFrame, seed: int) -> dict[str, Any]:

@@ -1,0 +1,102 @@
+"""The prototype side of the report: source patches found by one batched pass, checked by brute force."""
+
+import json
+
+import torch
+
+from conftest import tiny_config, write_image_folder
+from protobench.adapters.protopnet import ProtoPNetAdapter
+from protobench.report.runs import Run
+from protobench.report.sources import FILE, connection_weights, find_sources, nearest_patches
+from protobench.run.evaluate import load_dataset
+
+
+def brute_force(adapter, dataset, proto):
+    """The training patch nearest to `proto` in latent space among the images of its class: every image,
+    every cell, one squared distance at a time."""
+    model = adapter.model
+    vector = model.prototype_vectors[proto].flatten()
+    own = int(adapter.prototype_class_identity[proto].argmax())
+    best = (float("inf"), None, None)
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            x, label, index = dataset[i]
+            if label != own:
+                continue
+            z = model.conv_features(x[None])[0]  # (D, h, w)
+            for r in range(z.shape[1]):
+                for c in range(z.shape[2]):
+                    d = float(((z[:, r, c].double() - vector.double()) ** 2).sum())
+                    if d < best[0]:
+                        best = (d, index, r * z.shape[2] + c)
+    return best[1:]
+
+
+def test_the_source_patch_is_the_nearest_training_patch_of_the_prototype_s_class(tmp_path):
+    adapter = ProtoPNetAdapter.from_config(tiny_config(), seed=0)
+    data = write_image_folder(tmp_path / "train", per_class=5)
+    dataset, _ = load_dataset(data, adapter.info)
+    protos = list(range(adapter.info.num_prototypes))
+    found = nearest_patches(adapter, dataset, protos, batch_size=4)  # several batches
+    for p in protos:
+        assert found[p][:2] == brute_force(adapter, dataset, p), p
+
+
+def test_sources_are_cached_in_the_run_directory_and_searched_again_only_when_missing(tmp_path, monkeypatch):
+    adapter = ProtoPNetAdapter.from_config(tiny_config(), seed=0)
+    data = write_image_folder(tmp_path / "train", per_class=3)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run = Run(dir=run_dir, model="tiny", meta={"checkpoint_sha256": "abc", "dataset": data}, summary={},
+              per_image=None)
+    first = find_sources(run, adapter, [0, 3], data)
+    assert first.training and sorted(first.found) == [0, 3]
+    cached = json.loads((run_dir / FILE).read_text())
+    assert sorted(cached["prototypes"]) == ["0", "3"]
+    searched = []
+    real = nearest_patches
+
+    def spy(adapter, dataset, protos, batch_size=32):
+        searched.append(list(protos))
+        return real(adapter, dataset, protos, batch_size)
+
+    monkeypatch.setattr("protobench.report.sources.nearest_patches", spy)
+    again = find_sources(run, adapter, [0, 3, 4], data)
+    assert searched == [[4]]  # 0 and 3 came from the cache
+    assert again.found[0] == first.found[0] and again.found[3] == first.found[3]
+    top, bottom, left, right = again.found[4].box
+    assert 0 <= top < bottom <= 32 and 0 <= left < right <= 32
+
+
+def test_without_training_data_the_evaluated_data_is_searched_and_said_so(tmp_path):
+    adapter = ProtoPNetAdapter.from_config(tiny_config(), seed=0)
+    data = write_image_folder(tmp_path / "test")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run = Run(dir=run_dir, model="tiny", meta={"checkpoint_sha256": "abc", "dataset": data}, summary={},
+              per_image=None)
+    sources = find_sources(run, adapter, [1], None)
+    assert not sources.training and str(data) in sources.where
+
+
+def test_the_class_connection_weight_is_the_last_layer_s():
+    adapter = ProtoPNetAdapter.from_config(tiny_config(), seed=0)
+    weights = connection_weights(adapter)
+    assert weights.shape == (3, 6)
+    assert torch.equal(weights, adapter.model.last_layer.weight.detach())
+
+
+def test_the_demo_s_source_patches_are_the_patches_its_training_pushed_prototypes_onto():
+    """scripts/train_demo.py records where push projected each prototype (protoshapes.json); the search
+    finds the same image and cell (a pushed prototype is at distance 0 from its patch)."""
+    from protobench.demo import DEMO_RECORD, demo_checkpoint
+    from protobench.demo.shapes import ProtoShapes
+    from protobench.run.evaluate import load_adapter
+
+    adapter = load_adapter("auto", demo_checkpoint(), {}, torch.device("cpu"))
+    pushed = {p["prototype"]: p for p in json.loads(DEMO_RECORD.read_text())["pushed_patches"]}
+    train = ProtoShapes("train", adapter.info.mean, adapter.info.std)
+    width = adapter(train[0][0][None])[0].shape[-1]
+    found = nearest_patches(adapter, train, [0, 7])  # two classes' images: 600 of the 1800
+    for p in (0, 7):
+        assert found[p][:2] == (pushed[p]["image"], pushed[p]["row"] * width + pushed[p]["col"]), p
