@@ -2,10 +2,12 @@
 
 Origin: github.com/cfchen-duke/ProtoPNet (MIT). Attribute names follow the original
 (`features`, `add_on_layers`, `prototype_vectors`, `ones`, `last_layer`) so its state
-dicts load unchanged.
+dicts load without renaming; the numbers follow its arithmetic exactly only with
+`distance = "float32"` (`--distance float32`): by default the distance is taken in float64,
+which moves maps and logits near pushed prototypes (docs/adapters.md, departures).
 
     z = add_on(features(x))                                  (B, D, h, w)
-    d = relu(conv(z^2, ones) - 2 conv(z, p) + |p|^2)         (B, P, h', w') squared L2, in float64
+    d = relu(conv(z^2, ones) - 2 conv(z, p) + |p|^2)         (B, P, h', w') squared L2, float64 (or the original's float32)
     A = log((d + 1) / (d + eps))  ('log')  or  -d  ('linear')
     logits = last_layer(sim(min_hw d))                        no bias
     focal (interpretability-benchmark fork): logits = last_layer(sim(min_hw d) - sim(mean_hw d))
@@ -32,7 +34,7 @@ from protobench.models.families import FAMILIES
 from protobench.models.config import flag
 from protobench.models.family_adapter import FamilyAdapter, make_config, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
-from protobench.core.precision import squared_distances
+from protobench.core.precision import original_squared_distances, squared_distances
 from protobench.checkpoints.limits import short
 from protobench.checkpoints.loading import Checkpoint
 
@@ -98,6 +100,8 @@ def default_class_identity(num_prototypes: int, num_classes: int) -> torch.Tenso
 
 
 class ProtoPNet(nn.Module):
+    distance = "float64"  # or "float32", the original's arithmetic (PrototypeAdapter.set_distance)
+
     def __init__(self, cfg: ProtoPNetConfig, identity: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
@@ -116,8 +120,11 @@ class ProtoPNet(nn.Module):
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:
         """Squared L2 distance of every patch of z to every prototype: (B, P, h', w'), float64
-        (core.precision.squared_distances: stable where a prototype meets its part). The `ones`
-        buffer, all ones in every original checkpoint, is kept only so state dicts load."""
+        (core.precision.squared_distances: stable where a prototype meets its part), or with
+        `distance = "float32"` the original's own float32 arithmetic, which needs the `ones` buffer
+        (all ones in every original checkpoint)."""
+        if self.distance == "float32":
+            return F.relu(original_squared_distances(z, self.prototype_vectors, self.ones))
         return F.relu(squared_distances(z, self.prototype_vectors))  # clamped as the original
 
     def similarity(self, d: torch.Tensor) -> torch.Tensor:
@@ -133,8 +140,9 @@ class ProtoPNet(nn.Module):
         """(B, P) float32 inputs of the last layer: sim of the min-pooled distance (the original's
         min-pool, then sim), minus sim of the mean distance for the focal fork."""
         act = self.similarity(d.amin(dim=(2, 3)))
-        if self.cfg.focal:
-            act = act - self.similarity(d.mean(dim=(2, 3)))
+        if self.cfg.focal:  # the fork's avg_pool2d in its float32 arithmetic (its bits), else the mean
+            mean = F.avg_pool2d(d, d.shape[2:]).flatten(1) if self.distance == "float32" else d.mean(dim=(2, 3))
+            act = act - self.similarity(mean)
         return act.float()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

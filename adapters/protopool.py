@@ -3,10 +3,11 @@ Prototypes Assignment", ECCV 2022), reimplemented from its formulas.
 
 Origin: github.com/gmum/ProtoPool (MIT). The original saves
 `{'model_state_dict': ..., 'epoch': ...}` of `PrototypeChooser`; attribute names here
-follow it so that state dict loads unchanged. Each class c has N slots; slot (c, n) holds
-the prototype p* = argmax_p proto_presence[c, p, n].
+follow it so that state dict loads without renaming (the numbers follow its float32 arithmetic
+only with `--distance float32`: docs/adapters.md, departures). Each class c has N slots; slot
+(c, n) holds the prototype p* = argmax_p proto_presence[c, p, n].
 
-    d = relu(conv(z^2, ones) - 2 conv(z, p) + |p|^2)         (B, P, h, w) squared L2, in float64
+    d = relu(conv(z^2, ones) - 2 conv(z, p) + |p|^2)         (B, P, h, w) squared L2, float64 (or the original's float32)
     sim(d) = log((d + 1) / (d + 1e-4))  ('log')  or  1 / (d + 1)  ('linear')
     A_p = sim(d) - sim(mean_hw d)                            (B, P, h, w) "focal" similarity
     x[b, c, n] = sim(min_d @ pp) - sim(avg_d @ pp)           pp (C, P, N) = one-hot argmax of proto_presence
@@ -35,7 +36,7 @@ from protobench.models.config import flag, sizes
 from protobench.models.family_adapter import FamilyAdapter, seeded, take_options
 from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.loading import Checkpoint
-from protobench.core.precision import squared_distances
+from protobench.core.precision import original_squared_distances, squared_distances
 
 
 @dataclass
@@ -48,7 +49,7 @@ class ProtoPoolConfig:
     proto_depth: int = 256  # D
     activation: str = "log"  # 'log' or 'linear' (1 / (d + 1)); the weights cannot tell
     use_last_layer: bool = True
-    use_thresh: bool = False  # keeps the unused `alfa` parameter so the state dict loads unchanged
+    use_thresh: bool = False  # keeps the unused `alfa` parameter so the state dict loads without renaming
     epsilon: float = 1e-4
     img_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -56,6 +57,8 @@ class ProtoPoolConfig:
 
 
 class ProtoPool(nn.Module):
+    distance = "float64"  # or "float32", the original's arithmetic (PrototypeAdapter.set_distance)
+
     def __init__(self, cfg: ProtoPoolConfig):
         super().__init__()
         if cfg.activation not in ("log", "linear"):
@@ -85,9 +88,12 @@ class ProtoPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.add_on_layers(self.features(x))
-        # float64 from the distance to the similarities (core.precision.squared_distances), float32 after
-        d = F.relu(squared_distances(z, self.prototype_vectors))  # (B, P, h, w)
-        avg = d.mean(dim=(2, 3))  # (B, P)
+        if self.distance == "float32":  # the original's arithmetic: float32 throughout, avg_pool2d's mean
+            d = F.relu(original_squared_distances(z, self.prototype_vectors, self.ones))
+            avg = F.avg_pool2d(d, d.shape[2:]).flatten(1)
+        else:  # float64 from the distance to the similarities (core.precision.squared_distances), float32 after
+            d = F.relu(squared_distances(z, self.prototype_vectors))  # (B, P, h, w)
+            avg = d.mean(dim=(2, 3))  # (B, P)
         pp = self.presence().to(d.dtype)
         mixed_min = torch.einsum("bp,cpn->bcn", d.amin(dim=(2, 3)), pp)
         mixed_avg = torch.einsum("bp,cpn->bcn", avg, pp)

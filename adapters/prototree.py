@@ -6,7 +6,7 @@ Origin: github.com/M-Nauta/ProtoTree (MIT). The original saves the whole tree wi
 that pickle (`_out_map`, an arbitrary order fixed at construction), so `model_state.pth`
 alone cannot be read. protobench flattens the tree into index tensors:
 
-    d = sqrt(|conv(z^2, ones) + |p|^2 - 2 conv(z, p)| + 1e-14)    (B, P, h, w), non-squared L2, float64
+    d = sqrt(|conv(z^2, ones) + |p|^2 - 2 conv(z, p)| + 1e-14)    (B, P, h, w), non-squared L2, float64 or float32
     A_k = exp(-d_{proto(k)})                                        one map per live decision node k
     s_k = exp(-min_hw d_{proto(k)})                                 probability of going right at node k
     out = sum_leaves (prod of s_k or 1 - s_k along the path) * softmax(leaf params)
@@ -18,6 +18,7 @@ cut from the tree are left out.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ from protobench.models.infer import backbone_from, sub_state
 from protobench.checkpoints.loading import Checkpoint
 from protobench.checkpoints.limits import limit
 from protobench.checkpoints.pickles import StandIn, class_name
-from protobench.core.precision import squared_distances
+from protobench.core.precision import original_squared_distances, squared_distances
 
 STRUCTURE = ("branch_prototype", "branch_children", "branch_index", "leaf_index")
 
@@ -57,14 +58,18 @@ class ProtoTreeConfig:
 
 
 class L2Conv(nn.Module):
+    distance = "float64"  # or "float32", the original's arithmetic (PrototypeAdapter.set_distance)
+
     def __init__(self, num_prototypes: int, dim: int, w1: int, h1: int):
         super().__init__()
         self.prototype_vectors = nn.Parameter(torch.randn(num_prototypes, dim, w1, h1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, P, h, w) L2 distances in float64 (core.precision.squared_distances): near 0 the
-        tree's log(1 - exp(-d)) has slope 1 / d, which would magnify float32 cancellation."""
-        return torch.sqrt(squared_distances(z, self.prototype_vectors).abs() + 1e-14)
+        """(B, P, h, w) L2 distances in float64 (core.precision.squared_distances): near 0 the tree's
+        log(1 - exp(-d)) has slope 1 / d, which would magnify float32 cancellation; or the original's."""
+        p = self.prototype_vectors
+        d2 = original_squared_distances(z, p, torch.ones_like(p), tree=True) if self.distance == "float32" else None
+        return torch.sqrt((squared_distances(z, p) if d2 is None else d2).abs() + 1e-14)
 
 
 def leaf_paths(children: torch.Tensor, num_leaves: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,9 +112,34 @@ class ProtoTree(nn.Module):
         ratio = params / params.sum(dim=1, keepdim=True)
         return torch.log(ratio + 1e-10) if self.cfg.log_probabilities else torch.log(ratio)
 
+    def original_log_output(self, min_d: torch.Tensor) -> torch.Tensor:
+        """(B, C) log of the tree's output as the original computes it (`--distance float32`): node by node,
+        (1 - s) left + s right (--log_probabilities: logsumexp of log(1 - s) + left, log s + right)."""
+        log = self.cfg.log_probabilities
+        sim = -min_d if log else torch.exp(-min_d)  # (B, NB)
+
+        def leaf(i: int) -> torch.Tensor:  # (B, C), the leaf's distribution as its forward returns it
+            p = self.leaf_dist_params[i]
+            if self.cfg.kontschieder:
+                return (torch.log(p / p.sum() + 1e-10) if log else p / p.sum()).expand(len(min_d), -1)
+            return (F.log_softmax(p, dim=0) if log else F.softmax(p - p.max(), dim=0)).expand(len(min_d), -1)
+
+        def node(k: int) -> torch.Tensor:
+            left, right = (node(c) if c >= 0 else leaf(-1 - c) for c in self.branch_children[k].tolist())
+            ps = sim[:, k:k + 1]
+            if not log:
+                return (1 - ps) * left + ps * right
+            x = ps.abs() + 1e-7
+            one_minus = torch.where(x < math.log(2), torch.log(-torch.expm1(-x)), torch.log1p(-torch.exp(-x)))
+            return torch.logsumexp(torch.stack((one_minus + left, ps + right)), dim=0)
+
+        return node(0) if log else torch.log(node(0))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.prototype_layer(self._add_on(self._net(x)))[:, self.branch_prototype]  # (B, NB, h, w), float64
         min_d = d.amin(dim=(2, 3))
+        if self.prototype_layer.distance == "float32":
+            return torch.exp(-d), self.original_log_output(min_d)
         log_right = -min_d  # log s
         shifted = min_d + 1e-7 if self.cfg.log_probabilities else min_d
         log_left = torch.log(-torch.expm1(-shifted))  # log(1 - s), stable

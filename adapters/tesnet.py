@@ -22,6 +22,8 @@ from protobench.core.precision import full_precision
 
 
 class TesNet(ProtoPNet):
+    distance = None  # a projection, no squared distance: the same arithmetic as the original's in every mode
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         basis = F.normalize(self.prototype_vectors, p=2, dim=1)  # unit norm over the D channels
         z = self.conv_features(x)

@@ -41,6 +41,17 @@ def test_reference_protocol_and_limit(tiny_ckpt, image_folder, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["protocol"]["attack"] == "noise" and meta["protocol"]["clip"] is False
     assert len(pd.read_csv(out / "per_image.csv")) == 5
+    assert meta["distance"] == "float64"
+    exact = invoke("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "f32",
+                   "--protocol", "reference", "--limit", 5, "--distance", "float32")
+    assert exact.exit_code == 0, exact.output
+    meta = json.loads((tmp_path / "f32" / "meta.json").read_text())
+    assert meta["distance"] == "float32" and meta["runtime"]["chunk"] == 1  # one image per call, as the paper's
+    resumed = invoke("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "f32",
+                     "--protocol", "reference", "--limit", 5, "--resume")
+    assert resumed.exit_code == 2 and "distance" in resumed.output  # never mixed in one run
+    assert_one_line_error(invoke("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--distance", "float16"),
+                          "distance", "float64")
 
 
 def test_refuses_to_overwrite_without_flag(tiny_ckpt, image_folder, tmp_path):

@@ -108,7 +108,7 @@ def test_one_accuracy_drop_is_one_failure(tmp_path):
                                     {"protocol": {**META["protocol"], "region": "tokens"}},
                                     {"protocol": {**META["protocol"], "plc": "tokens"}},
                                     {"dataset_fingerprint": {"sha256": "cd" * 32, "files": 5794}},
-                                    {"split": "train"}, {"limit": 500}])
+                                    {"split": "train"}, {"limit": 500}, {"distance": "float32"}])
 def test_different_runs_are_not_comparable_unless_forced(tmp_path, change):
     base = write(tmp_path / "base", [{}])
     new = write(tmp_path / "new", [{}], meta={**META, **change})
@@ -130,6 +130,13 @@ def test_a_run_recorded_before_regions_existed_compares_as_box_and_pixels(tmp_pa
     tokens = write(tmp_path / "tokens", [{}], meta={**META, "protocol": {**META["protocol"], "region": "tokens"}})
     result = compare(base, tokens)
     assert result.exit_code == 2 and 'protocol.region: base "box", new "tokens"' in " ".join(result.stderr.split())
+
+
+def test_a_run_recorded_before_distance_modes_compares_as_float64(tmp_path):
+    base = write(tmp_path / "base", [{}])  # no "distance" in its meta.json
+    assert compare(base, write(tmp_path / "f64", [{}], meta={**META, "distance": "float64"})).exit_code == 0
+    result = compare(base, write(tmp_path / "f32", [{}], meta={**META, "distance": "float32"}))
+    assert result.exit_code == 2 and 'distance: base "float64", new "float32"' in " ".join(result.stderr.split())
 
 
 def test_unusable_inputs_exit_2(tmp_path):

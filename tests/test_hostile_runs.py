@@ -128,6 +128,14 @@ def test_an_image_past_the_dataset_is_refused_even_when_meta_agrees(finished, tm
     assert result.exit_code == 2
 
 
+@pytest.mark.parametrize("distance", ["float16", ["float32"]])
+def test_a_damaged_distance_is_refused_before_the_rerun(finished, tmp_path, distance):  # noqa: F811
+    run = copy(finished, tmp_path)
+    set_meta(run, distance=distance)
+    result = invoke("report", run, "--out", tmp_path / "r")
+    assert_one_line_error(result, "meta.json: its distance", "none of float64, float32", "damaged")
+    assert result.exit_code == 2
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 16 KiB filesystem (a tmpfs): needs root; skipped elsewhere."""

@@ -38,6 +38,16 @@ def test_the_mapping_by_hand():
     assert not unreadable[..., 2].any()
 
 
+def test_the_mapping_divides_before_it_scales_as_the_reference():
+    # the reference computes int(224 * ((x - x1) / w)): 61 / 112 rounds to 0.54464285714285710 (below the
+    # exact 0.544642857142857142...), so 224 times it is 121.99999999999999 -> 121; 224 * 61 / 112 is 122.0
+    # exactly. The two orders differ on 8 of the 125,541 (offset, width) pairs with width <= 500, these among them.
+    for offset, width, expected in ((61, 112, 121), (61, 224, 60), (115, 224, 114), (183, 336, 121)):
+        out = to_input(np.array([[[offset, offset]]], dtype=float), np.array([[True]]),
+                       np.array([[0.0, 0.0, width, width]]), 224)
+        assert out[0, 0].tolist() == [expected, expected, 1], (offset, width)
+
+
 def test_cub_parts_follow_the_crop_and_the_squash(cub):
     """The fixture's test images 1, 3, 5 at 16 px (tests/datasets_fixtures.py)."""
     ds = open_dataset(str(cub), info(16))

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from protobench.core.regions import (REGIONS, attackable_pixels, cell_boxes, high_activation_boxes,
-                                     quantile, select_prototypes)
+                                     percentile_threshold, quantile, select_prototypes)
+from protobench.metrics.PLC import high_region
 from protobench.regions.box import default_margin
 from protobench.regions.tokens import token_region
 
@@ -17,6 +18,67 @@ def test_quantile_matches_numpy_and_torch():
         ours = quantile(x, q)
         assert torch.allclose(ours, torch.quantile(x, q, dim=1), atol=1e-6)
         assert np.allclose(ours.numpy(), np.percentile(x.numpy(), 100 * q, axis=1), atol=1e-6)
+
+
+def tied_maps(seed, count=40):
+    """Upsampled 7 x 7 maps at 224 px whose values repeat exactly: coarse maps rounded to 1/50 (whole
+    plateaus of equal pixels) and maps with two cells equal, so the quantile often lands on a tie."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 1, 7, 7, generator=gen) ** 3 * 0.05
+    coarse[::2] = torch.round(coarse[::2] * 50) / 50
+    coarse[1::2, 0, 3, 3] = coarse[1::2, 0, 3, 4]
+    return coarse[:, 0], F.interpolate(coarse, size=(224, 224), mode="bilinear", align_corners=False)[:, 0]
+
+
+def test_quantile_is_torch_quantile_bit_for_bit_ties_included():
+    # the reference's PLC: torch.quantile(map.flatten(), q=0.9), one map at a time, then map > threshold
+    coarse, up = tied_maps(0)
+    ours = quantile(up.flatten(1), 0.9)
+    high = high_region(coarse, 224)
+    for i in range(len(up)):
+        ref = torch.quantile(up[i].flatten(), 0.9)
+        assert ours[i].item() == ref.item(), i
+        assert torch.equal(high[i], up[i] > ref), i
+
+
+def test_a_pixel_on_the_threshold_stays_outside_the_top_region():
+    # 0.9-quantile of 0..10 (11 values): rank 9 exactly, threshold 9; the pixel equal to it is not "> 9"
+    values = torch.arange(11, dtype=torch.float32).repeat(2, 1)
+    assert quantile(values, 0.9).tolist() == [9.0, 9.0]
+    assert (values > quantile(values, 0.9)[:, None]).sum(1).tolist() == [1, 1]
+
+
+def numpy_1_22_percentile(row, q):
+    """numpy 1.22's np.percentile(row, 100 q), linear, written out: float64 rank and weight, b - a in the
+    row's dtype, the rest promoted to float64 (numpy 2 rounds the result back to float32)."""
+    s = np.sort(row)
+    rank = q * (len(s) - 1)
+    lo = int(np.floor(rank))
+    hi = min(lo + 1, len(s) - 1)
+    t = rank - lo
+    diff = s[hi] - s[lo]  # float32 - float32
+    return float(s[hi]) - float(diff) * (1 - t) if t >= 0.5 else float(s[lo]) + float(diff) * t
+
+
+def test_box_threshold_is_numpy_s_float64_percentile_ties_included():
+    _, up = tied_maps(1)
+    thr = percentile_threshold(up.flatten(1), 0.95)
+    assert thr.dtype == torch.float64
+    for i in range(len(up)):
+        assert thr[i].item() == numpy_1_22_percentile(up[i].flatten().numpy(), 0.95), i
+    # two neighbours one float32 step apart: the float64 threshold lies between them, so the lower one is
+    # outside the box; a float32 threshold would round onto it and take it in
+    a = np.float32(0.5)
+    b = np.nextafter(a, np.float32(1))
+    row = torch.tensor([0.0] * 18 + [float(a), float(b)], dtype=torch.float32)  # rank 0.95 * 19 = 18.05
+    thr = percentile_threshold(row[None], 0.95)[0].item()
+    assert float(a) < thr < float(b)
+    assert (row.double() >= thr).tolist() == [False] * 19 + [True]
+    # the same on a 4 x 4 map shown at 4 x 4 (bicubic at scale 1 is the identity): rank 0.95 * 15 = 14.25 falls
+    # between a at (1, 1) and b at (2, 3); the box holds b alone
+    m = torch.zeros(1, 1, 4, 4)
+    m[0, 0, 1, 1], m[0, 0, 2, 3] = float(a), float(b)
+    assert high_activation_boxes(m, 4).tolist() == [[[2, 3, 3, 4]]]
 
 
 def test_box_by_hand_without_upsampling():

@@ -30,6 +30,7 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)  # protobench files: the architecture
     root: StandIn | None = None  # whole-model pickles: the stand-in of the pickled model
     classes: tuple[str, ...] | None = None  # protobench files: the class names, where recorded
+    extras: dict[str, Any] = field(default_factory=dict)  # a wrapping dict's other entries ('epoch', 'args', ...)
 
     @property
     def is_protobench(self) -> bool:
@@ -106,7 +107,9 @@ def _unwrap(path: str, obj: Any, depth: int = 0) -> Checkpoint:
     if isinstance(obj, dict) and depth < 4:
         for key in _STATE_KEYS:
             if key in obj and isinstance(obj[key], (dict, StandIn)):
-                return _unwrap(path, obj[key], depth + 1)
+                found = _unwrap(path, obj[key], depth + 1)
+                found.extras = {**{k: v for k, v in obj.items() if k != key and isinstance(k, str)}, **found.extras}
+                return found
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
             return Checkpoint(path, _strip_module_prefix({_check_key(path, k): v for k, v in obj.items()}))
         keys = ", ".join(repr(str(k)[:40]) for k in list(obj)[:5])

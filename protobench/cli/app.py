@@ -73,6 +73,9 @@ def evaluate(
                                           "to 8 on a GPU]"),
     precision: str = typer.Option("fp32", metavar="NAME", help="fp32 (true fp32), tf32 (faster on GPUs), bf16 or fp16 "
                                   "(autocast); prototype layers and metrics always run in fp32."),
+    distance: str = typer.Option("float64", metavar="NAME", help="The prototype distance of ProtoPNet, ProtoPShare, "
+                                 "ProtoPool and ProtoTree: float64 (stable across threads and kernels) or float32 (the "
+                                 "original code's arithmetic, bit for bit; docs/adapters.md). [default: float64]"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
     seed: int = typer.Option(0, metavar="N", help="Seeds the random start of each image, the stability noise and "
                              "--limit's subset."),
@@ -117,7 +120,7 @@ def evaluate(
         ckpt=models[0][0], data=found.data, out=found.out, adapter=models[0][1],
         adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
         device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
-        strict=strict, resume=resume, precision=precision, compile=compile,
+        strict=strict, resume=resume, precision=precision, distance=distance, compile=compile,
         max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")), source=source,
     )
     check_examples(save_examples)

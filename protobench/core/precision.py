@@ -43,6 +43,25 @@ def full_precision(t: torch.Tensor) -> Iterator[None]:
         yield
 
 
+DISTANCES = ("float64", "float32")  # --distance: protobench's stable default, or the originals' own arithmetic
+
+
+def original_squared_distances(z: torch.Tensor, prototypes: torch.Tensor, ones: torch.Tensor,
+                               tree: bool = False) -> torch.Tensor:
+    """`--distance float32`: the original code's squared distance, operation for operation, in float32:
+    conv(z^2, ones) with the (P, D, k, k) `ones`, plus (-2 conv(z, p) + |p|^2), the order most originals
+    share; with `tree`, the other order an original uses, (conv(z^2, ones) + |p|^2) - 2 conv(z, p). Same
+    bits as the original on the same machine, and the same float32 cancellation near d = 0 (not clamped
+    here: each family clamps as its original does; its file says which order it takes)."""
+    with full_precision(z):
+        z, p = z.float(), prototypes.float()
+        x2_patch_sum = F.conv2d(z**2, ones.float())
+        p2 = (p**2).sum(dim=(1, 2, 3)).view(-1, 1, 1)
+        if tree:
+            return x2_patch_sum + p2 - 2 * F.conv2d(z, p)
+        return x2_patch_sum + (-2 * F.conv2d(z, p) + p2)
+
+
 def squared_distances(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """Squared L2 distance of every k x k patch of z (B, D, h, w) to every prototype (P, D, k, k):
     (B, P, h - k + 1, w - k + 1) in float64, as |z|^2 - 2 z.p + |p|^2 (the families' formula).

@@ -5,7 +5,8 @@ The protected region is a registered `Region` (REGIONS, `--region NAME`); the bu
 modules of `protobench/regions/`, one per region, named after it:
 
 - `box` (the paper's): for each attacked prototype, upsample its similarity map to S x S
-  (bicubic), take the bounding box of pixels >= the 95th percentile, grow it by `margin` px,
+  (bicubic), take the bounding box of pixels >= the 95th percentile (numpy.percentile's float64
+  threshold, as the reference computes it), grow it by `margin` px,
   clamp the end to S - 1 (exclusive, as the reference does).
 - `tokens` (a later paper's copy of the benchmark, docs/metrics.md): for each attacked
   prototype, the pixel box of every map cell (token) one of its parts matched, without its last
@@ -25,19 +26,39 @@ import torch.nn.functional as F
 from protobench.registry import Registry
 
 
-def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """Linear-interpolation q-quantile (0 <= q <= 1) over the last dim, as torch.quantile and
-    numpy.percentile(values, 100 q).
+QUANTILE_CHUNK = 2**24  # elements per torch.quantile call: older torch refuses larger inputs
 
-    Unlike torch.quantile it has no input-size limit (two kthvalue calls instead of a sort).
+
+def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile (0 <= q <= 1) over the last dim: torch.quantile(values, q, dim=-1), linear
+    interpolation, which is the reference's own call for PLC (one map at a time; a batch of rows
+    gives the same bits). Called on chunks of rows so that no call exceeds older torch's size limit.
+
+    torch takes the rank from q in double precision and interpolates in the values' dtype, so its
+    float32 threshold can differ by one float32 step from a lerp with weight q (n - 1) - floor(...)
+    computed otherwise; ties at the threshold then fall on the other side of `>`.
     """
+    rows = max(1, QUANTILE_CHUNK // max(1, values.shape[-1]))
+    flat = values.reshape(-1, values.shape[-1])
+    out = [torch.quantile(part, q, dim=-1) for part in flat.split(rows)]
+    return torch.cat(out).view(values.shape[:-1]) if out else flat.new_empty(values.shape[:-1])
+
+
+def percentile_threshold(values: torch.Tensor, q: float) -> torch.Tensor:
+    """float64 (...) threshold of `values` (..., n) as numpy.percentile(values, 100 q) computes it in
+    numpy 1.22 (the reference environment's version), for the box's `>=`: the lower and upper
+    neighbours a, b at rank q (n - 1) (float64), then a + (b - a) t for t < 0.5, else b - (b - a)(1 - t),
+    with b - a in the values' dtype and the rest in float64. Newer numpy rounds the result to
+    float32, which can put a tie at `a` inside the region."""
     n = values.shape[-1]
-    pos = q * (n - 1)
-    lo = int(pos)
+    rank = (100 * q / 100) * (n - 1)  # np.percentile divides the percentile by 100
+    lo = int(rank)
     hi = min(lo + 1, n - 1)
-    v_lo = values.kthvalue(lo + 1, dim=-1).values
-    v_hi = v_lo if hi == lo else values.kthvalue(hi + 1, dim=-1).values
-    return torch.lerp(v_lo, v_hi, pos - lo)
+    t = rank - lo
+    a = values.kthvalue(lo + 1, dim=-1).values
+    b = a if hi == lo else values.kthvalue(hi + 1, dim=-1).values
+    diff = (b - a).double()
+    return b.double() - diff * (1 - t) if t >= 0.5 else a.double() + diff * t
 
 
 def _first_last(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,8 +77,8 @@ def high_activation_boxes(maps: torch.Tensor, size: int, q: float = 0.95) -> tor
     lead = maps.shape[:-2]
     up = F.interpolate(maps.reshape(-1, 1, *maps.shape[-2:]).float(), size=(size, size),
                        mode="bicubic", align_corners=False).view(*lead, size, size)
-    thr = quantile(up.flatten(-2), q)[..., None, None]
-    hot = up >= thr
+    thr = percentile_threshold(up.flatten(-2), q)[..., None, None]  # float64, as the reference's numpy
+    hot = up.double() >= thr
     y0, y1 = _first_last(hot.any(-1))
     x0, x1 = _first_last(hot.any(-2))
     return torch.stack([y0, y1, x0, x1], dim=-1)

@@ -6,9 +6,9 @@ which knows where it drew each part (protobench.demo.shapes).
 
 Keypoints are pixel coordinates in the image as displayed (after its EXIF orientation). They follow
 the image's crop and squash to the model's input: a keypoint (x, y) in the crop (left, top, right,
-bottom) lands at u = int(S (x - left) / (right - left)), v = int(S (y - top) / (bottom - top)),
-truncated toward zero, as Huang et al.'s reference code maps CUB's keypoints into its cropped test
-images (docs/metrics.md, Consistency and stability).
+bottom) lands at u = int(S * ((x - left) / (right - left))), v = int(S * ((y - top) / (bottom - top))),
+truncated toward zero, in the float order of Huang et al.'s reference code (the fraction first, then
+times S), which maps CUB's keypoints into its cropped test images this way (docs/metrics.md, Consistency and stability).
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def to_input(xy: np.ndarray, visible: np.ndarray, crops: np.ndarray, size: int) 
     image that cannot be read) -> (n, K, 3) int64 u, v, visible in the size x size input."""
     left, top, right, bottom = (crops[:, i, None] for i in range(4))
     far = float(1 << 40)  # a keypoint this far outside the input stays outside; 1e300 px would not fit int64
-    with np.errstate(invalid="ignore", over="ignore"):
-        u = np.clip(np.trunc(size * (xy[..., 0] - left) / (right - left)), -far, far)
-        v = np.clip(np.trunc(size * (xy[..., 1] - top) / (bottom - top)), -far, far)
+    with np.errstate(invalid="ignore", over="ignore"):  # the reference's order: divide, then scale
+        u = np.clip(np.trunc(size * ((xy[..., 0] - left) / (right - left))), -far, far)
+        v = np.clip(np.trunc(size * ((xy[..., 1] - top) / (bottom - top))), -far, far)
     shown = visible & np.isfinite(u) & np.isfinite(v)
     out = np.zeros((*visible.shape, 3), dtype=np.int64)
     out[..., 0], out[..., 1] = np.where(shown, u, 0), np.where(shown, v, 0)

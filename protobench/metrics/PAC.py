@@ -11,8 +11,9 @@ if TYPE_CHECKING:
 
 
 def pac(before: Tensor, after: Tensor) -> Tensor:
-    """Activation change in %: positive when the activation fell. NaN when it was 0 before."""
-    return 100 * (1 - after / before)
+    """Activation change in %: positive when the activation fell. NaN when it was 0 before. In float64,
+    as the reference (`(1 - float(after) / float(before)) * 100`)."""
+    return 100 * (1 - after.double() / before.double())
 
 
 register(MetricSpec("PAC", "PAC (activation change, %)", "%", True, 1.0, order=20, csv_order=10,

@@ -27,7 +27,8 @@ def plc(map_before: Tensor, map_after: Tensor, size: int, q: float = 0.9) -> Ten
     a, b = high_region(map_before, size, q), high_region(map_after, size, q)
     inter = (a & b).flatten(1).sum(1).float()
     union = (a | b).flatten(1).sum(1).float()
-    return (100 * (1 - inter / union.clamp(min=1))).where(union > 0, 0.0)
+    iou = (inter / union.clamp(min=1)).double()  # a float32 ratio, then 100 (1 - iou) in float64: the reference's
+    return (100 * (1 - iou)).where(union > 0, 0.0)
 
 
 def plc_tokens(*args: Any, **kwargs: Any) -> Tensor:

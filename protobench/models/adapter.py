@@ -186,6 +186,17 @@ class PrototypeAdapter:
         maps, logits = self.forward(x)
         return Evidence(maps, logits)
 
+    def set_distance(self, mode: str) -> PrototypeAdapter:
+        """`--distance`: 'float64' (protobench's default) or 'float32', the original's own arithmetic for a
+        family whose original takes |z|^2 - 2 z.p + |p|^2 in float32 (its model has a `distance` attribute).
+        Families without that formula compute as their original in both modes."""
+        if mode not in ("float64", "float32"):
+            raise AdapterError(f"unknown distance {mode!r}: use float64 or float32")
+        for module in self.model.modules():
+            if isinstance(getattr(type(module), "distance", None), str):
+                module.distance = mode
+        return self
+
     def to(self, device: Any) -> PrototypeAdapter:
         self.model.to(device)
         self.prototype_class_identity = self.prototype_class_identity.to(device)

@@ -2,7 +2,7 @@
 
 Built from torchvision parts with random weights (the checkpoint supplies the weights;
 nothing is downloaded). Module names mirror the original repositories' `*_features`
-classes so that their state dicts load unchanged:
+classes so that their state dicts load without renaming:
 `conv1...layer4` (ResNet), `features.N` (VGG), `features.conv0...norm5` (DenseNet),
 `features.0...7` (ConvNeXt, as torchvision names it). The vision transformers (DeiT, CaiT)
 live in protobench.models.vit, with timm's names; they give the patch-token grid.

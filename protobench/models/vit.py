@@ -2,7 +2,7 @@
 
 Module and parameter names are timm 0.4.12's (`patch_embed.proj`, `cls_token`, `pos_embed`,
 `blocks.N.attn.qkv`, `blocks_token_only.N.attn.q`, `gamma_1`, `norm`, ...), so the original
-state dicts load unchanged; timm itself is never imported (its pickled classes are read as
+state dicts load without renaming; timm itself is never imported (its pickled classes are read as
 inert stand-ins, see protobench.checkpoints.pickles).
 
     DeiT:  t = [cls; E(x)] + pos;  t = Block^depth(t);  t = LN(t)

@@ -60,14 +60,14 @@ def prototype_side(run: Run, options: Any, protos: list[int], adapter: Any = Non
 
 
 def verified_adapter(run: Run, options: Any) -> Any:
-    """The run's model from its verified checkpoint (sha256), on the report's device."""
-    from protobench.report.pixels import adapter_of, adapter_options_of, checkpoint_path
+    """The run's model from its verified checkpoint (sha256) with its recorded distance, on the report's device."""
+    from protobench.report.pixels import adapter_of, adapter_options_of, checkpoint_path, distance_of
     from protobench.run.devices import resolve_device
     from protobench.run.evaluate import load_adapter
 
     name = adapter_of(run, options.adapter, options.trusted)  # a run directory never chooses code to import
     path = checkpoint_path(run, options.ckpt)
-    return load_adapter(name, path, adapter_options_of(run), resolve_device(options.device))
+    return load_adapter(name, path, adapter_options_of(run), resolve_device(options.device), distance_of(run))
 
 
 def card(patch: Patch, title: str) -> bytes:

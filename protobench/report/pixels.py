@@ -120,6 +120,16 @@ def adapter_options_of(run: Run) -> dict[str, Any]:
     return options
 
 
+def distance_of(run: Run) -> str:
+    from protobench.core.precision import DISTANCES
+
+    distance = run.meta.get("distance") or "float64"  # absent: a run from before --distance, in float64
+    if distance not in DISTANCES:
+        raise ReportError(f"{run.dir / 'meta.json'}: its distance {str(distance)[:40]!r} is none of "
+                          f"{', '.join(DISTANCES)} (damaged file)")
+    return distance
+
+
 def protocol_of(run: Run):
     from protobench.core.protocol import EvalProtocol
 
@@ -146,7 +156,7 @@ def rerun(run: Run, indices: list[int], *, ckpt: str | None = None, data: str | 
     name = adapter_of(run, adapter, trusted)
     path = checkpoint_path(run, ckpt)
     protocol = protocol_of(run)
-    adapter = load_adapter(name, path, adapter_options_of(run), resolve_device(device))
+    adapter = load_adapter(name, path, adapter_options_of(run), resolve_device(device), distance_of(run))
     dataset = open_data(run, data, adapter.info)
     if max(indices) >= len(dataset):
         raise ReportError(f"{run.dir / 'per_image.csv'} names image {max(indices)}, but the data has "

@@ -6,9 +6,9 @@ in its bad direction by more than its tolerance (absolute, in the metric's own u
 metrics, their directions and default tolerances are protobench.core.metrics.METRICS (plugins
 included): higher PLC / PAC / PRC / AC is worse, lower accuracy is worse; a metric derived from
 others (AC) is reported, never gated. Runs are comparable only with the same protocol (the region
-and PLC definition included) and dataset (read from meta.json); --force compares anyway. Where
-both runs kept per_image.csv, the attack's seed and --limit may differ: the deltas are then over
-the images both evaluated, paired image by image (protobench.run.paired).
+and PLC definition included), prototype distance (`--distance`) and dataset (read from meta.json);
+--force compares anyway. Where both runs kept per_image.csv, the attack's seed and --limit may
+differ: the deltas are then over the images both evaluated, paired image by image (protobench.run.paired).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from protobench.run import paired
 from protobench.run.gates import GATES, judge, parse_tolerances, tolerance_names, verdict  # noqa: F401 (API)
 from protobench.run.resume import json_kind
 
-COMPARABLE = ("protocol", "dataset_fingerprint", "dataset_kind", "split", "limit")
+COMPARABLE = ("protocol", "distance", "dataset_fingerprint", "dataset_kind", "split", "limit")
 PART_COMPARABLE = ("scorecard",)  # consistency and stability's parameters and part annotations, when both have them
 TABLE_COLUMNS = ["model", "metric", "base", "new", "delta", "ci_low", "ci_high", "tolerance", "status"]
 SOFT = ("protocol.seed", "limit")  # may differ when both runs kept per_image.csv: compared on the shared images
@@ -239,7 +239,8 @@ def differences(base: dict | None, new: dict | None, soft: bool = False) -> str:
 
     if base is None or new is None:
         return "a meta.json is missing, so protocol and dataset are unchecked"
-    base, new = ({**meta, "protocol": as_recorded_now(meta.get("protocol"))} for meta in (base, new))
+    base, new = ({**meta, "protocol": as_recorded_now(meta.get("protocol")),
+                  "distance": meta.get("distance", "float64")} for meta in (base, new))  # none recorded: float64
     allowed = SOFT if soft or (base.get("limit") is None and new.get("limit") is None) else ()
     both = [key for key in PART_COMPARABLE if key in base and key in new]  # a run without parts has none
     found = describe_differences(base, new, [*COMPARABLE, *both], ("base", "new"))

@@ -47,6 +47,7 @@ class EvaluateConfig:
     resume: bool = False  # continue the interrupted run in `out`
     name: str | None = None  # the model's name in the tables [default: the checkpoint's file stem]
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see forward.Runtime
+    distance: str = "float64"  # the prototype distance: float64, or float32 as the originals (docs/adapters.md)
     compile: bool = False  # torch.compile the model's forward
     command: str | None = None  # meta.json's command [default: protobench and this process's arguments]
     metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.partpass
@@ -64,20 +65,23 @@ class EvaluateConfig:
         options.optional_integer("--limit", self.limit, 1)
         check_max_pixels(self.max_image_pixels)
         options.choice("precision", self.precision, tuple(AUTOCAST_DTYPES))
+        options.choice("distance", self.distance, ("float64", "float32"))  # core.precision.DISTANCES, torch-free
 
 
 def resolve_context(cfg: EvaluateConfig, adapter, world):
-    """The run context (device, runtime, batch size, workers, world): resolved here, once."""
+    """The run context, resolved here, once. With the float32 distance the CPU calls the model one image at
+    a time, as the paper's code: float32's cancellation shows bits a chunk's other images move."""
     from protobench.run.context import RunContext
 
-    return RunContext.resolve(adapter.device, adapter.info.input_size, batch_size=cfg.batch_size,
+    chunk = 1 if cfg.distance == "float32" and adapter.device.type == "cpu" else None
+    return RunContext.resolve(adapter.device, adapter.info.input_size, batch_size=cfg.batch_size, chunk=chunk,
                               workers=cfg.workers, precision=cfg.precision, compile=cfg.compile, world=world)
 
 
-def load_adapter(name: str, ckpt: str, options: dict[str, Any], device):
+def load_adapter(name: str, ckpt: str, options: dict[str, Any], device, distance: str = "float64"):
     from protobench.models.lookup import get_adapter
 
-    return get_adapter(name).load(ckpt, **options).to(device)
+    return get_adapter(name).load(ckpt, **options).set_distance(distance).to(device)
 
 
 def load_dataset(data: str, info, layout: str | None = None, split: str | None = None,
@@ -112,7 +116,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=N
         runstate.directory(out).note_fresh(cfg.resume, status)
     files.check_writable_dir(out)
     adapter = adapter.to(device) if adapter else load_adapter(cfg.adapter, sources.prepare(cfg), cfg.adapter_options,
-                                                              device)  # hf:// -> the cache
+                                                              device, cfg.distance)  # hf:// -> the cache
     check_selection(cfg.protocol, adapter)
     context = resolve_context(cfg, adapter, world)
     dataset, paths = (dataset, dataset.paths) if dataset is not None else \
@@ -159,6 +163,7 @@ def run_identity(cfg: EvaluateConfig, adapter, dataset, context) -> dict[str, An
         "limit": cfg.limit,
         "protocol": cfg.protocol.resolved(adapter.info.input_size),
         "precision": context.runtime.precision,  # bf16 numbers differ from fp32 ones: never mixed in one run
+        "distance": cfg.distance,  # float32 (the originals' arithmetic) moves maps near pushed prototypes
         "max_image_pixels": cfg.max_image_pixels,  # decides which images are skipped
     }
 
@@ -264,7 +269,7 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
         "protobench_version": __version__,
         "git": provenance.git_commit(),
         "torch_version": torch.__version__,
-        "torchvision_version": _version("torchvision"),
+        "torchvision_version": provenance.package_version("torchvision"),
         "python_version": platform.python_version(),
         "command": cfg.command or " ".join(["protobench", *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -281,12 +286,3 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
         "wall_time_s": round(wall, 3),  # this session's share when resumed
         "images_per_s": round(evaluated / wall, 3) if wall > 0 else None,
     }
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None

@@ -58,6 +58,16 @@ def _git(cwd: Path, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def package_version(package: str) -> str | None:
+    """An installed package's version; None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def determinism() -> dict[str, bool]:
     """torch's determinism switches as they were during the run."""
     import torch
