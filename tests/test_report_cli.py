@@ -168,7 +168,7 @@ def test_the_demo_writes_its_report_and_says_where(tmp_path, monkeypatch):
     text = html.read_text(encoding="utf-8")
     assert "-vertical" in text or "-horizontal" in text  # the demo's class names
     assert "training image" in text  # the prototypes' source patches, from the demo's train split
-    assert (tmp_path / "protobench-results" / "demo" / "prototype_sources.json").is_file()
+    assert list((tmp_path / "protobench-results" / "demo" / "report").glob("prototype-sources-*.json"))
     again = invoke("report", "protobench-results/demo", "--worst", 1, "--best", 0)
     assert again.exit_code == 0, again.output
     meta = json.loads((tmp_path / "protobench-results" / "demo" / "meta.json").read_text())

@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_config, write_image_folder
 from protobench.adapters.protopnet import ProtoPNetAdapter
 from protobench.report.runs import Run
-from protobench.report.sources import FILE, connection_weights, find_sources, nearest_patches
+from protobench.report.sources import cache_file, connection_weights, find_sources, nearest_patches
 from protobench.run.evaluate import load_dataset
 
 
@@ -42,16 +42,19 @@ def test_the_source_patch_is_the_nearest_training_patch_of_the_prototype_s_class
         assert found[p][:2] == brute_force(adapter, dataset, p), p
 
 
-def test_sources_are_cached_in_the_run_directory_and_searched_again_only_when_missing(tmp_path, monkeypatch):
+def test_sources_are_cached_in_the_report_directory_and_searched_again_only_when_missing(tmp_path, monkeypatch):
     adapter = ProtoPNetAdapter.from_config(tiny_config(), seed=0)
     data = write_image_folder(tmp_path / "train", per_class=3)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     run = Run(dir=run_dir, model="tiny", meta={"checkpoint_sha256": "abc", "dataset": data}, summary={},
               per_image=None)
-    first = find_sources(run, adapter, [0, 3], data)
+    report_dir = tmp_path / "report"
+    report_dir.mkdir()
+    first = find_sources(run, adapter, [0, 3], data, cache_dir=report_dir)
     assert first.training and sorted(first.found) == [0, 3]
-    cached = json.loads((run_dir / FILE).read_text())
+    assert list(run_dir.iterdir()) == []  # nothing written outside the report's directory
+    cached = json.loads(cache_file(run, report_dir).read_text())
     assert sorted(cached["prototypes"]) == ["0", "3"]
     searched = []
     real = nearest_patches
@@ -61,7 +64,7 @@ def test_sources_are_cached_in_the_run_directory_and_searched_again_only_when_mi
         return real(adapter, dataset, protos, batch_size)
 
     monkeypatch.setattr("protobench.report.sources.nearest_patches", spy)
-    again = find_sources(run, adapter, [0, 3, 4], data)
+    again = find_sources(run, adapter, [0, 3, 4], data, cache_dir=report_dir)
     assert searched == [[4]]  # 0 and 3 came from the cache
     assert again.found[0] == first.found[0] and again.found[3] == first.found[3]
     top, bottom, left, right = again.found[4].box

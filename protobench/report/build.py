@@ -7,7 +7,7 @@ checked before the first file is written, so a refused report leaves --out as it
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +45,7 @@ def build_report(paths: list[str], options: Options, log: Callable[[str], None] 
     runs, notes = load_runs(paths)
     check_options(runs, options)
     out = output_dir(paths, options.out)
+    options = replace(options, out=str(out))  # the source-patch cache lives there too
     with holding(out):  # one run writing `out` at a time
         pixels = {id(run): pixels_for(run, options, log) for run in runs}  # the slow part: before any file
         files: dict[str, bytes] = {}

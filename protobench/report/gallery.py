@@ -40,7 +40,8 @@ def prototype_side(run: Run, options: Any, protos: list[int], adapter: Any = Non
         return {}, ""
     try:
         adapter = adapter or verified_adapter(run, options)
-        sources = find_sources(run, adapter, protos, options.train_data, log, options.data)
+        sources = find_sources(run, adapter, protos, options.train_data, log, options.data,
+                               Path(options.out) if options.out else None)
     except ProtobenchError as err:
         return {}, f"No source patches: {err}"
     info = adapter.info

@@ -8,8 +8,9 @@ and map cell of its highest activation. Without a training split the same search
 evaluated images, and the page says so: that patch is the nearest one the run saw, not
 necessarily the source.
 
-The result is cached in RUN_DIR/prototype_sources.json, keyed by the checkpoint's sha256 and the
-searched data's fingerprint; a later report searches only the prototypes the cache lacks.
+The result is cached in the report's output directory (prototype-sources-<checkpoint sha256>.json), keyed by
+the checkpoint's sha256 and the searched data's fingerprint; a later report into the same directory
+searches only the prototypes the cache lacks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any, Callable
 
 from protobench.report.runs import Run
 
-FILE = "prototype_sources.json"
 FORMAT = "protobench-prototype-sources/1"
 BOX_QUANTILE = 0.95  # the patch drawn: the box of the upsampled map's top 5% (as ProtoPNet draws its patches)
 
@@ -142,15 +142,25 @@ def search_data(run: Run, adapter: Any, train_data: str | None, data: str | None
     return dataset, name, training, data
 
 
+def cache_file(run: Run, cache_dir: Path) -> Path:
+    """Where the report in `cache_dir` caches `run`'s source patches: one file per checkpoint, inside the
+    report's own output directory (a report writes nothing outside --out)."""
+    sha = str(run.meta.get("checkpoint_sha256") or "unknown")
+    return cache_dir / f"prototype-sources-{''.join(c for c in sha if c.isalnum())[:16]}.json"
+
+
 def find_sources(run: Run, adapter: Any, protos: list[int], train_data: str | None,
-                 log: Callable[[str], None] = lambda _: None, data: str | None = None) -> Sources:
-    """The source patches of `protos`, from the cache where it has them, searched otherwise (and cached)."""
+                 log: Callable[[str], None] = lambda _: None, data: str | None = None,
+                 cache_dir: Path | None = None) -> Sources:
+    """The source patches of `protos`, from the cache in `cache_dir` where it has them, searched otherwise
+    (and cached there)."""
     from protobench.run.provenance import dataset_fingerprint_of
 
     dataset, name, training, data = search_data(run, adapter, train_data, data)
     key = {"format": FORMAT, "checkpoint_sha256": run.meta.get("checkpoint_sha256"), "data": name,
            "training": training, "fingerprint": dataset_fingerprint_of(dataset, data).get("sha256")}
-    cache = _read(run.dir / FILE, key)
+    where = cache_file(run, cache_dir) if cache_dir is not None else None
+    cache = _read(where, key) if where is not None else {}
     missing = [p for p in protos if str(p) not in cache]
     if missing:
         log(f"finding the source patches of {len(missing)} prototypes in {name}")
@@ -162,7 +172,8 @@ def find_sources(run: Run, adapter: Any, protos: list[int], train_data: str | No
             cache[str(p)] = {"index": index, "path": dataset.paths[index], "label": int(dataset.labels[index]),
                              "cell": cell, "activation": act, "box": list(boxes[p]),
                              "weight": None if weights is None else float(weights[classes[p], p])}
-        _write(run.dir / FILE, key, cache)
+        if where is not None:
+            _write(where, key, cache)
     found = {p: Source(p, c["index"], c["path"], c["label"], c["cell"], c["activation"], tuple(c["box"]),
                        c.get("weight"))
              for p in protos if (c := cache.get(str(p)))}
