@@ -181,7 +181,7 @@ def _run_remaining(cfg, adapter, dataset, paths, indices, out, progress, context
                               "use --overwrite to start again")
     report_skipped(skipped, dataset, cfg.strict)
     todo = context.world.shard([i for i in indices if i not in done])
-    count = [len(indices) - len(todo), 0, 0]  # images done, of which evaluated now; this session's, skips too
+    count = [len(indices) - len(todo), 0, 0]  # images done, of which evaluated by this process; skips too
     pac = RunningMean()
 
     def on_batch(rows: list[dict], bad: list[int]) -> None:
@@ -283,6 +283,6 @@ def build_meta(cfg, adapter, dataset, identity, n_records, skipped, wall, evalua
         "seed": cfg.protocol.seed,
         **context.record(),  # device, batch size, workers, runtime, processes (torchrun ranks)
         **provenance.determinism(),
-        "wall_time_s": round(wall, 3),  # this session's share when resumed
+        "wall_time_s": round(wall, 3),  # this process's share when resumed
         "images_per_s": round(evaluated / wall, 3) if wall > 0 else None,
     }
