@@ -63,3 +63,27 @@ def test_two_tiny_models_over_eps(tmp_path, image_folder):
         assert (tmp_path / "out" / f"sensitivity-{metric}.png").stat().st_size > 1000
     S.sensitivity(models, ["eps"], tmp_path / "out", run, base=base)
     assert len(calls) == 8  # every grid point reused
+
+
+def test_a_point_is_reused_only_for_the_same_checkpoint_and_images(tmp_path):
+    from protobench.models.lookup import get_adapter
+
+    path = tmp_path / "m.safetensors"
+    get_adapter("protopnet").tiny(seed=0).save(str(path))
+    models = {"m": str(path)}
+    points = S.grid(["eps"], EvalProtocol.make())[:1]
+    calls = []
+
+    def run(ckpt, protocol, where):
+        calls.append(where)
+        where.mkdir(parents=True)
+        (where / "meta.json").write_text("{}")
+
+    first = S.run_grid(models, points, tmp_path, run, images={"data": "d", "limit": 2})
+    again = S.run_grid(models, points, tmp_path, run, images={"data": "d", "limit": 2})
+    assert len(calls) == 1 and first == again  # the same images: reused
+    more = S.run_grid(models, points, tmp_path, run, images={"data": "d", "limit": 40})
+    assert len(calls) == 2 and more != first  # another --limit: other images, evaluated again
+    get_adapter("protopnet").tiny(seed=1).save(str(path))  # the same file name, another model
+    S.run_grid(models, points, tmp_path, run, images={"data": "d", "limit": 40})
+    assert len(calls) == 3

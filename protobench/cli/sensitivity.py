@@ -41,6 +41,7 @@ def sensitivity_command(
     models = dict(zip(unique_names([str(c) for c in ckpt]), [str(c) for c in ckpt]))
     with warnings_to_console():
         result = run_library(sensitivity, models, [a.strip() for a in axes.split(",") if a.strip()], out, run_one,
-                             log=say, draw=draw, trace_dir=out)
+                             log=say, draw=draw, images={"data": str(data.resolve()) if data.exists() else str(data),
+                                                    "limit": limit}, trace_dir=out)
     say(f"{result['points']} grid points per model; wrote {result['out']}/ (sensitivity.csv, tau.csv, "
         "sensitivity-<metric>.png, runs/)")

@@ -3,8 +3,9 @@ benchmark's own choices (docs/metrics.md, Sensitivity).
 
 Each model is evaluated at the default protocol and at each setting of a grid that changes one
 choice at a time (AXES). Every grid point is an ordinary result directory, OUT/runs/<model>/<point>/,
-named by its protocol: a point that is the same protocol as another (each axis's default is the
-default protocol) is run once, and a rerun reuses every finished point. The results are:
+named by its protocol, the checkpoint's hash and the images (the data and --limit): a point that is
+the same protocol as another (each axis's default is the default protocol) is run once, and a rerun
+reuses every finished point of the same model and images. The results are:
 - sensitivity.csv: one row per model, grid point and metric (mean and 95% interval);
 - sensitivity-<metric>.png: the metric against each setting, one line per model (drawn by
   protobench.report.figures.sensitivity);
@@ -70,22 +71,33 @@ def grid(axes: Sequence[str], base: EvalProtocol) -> list[Point]:
     return points
 
 
-def folder(protocol: EvalProtocol) -> str:
-    """A grid point's folder: the same protocol, the same folder."""
-    text = json.dumps(protocol.__dict__, sort_keys=True, default=list)
+def folder(protocol: EvalProtocol, identity: dict[str, Any] | None = None) -> str:
+    """A grid point's folder: the same protocol (and `identity`: the same model and images), the same folder."""
+    fields = dict(protocol.__dict__, **({"identity": identity} if identity else {}))
+    text = json.dumps(fields, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def identity(ckpt: str, images: dict[str, Any] | None) -> dict[str, Any]:
+    """What besides the protocol decides a grid point's numbers: the checkpoint's content and the images."""
+    from protobench.checkpoints.formats import sha256
+
+    return {"checkpoint_sha256": sha256(ckpt) if Path(ckpt).is_file() else ckpt, **(images or {})}
 
 
 Evaluate = Callable[[str, EvalProtocol, Path], None]  # (checkpoint, protocol, result directory)
 
 
 def run_grid(models: dict[str, str], points: list[Point], out: Path, evaluate: Evaluate,
-             log: Callable[[str], None] = lambda _: None) -> dict[tuple[str, str], Path]:
-    """Each model at each distinct protocol of `points`, skipping finished result directories."""
+             log: Callable[[str], None] = lambda _: None,
+             images: dict[str, Any] | None = None) -> dict[tuple[str, str], Path]:
+    """Each model at each distinct protocol of `points`, skipping finished result directories of the same
+    checkpoint and `images` (what selects the images: data, limit)."""
     dirs = {}
     for model, ckpt in models.items():
+        same = identity(ckpt, images)
         for point in points:
-            where = out / "runs" / model / folder(point.protocol)
+            where = out / "runs" / model / folder(point.protocol, same)
             if not (where / "meta.json").is_file():
                 log(f"{model}: {point.axis} = {point.label}")
                 evaluate(ckpt, point.protocol, where)
@@ -151,9 +163,11 @@ def taus(models: Sequence[str], points: list[Point], dirs: dict) -> pd.DataFrame
 
 def sensitivity(models: dict[str, str], axes: Sequence[str], out: Path, evaluate: Evaluate,
                 base: EvalProtocol | None = None, log: Callable[[str], None] = lambda _: None,
-                draw: Callable[[pd.DataFrame, str], bytes] | None = None) -> dict[str, Any]:
+                draw: Callable[[pd.DataFrame, str], bytes] | None = None,
+                images: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the grid and write sensitivity.csv, tau.csv and, with `draw` (protobench.report.figures.
-    sensitivity), one PNG per metric into `out`."""
+    sensitivity), one PNG per metric into `out`. `images`: what selects the images `evaluate` runs on
+    (e.g. data and limit); a finished point is reused only for the same checkpoint and `images`."""
     from protobench.run.results import write_csv
 
     if len(models) < 2:
@@ -162,7 +176,7 @@ def sensitivity(models: dict[str, str], axes: Sequence[str], out: Path, evaluate
     if not any(p.is_default for p in points):
         points.insert(0, Point(axes[0], getattr(EvalProtocol.make(), AXES[axes[0]][0]), base or EvalProtocol.make()))
     out.mkdir(parents=True, exist_ok=True)
-    dirs = run_grid(models, points, out, evaluate, log)
+    dirs = run_grid(models, points, out, evaluate, log, images)
     frame, tau = tidy(list(models), points, dirs), taus(list(models), points, dirs)
     write_csv(out / "sensitivity.csv", frame)
     write_csv(out / "tau.csv", tau)
