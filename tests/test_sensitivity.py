@@ -87,3 +87,25 @@ def test_a_point_is_reused_only_for_the_same_checkpoint_and_images(tmp_path):
     get_adapter("protopnet").tiny(seed=1).save(str(path))  # the same file name, another model
     S.run_grid(models, points, tmp_path, run, images={"data": "d", "limit": 40})
     assert len(calls) == 3
+
+
+def test_the_default_margin_is_named_and_placed_by_the_pixels_the_runs_used(tmp_path):
+    import json
+
+    point = next(p for p in S.grid(["margin"], EvalProtocol.make()) if p.setting is None)
+    dirs = {}
+    for model, used in (("a", 3), ("b", 3), ("c", 10)):
+        where = tmp_path / model
+        where.mkdir()
+        (where / "meta.json").write_text(json.dumps({"protocol": {"margin": used}}))
+        dirs[(model, S.folder(point.protocol))] = where
+    assert S.label(point, ["a", "b"], dirs) == "3 (default)"
+    assert S.label(point, ["a", "c"], dirs) == "default"  # models of other sizes used other margins
+    points = S.grid(["margin"], EvalProtocol.make())
+    assert [p.setting for p in points] == [0, 5, None, 20]
+    for p in points:
+        dirs.setdefault(("a", S.folder(p.protocol)), tmp_path / "a")
+        dirs.setdefault(("c", S.folder(p.protocol)), tmp_path / "c")
+    assert [S.label(p, ["a"], dirs) for p in S.ordered(points, ["a"], dirs)] == ["0", "3 (default)", "5", "20"]
+    assert [S.label(p, ["a", "c"], dirs) for p in S.ordered(points, ["a", "c"], dirs)] == ["0", "5", "default",
+                                                                                             "20"]

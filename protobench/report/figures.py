@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")
 STYLES = ("-", "--", ":", "-.")
 DPI = 100
+SENSITIVITY_AXES = {"eps": "eps (L-inf radius)", "steps": "steps (of 0.01)", "box_quantile": "box quantile",
+                    "margin": "margin (px)", "plc_quantile": "PLC quantile"}  # the sensitivity grid's axes, named
 HISTOGRAMS = (("PAC", "PAC: activation change (%)"), ("PLC", "PLC: location change (%)"),
               ("PRC", "PRC: rank change (prototypes)"))
 
@@ -187,7 +189,10 @@ def convergence(runs: Sequence[Run]) -> bytes | None:
 def sensitivity(frame: Any, metric: str) -> bytes:
     """`protobench sensitivity`'s picture of one metric (its sensitivity.csv rows, protobench.run.sensitivity):
     the metric against each axis's settings (a panel per axis), one line per model, 95% intervals."""
+    from protobench.core.metrics import METRICS
+
     data = frame[frame["metric"] == metric]
+    label = METRICS.get(metric).label if metric in METRICS else metric
     axes_names = list(dict.fromkeys(data["axis"]))
     cols = min(4, len(axes_names))
     rows = math.ceil(len(axes_names) / cols)
@@ -204,13 +209,17 @@ def sensitivity(frame: Any, metric: str) -> bytes:
             ax.errorbar(np.arange(len(settings)) + shift, rows_["mean"], yerr=np.nan_to_num(err), color=color(i),
                         linestyle=style(i), marker="o", capsize=3, label=model)
         defaults = set(part.loc[part["default"], "setting"])
-        ax.set_xticks(range(len(settings)), [f"{s}*" if s in defaults else s for s in settings])
-        ax.set_xlabel(axis)
+        ax.set_xticks(range(len(settings)), [f"{s.removesuffix(' (default)')}*" if s in defaults else s
+                                             for s in settings])
+        ax.set_xlabel(SENSITIVITY_AXES.get(axis, axis))
         ax.grid(alpha=0.3)
+    for ax in panels[::cols]:
+        ax.set_ylabel(label, fontsize=9)
     for ax in panels[len(axes_names):]:
         ax.set_visible(False)
     handles, labels = panels[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
-    fig.suptitle(f"{metric} against each setting of the benchmark (* the default; bars: 95% interval)",
+    fig.suptitle(f"{label} against each setting of the benchmark, one at a time (* the default; bars: 95% "
+                 "interval)",
                  fontsize=11)
     return png(fig)

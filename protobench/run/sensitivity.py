@@ -105,16 +105,48 @@ def run_grid(models: dict[str, str], points: list[Point], out: Path, evaluate: E
     return dirs
 
 
+def used(point: Point, models: Sequence[str], dirs: dict) -> Any:
+    """The setting the runs of `point` used: the region resolves None (the default margin) by the image size;
+    None when the models used different values (other sizes)."""
+    if point.setting is not None:
+        return point.setting
+    field = AXES[point.axis][0]
+    values = {json.loads((dirs[(m, folder(point.protocol))] / "meta.json").read_text())["protocol"].get(field)
+              for m in models}
+    return values.pop() if len(values) == 1 else None
+
+
+def label(point: Point, models: Sequence[str], dirs: dict) -> str:
+    """A setting as sensitivity.csv names it: the default margin with the pixels used, '3 (default)' at 64 px."""
+    value = used(point, models, dirs)
+    return point.label if point.setting is not None or value is None else f"{value} (default)"
+
+
+def ordered(points: list[Point], models: Sequence[str], dirs: dict) -> list[Point]:
+    """Each axis's points by the values the runs used, when all are numbers (the default margin among the
+    others: 0, 3, 5, 20 at 64 px)."""
+    result = []
+    for axis in dict.fromkeys(p.axis for p in points):
+        part = [p for p in points if p.axis == axis]
+        keys = [used(p, models, dirs) for p in part]
+        if all(isinstance(k, (int, float)) and not isinstance(k, bool) for k in keys):
+            part = [p for _, p in sorted(zip(keys, part), key=lambda pair: pair[0])]
+        result += part
+    return result
+
+
 def tidy(models: Sequence[str], points: list[Point], dirs: dict) -> pd.DataFrame:
     """sensitivity.csv: model, axis, setting, default, metric, mean, ci_low, ci_high, images, run."""
     rows = []
+    points = ordered(points, models, dirs)
+    names = [label(point, models, dirs) for point in points]
     for model in models:
-        for point in points:
+        for point, setting in zip(points, names):
             where = dirs[(model, folder(point.protocol))]
             summary = pd.read_csv(where / "summary.csv").iloc[0]
             for name in METRIC_NAMES:
                 spec = METRICS.get(name)
-                rows.append({"model": model, "axis": point.axis, "setting": point.label, "default": point.is_default,
+                rows.append({"model": model, "axis": point.axis, "setting": setting, "default": point.is_default,
                              "metric": name, "mean": float(summary[spec.column]),
                              "ci_low": float(summary.get(f"{name}_ci_low", math.nan)),
                              "ci_high": float(summary.get(f"{name}_ci_high", math.nan)),
