@@ -40,8 +40,9 @@ def rerun(results: Any, run: Any, indices: list[int]) -> Any:
     meta = run.meta
     with preserved(handle.module, handle.release):
         adapter = handle.adapter
-        dataset = src.dataset if src.dataset is not None else load_dataset(
-            src.data, adapter.info, src.layout, src.split, meta.get("max_image_pixels"))[0]
+        dataset = src.open(adapter.info)
+        if dataset is None:  # a directory: opened as the run opened it
+            dataset = load_dataset(src.data, adapter.info, src.layout, src.split, meta.get("max_image_pixels"))[0]
         records, _, kept = run_again(run, adapter, dataset, indices, protocol_of(run))
     found = mismatches(run, pd.DataFrame(records), meta.get("device_type") == "cpu" and adapter.device.type == "cpu")
     if found:

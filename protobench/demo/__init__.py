@@ -22,6 +22,11 @@ def is_demo_data(data) -> bool:
     return str(data).partition(":")[0] == DEMO_DATA
 
 
+def is_demo_checkpoint(path) -> bool:
+    """Whether a checkpoint path is the shipped demo model's file."""
+    return Path(path).resolve() == DEMO_CKPT.resolve()
+
+
 def demo_checkpoint() -> str:
     """Path of the shipped demo model; a clear error if this installation lacks it."""
     if not DEMO_CKPT.is_file():

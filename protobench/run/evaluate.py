@@ -85,9 +85,11 @@ def load_dataset(data: str, info, layout: str | None = None, split: str | None =
 
 
 @holds_out(lambda cfg, *_, **__: cfg.out)  # one run writing cfg.out at a time
-def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=None, dataset=None) -> dict[str, Any]:
+def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=None, open_data=None,
+             on_adapter=None) -> dict[str, Any]:
     """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out.
-    `adapter`, `dataset` (items (image, label, index); `paths`): in memory already, instead of cfg.ckpt, cfg.data.
+    `adapter`: in memory already, instead of cfg.ckpt; `open_data(model info)`: the dataset in memory (items
+    (image, label, index); `paths`), or None for cfg.data; `on_adapter` hears the adapter the run uses.
 
     Per-image results are appended to the partial log every batch, so an interrupted run continues with
     cfg.resume and ends with the same files as an uninterrupted one (`progress.on_outcome`, if any, sees tensors).
@@ -108,9 +110,12 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=N
     files.check_writable_dir(out)
     adapter = adapter.to(device) if adapter else load_adapter(cfg.adapter, sources.prepare(cfg), cfg.adapter_options,
                                                               device, cfg.distance)  # hf:// -> the cache
+    if on_adapter is not None:
+        on_adapter(adapter)
     check_selection(cfg.protocol, adapter)
     context = run_context(adapter.device, adapter.info.input_size, batch_size=cfg.batch_size, workers=cfg.workers,
                           precision=cfg.precision, distance=cfg.distance, compile=cfg.compile, world=world)
+    dataset = open_data(adapter.info) if open_data is not None else None
     dataset, paths = (dataset, dataset.paths) if dataset is not None else \
         load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
