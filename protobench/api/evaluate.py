@@ -148,7 +148,8 @@ def run_evaluation(model: Any, data: Any, protocol: Any, *, out: str | Path, pro
     if on_disk and not ckpts:
         raise OptionError("give the model to evaluate: a Model, a module or a checkpoint path")
     models = pair_adapters(ckpts, [adapter] if isinstance(adapter, str) else list(adapter), "auto")
-    src = data_source(data, handle.is_demo if handle else is_demo_checkpoint(ckpts[0]), dataset, split)
+    demo = data is None and (handle.is_demo if handle else is_demo_checkpoint(ckpts[0]))  # the demo data is its default
+    src = data_source(data, demo, dataset, split)
     loaded: list[Any] = []  # the adapter the run read from a checkpoint
 
     def release() -> None:  # after the run: a model read from a file leaves no GPU memory behind

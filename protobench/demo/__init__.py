@@ -23,8 +23,12 @@ def is_demo_data(data) -> bool:
 
 
 def is_demo_checkpoint(path) -> bool:
-    """Whether a checkpoint path is the shipped demo model's file."""
-    return Path(path).resolve() == DEMO_CKPT.resolve()
+    """Whether a checkpoint path is the shipped demo model's file (False for a path that cannot be resolved,
+    e.g. a symbolic link loop: the loader says what is wrong with it)."""
+    try:
+        return Path(path).resolve() == DEMO_CKPT.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop, before Python 3.13
+        return False
 
 
 def demo_checkpoint() -> str:
