@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -124,18 +126,37 @@ def test_global_random_state(run):
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def gpu_memory() -> tuple[int, int]:
+    """(allocated, reserved) bytes on the GPU once everything unused is handed back (cuBLAS's workspaces,
+    which empty_cache keeps, included)."""
+    gc.collect()
+    torch.cuda.synchronize()
+    torch._C._cuda_clearCublasWorkspaces()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+
+
 @pytest.mark.gpu
-def test_device_and_gpu_memory(run):
-    """A model on the CPU evaluated on the GPU is back on the CPU, bit for bit, and no GPU memory is held;
-    a model on the GPU stays there."""
+def test_device_and_gpu_memory(run, tiny_ckpt, image_folder):
+    """A model on the CPU evaluated on the GPU is back on the CPU, bit for bit; the GPU memory the run used
+    is all given back, while its Results (which keep the model for report()) are still alive, also for a
+    checkpoint the run read itself; a model on the GPU stays there and nothing is held beside it."""
     net, evaluate = run
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    evaluate(device="cuda")
+    allocated, reserved = gpu_memory()
+    torch.cuda.reset_peak_memory_stats()
+    results = evaluate(device="cuda")
+    assert results.meta["device"].startswith("cuda") and torch.cuda.max_memory_allocated() > allocated  # it ran there
     assert all(p.device.type == "cpu" for p in net.parameters())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    assert torch.cuda.memory_allocated() == 0 and torch.cuda.memory_reserved() == 0
+    assert (torch.cuda.memory_allocated(), torch.cuda.memory_reserved()) == (allocated, reserved)
+    from_file = protobench.evaluate(tiny_ckpt, image_folder, steps=2, limit=4, progress=False, device="cuda")
+    assert from_file.meta["device"].startswith("cuda")
+    assert (torch.cuda.memory_allocated(), torch.cuda.memory_reserved()) == (allocated, reserved)
     net.cuda()
-    held = torch.cuda.memory_allocated()
-    evaluate()
-    assert all(p.device.type == "cuda" for p in net.parameters()) and torch.cuda.memory_allocated() == held
+    held = gpu_memory()
+    results = evaluate()
+    assert results.meta["device"].startswith("cuda")
+    assert all(p.device.type == "cuda" for p in net.parameters())
+    assert (torch.cuda.memory_allocated(), torch.cuda.memory_reserved()) == held
     net.cpu()

@@ -183,14 +183,14 @@ def test_reference_protocol_in_float32_is_the_paper_s_code_bit_for_bit():
     # is checked in test_regions.py and test_attack.py): activations, PAC and PLC agree to the last bit
     from protobench.core.protocol import EvalProtocol
     from protobench.run.benchmark import evaluate_batch
-    from protobench.run.evaluate import EvaluateConfig, resolve_context
+    from protobench.run.defaults import run_context
     from protobench.run.forward import model_forward
 
     adapter = get_adapter("protopnet").tiny(seed=3)
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     pushed(adapter, x, seed=5).set_distance("float32")
     attacked = {}
-    context = resolve_context(EvaluateConfig("m", "d", "o", distance="float32"), adapter, None)
+    context = run_context(adapter.device, adapter.info.input_size, distance="float32")
     assert context.runtime.chunk == 1  # one image per model call, as the paper's code: a chunk moves float32's bits
     out = evaluate_batch(adapter, x, torch.tensor([0, 1, 2, 0, 1, 2]), torch.arange(6), EvalProtocol.make("reference"),
                          model_forward(adapter, context.runtime),

@@ -172,3 +172,14 @@ def test_the_cli_reads_an_hf_uri_from_the_cache(hub_env, tmp_path):
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["adapter"] == "cabrnet" and meta["source"]["hub"]["revision"] == COMMIT
     assert meta["source"]["hub"]["uri"] == f"hf://{REPO}/final/model_state.pth"
+
+
+def test_protobench_evaluate_reads_an_hf_uri_as_the_cli_does(hub_env, tmp_path):
+    import protobench
+    from conftest import write_image_folder
+
+    fill_cache(hub_env, {f"final/{p.name}": p for p in FIXTURE.iterdir()})
+    data = write_image_folder(tmp_path / "data", classes=3, per_class=1, size=16)
+    results = protobench.evaluate(f"hf://{REPO}/final/model_state.pth", data, steps=1, progress=False)
+    assert results.meta["adapter"] == "cabrnet" and results.meta["source"]["hub"]["revision"] == COMMIT
+    assert results.meta["source"]["hub"]["uri"] == f"hf://{REPO}/final/model_state.pth"

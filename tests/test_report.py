@@ -126,6 +126,30 @@ def test_rerun_reproduces_per_image_csv(finished):
     assert bool((pixels.images_adv == pixels.images)[~pixels.attackable.expand_as(pixels.images)].all())
 
 
+def test_the_rerun_runs_as_the_run_did_with_the_float32_distance(tmp_path, monkeypatch):
+    """The float32 distance makes the CPU call the model one image at a time: the re-run resolves its run
+    settings from the same recorded options as the run did, so it calls the model the same way and
+    reproduces per_image.csv bit for bit."""
+    from dataclasses import asdict
+
+    from report_fixtures import make_run
+    from protobench.report.pixels import rerun
+    from protobench.run import benchmark
+
+    finished = make_run(tmp_path, "--distance", "float32")
+    run = load_runs([str(finished)])[0][0]
+    assert run.meta["runtime"]["chunk"] == 1
+    handed, real_run = [], benchmark.run
+    monkeypatch.setattr(benchmark, "run", lambda *args, **kw: handed.append(args[4]) or real_run(*args, **kw))
+    indices = [0, 5, 11]
+    _, again = rerun(run, indices)
+    assert [asdict(context.runtime) for context in handed] == [run.meta["runtime"]]
+    recorded = run.per_image.set_index("index").loc[indices]
+    again = again.set_index("index").loc[indices]
+    for column in ("proto", "pred_before", "pred_after", "PRC", "PAC", "PLC", "act_before", "act_after"):
+        assert np.array_equal(again[column].to_numpy(float), recorded[column].to_numpy(float), equal_nan=True), column
+
+
 def test_saved_examples_are_safetensors_of_the_worst_and_best(finished):
     data = (finished / FILE).read_bytes()
     header_length = struct.unpack("<Q", data[:8])[0]

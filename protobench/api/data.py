@@ -27,13 +27,26 @@ from protobench.errors import DataError
 
 @dataclass
 class Source:
-    """The data of a run: `dataset` yields (image, label, index) items; `data` is what meta.json records
-    (a path or `memory:<class>`); `dataset` None means: opened from `data` by the run itself."""
+    """The data of a run: `data` is what meta.json records (a path or `memory:<class>`); `given` the
+    caller's Dataset of (image, label), `images` a directory opened already (open_images), both None when
+    the run opens `data` itself (with `layout` and `split`)."""
 
     data: str
-    dataset: Any = None
+    given: Any = None
+    images: Any = None
     layout: str | None = None
     split: str | None = None
+
+    def open(self, info: Any) -> Any:
+        """The dataset the run reads, items (image, label, index), for a model of `info` (its input size,
+        normalization and classes check every item); None: the run opens `data` as the CLI does."""
+        if self.given is None:
+            return self.images
+        items = Items(self.given, info)
+        if len(items) == 0:
+            raise DataError(f"the {items.what} is empty")
+        items[0]  # a wrong item format is found now, before the run starts
+        return items
 
 
 class Images(torch.utils.data.Dataset):
@@ -117,22 +130,19 @@ class Items(torch.utils.data.Dataset):
         return value
 
 
-def source(data: Any, model: Any, layout: str | None = None, split: str | None = None) -> Source:
-    """The run's data from what `evaluate` was given (see the module docstring)."""
+def source(data: Any, demo_model: bool, layout: str | None = None, split: str | None = None) -> Source:
+    """The run's data from what `evaluate` was given (see the module docstring); None: the demo data,
+    for the demo model."""
     from protobench.run.defaults import evaluate_data
 
-    data = evaluate_data(data, model.is_demo)
+    data = evaluate_data(data, demo_model)
     if isinstance(data, (str, Path)):
         return Source(str(data), layout=layout, split=split)
     if isinstance(data, torch.utils.data.DataLoader):
         data = data.dataset
     if isinstance(data, Images):
-        return Source(data.data, data.images)
+        return Source(data.data, images=data.images)
     if not isinstance(data, torch.utils.data.Dataset) or not hasattr(data, "__len__"):
         raise DataError(f"evaluate's data is a {type(data).__name__}: give a dataset directory, a torch Dataset "
                         "of (image, label) with a length, or a DataLoader over one")
-    items = Items(data, model.info)
-    if len(items) == 0:
-        raise DataError(f"the {items.what} is empty")
-    items[0]  # a wrong item format is found now, before the run starts
-    return Source(f"memory:{type(data).__name__}", items)
+    return Source(f"memory:{type(data).__name__}", given=data)

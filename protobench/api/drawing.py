@@ -33,29 +33,17 @@ def rerun(results: Any, run: Any, indices: list[int]) -> Any:
     import pandas as pd
 
     from protobench.api.state import preserved
-    from protobench.data.imagelist import Subset
-    from protobench.report.pixels import _stack, mismatches, protocol_of
-    from protobench.run import benchmark
-    from protobench.run.context import RunContext
+    from protobench.report.pixels import _stack, mismatches, protocol_of, run_again
     from protobench.run.evaluate import load_dataset
 
     handle, src = results.source
     meta = run.meta
     with preserved(handle.module, handle.release):
         adapter = handle.adapter
-        dataset = src.dataset if src.dataset is not None else load_dataset(
-            src.data, adapter.info, src.layout, src.split, meta.get("max_image_pixels"))[0]
-        context = RunContext.resolve(adapter.device, adapter.info.input_size, workers=0,
-                                     precision=str(meta.get("precision") or "fp32"))
-        kept: list[dict[str, Any]] = []
-
-        def keep(outcome: Any, ids: Any) -> None:
-            kept.append({"ids": ids.cpu(), "images": outcome.images.cpu(), "images_adv": outcome.images_adv.cpu(),
-                         "attackable": outcome.attackable.cpu(), "map_star": outcome.map_star.cpu(),
-                         "map_star_adv": outcome.map_star_adv.cpu()})
-
-        records, _ = benchmark.run(adapter, Subset(dataset, indices), dataset.paths, protocol_of(run), context,
-                                   on_outcome=keep)
+        dataset = src.open(adapter.info)
+        if dataset is None:  # a directory: opened as the run opened it
+            dataset = load_dataset(src.data, adapter.info, src.layout, src.split, meta.get("max_image_pixels"))[0]
+        records, _, kept = run_again(run, adapter, dataset, indices, protocol_of(run))
     found = mismatches(run, pd.DataFrame(records), meta.get("device_type") == "cpu" and adapter.device.type == "cpu")
     if found:
         raise ReportError(f"the model no longer gives the numbers it was evaluated with ({len(found)} differences; "

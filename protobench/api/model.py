@@ -79,9 +79,9 @@ class Model:
 
     @property
     def is_demo(self) -> bool:
-        from protobench.demo import DEMO_CKPT
+        from protobench.demo import is_demo_checkpoint
 
-        return self.ckpt is not None and Path(self.ckpt).resolve() == DEMO_CKPT.resolve()
+        return self.ckpt is not None and is_demo_checkpoint(self.ckpt)
 
     def __repr__(self) -> str:
         info = self.info

@@ -3,7 +3,8 @@
 The model: every submodule's train / eval mode, every parameter's requires_grad, its device.
 The process: thread count, TF32 switches, flush-denormal, the
 deterministic-algorithm and cuDNN switches, grad mode, and torch's global random state; and
-no GPU memory is held afterwards (the allocator's cache is emptied).
+no GPU memory is held afterwards (the allocator's cache and cuBLAS's workspaces are emptied; a model the
+run read from a file is left on the CPU).
 The benchmark itself runs with gradients enabled (the attack needs the input's gradient), also
 when `evaluate` is called under `torch.no_grad()` or `torch.inference_mode()`.
 """
@@ -91,4 +92,15 @@ def preserved(module: Any = None, release: Callable[[], None] = lambda: None) ->
         release()
         gc.collect()  # the run's tensors are garbage now: give their GPU memory back
         if used_cuda or torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
+            release_gpu_memory()
+
+
+def release_gpu_memory() -> None:
+    """Hand the allocator's unused blocks back to the GPU, cuBLAS's workspaces included: torch keeps those
+    allocated (and counted by torch.cuda.memory_allocated) until they are cleared; it makes new ones when
+    next needed."""
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # no public API for it yet
+    if clear is not None:
+        torch.cuda.synchronize()
+        clear()
+    torch.cuda.empty_cache()

@@ -95,17 +95,16 @@ def evaluate(
     download: bool = typer.Option(False, "--download", help=DOWNLOAD_HELP),
 ) -> None:
     """Attack pixels outside each prototype's region and measure how far the explanation moves."""
-    from protobench.core.protocol import EvalProtocol, parse_seeds
-    from protobench.run.defaults import evaluate_defaults
-    from protobench.run.evaluate import EvaluateConfig
-    from protobench.run.evaluate import evaluate as run_evaluate
+    from protobench.api.evaluate import make_protocol, run_evaluation
     from protobench.api.progress import RichProgress
     from protobench.cli.tables import summary_table
-    from protobench.run.sweep import evaluate_models, pair_adapters
+    from protobench.core.protocol import parse_seeds
+    from protobench.run.defaults import evaluate_defaults
+    from protobench.run.sweep import pair_adapters
 
-    proto = run_library(EvalProtocol.make, protocol, attack=attack, eps=eps, step=step, steps=steps, select=select,
-                        margin=margin, clip=clip, seed=seed, region=region, plc=plc, restarts=restarts,
-                        seeds=run_library(parse_seeds, seeds), box_q=box_quantile, plc_q=plc_quantile)
+    proto = run_library(make_protocol, protocol, seed, dict(
+        attack=attack, eps=eps, step=step, steps=steps, select=select, margin=margin, clip=clip, region=region,
+        plc=plc, restarts=restarts, seeds=run_library(parse_seeds, seeds), box_q=box_quantile, plc_q=plc_quantile))
     source = {"download": download}
     if model is not None:  # a released model from the catalogue
         if ckpt:
@@ -116,22 +115,23 @@ def evaluate(
                         None if out is None else str(out), report)  # the demo, the output directory, the report
     models = run_library(pair_adapters, list(found.ckpts), adapter, "auto")
     report = found.report
-    cfg = EvaluateConfig(
-        ckpt=models[0][0], data=found.data, out=found.out, adapter=models[0][1],
-        adapter_options=parse_options(adapter_option), protocol=proto, batch_size=batch_size,
-        device=device, workers=workers, limit=limit, overwrite=overwrite, dataset=dataset, split=split,
-        strict=strict, resume=resume, precision=precision, distance=distance, compile=compile,
-        max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")), source=source,
-    )
+    options = parse_options(adapter_option)
     check_examples(save_examples)
     with warnings_to_console():
-        if len(models) > 1:
-            result = run_library(evaluate_models, cfg, models, RichProgress(err_console), trace_dir=cfg.out)
+        several = len(models) > 1
+        progress = RichProgress(err_console)
+        if not several:
+            progress = keeper(report, progress)  # keeps the drawn images' tensors for the report
+        result = run_library(
+            run_evaluation, [c for c, _ in models], found.data, proto, out=found.out,
+            progress=progress, adapter=[a for _, a in models], adapter_options=options, source=source, device=device,
+            workers=workers, dataset=dataset, split=split, batch_size=batch_size, limit=limit, overwrite=overwrite,
+            strict=strict, resume=resume, precision=precision, distance=distance, compile=compile,
+            max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")), trace_dir=found.out).answer
+        if several:
             return None if result is None else report_models(
-                result, lambda done: after_evaluate(cfg.out, done, save_examples, bool(report), device,
+                result, lambda done: after_evaluate(found.out, done, save_examples, bool(report), device,
                                                    tuple(adapter)))
-        progress = keeper(report, RichProgress(err_console))  # keeps the drawn images' tensors for the report
-        result = run_library(run_evaluate, cfg, progress, trace_dir=cfg.out)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
     summary = result["summary"]

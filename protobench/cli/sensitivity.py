@@ -27,7 +27,7 @@ def sensitivity_command(
 ) -> None:
     """Evaluate models over a grid of settings: sensitivity.csv, a plot per metric, Kendall's tau vs the default."""
     from protobench.report.figures import sensitivity as draw
-    from protobench.run.evaluate import EvaluateConfig, evaluate
+    from protobench.api.evaluate import run_evaluation
     from protobench.run.sensitivity import sensitivity
     from protobench.run.sweep import unique_names
 
@@ -35,8 +35,8 @@ def sensitivity_command(
         fail("give two or more --ckpt: the sensitivity command compares the models' ranking")
 
     def run_one(path: str, protocol, where: Path) -> None:
-        evaluate(EvaluateConfig(ckpt=path, data=str(data), out=str(where), protocol=protocol, limit=limit,
-                                device=device, batch_size=batch_size, overwrite=True))
+        run_evaluation(path, str(data), protocol, out=where, limit=limit, device=device, batch_size=batch_size,
+                       overwrite=True)
 
     models = dict(zip(unique_names([str(c) for c in ckpt]), [str(c) for c in ckpt]))
     with warnings_to_console():

@@ -22,6 +22,15 @@ def is_demo_data(data) -> bool:
     return str(data).partition(":")[0] == DEMO_DATA
 
 
+def is_demo_checkpoint(path) -> bool:
+    """Whether a checkpoint path is the shipped demo model's file (False for a path that cannot be resolved,
+    e.g. a symbolic link loop: the loader says what is wrong with it)."""
+    try:
+        return Path(path).resolve() == DEMO_CKPT.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop, before Python 3.13
+        return False
+
+
 def demo_checkpoint() -> str:
     """Path of the shipped demo model; a clear error if this installation lacks it."""
     if not DEMO_CKPT.is_file():

@@ -147,9 +147,6 @@ def rerun(run: Run, indices: list[int], *, ckpt: str | None = None, data: str | 
     """Evaluate the images `indices` again exactly as the run did: their tensors, and their per-image rows.
     `adapter` and `trusted`: see adapter_of. `log` hears what is being done once the checkpoint and
     data are verified."""
-    from protobench.run import benchmark
-    from protobench.data.imagelist import Subset
-    from protobench.run.context import RunContext
     from protobench.run.devices import resolve_device
     from protobench.run.evaluate import load_adapter
 
@@ -161,24 +158,38 @@ def rerun(run: Run, indices: list[int], *, ckpt: str | None = None, data: str | 
     if max(indices) >= len(dataset):
         raise ReportError(f"{run.dir / 'per_image.csv'} names image {max(indices)}, but the data has "
                           f"{len(dataset)} images (damaged file): restore it, or {OTHER_WAYS[3:]}")
-    context = RunContext.resolve(adapter.device, adapter.info.input_size, workers=0,
-                                 precision=str(run.meta.get("precision") or "fp32"))
-    kept: list[dict[str, Any]] = []
     log(f"re-running {len(indices)} images of {run.label} from its verified checkpoint and data to draw them")
-
-    def keep(outcome, ids) -> None:  # only the tensors a strip draws, on the CPU
-        kept.append({"ids": ids.cpu(), "images": outcome.images.cpu(), "images_adv": outcome.images_adv.cpu(),
-                     "attackable": outcome.attackable.cpu(), "map_star": outcome.map_star.cpu(),
-                     "map_star_adv": outcome.map_star_adv.cpu()})
-
-    records, skipped = benchmark.run(adapter, Subset(dataset, indices), dataset.paths, protocol, context,
-                                     on_outcome=keep)
+    records, skipped, kept = run_again(run, adapter, dataset, indices, protocol)
     if skipped:
         raise ReportError(f"image {dataset.paths[skipped[0]]} of {run.dir} no longer decodes: the data changed; "
                           f"{OTHER_WAYS}")
     pixels = _stack(kept, adapter.info, getattr(dataset, "classes", []), f"re-run from {path}")
     pixels.device_type = adapter.device.type
     return pixels, pd.DataFrame(records)
+
+
+def run_again(run: Run, adapter: Any, dataset: Any, indices: list[int], protocol: Any
+              ) -> tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]]:
+    """The images `indices` through the benchmark loop as the run evaluated them: its protocol, and its run
+    settings resolved as the run resolved them (run/defaults.run_context, from meta.json's precision and
+    distance; no decoding processes). Returns (per-image rows, undecodable indices, the tensors a strip
+    draws, on the CPU, one dict per batch)."""
+    from protobench.data.imagelist import Subset
+    from protobench.run import benchmark
+    from protobench.run.defaults import run_context
+
+    context = run_context(adapter.device, adapter.info.input_size, workers=0,
+                          precision=str(run.meta.get("precision") or "fp32"), distance=distance_of(run))
+    kept: list[dict[str, Any]] = []
+
+    def keep(outcome, ids) -> None:
+        kept.append({"ids": ids.cpu(), "images": outcome.images.cpu(), "images_adv": outcome.images_adv.cpu(),
+                     "attackable": outcome.attackable.cpu(), "map_star": outcome.map_star.cpu(),
+                     "map_star_adv": outcome.map_star_adv.cpu()})
+
+    records, skipped = benchmark.run(adapter, Subset(dataset, indices), dataset.paths, protocol, context,
+                                     on_outcome=keep)
+    return records, skipped, kept
 
 
 def verified_rerun(run: Run, indices: list[int], force: bool = False, **where: Any) -> tuple[Pixels, list[str]]:

@@ -1,8 +1,9 @@
 """How this process runs an evaluation, resolved once: device, runtime, batch size, workers, world.
 
-`protobench evaluate` resolves it after loading the model (the CPU's automatic batch and
-chunk sizes depend on the model's input size), records it in meta.json and hands it to the
-benchmark loop; nothing else works these values out again.
+It is resolved in one place, `protobench.run.defaults.run_context`, after the model is loaded (the
+CPU's automatic batch and chunk sizes depend on the model's input size): by the run, which records
+it in meta.json and hands it to the benchmark loop, and by the report's re-run of a run's images,
+from the settings meta.json recorded.
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """A run's defaults, resolved once, here: the built-in demo when no model is given, the output directory,
-whether the report is drawn, the data to evaluate a fine-tuned model on. `protobench evaluate`,
-`protobench finetune` and the Python API (protobench.api) all take them from here.
+whether the report is drawn, the data to evaluate a fine-tuned model on, and how this process runs the
+benchmark loop (`run_context`). `protobench evaluate`, `protobench finetune`, the report's re-run and the
+Python API (protobench.api) all take them from here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from protobench.errors import OptionError, ProtobenchError
 
@@ -78,3 +79,16 @@ def finetune_defaults(ckpt: str | None, data: str | None, split: str | None, out
     out = out or str(RESULTS / f"finetune-{'demo' if demo else Path(ckpt).stem}")
     eval_data = eval_data or (DEMO_TEST if data == DEMO_TRAIN else None)
     return FinetuneDefaults(ckpt, data, out, eval_data if evaluate else None)
+
+
+def run_context(device: Any, input_size: int, *, batch_size: int | None = None, workers: int | None = None,
+                precision: str = "fp32", distance: str = "float64", compile: bool = False, world: Any = None) -> Any:
+    """The RunContext (run/context.py) of an evaluation of a model of `input_size` px on `device`: the run
+    and the report's re-run of its images resolve it here, from the same settings, so that both compute
+    the same numbers. With the float32 distance the CPU calls the model one image at a time, as the
+    paper's code: float32's cancellation shows bits a chunk's other images move."""
+    from protobench.run.context import RunContext
+
+    chunk = 1 if distance == "float32" and device.type == "cpu" else None
+    return RunContext.resolve(device, input_size, batch_size=batch_size, chunk=chunk, workers=workers,
+                              precision=precision, compile=compile, world=world)

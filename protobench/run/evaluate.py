@@ -15,6 +15,7 @@ from protobench import options
 from protobench.core.protocol import EvalProtocol
 from protobench.run.forward import AUTOCAST_DTYPES
 from protobench.data.imagelist import MAX_IMAGE_PIXELS, check_max_pixels
+from protobench.run.defaults import run_context
 from protobench.run.devices import check_device_name, resolve_device
 from protobench.run.watch import NoProgress, Progress, RunningMean
 from protobench.run import partpass
@@ -68,16 +69,6 @@ class EvaluateConfig:
         options.choice("distance", self.distance, ("float64", "float32"))  # core.precision.DISTANCES, torch-free
 
 
-def resolve_context(cfg: EvaluateConfig, adapter, world):
-    """The run context, resolved here, once. With the float32 distance the CPU calls the model one image at
-    a time, as the paper's code: float32's cancellation shows bits a chunk's other images move."""
-    from protobench.run.context import RunContext
-
-    chunk = 1 if cfg.distance == "float32" and adapter.device.type == "cpu" else None
-    return RunContext.resolve(adapter.device, adapter.info.input_size, batch_size=cfg.batch_size, chunk=chunk,
-                              workers=cfg.workers, precision=cfg.precision, compile=cfg.compile, world=world)
-
-
 def load_adapter(name: str, ckpt: str, options: dict[str, Any], device, distance: str = "float64"):
     from protobench.models.lookup import get_adapter
 
@@ -94,9 +85,11 @@ def load_dataset(data: str, info, layout: str | None = None, split: str | None =
 
 
 @holds_out(lambda cfg, *_, **__: cfg.out)  # one run writing cfg.out at a time
-def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=None, dataset=None) -> dict[str, Any]:
+def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=None, open_data=None,
+             on_adapter=None) -> dict[str, Any]:
     """Run the benchmark on one model and write per_image.csv, summary.csv and meta.json to cfg.out.
-    `adapter`, `dataset` (items (image, label, index); `paths`): in memory already, instead of cfg.ckpt, cfg.data.
+    `adapter`: in memory already, instead of cfg.ckpt; `open_data(model info)`: the dataset in memory (items
+    (image, label, index); `paths`), or None for cfg.data; `on_adapter` hears the adapter the run uses.
 
     Per-image results are appended to the partial log every batch, so an interrupted run continues with
     cfg.resume and ends with the same files as an uninterrupted one (`progress.on_outcome`, if any, sees tensors).
@@ -117,8 +110,12 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=N
     files.check_writable_dir(out)
     adapter = adapter.to(device) if adapter else load_adapter(cfg.adapter, sources.prepare(cfg), cfg.adapter_options,
                                                               device, cfg.distance)  # hf:// -> the cache
+    if on_adapter is not None:
+        on_adapter(adapter)
     check_selection(cfg.protocol, adapter)
-    context = resolve_context(cfg, adapter, world)
+    context = run_context(adapter.device, adapter.info.input_size, batch_size=cfg.batch_size, workers=cfg.workers,
+                          precision=cfg.precision, distance=cfg.distance, compile=cfg.compile, world=world)
+    dataset = open_data(adapter.info) if open_data is not None else None
     dataset, paths = (dataset, dataset.paths) if dataset is not None else \
         load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)
     indices = random_subset(len(dataset), cfg.limit, cfg.protocol.seed)
