@@ -19,11 +19,20 @@ Two parts, printed as one JSON object with the CPU, its vector extensions and th
             channels-last inputs, in this process, interleaved (--rounds), and how far apart
             the per-image numbers are (set the environment yourself).
 
+  flops     (--flops) the demo network's floating-point operations (torch.utils.flop_counter) per
+            forward pass and per input-gradient pass of one image, and of the whole default loop
+            (clean pass, 40 steps of forward + backward, the pass on the attacked image) on 150 images.
+
+  side_by_side  (--side-by-side N) benchmark.run on the first N demo test images with one chunk at a
+            time on all of torch's threads (--threads) and with --threads chunks side by side, one
+            thread each (protobench.run.chunks, the default), interleaved (--rounds), and how far
+            apart the per-image numbers are; and whether side by side equals a one-thread run.
+
 The CPU kernels default to an AVX2-only machine (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)
 and 2 threads, the reference machine of the demo's time target; --native keeps this CPU's own kernels.
 
   python benchmarks/demo_cpu.py --before main --rounds 2 [--limit 150]
-  python benchmarks/demo_cpu.py --smoke     # every part once: 2 images (8 for kernels), 2 steps, 1 thread, 1 round
+  python benchmarks/demo_cpu.py --smoke     # every part once: 2 images (8 for kernels, 16 side by side), 2 steps, 1 thread, 1 round
 """
 
 from __future__ import annotations
@@ -168,6 +177,71 @@ def compare(before: Path, after: Path) -> dict:
     return diff
 
 
+def flops() -> dict:
+    """Floating-point operations of the demo network: a forward pass, an input-gradient pass, the loop."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from protobench.adapters.protopnet import ProtoPNetAdapter
+    from protobench.core.protocol import EvalProtocol
+    from protobench.demo import demo_checkpoint
+    from protobench.run.forward import frozen_eval
+
+    adapter = ProtoPNetAdapter.load(demo_checkpoint())
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    with frozen_eval(adapter.model):
+        with FlopCounterMode(display=False) as counter:
+            maps, _ = adapter.forward(x)
+        forward = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            torch.autograd.grad(maps.amax(dim=(2, 3))[:, 0].sum(), x)
+        backward = counter.get_total_flops()
+    steps = EvalProtocol.make().steps
+    per_image = (steps + 2) * forward + steps * backward
+    return {"forward_gflop": round(forward / 1e9, 4), "input_gradient_gflop": round(backward / 1e9, 4),
+            "loop_gflop_per_image": round(per_image / 1e9, 3), "loop_tflop_150_images": round(150 * per_image / 1e12, 3)}
+
+
+def side_by_side(limit: int, rounds: int, threads: int, steps: int | None = None) -> dict:
+    """The loop on `limit` demo images: one chunk at a time on `threads` threads against `threads`
+    chunks side by side; seconds, differences, and equality with one thread."""
+    import pandas as pd
+    import torch
+
+    from protobench.adapters.protopnet import ProtoPNetAdapter
+    from protobench.core.protocol import EvalProtocol
+    from protobench.data.imagelist import Subset
+    from protobench.demo import demo_checkpoint
+    from protobench.demo.shapes import ProtoShapes
+    from protobench.run import benchmark
+    from protobench.run.context import RunContext
+    from protobench.run.forward import Runtime
+
+    torch.set_num_threads(threads)
+    adapter = ProtoPNetAdapter.load(demo_checkpoint())
+    data = ProtoShapes("test", adapter.info.mean, adapter.info.std)
+    protocol = EvalProtocol.make() if steps is None else EvalProtocol.make(steps=steps)
+    variants = {"one_at_a_time": 1, "side_by_side": threads}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    records = {}
+    for _ in range(rounds):
+        for name, count in variants.items():
+            context = RunContext(torch.device("cpu"), Runtime(chunk=8, threads=count), 32, 0)
+            start = time.perf_counter()
+            records[name], _ = benchmark.run(adapter, Subset(data, range(limit)), data.paths, protocol, context)
+            times[name].append(round(time.perf_counter() - start, 2))
+    torch.set_num_threads(1)
+    one, _ = benchmark.run(adapter, Subset(data, range(limit)), data.paths, protocol,
+                           RunContext(torch.device("cpu"), Runtime(chunk=8, threads=1), 32, 0))
+    a, b = pd.DataFrame(records["one_at_a_time"]), pd.DataFrame(records["side_by_side"])
+    return {"threads": threads, "kernels": torch.backends.cpu.get_cpu_capability(), "images": limit,
+            "seconds": times, "side_by_side_over_one_at_a_time": round(min(times["side_by_side"])
+                                                                      / min(times["one_at_a_time"]), 3),
+            **{f"max_abs_diff_{c}": float((a[c] - b[c]).abs().max()) for c in COMPARED},
+            "same_p_star": bool((a.proto == b.proto).all()),
+            "side_by_side_equals_one_thread": b.equals(pd.DataFrame(one))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default=None, metavar="REV", help="a git revision to measure against")
@@ -179,6 +253,9 @@ def main() -> None:
     parser.add_argument("--skip-phases", action="store_true")
     parser.add_argument("--kernels", type=int, default=0, metavar="R", help="only the layout/chunk timing, R rounds")
     parser.add_argument("--layouts", type=int, default=0, metavar="N", help="only the loop, NCHW vs NHWC, N images")
+    parser.add_argument("--flops", action="store_true", help="only the demo network's operation count")
+    parser.add_argument("--side-by-side", type=int, default=0, metavar="N",
+                        help="only the loop, one chunk at a time vs side by side, N images")
     parser.add_argument("--smoke", action="store_true",
                         help="phases, end to end, kernels and layouts, each once on 2 images (8 for kernels), "
                              "2 steps, 1 thread: checks that it runs")
@@ -190,6 +267,12 @@ def main() -> None:
         return
     if args.layouts:
         print(json.dumps(layouts(args.layouts, args.rounds), indent=2))
+        return
+    if args.flops:
+        print(json.dumps(flops(), indent=2))
+        return
+    if args.side_by_side:
+        print(json.dumps(side_by_side(args.side_by_side, args.rounds, args.threads, args.steps), indent=2))
         return
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), **({} if args.native else AVX2)}
@@ -226,6 +309,8 @@ def main() -> None:
             report["numbers"] = compare(Path(tmp) / "before", Path(tmp) / "current")
     if args.smoke:
         report["kernels"], report["layouts"] = kernels(1, images=8), layouts(2, 1, args.steps)
+        report["side_by_side"] = side_by_side(16, 1, 2, args.steps)
+        report["flops"] = flops()
     report["load_average_end"] = os.getloadavg()
     print(json.dumps(report, indent=2))
 

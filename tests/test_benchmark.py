@@ -234,7 +234,8 @@ def test_run_context_defaults_follow_the_device_and_the_image_size():
     assert (gpu.batch_size, gpu.runtime.chunk, gpu.runtime.channels_last) == (256, None, True) and gpu.workers >= 1
     mine = RunContext.resolve(cpu, 64, batch_size=5, workers=2, precision="bf16", compile=True)
     assert mine.record() == {"device": "cpu", "batch_size": 5, "workers": 2, "processes": 1, "runtime": {
-        "precision": "bf16", "chunk": 8, "channels_last": False, "compile": True}}
+        "precision": "bf16", "chunk": 8, "channels_last": False, "compile": True, "threads": 1}}
+    assert gpu.runtime.threads == 1  # side by side is for CPU chunks only
 
 
 def test_the_loop_batches_as_its_context_says(tiny_adapter, image_folder):
@@ -265,7 +266,8 @@ def test_evaluate_resolves_the_context_once_records_it_and_hands_it_down(tiny_ck
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
     assert {k: meta[k] for k in ("device", "batch_size", "workers", "processes")} == {
         "device": "cpu", "batch_size": 5, "workers": 0, "processes": 1}
-    assert meta["runtime"] == {"precision": "fp32", "chunk": 8, "channels_last": False, "compile": False}
+    assert meta["runtime"] == {"precision": "fp32", "chunk": 8, "channels_last": False, "compile": False,
+                               "threads": 1}
 
 
 def test_an_image_s_maps_do_not_depend_on_the_other_images_in_its_chunk():

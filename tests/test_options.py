@@ -23,6 +23,7 @@ BAD_EVALUATE = [
     (["--margin", "-1000"], "--margin"), (["--margin", str(10**30)], "--margin"),
     (["--batch-size", "0"], "--batch-size"), (["--batch-size", "-1"], "--batch-size"),
     (["--workers", "-1"], "--workers"), (["--workers", "100000"], "--workers"),
+    (["--chunk-threads", "0"], "--chunk-threads"), (["--chunk-threads", "1000"], "--chunk-threads"),
     (["--limit", "0"], "--limit"), (["--limit", "-5"], "--limit"),
     (["--seed", "-1"], "--seed"), (["--seed", str(2**32)], "--seed"),
     (["--device", "mps"], "--device"), (["--device", "meta"], "--device"), (["--device", "cuda:x"], "--device"),

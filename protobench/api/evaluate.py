@@ -58,7 +58,8 @@ def evaluate(model: Any, data: Any = None, *, protocol: Any = "default", metrics
              limit: int | None = None, batch_size: int | None = None, device: str | None = None, seed: int = 0,
              progress: Any = True, out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
              name: str | None = None, precision: str = "fp32", dataset: str | None = None,
-             split: str | None = None, workers: int | None = None, **protocol_options: Any) -> Results:
+             split: str | None = None, workers: int | None = None, chunk_threads: int = 1,
+             **protocol_options: Any) -> Results:
     """Benchmark a model: attack the pixels outside each prototype's region and measure the explanation.
 
     Args:
@@ -69,7 +70,8 @@ def evaluate(model: Any, data: Any = None, *, protocol: Any = "default", metrics
         protocol: 'default', 'reference' or 'protovit' (or an EvalProtocol); `protocol_options` override
             its fields: attack, eps, step, steps, select, margin, region, plc, clip.
         metrics: the suites to measure ('misalignment', 'consistency', 'stability', a plugin's).
-        limit: a fixed-seed random subset of this many images. batch_size, workers: as the CLI's options.
+        limit: a fixed-seed random subset of this many images. batch_size, workers, chunk_threads: as the
+            CLI's options (chunk_threads: CPU chunks measured side by side, docs/performance.md).
         device: 'cpu', 'cuda[:N]'; None: where the model is (a checkpoint: a GPU when there is one).
         seed: the attack's random start and the subset.
         progress: a progress bar on stderr. out: also keep the CLI's files there (same rules as --out).
@@ -91,7 +93,7 @@ def evaluate(model: Any, data: Any = None, *, protocol: Any = "default", metrics
         ran = run_evaluation(model, data, proto, out=run_dir, progress=progress_display(progress), limit=limit,
                              batch_size=batch_size, device=device, overwrite=overwrite, resume=resume, name=name,
                              precision=precision, metrics=suites(metrics), dataset=dataset, split=split,
-                             workers=workers, command="protobench.evaluate (Python)")
+                             workers=workers, chunk_threads=chunk_threads, command="protobench.evaluate (Python)")
         if ran.answer is None:  # a torchrun rank other than 0
             return None  # type: ignore[return-value]
         results = Results.load(run_dir)

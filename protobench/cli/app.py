@@ -77,6 +77,10 @@ def evaluate(
                                  "ProtoPool and ProtoTree: float64 (stable across threads and kernels) or float32 (the "
                                  "original code's arithmetic, bit for bit; docs/adapters.md). [default: float64]"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
+    chunk_threads: int = typer.Option(1, metavar="N", help="CPU: measure N chunks of 8 images side by side, one "
+                                      "thread each: much faster on a busy machine, and the numbers no longer depend "
+                                      "on the thread count (docs/performance.md). [default: 1, one chunk at a time "
+                                      "on all threads]"),
     seed: int = typer.Option(0, metavar="N", help="Seeds the random start of each image, the stability noise and "
                              "--limit's subset."),
     metrics: str = typer.Option("misalignment", metavar="LIST", help=METRICS_HELP),
@@ -127,6 +131,7 @@ def evaluate(
             progress=progress, adapter=[a for _, a in models], adapter_options=options, source=source, device=device,
             workers=workers, dataset=dataset, split=split, batch_size=batch_size, limit=limit, overwrite=overwrite,
             strict=strict, resume=resume, precision=precision, distance=distance, compile=compile,
+            chunk_threads=chunk_threads,
             max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")), trace_dir=found.out).answer
         if several:
             return None if result is None else report_models(

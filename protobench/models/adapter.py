@@ -118,6 +118,9 @@ class PrototypeAdapter:
     # lr_prototypes, lr_last, weight_decay, step_size, gamma, joint_extras) returning the phases
     # (protobench.models.plan.Phase). None: the family declares no training; finetune refuses it.
     training_schedule: ClassVar[Callable[..., tuple] | None] = None
+    # True when `evidence` is a pure function of its input (it keeps no state between calls), so
+    # that the CPU may run it on several threads at once, each on its own images (protobench.run.chunks)
+    concurrent: ClassVar[bool] = False
 
     def __init__(self, model: torch.nn.Module, info: ModelInfo, prototype_class_identity: torch.Tensor):
         self.model = model.eval()

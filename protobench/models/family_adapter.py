@@ -75,6 +75,7 @@ class FamilyAdapter(PrototypeAdapter):
 
     config_class: ClassVar[type]
     model_class: ClassVar[type]
+    concurrent: ClassVar[bool] = True  # every built-in family's evidence keeps no state between calls
     options: ClassVar[dict[str, Any]] = {"img_size": None}
     # the rules of the family's own config fields (protobench.models.config: flag, choice, count, ...);
     # fields many families share (sizes, backbone, mean, std, ...) have theirs there

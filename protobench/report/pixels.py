@@ -171,15 +171,18 @@ def rerun(run: Run, indices: list[int], *, ckpt: str | None = None, data: str | 
 def run_again(run: Run, adapter: Any, dataset: Any, indices: list[int], protocol: Any
               ) -> tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]]:
     """The images `indices` through the benchmark loop as the run evaluated them: its protocol, and its run
-    settings resolved as the run resolved them (run/defaults.run_context, from meta.json's precision and
-    distance; no decoding processes). Returns (per-image rows, undecodable indices, the tensors a strip
+    settings resolved as the run resolved them (run/defaults.run_context, from meta.json's precision,
+    distance and chunk threads; no decoding processes). Returns (per-image rows, undecodable indices, the tensors a strip
     draws, on the CPU, one dict per batch)."""
     from protobench.data.imagelist import Subset
     from protobench.run import benchmark
     from protobench.run.defaults import run_context
 
+    runtime = run.meta.get("runtime") if isinstance(run.meta.get("runtime"), dict) else {}
+    threads = runtime.get("threads") if isinstance(runtime.get("threads"), int) and runtime["threads"] > 1 else 1
     context = run_context(adapter.device, adapter.info.input_size, workers=0,
-                          precision=str(run.meta.get("precision") or "fp32"), distance=distance_of(run))
+                          precision=str(run.meta.get("precision") or "fp32"), distance=distance_of(run),
+                          threads=min(threads, 64))
     kept: list[dict[str, Any]] = []
 
     def keep(outcome, ids) -> None:

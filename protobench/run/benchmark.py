@@ -20,7 +20,7 @@ from protobench.core.attack import ATTACKS, image_bounds
 from protobench.core.protocol import EvalProtocol
 from protobench.core.regions import REGIONS, select_prototypes
 from protobench.models.adapter import Evidence, PrototypeAdapter, map_argmax_cells, map_maxima
-from protobench.run import convergence, diagnostics, partpass, seeds
+from protobench.run import chunks, convergence, diagnostics, partpass, seeds
 from protobench.run.context import RunContext
 from protobench.run.forward import Forward, Runtime, frozen_eval, model_forward
 from protobench.run.partpass import Passes
@@ -217,16 +217,22 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                      protocol: EvalProtocol, forward: Forward, fit: BatchLimit, on_outcome: OnOutcome | None = None,
-                     passes: Passes | None = None, slots: int | None = None, pad: bool = False) -> dict[str, torch.Tensor]:
+                     passes: Passes | None = None, slots: int | None = None, pad: bool = False,
+                     pool: chunks.ThreadPoolExecutor | None = None, chunk: int | None = None) -> dict[str, torch.Tensor]:
     """evaluate_batch in pieces of at most fit.limit images, halving the piece on out-of-memory
     (never a crash, unless a single image does not fit). Images are independent, so pieces
     give the same per-image numbers as one call. `pad`: a short piece (the last batch) is
     filled up to fit.limit images with copies of its last one, whose results are dropped, so
     that a compiled model always sees the same shapes and never recompiles (on_outcome sees those
-    copies too: the same image, so the same values, under the last image's index)."""
+    copies too: the same image, so the same values, under the last image's index). With a `pool`,
+    each piece's chunks of `chunk` images are measured side by side (protobench.run.chunks)."""
     import warnings
 
     from protobench.errors import MemoryWarning
+
+    def measure(x_part, y_part, ids_part, seen):
+        return evaluate_batch(adapter, x_part, y_part, ids_part, protocol, forward, on_outcome=seen, passes=passes,
+                              slots=slots)
 
     pieces, start = [], 0
     while start < len(x):
@@ -234,8 +240,7 @@ def evaluate_fitting(adapter: PrototypeAdapter, x: torch.Tensor, y: torch.Tensor
         rows = fit.limit if pad else n
         part = [_pad_rows(t[start:start + n], rows) for t in (x, y, ids)]
         try:
-            values = evaluate_batch(adapter, *part, protocol, forward, on_outcome=on_outcome, passes=passes,
-                                    slots=slots)
+            values = chunks.measure_chunks(pool, chunk, measure, *part, on_outcome)
             pieces.append({k: v[:n] for k, v in values.items()})
             start += n
         except RuntimeError as err:
@@ -270,15 +275,17 @@ def run(adapter: PrototypeAdapter, dataset: torch.utils.data.Dataset, paths: lis
     fit = BatchLimit(ctx.batch_size)
     slots = attack_slots(adapter.prototype_class_identity, protocol.select)
     pad = bool(ctx.runtime.compile) and ctx.runtime.chunk is None  # a CPU's fixed chunks pad already
+    threads = chunks.side_by_side(ctx.runtime.threads, ctx.runtime.chunk, adapter.concurrent, bool(ctx.runtime.compile))
     records: list[dict] = []
     skipped: list[int] = []
-    with frozen_eval(adapter.model):
+    with frozen_eval(adapter.model), chunks.chunk_workers(threads) as pool:
         for x, y, ids, bad in loader:
             rows = []
             if x is not None:
                 labels = y  # the loader's, on the CPU: the rows need no copy back from the device
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit, on_outcome, passes, slots, pad)
+                values = evaluate_fitting(adapter, x, y, ids, protocol, forward, fit, on_outcome, passes, slots, pad,
+                                          pool, ctx.runtime.chunk)
                 rows = batch_records(values, labels, ids, paths)
             records.extend(rows)
             skipped.extend(bad)

@@ -33,7 +33,7 @@ class RunContext:
     @classmethod
     def resolve(cls, device: torch.device, input_size: int, *, batch_size: int | None = None,
                 workers: int | None = None, precision: str = "fp32", compile: bool = False,
-                world: World | None = None, chunk: int | None = None) -> RunContext:
+                world: World | None = None, chunk: int | None = None, threads: int | None = None) -> RunContext:
         """The context for a model of `input_size` px on `device`; None (or False) means the default.
 
         Defaults: batch 32 images of up to 224 px on the CPU (fewer for larger images), 256 on a GPU;
@@ -43,7 +43,7 @@ class RunContext:
             workers = 0 if device.type == "cpu" else min(MAX_AUTO_WORKERS, os.cpu_count() or 1)
         return cls(device=device,
                    runtime=Runtime.for_device(device, input_size, precision=precision, compile=compile or None,
-                                              chunk=chunk),
+                                              chunk=chunk, threads=threads),
                    batch_size=batch_size if batch_size is not None else auto_batch_size(device, input_size),
                    workers=workers, world=world or World())
 

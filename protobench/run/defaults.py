@@ -82,13 +82,15 @@ def finetune_defaults(ckpt: str | None, data: str | None, split: str | None, out
 
 
 def run_context(device: Any, input_size: int, *, batch_size: int | None = None, workers: int | None = None,
-                precision: str = "fp32", distance: str = "float64", compile: bool = False, world: Any = None) -> Any:
+                precision: str = "fp32", distance: str = "float64", compile: bool = False, world: Any = None,
+                threads: int = 1) -> Any:
     """The RunContext (run/context.py) of an evaluation of a model of `input_size` px on `device`: the run
     and the report's re-run of its images resolve it here, from the same settings, so that both compute
     the same numbers. With the float32 distance the CPU calls the model one image at a time, as the
-    paper's code: float32's cancellation shows bits a chunk's other images move."""
+    paper's code: float32's cancellation shows bits a chunk's other images move. `threads`: CPU chunks
+    measured side by side (run/chunks.py)."""
     from protobench.run.context import RunContext
 
     chunk = 1 if distance == "float32" and device.type == "cpu" else None
     return RunContext.resolve(device, input_size, batch_size=batch_size, chunk=chunk, workers=workers,
-                              precision=precision, compile=compile, world=world)
+                              precision=precision, compile=compile, world=world, threads=threads)

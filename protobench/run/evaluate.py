@@ -50,6 +50,7 @@ class EvaluateConfig:
     precision: str = "fp32"  # fp32, tf32, bf16 or fp16; see forward.Runtime
     distance: str = "float64"  # the prototype distance: float64, or float32 as the originals (docs/adapters.md)
     compile: bool = False  # torch.compile the model's forward
+    chunk_threads: int = 1  # CPU: chunks measured side by side, one thread each (run/chunks.py); 1: one at a time
     command: str | None = None  # meta.json's command [default: protobench and this process's arguments]
     metrics: tuple[str, ...] = DEFAULT_METRICS  # the suites to measure (--metrics); see run.partpass
     parts: PartSettings = field(default_factory=PartSettings)  # consistency and stability's parameters
@@ -63,6 +64,7 @@ class EvaluateConfig:
         check_device_name(self.device)
         options.optional_integer("--batch-size", self.batch_size, 1, MAX_BATCH)
         options.optional_integer("--workers", self.workers, 0, MAX_WORKERS)
+        options.optional_integer("--chunk-threads", self.chunk_threads, 1, MAX_WORKERS)
         options.optional_integer("--limit", self.limit, 1)
         check_max_pixels(self.max_image_pixels)
         options.choice("precision", self.precision, tuple(AUTOCAST_DTYPES))
@@ -114,7 +116,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None, *, adapter=N
         on_adapter(adapter)
     check_selection(cfg.protocol, adapter)
     context = run_context(adapter.device, adapter.info.input_size, batch_size=cfg.batch_size, workers=cfg.workers,
-                          precision=cfg.precision, distance=cfg.distance, compile=cfg.compile, world=world)
+                          precision=cfg.precision, distance=cfg.distance, compile=cfg.compile, world=world,
+                          threads=cfg.chunk_threads)
     dataset = open_data(adapter.info) if open_data is not None else None
     dataset, paths = (dataset, dataset.paths) if dataset is not None else \
         load_dataset(cfg.data, adapter.info, cfg.dataset, cfg.split, cfg.max_image_pixels)

@@ -59,11 +59,13 @@ class Runtime:
     chunk: int | None = None  # rows per model call; fixed on the CPU for reproducibility (see chunked_forward)
     channels_last: bool = False  # NHWC inputs: faster convolutions on GPUs (see for_device for CPUs)
     compile: bool | str = False  # torch.compile the adapter's forward (and so its backward): True or a mode
+    threads: int = 1  # CPU chunks measured side by side, one thread each (protobench.run.chunks); 1: one at a time
 
     @classmethod
     def for_device(cls, device: torch.device, size: int = 224, **overrides: Any) -> Runtime:
         """Defaults per device: fixed chunks on the CPU (8 images up to 224 px, fewer for larger
-        images: see cpu_images); whole batches and channels-last on GPUs. Not channels-last on the
+        images: see cpu_images), one at a time on all of torch's threads unless `threads` says
+        otherwise (protobench.run.chunks); whole batches and channels-last on GPUs. Not channels-last on the
         CPU: it is 11-29% faster there, but oneDNN's NHWC convolutions make an image's result
         depend on the other images in its chunk, so the numbers would depend on --batch-size and a
         report's re-run would not reproduce them (docs/performance.md, Demo)."""
