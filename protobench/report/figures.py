@@ -27,12 +27,13 @@ HISTOGRAMS = (("PAC", "PAC: activation change (%)"), ("PLC", "PLC: location chan
               ("PRC", "PRC: rank change (prototypes)"))
 
 
-def figure(width: float, height: float) -> Figure:
-    """A new figure on an Agg canvas (matplotlib's own; no GUI backend is ever loaded)."""
+def figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    """A new figure on an Agg canvas (matplotlib's own; no GUI backend is ever loaded). `layout`: None
+    for a figure that places its own axes (constrained layout costs most of a small figure's drawing)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     fig.set_facecolor("white")
     return fig

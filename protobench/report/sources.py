@@ -55,10 +55,12 @@ def nearest_patches(adapter: Any, dataset: Any, protos: list[int], batch_size: i
     """For each prototype in `protos`: (index, cell, activation) of its highest activation over the
     images of its own classes in `dataset` (all images for a prototype without a class), in one batched
     pass; ties keep the earlier image. Only images of a wanted class are read where the dataset
-    lists its labels."""
+    lists its labels. The model runs as in the benchmark loop: on the CPU, fixed chunks measured side
+    by side (protobench.run.chunks), so an image's activations do not depend on `batch_size`."""
     import torch
 
     from protobench.data.imagelist import Subset, collate
+    from protobench.run import chunks
     from protobench.run.forward import Runtime, frozen_eval, model_forward
 
     identity = adapter.prototype_class_identity.detach().cpu() > 0  # (P, C)
@@ -69,22 +71,29 @@ def nearest_patches(adapter: Any, dataset: Any, protos: list[int], batch_size: i
     indices = [i for i, y in enumerate(labels) if y in wanted] if labels is not None else list(range(len(dataset)))
     loader = torch.utils.data.DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
                                          collate_fn=collate)
-    forward = model_forward(adapter, Runtime())
+    runtime = Runtime.for_device(adapter.device, adapter.info.input_size)
+    forward = model_forward(adapter, runtime)
+    threads = chunks.side_by_side(runtime.threads, runtime.chunk, adapter.concurrent, False)
+
+    def measure(x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, _: Any) -> dict[str, torch.Tensor]:
+        with torch.no_grad():  # grad mode is per thread
+            evidence = forward(x.to(adapter.device))
+            return {"act": evidence.act[:, chosen].double().cpu(), "cells": evidence.part_cells[:, chosen, 0].cpu()}
+
     best = torch.full((len(protos),), -math.inf, dtype=torch.float64)
     where = torch.full((len(protos),), -1, dtype=torch.long)
     cell = torch.zeros(len(protos), dtype=torch.long)
-    with frozen_eval(adapter.model), torch.no_grad():
+    with frozen_eval(adapter.model), torch.no_grad(), chunks.chunk_workers(threads) as pool:
         for x, y, ids, _ in loader:
             if x is None:
                 continue
-            evidence = forward(x.to(adapter.device))
-            act = evidence.act[:, chosen].double().cpu()  # (B, K)
-            act = act.masked_fill(~allowed[:, y].t(), -math.inf)
+            found = chunks.measure_chunks(pool, runtime.chunk, measure, x, y, ids, None)
+            act = found["act"].masked_fill(~allowed[:, y].t(), -math.inf)  # (B, K)
             top, row = act.max(dim=0)
             better = top > best
             best = torch.where(better, top, best)
             where = torch.where(better, ids[row], where)
-            cell = torch.where(better, evidence.part_cells[:, chosen, 0].cpu()[row, torch.arange(len(protos))], cell)
+            cell = torch.where(better, found["cells"][row, torch.arange(len(protos))], cell)
     return {p: (int(where[k]), int(cell[k]), float(best[k])) for k, p in enumerate(protos) if where[k] >= 0}
 
 

@@ -21,6 +21,9 @@ from protobench.report.figures import figure, png
 
 HEATMAP, DIVERGING = "viridis", "PuOr"  # perceptually uniform; colour-blind safe diverging (ColorBrewer)
 REGION, BEFORE, PROTECTED, PATCH = "#FFFFFF", "#F0E442", "#E69F00", "#56B4E9"  # outlines (Okabe-Ito)
+# Where the panels go, in figure fractions: square panels in three columns and two rows, with room for
+# the titles above them, the colour bars right of the third and first columns, and the legend below.
+COLUMNS, ROWS, SIDE = (0.01, 0.375, 0.70), (0.55, 0.125), (0.25, 0.344)
 LEGEND = ("Top left: the prototype's source patch (blue box). White line: the heatmap's top-10% region (what PLC "
           "compares); dotted yellow: that region before the attack; dashed orange: the protected region (never "
           "attacked). Both heatmaps share the clean one's colour scale: a collapsed map turns dark and flat.")
@@ -48,6 +51,12 @@ def outline(ax: Any, mask: np.ndarray, colour: str, style: str, width: float = 1
         ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linestyles=[style], linewidths=[width])
 
 
+def colorbar(fig: Any, shown: Any, ax: Any) -> Any:
+    """A colour bar just right of panel `ax`, as tall as it."""
+    left, bottom, width, height = ax.get_position().bounds
+    return fig.colorbar(shown, cax=fig.add_axes((left + width + 0.008, bottom, 0.015, height)))
+
+
 def panel(ax: Any, title: str) -> None:
     ax.set_title(title, fontsize=9, parse_math=False)
     ax.set_xticks([])
@@ -63,10 +72,10 @@ def strip(pixels: Any, row: int, numbers: dict[str, Any], heading: str, source: 
     attacked = pixels_of(pixels.images_adv[row], pixels.mean, pixels.std)
     maps, regions = upsampled(_pair(pixels, row), size)
     protected = ~pixels.attackable[row, 0].numpy()
-    fig = figure(8.4, 6.1)
-    axes = fig.subplots(2, 3, width_ratios=[1, 1, 1.2]).flatten()
-    fig.suptitle(heading, fontsize=10, parse_math=False)
-    fig.supxlabel(LEGEND, fontsize=7.5, color="#333333", wrap=True)
+    fig = figure(8.4, 6.1, layout=None)
+    axes = [fig.add_axes((left, bottom, *SIDE)) for bottom in ROWS for left in COLUMNS]
+    fig.suptitle(heading, fontsize=10, parse_math=False, y=0.985, va="top")
+    fig.text(0.5, 0.012, LEGEND, fontsize=7.5, color="#333333", wrap=True, ha="center", va="bottom")
     show = {"interpolation": "nearest" if size < 160 else "antialiased"}
     source_panel(axes[0], source, numbers, show)
     axes[1].imshow(clean, **show)
@@ -81,7 +90,7 @@ def strip(pixels: Any, row: int, numbers: dict[str, Any], heading: str, source: 
             outline(ax, regions[0], BEFORE, ":")
         outline(ax, protected, PROTECTED, "--", 1.0)
         panel(ax, f"{name}\nprototype {int(numbers['proto'])}")
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+        colorbar(fig, shown, ax).ax.tick_params(labelsize=7)
     perturbation_panel(fig, axes[3], pixels, row, protected, show)
     axes[4].imshow(attacked, **show)
     outline(axes[4], protected, PROTECTED, "--")
@@ -138,7 +147,7 @@ def perturbation_panel(fig: Any, ax: Any, pixels: Any, row: int, protected: np.n
     shown = ax.imshow(change, cmap=DIVERGING, vmin=-scale, vmax=scale, **show)
     outline(ax, protected, "#000000", "--")
     panel(ax, f"perturbation, shown x{1 / scale:.0f}")
-    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    bar = colorbar(fig, shown, ax)
     bar.ax.tick_params(labelsize=7)
     bar.set_label("pixel change (0-1)", fontsize=7)
 
