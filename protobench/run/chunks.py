@@ -38,7 +38,10 @@ def chunk_workers(threads: int) -> Iterator[ThreadPoolExecutor | None]:
         return
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="protobench-chunk")
+    # each thread also sets its own OpenMP thread count (a thread's first oneDNN call may come before
+    # torch's lazy per-thread initialisation)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="protobench-chunk", initializer=torch.set_num_threads,
+                              initargs=(1,))
     try:
         yield pool
     finally:
