@@ -3,10 +3,11 @@ evaluation under each setting, compared.
 
 Runs `protobench evaluate` (the demo model and data unless --ckpt / --data) in a fresh process per
 setting: the default threads and kernels, one thread, AVX2 kernels (ATEN_CPU_CAPABILITY=avx2 and
-ONEDNN_MAX_CPU_ISA=AVX2 on a CPU with AVX-512), both, torchrun with 2 ranks (one thread each), and
---compile. Prints JSON: per setting, against the
-first, the largest difference of each clean-side value (activation of p*, protected box share),
-how many images changed p* or a prediction, and the difference of the PAC / PLC / PRC means.
+ONEDNN_MAX_CPU_ISA=AVX2 on a CPU with AVX-512), both, torchrun with 2 ranks (one thread each),
+--compile, and --chunk-threads 2 (chunks side by side, one thread each); --settings picks some
+('default' always runs, as the base). Prints JSON: per setting, against 'default', the largest
+difference of each clean-side value (activation of p*, protected box share), how many images
+changed p* or a prediction, and the difference of the PAC / PLC / PRC means.
 
   python benchmarks/cpu_agreement.py [--limit 150] [--steps 40] [--out protobench-results/agreement]
   python benchmarks/cpu_agreement.py --smoke     # 2 images, 1 step, default against 1 thread: checks that it runs
@@ -29,6 +30,7 @@ SETTINGS = {  # name -> (environment, launcher arguments before `-m protobench`,
     "default": ({}, [], []), "1 thread": ({"OMP_NUM_THREADS": "1"}, [], []), "avx2": (AVX2, [], []),
     "avx2, 1 thread": ({**AVX2, "OMP_NUM_THREADS": "1"}, [], []),
     "torchrun, 2 ranks": ({"OMP_NUM_THREADS": "1"}, TORCHRUN, []), "compile": ({}, [], ["--compile"]),
+    "chunk threads 2": ({}, [], ["--chunk-threads", "2"]),
 }
 CLEAN = ("act_before", "protected_frac")
 CHOICES = ("proto", "pred_before", "pred_after")
