@@ -18,7 +18,6 @@ cut from the tree are left out.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protobench.adapters._tree import leaf_paths, tree_output
 from protobench.adapters.protopnet import backbone_classes
 from protobench.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FamilyFacts, ModelInfo
 from protobench.models.backbones import build_backbone
@@ -72,24 +72,6 @@ class L2Conv(nn.Module):
         return torch.sqrt((squared_distances(z, p) if d2 is None else d2).abs() + 1e-14)
 
 
-def leaf_paths(children: torch.Tensor, num_leaves: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(NL, NB) masks of the branches each leaf's path turns left / right at (children: (NB, 2),
-    >= 0 a branch, < 0 the leaf -1 - child)."""
-    left = torch.zeros(num_leaves, len(children))
-    right = torch.zeros(num_leaves, len(children))
-    stack: list[tuple[int, list[tuple[int, int]]]] = [(0, [])]
-    while stack:
-        node, path = stack.pop()
-        for side, child in enumerate(children[node].tolist()):
-            steps = path + [(node, side)]
-            if child >= 0:
-                stack.append((child, steps))
-                continue
-            for branch, turn in steps:
-                (right if turn else left)[-1 - child, branch] = 1
-    return left, right
-
-
 class ProtoTree(nn.Module):
     def __init__(self, cfg: ProtoTreeConfig, structure: dict[str, torch.Tensor]):
         super().__init__()
@@ -124,16 +106,8 @@ class ProtoTree(nn.Module):
                 return (torch.log(p / p.sum() + 1e-10) if log else p / p.sum()).expand(len(min_d), -1)
             return (F.log_softmax(p, dim=0) if log else F.softmax(p - p.max(), dim=0)).expand(len(min_d), -1)
 
-        def node(k: int) -> torch.Tensor:
-            left, right = (node(c) if c >= 0 else leaf(-1 - c) for c in self.branch_children[k].tolist())
-            ps = sim[:, k:k + 1]
-            if not log:
-                return (1 - ps) * left + ps * right
-            x = ps.abs() + 1e-7
-            one_minus = torch.where(x < math.log(2), torch.log(-torch.expm1(-x)), torch.log1p(-torch.exp(-x)))
-            return torch.logsumexp(torch.stack((one_minus + left, ps + right)), dim=0)
-
-        return node(0) if log else torch.log(node(0))
+        out = tree_output(self.branch_children, sim, leaf, log)
+        return out if log else torch.log(out)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.prototype_layer(self._add_on(self._net(x)))[:, self.branch_prototype]  # (B, NB, h, w), float64
