@@ -133,7 +133,7 @@ def parse_arch(arch: dict[str, Any], path: str) -> dict[str, Any]:
 def _similarity(arch: dict[str, Any], head: str, path: str) -> dict[str, Any]:
     sim = _table(arch.get("similarity"), "similarity", path)
     if head == "pipnet":
-        return {"similarity": "softmax", "stability": 0.0, "similarity_log": False}
+        return {"similarity": "softmax", "stability": 0.0, "similarity_log": False, "cdist": False}
     name = sim.get("name", "LegacyProtoTreeSimilarity" if head == "prototree" else "LegacyProtoPNetSimilarity")
     if sim.get("module", SIMILARITY_MODULE) != SIMILARITY_MODULE or name not in SIMILARITIES:
         raise CheckpointError(f"{path}: similarity {short(sim.get('module', ''))} {short(name)} is not one of "
@@ -144,7 +144,8 @@ def _similarity(arch: dict[str, Any], head: str, path: str) -> dict[str, Any]:
     stability = params.get("stability_factor", 1e-4 if kind == "log" else 1e-14)
     if isinstance(stability, bool) or not isinstance(stability, (int, float)) or not 0 < stability < 1:
         raise CheckpointError(f"{path}: similarity stability_factor {short(stability)} should be a number in (0, 1)")
-    return {"similarity": kind, "stability": float(stability), "similarity_log": params.get("log_probabilities") is True}
+    return {"similarity": kind, "stability": float(stability), "cdist": not name.startswith("Legacy"),
+            "similarity_log": params.get("log_probabilities") is True}
 
 
 def _extractor(extractor: dict[str, Any], path: str) -> dict[str, Any]:

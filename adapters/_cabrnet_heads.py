@@ -18,6 +18,12 @@
 Maps are CaBRNet's `similarities` (sim of d per location; PIP-Net's softmax). With log_probabilities a
 ProtoTree's similarities are log-probabilities; protobench shows their exp, the probability, so maps stay
 non-negative. ProtoTree prototypes no decision node uses (pruned) are left out of the maps.
+
+`distance = "float32"` (`--distance float32`, PrototypeAdapter.set_distance) runs CaBRNet's own operations in
+float32, in its order, instead: its similarity layer's squared distance (`distances32`), then its pooling
+(`-max_pool2d(-d)` and `avg_pool2d` with compatibility_mode, `min` and `mean` over the flattened map without),
+the similarity of the pooled distance (ProtoTree: the maximum over the map of the similarity), and ProtoTree's
+tree node by node (adapters/_tree.tree_output). PIP-Net has no distance: it computes the same in both modes.
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protobench.adapters.prototree import leaf_paths  # (NL, NB) masks: each leaf path's turns to child 0 / 1
-from protobench.core.precision import squared_distances
+from protobench.adapters._tree import leaf_paths, tree_output  # (NL, NB) masks: each leaf path's turns to child 0 / 1
+from protobench.core.precision import full_precision, original_squared_distances, squared_distances
 
 TREE = ("branch_prototype", "branch_children")  # (NB,), (NB, 2): children [not similar, similar]; < 0: leaf -1 - c
 
@@ -42,7 +48,31 @@ def similarity(cfg: Any, d: torch.Tensor, log: bool = False) -> torch.Tensor:
     return root if log else torch.exp(root)
 
 
+def distances32(cfg: Any, z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """(B, P, h, w) float32: the squared distance CaBRNet's similarity layer takes, in its order. Legacy layers:
+    ProtoPNet's conv(z^2, ones) + (-2 conv(z, p) + |p|^2), ProtoTree's (conv(z^2, ones) + |p|^2) - 2 conv(z, p),
+    ones (P, D, 1, 1); ProtoPNetSimilarity and ProtoTreeSimilarity (`cdist`): torch.cdist(z, p) ** 2 over the
+    (B, h w, D) feature vectors. Not clamped: CaBRNet's log similarity clamps, its exp one takes |d|."""
+    if not cfg.cdist:
+        return original_squared_distances(z, prototypes, torch.ones_like(prototypes), tree=cfg.similarity == "exp")
+    with full_precision(z):
+        b, dim, h, w = z.shape
+        vectors = z.float().reshape(b, dim, h * w).transpose(1, 2)  # (B, hw, D)
+        d = torch.cdist(vectors, prototypes.float().flatten(1)) ** 2  # (B, hw, P)
+        return d.transpose(1, 2).reshape(b, -1, h, w)
+
+
+def pooled32(d: torch.Tensor, legacy: bool, mean: bool = False) -> torch.Tensor:
+    """(B, P): the minimum (or mean) of each map as CaBRNet takes it; with compatibility_mode the original code's
+    -max_pool2d(-d) (avg_pool2d), else min (mean) over the flattened map."""
+    if legacy:
+        return (F.avg_pool2d(d, d.shape[2:]) if mean else -F.max_pool2d(-d, d.shape[2:])).flatten(1)
+    return d.flatten(2).mean(dim=2) if mean else d.flatten(2).min(dim=2).values
+
+
 class ProtoPNetHead(nn.Module):
+    distance = "float64"  # or "float32", CaBRNet's own arithmetic (PrototypeAdapter.set_distance)
+
     def __init__(self, cfg: Any, structure: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.cfg = cfg
@@ -51,6 +81,12 @@ class ProtoPNetHead(nn.Module):
         self.last_layer = nn.Linear(cfg.num_prototypes, cfg.num_classes, bias=False)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.distance == "float32":
+            with full_precision(z):
+                d = distances32(self.cfg, z, self.prototypes)
+                low = pooled32(d, self.cfg.compatibility)
+                act = torch.log((low + 1) / (low + 1e-4)) if self.cfg.compatibility else similarity(self.cfg, low)
+                return similarity(self.cfg, d), self.last_layer(act)
         d = squared_distances(z, self.prototypes)
         low = d.amin(dim=(2, 3))
         act = torch.log((low + 1) / (low + 1e-4)) if self.cfg.compatibility else similarity(self.cfg, low)
@@ -61,6 +97,8 @@ class ProtoPNetHead(nn.Module):
 
 
 class ProtoTreeHead(nn.Module):
+    distance = "float64"  # or "float32", CaBRNet's own arithmetic (PrototypeAdapter.set_distance)
+
     def __init__(self, cfg: Any, structure: dict[str, torch.Tensor]):
         super().__init__()
         self.cfg = cfg
@@ -79,7 +117,27 @@ class ProtoTreeHead(nn.Module):
         self.register_buffer("path_on", on.to(device), persistent=False)
         self.register_buffer("live", torch.unique(self.branch_prototype.cpu()).to(device), persistent=False)
 
+    def forward32(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CaBRNet's float32 forward: its similarity maps of every prototype (the live ones kept), their maximum
+        over the map, and the tree node by node (log space with log_probabilities)."""
+        log = self.cfg.log_probabilities
+        with full_precision(z):
+            root = similarity(self.cfg, distances32(self.cfg, z, self.prototypes)[:, self.live], log=True)
+            maps = torch.exp(root)  # (B, P_live, h, w) CaBRNet's similarities (their exp if its layer gives log)
+            s = (root if self.cfg.similarity_log else maps).flatten(2).amax(dim=2)  # (B, P_live)
+            s = s[:, torch.searchsorted(self.live, self.branch_prototype)]  # (B, NB)
+            rows = self.leaves.float()
+
+            def leaf(i: int) -> torch.Tensor:  # (1, C) CaBRNet's leaf distribution: log_softmax, or stable softmax
+                x = rows[i:i + 1]
+                return F.log_softmax(x, dim=1) if log else torch.softmax(x - x.max(dim=1).values, dim=1)
+
+            out = tree_output(self.branch_children, s, leaf, log)
+            return maps, out if log else torch.log(out)
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.distance == "float32":
+            return self.forward32(z)
         d = squared_distances(z, self.prototypes[self.live])  # (B, P_live, h, w)
         rank = torch.searchsorted(self.live, self.branch_prototype)  # each branch's row among the live ones
         low = d.abs().amin(dim=(2, 3))[:, rank]  # (B, NB) float64
@@ -105,6 +163,8 @@ class ProtoTreeHead(nn.Module):
 
 
 class ProtoPoolHead(nn.Module):
+    distance = "float64"  # or "float32", CaBRNet's own arithmetic (PrototypeAdapter.set_distance)
+
     def __init__(self, cfg: Any, structure: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.cfg = cfg
@@ -113,7 +173,19 @@ class ProtoPoolHead(nn.Module):
         self.proto_slot_map = nn.Parameter(torch.randn(c, p, n))
         self.last_layer = nn.Linear(c * n, c, bias=False)
 
+    def forward32(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        compat = self.cfg.compatibility
+        with full_precision(z):
+            slots = torch.softmax(self.proto_slot_map.float(), dim=1) if compat else self.proto_slot_map.float()
+            d = distances32(self.cfg, z, self.prototypes)
+            low = torch.einsum("bp,cpn->bcn", pooled32(d, compat), slots)
+            mean = torch.einsum("bp,cpn->bcn", pooled32(d, compat, mean=True), slots)
+            x = (similarity(self.cfg, low) - similarity(self.cfg, mean)).flatten(1)
+            return similarity(self.cfg, d), self.last_layer(x)
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.distance == "float32":
+            return self.forward32(z)
         d = squared_distances(z, self.prototypes)
         slots = self.proto_slot_map.to(d.dtype)
         if self.cfg.compatibility:

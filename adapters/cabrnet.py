@@ -44,6 +44,7 @@ class CaBRNetConfig:
     similarity: str = "log"  # 'log', 'exp' or 'softmax'
     stability: float = 1e-4
     similarity_log: bool = False  # the similarity layer's own log_probabilities (-sqrt instead of exp(-sqrt))
+    cdist: bool = False  # its ProtoPNetSimilarity / ProtoTreeSimilarity (torch.cdist), not a Legacy* layer
     compatibility: bool = False  # CaBRNet's compatibility_mode (its reproduction of the original code)
     log_probabilities: bool = False
     bias: bool = False
@@ -153,7 +154,7 @@ class CaBRNetAdapter(FamilyAdapter):
     config_rules = {"head": choice(*HEADS), "arch": choice(*sorted(TORCHVISION)), "arch_params": _arch_params,
                     "layer": _layer, "stride_divider": _stride_divider, "add_on_spec": _add_on_spec,
                     "similarity": choice("log", "exp", "softmax"), "stability": _stability, "similarity_log": flag,
-                    "compatibility": flag, "log_probabilities": flag, "bias": flag,
+                    "cdist": flag, "compatibility": flag, "log_probabilities": flag, "bias": flag,
                     "num_features": sizes("MAX_CHANNELS"), "num_slots": sizes("MAX_PROTOTYPES")}
     model_class = CaBRNetNet
     options = {"img_size": None}

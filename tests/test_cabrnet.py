@@ -196,6 +196,9 @@ def test_parity_with_cabrnet_itself_on_larger_backbones(tmp_path, name):
         _, logits, maps, their_logits, their_maps = cabrnet_outputs(adapter, directory)
         torch.testing.assert_close(logits, their_logits, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(maps, their_maps, rtol=1e-4, atol=1e-4)
+        adapter.set_distance("float32")  # CaBRNet's own float32 operations: its numbers, on the same machine
+        _, logits32, maps32, _, _ = cabrnet_outputs(adapter, directory)
+        assert torch.equal(logits32, their_logits) and torch.equal(maps32, their_maps)
 
 
 def test_a_test_transform_protobench_cannot_reproduce_is_named(tmp_path):

@@ -4,13 +4,15 @@ distance against the same formulas run in float64, within 1e-4.
 The references below are the originals' prototype layers written out operation for operation (from
 reading ProtoPNet's `_l2_convolution`, ProtoPool's `forward` and ProtoTree's `L2Conv2D`; no code copied):
 float32 `conv2d(z**2, ones) + (-2 conv2d(z, p) + |p|^2)` (ProtoTree: `(x2 + p2) - 2 xp`), min pooling as
-`-max_pool2d(-d)`, ProtoPool's and the focal fork's mean as `avg_pool2d`. Prototypes sit next to latent
-patches of the test images, as after a push, where float32 cancels and the two modes part.
+`-max_pool2d(-d)`, ProtoPool's and the focal fork's mean as `avg_pool2d`; CaBRNet's heads as
+tests/cabrnet_reference.py writes them out. Prototypes sit next to latent patches of the test images, as after
+a push, where float32 cancels and the two modes part.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
+from cabrnet_reference import cabrnet_reference
 
 from protobench.errors import AdapterError
 from protobench.models.families import FAMILIES
@@ -72,7 +74,8 @@ def prototree_reference(model, x, dtype):
 
 def reference_for(model):
     kind = type(model).__name__
-    return {"ProtoPNet": ppnet_reference, "ProtoPool": protopool_reference, "ProtoTree": prototree_reference}.get(kind)
+    return {"ProtoPNet": ppnet_reference, "ProtoPool": protopool_reference, "ProtoTree": prototree_reference,
+            "CaBRNetNet": cabrnet_reference}.get(kind)
 
 
 def has_distance(adapter):
@@ -83,7 +86,7 @@ EXPANDED = [name for name in FAMILIES.names() if has_distance(get_adapter(name).
 
 
 def prototypes_of(model):
-    for name in ("prototype_vectors", "prototype_layer.prototype_vectors"):
+    for name in ("prototype_vectors", "prototype_layer.prototype_vectors", "classifier.prototypes"):
         try:
             return model.get_parameter(name)
         except AttributeError:
@@ -92,6 +95,8 @@ def prototypes_of(model):
 
 
 def latent(model, x):
+    if hasattr(model, "extractor"):  # CaBRNet
+        return model.extractor(x)
     return model.conv_features(x) if hasattr(model, "conv_features") else (
         model.add_on_layers(model.features(x)) if hasattr(model, "add_on_layers") else model._add_on(model._net(x)))
 
@@ -112,7 +117,7 @@ def pushed(adapter, x, seed=0):
 
 
 def test_the_expanded_form_families_are_found_and_each_has_a_reference():
-    assert {"protopnet", "protopshare", "protopool", "prototree"} <= set(EXPANDED)
+    assert {"protopnet", "protopshare", "protopool", "prototree", "cabrnet"} <= set(EXPANDED)
     for name in EXPANDED:
         assert reference_for(get_adapter(name).tiny().model) is not None, name
 

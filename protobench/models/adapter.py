@@ -191,7 +191,8 @@ class PrototypeAdapter:
 
     def set_distance(self, mode: str) -> PrototypeAdapter:
         """`--distance`: 'float64' (protobench's default) or 'float32', the original's own arithmetic for a
-        family whose original takes |z|^2 - 2 z.p + |p|^2 in float32 (its model has a `distance` attribute).
+        family whose original takes its squared distance (|z|^2 - 2 z.p + |p|^2, or CaBRNet's cdist) in float32
+        (its model has a `distance` attribute).
         Families without that formula compute as their original in both modes."""
         if mode not in ("float64", "float32"):
             raise AdapterError(f"unknown distance {mode!r}: use float64 or float32")
