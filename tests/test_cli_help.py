@@ -74,6 +74,7 @@ def test_help_shows_no_python_types_and_one_style_of_default():
         assert not re.search(r"\[(?!default: |required\]|:N\]|:train\]|:split\]|ARGS\])", flat), (name, flat)
         # every default set off the same way: two spaces, then [default: ...]
         assert not re.search(r"\S \[default: ", " ".join(text.split("\n"))), name
+        assert not re.search(r"\[default: [^\]]*\]\s+\[default: ", flat), name  # one default per option
 
 
 def test_select_values_are_explained():

@@ -5,6 +5,7 @@ import json
 import re
 
 import pandas as pd
+import pytest
 import torch
 
 from report_fixtures import Page, finished, invoke  # noqa: F401 - finished is a fixture
@@ -122,3 +123,21 @@ def test_evaluate_s_own_report_draws_the_run_s_tensors_which_equal_a_rerun(tmp_p
     again, _ = rerun(run, [0, 7, 11])
     for name in ("images", "images_adv", "attackable", "map_star", "map_star_adv"):
         assert torch.equal(getattr(kept, name)[[0, 7, 11]], getattr(again, name)), name
+
+
+def test_a_damaged_prototype_id_in_per_prototype_csv_is_one_line(tmp_path):
+    """A per_prototype.csv whose prototype column holds something other than a whole number >= 0 is a
+    ReportError naming the file, row and value (the report then exits 2), not a crash."""
+    from types import SimpleNamespace
+
+    from protobench.report.gallery import per_prototype_extra
+    from protobench.report.runs import ReportError
+
+    run = SimpleNamespace(dir=tmp_path)
+    (tmp_path / "per_prototype.csv").write_text("prototype,consistency,stability\n0,50.0,90.0\n3,25.5,80.0\n")
+    assert per_prototype_extra(run) == {0: {"consistency": "50.0", "stability": "90.0"},
+                                        3: {"consistency": "25.5", "stability": "80.0"}}
+    for damaged in ("[]", "1.5", "-2", "1e15x"):
+        (tmp_path / "per_prototype.csv").write_text(f"prototype,consistency,stability\n0,50.0,90.0\n{damaged},1,2\n")
+        with pytest.raises(ReportError, match=r"per_prototype.csv:3: prototype is .*not a whole number"):
+            per_prototype_extra(run)

@@ -73,11 +73,11 @@ def evaluate(
                                           "to 8 on a GPU]"),
     precision: str = typer.Option("fp32", metavar="NAME", help="fp32 (true fp32), tf32 (faster on GPUs), bf16 or fp16 "
                                   "(autocast); prototype layers and metrics always run in fp32."),
-    distance: str = typer.Option("float64", metavar="NAME", help="The prototype distance of ProtoPNet, ProtoPShare, "
+    distance: str = typer.Option("float64", metavar="NAME", show_default=False, help="The prototype distance of ProtoPNet, ProtoPShare, "
                                  "ProtoPool, ProtoTree and CaBRNet's heads: float64 (stable across threads and kernels) or float32 (the "
                                  "original code's arithmetic, bit for bit; docs/adapters.md). [default: float64]"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
-    chunk_threads: int = typer.Option(1, metavar="N", help="CPU: measure N chunks of 8 images side by side, one "
+    chunk_threads: int = typer.Option(1, metavar="N", show_default=False, help="CPU: measure N chunks of 8 images side by side, one "
                                       "thread each: much faster on a busy machine, and the numbers no longer depend "
                                       "on the thread count (docs/performance.md). [default: 1, one chunk at a time "
                                       "on all threads]"),

@@ -129,4 +129,11 @@ def per_prototype_extra(run: Run) -> dict[int, dict[str, str]]:
         return {}
     from protobench.report.page import number
 
-    return {int(row["prototype"]): {c: number(row[c], 1) for c in columns} for row in table.to_dict("records")}
+    ids = pd.to_numeric(table["prototype"], errors="coerce")
+    bad = (ids.isna() | (ids % 1 != 0) | (ids < 0) | (ids >= 2**31)).to_numpy()
+    if bad.any():
+        row = int(bad.nonzero()[0][0])
+        shown = " ".join(str(table["prototype"].iloc[row]).split())[:40]
+        raise ReportError(f"{path}:{row + 2}: prototype is {shown!r}, not a whole number >= 0 (damaged file): "
+                          "restore it, or run protobench evaluate again")
+    return {int(p): {c: number(row[c], 1) for c in columns} for p, row in zip(ids, table.to_dict("records"))}
