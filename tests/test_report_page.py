@@ -141,3 +141,24 @@ def test_a_damaged_prototype_id_in_per_prototype_csv_is_one_line(tmp_path):
         (tmp_path / "per_prototype.csv").write_text(f"prototype,consistency,stability\n0,50.0,90.0\n{damaged},1,2\n")
         with pytest.raises(ReportError, match=r"per_prototype.csv:3: prototype is .*not a whole number"):
             per_prototype_extra(run)
+
+
+def test_the_summary_averages_the_protected_share_over_the_rows_that_hold_a_number(finished):
+    run = load_runs([str(finished)])[0][0]
+    frame = run.per_image
+    shares = pd.to_numeric(frame["protected_frac"])
+    frame["protected_frac"] = frame["protected_frac"].astype(object)
+    frame.loc[0, "protected_frac"] = "[1, 2]"  # a damaged cell: left out, not a crash
+    expected = 100 * shares.iloc[1:].mean()
+    assert f", {expected:.0f}% of the image on average, on {run.n} images." in summary_sentences(run)[0]
+
+
+def test_a_recorded_checkpoint_path_no_file_can_have_is_reported_as_moved(finished):
+    from protobench.report.pixels import checkpoint_path
+    from protobench.report.runs import ReportError
+
+    run = load_runs([str(finished)])[0][0]
+    for impossible in ("x" * 5000, "a\0b"):
+        run.meta["checkpoint"] = impossible
+        with pytest.raises(ReportError, match="moved or deleted"):
+            checkpoint_path(run, None)

@@ -50,13 +50,21 @@ class Pixels:
         return self.indices.index(index)
 
 
+def _is_file(path: str) -> bool:
+    """Whether `path` is a file; False for a name no file can have (too long, a NUL byte)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def checkpoint_path(run: Run, override: str | None) -> str:
     """The run's checkpoint, verified: still there and still the same bytes (sha256)."""
     from protobench.checkpoints.formats import sha256
 
     recorded = run.meta.get("checkpoint_sha256")
     path = override or str(run.meta.get("checkpoint") or "")
-    if not path or not Path(path).is_file():
+    if not path or not _is_file(path):
         raise ReportError(f"the checkpoint of {run.dir} is not at {path or '(none recorded)'} any more (moved or "
                           f"deleted): pass --ckpt with its new path, {OTHER_WAYS}")
     now = sha256(path)

@@ -38,9 +38,11 @@ def summary_sentences(run: Run) -> list[str]:
     plc = pd.to_numeric(frame["PLC"], errors="coerce")
     collapsed = flag(frame, "collapsed")
     high = plc >= MOVED
+    protected = pd.to_numeric(frame["protected_frac"], errors="coerce").dropna() \
+        if "protected_frac" in frame.columns else pd.Series(dtype=float)
     text = [f"The attack ({describe_protocol(run.protocol)}) changed only pixels outside each image's protected "
-            f"region" + (f", {100 * pd.to_numeric(frame['protected_frac']).mean():.0f}% of the image on average"
-                         if "protected_frac" in frame.columns else "") + f", on {n} images."]
+            f"region" + (f", {100 * protected.mean():.0f}% of the image on average" if len(protected) else "")
+            + f", on {n} images."]
     if len(pac):
         text.append(f"The explained prototype's activation fell by {pac.mean():.1f}% on average (PAC; median "
                     f"{pac.median():.1f}%, {share(int((pac >= 50).sum()), len(pac))} images lost half of it or more).")
