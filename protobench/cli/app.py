@@ -78,8 +78,8 @@ def evaluate(
                                  "original code's arithmetic, bit for bit; docs/adapters.md). [default: float64]"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU runs; first batch slower)."),
     chunk_threads: int = typer.Option(1, metavar="N", show_default=False, help="CPU: measure N chunks of 8 images side by side, one "
-                                      "thread each: much faster on a busy machine, and the numbers no longer depend "
-                                      "on the thread count (docs/performance.md). [default: 1, one chunk at a time "
+                                      "thread each: much faster on a busy machine, and the numbers are a one-thread "
+                                      "run's whatever the thread count (docs/performance.md). [default: 1, one chunk at a time "
                                       "on all threads]"),
     seed: int = typer.Option(0, metavar="N", help="Seeds the random start of each image, the stability noise and "
                              "--limit's subset."),
