@@ -59,29 +59,23 @@ def test_side_by_side_only_for_fixed_chunks_of_a_concurrent_uncompiled_model(thr
     assert chunks.side_by_side(threads, chunk, concurrent, compiled) == expected
 
 
-def _run(adapter, data, threads, calls=None, kept=None):
+def _run(adapter, data, threads, monkeypatch=None, calls=None, kept=None):
+    """benchmark.run on chunks of 3 in batches of 7; `calls` records (thread name, images) per evaluate_batch call."""
     context = RunContext(torch.device("cpu"), Runtime(chunk=3, threads=threads), batch_size=7, workers=0)
-    real = benchmark.evaluate_batch
-
-    def spy(*args, **kwargs):
-        if calls is not None:
-            calls.append((threading.current_thread().name, len(args[1])))
-        return real(*args, **kwargs)
-
-    benchmark.evaluate_batch, saved = spy, benchmark.evaluate_batch
-    try:
-        records, _ = benchmark.run(adapter, data, data.paths, EvalProtocol.make(steps=3), context,
-                                   on_outcome=(lambda o, ids: kept.extend(ids.tolist())) if kept is not None else None)
-    finally:
-        benchmark.evaluate_batch = saved
+    if calls is not None:
+        real = benchmark.evaluate_batch
+        monkeypatch.setattr(benchmark, "evaluate_batch", lambda *args, **kwargs: calls.append(
+            (threading.current_thread().name, len(args[1]))) or real(*args, **kwargs))
+    records, _ = benchmark.run(adapter, data, data.paths, EvalProtocol.make(steps=3), context,
+                               on_outcome=(lambda o, ids: kept.extend(ids.tolist())) if kept is not None else None)
     return pd.DataFrame(records)
 
 
-def test_side_by_side_gives_the_one_thread_numbers_bit_for_bit(tiny_adapter, image_folder, two_threads):
+def test_side_by_side_gives_the_one_thread_numbers_bit_for_bit(tiny_adapter, image_folder, two_threads, monkeypatch):
     info = tiny_adapter.info
     data = ImageFolder(image_folder, info.input_size, info.mean, info.std)
     calls, kept = [], []
-    side = _run(tiny_adapter, data, 2, calls, kept)
+    side = _run(tiny_adapter, data, 2, monkeypatch, calls, kept)
     assert torch.get_num_threads() == 2  # restored after the loop
     # 12 images in batches of 7: chunks of 3, 3, 1 and 3, 2, each on a pool thread
     assert sorted(n for _, n in calls) == [1, 2, 3, 3, 3] and all(name.startswith("protobench-chunk") for name, _ in calls)
@@ -98,7 +92,7 @@ def test_an_adapter_that_is_not_concurrent_runs_one_chunk_at_a_time(tiny_adapter
     info = tiny_adapter.info
     data = ImageFolder(image_folder, info.input_size, info.mean, info.std)
     calls = []
-    _run(tiny_adapter, data, 2, calls)
+    _run(tiny_adapter, data, 2, monkeypatch, calls)
     assert [n for _, n in calls] == [7, 5] and {name for name, _ in calls} == {threading.current_thread().name}
 
 
@@ -145,3 +139,15 @@ def test_the_api_takes_chunk_threads_and_leaves_torch_s_thread_count_as_it_was(t
     torch.set_num_threads(1)
     one = protobench.evaluate(tiny_ckpt, image_folder, steps=2, progress=False)
     pd.testing.assert_frame_equal(side.per_image, one.per_image, check_exact=True)
+
+
+@pytest.mark.parametrize("recorded, expected", [(None, 1), (1, 1), (0, 1), (-3, 1), (True, 1), ("4", 1), (2.5, 1),
+                                                (2, 2), (10**9, "cores")])
+def test_the_report_reruns_with_the_recorded_chunk_threads_up_to_the_cores(recorded, expected):
+    import os
+    from types import SimpleNamespace
+
+    from protobench.report.pixels import chunk_threads_of
+
+    run = SimpleNamespace(meta={"runtime": {"threads": recorded}})
+    assert chunk_threads_of(run) == (max(2, os.cpu_count() or 2) if expected == "cores" else expected)

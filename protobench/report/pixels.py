@@ -50,6 +50,18 @@ class Pixels:
         return self.indices.index(index)
 
 
+def chunk_threads_of(run: Run) -> int:
+    """The run's --chunk-threads (meta.json's runtime.threads), at most this machine's cores: any count above
+    1 gives the same (one-thread) numbers, and a damaged file cannot start more threads than there are cores."""
+    import os
+
+    runtime = run.meta.get("runtime")
+    threads = runtime.get("threads") if isinstance(runtime, dict) else None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 1:
+        return 1
+    return max(2, min(threads, os.cpu_count() or 2))
+
+
 def _is_file(path: str) -> bool:
     """Whether `path` is a file; False for a name no file can have (too long, a NUL byte)."""
     try:
@@ -186,11 +198,9 @@ def run_again(run: Run, adapter: Any, dataset: Any, indices: list[int], protocol
     from protobench.run import benchmark
     from protobench.run.defaults import run_context
 
-    runtime = run.meta.get("runtime") if isinstance(run.meta.get("runtime"), dict) else {}
-    threads = runtime.get("threads") if isinstance(runtime.get("threads"), int) and runtime["threads"] > 1 else 1
     context = run_context(adapter.device, adapter.info.input_size, workers=0,
                           precision=str(run.meta.get("precision") or "fp32"), distance=distance_of(run),
-                          threads=min(threads, 64))
+                          threads=chunk_threads_of(run))
     kept: list[dict[str, Any]] = []
 
     def keep(outcome, ids) -> None:
