@@ -24,8 +24,12 @@ REGION, BEFORE, PROTECTED, PATCH = "#FFFFFF", "#F0E442", "#E69F00", "#56B4E9"  #
 # Where the panels go, in figure fractions: square panels in three columns and two rows, with room for
 # the titles above them, the colour bars right of the third and first columns, and the legend below.
 COLUMNS, ROWS, SIDE = (0.01, 0.375, 0.70), (0.55, 0.125), (0.25, 0.344)
+SIZE = (8.4, 6.1)  # inches, at figures.DPI
+# The legend is broken where matplotlib's wrap=True breaks it at the strip's width, which measures every
+# word at every draw (tests/test_report_strips.py checks that the breaks are still the same).
+LEGEND_STYLE = {"fontsize": 7.5, "color": "#333333", "ha": "center", "va": "bottom"}
 LEGEND = ("Top left: the prototype's source patch (blue box). White line: the heatmap's top-10% region (what PLC "
-          "compares); dotted yellow: that region before the attack; dashed orange: the protected region (never "
+          "compares); dotted yellow: that region before the attack; dashed\norange: the protected region (never "
           "attacked). Both heatmaps share the clean one's colour scale: a collapsed map turns dark and flat.")
 
 
@@ -72,10 +76,10 @@ def strip(pixels: Any, row: int, numbers: dict[str, Any], heading: str, source: 
     attacked = pixels_of(pixels.images_adv[row], pixels.mean, pixels.std)
     maps, regions = upsampled(_pair(pixels, row), size)
     protected = ~pixels.attackable[row, 0].numpy()
-    fig = figure(8.4, 6.1, layout=None)
+    fig = figure(*SIZE, layout=None)
     axes = [fig.add_axes((left, bottom, *SIDE)) for bottom in ROWS for left in COLUMNS]
     fig.suptitle(heading, fontsize=10, parse_math=False, y=0.985, va="top")
-    fig.text(0.5, 0.012, LEGEND, fontsize=7.5, color="#333333", wrap=True, ha="center", va="bottom")
+    fig.text(0.5, 0.012, LEGEND, **LEGEND_STYLE)
     show = {"interpolation": "nearest" if size < 160 else "antialiased"}
     source_panel(axes[0], source, numbers, show)
     axes[1].imshow(clean, **show)
