@@ -2,10 +2,13 @@
 
 import numpy as np
 import pytest
+import torch
 from matplotlib.path import Path
 
 from protobench.report.figures import figure, png
-from protobench.report.strips import LEGEND, LEGEND_STYLE, SIZE, boundary, outline
+from protobench.report.gallery import Patch
+from protobench.report.pixels import Pixels
+from protobench.report.strips import LEGEND, LEGEND_STYLE, SIZE, Canvas, boundary, outline, strip
 
 
 def test_the_legend_breaks_where_matplotlib_wraps_it():
@@ -45,3 +48,27 @@ def test_an_outline_draws_what_matplotlib_s_contour_draws(name, style):
         draw(ax)
         pictures.append(png(fig))
     assert pictures[0] == pictures[1]
+
+
+def drawn_image(size: int, seed: int, protected: bool) -> Pixels:
+    """One image's tensors: noise, an attacked copy, a 4 x 4 map that the attack weakens."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(1, 3, size, size, generator=g)
+    attackable = torch.ones(1, 1, size, size, dtype=torch.bool)
+    if protected:
+        attackable[..., size // 4:size // 2, size // 3:size * 2 // 3] = False
+    adv = torch.where(attackable, images + 0.05 * torch.randn(images.shape, generator=g), images)
+    maps = torch.rand(1, 4, 4, generator=g)
+    return Pixels([seed], images, adv, attackable, maps, maps.flip(-1) * 0.3, (0.5,) * 3, (0.25,) * 3)
+
+
+def test_a_strip_drawn_again_on_one_canvas_is_the_strip_a_new_figure_draws():
+    """Each strip clears what the last one drew: its source panel, outlines, colour scales, titles, size."""
+    with_source = (drawn_image(24, 1, True), 0, {"index": 1, "proto": 2, "PLC": 40.0, "collapsed": False}, "a",
+                   Patch(2, np.random.default_rng(0).random((24, 24, 3)), (3, 11, 4, 13), "training image 5", "",
+                         None))
+    without = (drawn_image(168, 2, False), 0, {"index": 2, "proto": 0, "PLC": 0.0, "collapsed": True}, "b", None)
+    canvas = Canvas()
+    again = [strip(*case, canvas=canvas) for case in (with_source, without, with_source)]
+    assert again == [strip(*with_source), strip(*without), strip(*with_source)]
+    assert again[0] != again[1]

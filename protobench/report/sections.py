@@ -63,13 +63,14 @@ def strips(run: Run, name: str, got: dict[str, Any], files: dict[str, bytes], pa
            classes: list[str]) -> list[dict[str, Any]]:
     """The strip groups (by PAC, then PLC: worst, median, best); an image drawn once, linked after."""
     from protobench.report.story import alt_text, strip_facts
-    from protobench.report.strips import strip
+    from protobench.report.strips import Canvas, strip
 
     pixels = got["pixels"]
     if pixels is None:
         return []
     rows = run.per_image.set_index("index", drop=False)
     drawn: dict[int, Any] = {}
+    canvas = Canvas()  # one figure, drawn again for each strip
     groups: dict[str, list[dict[str, Any]]] = {}
     for pick in sorted(got["picks"], key=lambda p: (p.metric, KINDS.index(p.kind), p.rank)):
         numbers = rows.loc[pick.index].to_dict()
@@ -82,7 +83,7 @@ def strips(run: Run, name: str, got: dict[str, Any], files: dict[str, bytes], pa
         else:
             drawn[pick.index] = pick
             heading = f"{run.label}: {pick.title}, {Path(str(numbers['path'])).name}"
-            picture = Picture(strip(pixels, pixels.row(pick.index), numbers, heading, patch),
+            picture = Picture(strip(pixels, pixels.row(pick.index), numbers, heading, patch, canvas),
                               f"{name}-{pick.kind}-{pick.metric}-{pick.rank}.png")
             files[picture.file] = picture.png
             item.update(data=picture.data, width=picture.width, height=picture.height, file=picture.file,

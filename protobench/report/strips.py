@@ -70,10 +70,39 @@ def boundary(mask: np.ndarray, colour: str, style: str, width: float) -> Any:
                           zorder=2)
 
 
-def colorbar(fig: Any, shown: Any, ax: Any) -> Any:
-    """A colour bar just right of panel `ax`, as tall as it."""
-    left, bottom, width, height = ax.get_position().bounds
-    return fig.colorbar(shown, cax=fig.add_axes((left + width + 0.008, bottom, 0.015, height)))
+class Canvas:
+    """A strip's figure with its six panels and three colour bars, drawn again for each strip of a run: making
+    nine Axes and three colour bars for every strip took a third of its time. Each strip starts by removing
+    what the last one added, so that it draws what a new figure would (tests/test_report_strips.py compares
+    the two)."""
+
+    def __init__(self) -> None:
+        self.fig = figure(*SIZE, layout=None)
+        self.axes = [self.fig.add_axes((left, bottom, *SIDE)) for bottom in ROWS for left in COLUMNS]
+        self.fig.text(0.5, 0.012, LEGEND, **LEGEND_STYLE)
+        self.bars: dict[Any, Any] = {}  # panel -> its colour bar, made with the first image it shows
+
+    def clear(self, heading: str) -> list[Any]:
+        """The panels, emptied, under the strip's `heading`."""
+        self.fig.suptitle(heading, fontsize=10, parse_math=False, y=0.985, va="top")
+        for ax in self.axes:
+            for artist in [*ax.images, *ax.collections, *ax.patches, *ax.texts]:
+                artist.remove()
+            ax.set_title("")
+            ax.set_axis_on()
+        return self.axes
+
+    def colorbar(self, shown: Any, ax: Any) -> Any:
+        """A colour bar just right of panel `ax`, as tall as it, for the image `shown`."""
+        bar = self.bars.get(ax)
+        if bar is not None:
+            bar.update_normal(shown)
+            return bar
+        left, bottom, width, height = ax.get_position().bounds
+        bar = self.fig.colorbar(shown, cax=self.fig.add_axes((left + width + 0.008, bottom, 0.015, height)))
+        bar.ax.tick_params(labelsize=7)
+        self.bars[ax] = bar
+        return bar
 
 
 def panel(ax: Any, title: str) -> None:
@@ -82,19 +111,19 @@ def panel(ax: Any, title: str) -> None:
     ax.set_yticks([])
 
 
-def strip(pixels: Any, row: int, numbers: dict[str, Any], heading: str, source: Any = None) -> bytes:
+def strip(pixels: Any, row: int, numbers: dict[str, Any], heading: str, source: Any = None,
+          canvas: Canvas | None = None) -> bytes:
     """The strip of image `row` of `pixels` (report.pixels.Pixels); `numbers`: its per_image.csv row;
-    `source`: p*'s source patch (gallery.Patch) or None. Two rows of three panels, so that the strip
-    stays readable on a narrow screen; the numbers are in the page's text beside it."""
+    `source`: p*'s source patch (gallery.Patch) or None; `canvas`: the figure to draw on again (a new one
+    by default). Two rows of three panels, so that the strip stays readable on a narrow screen; the
+    numbers are in the page's text beside it."""
     size = pixels.images.shape[-1]
     clean = pixels_of(pixels.images[row], pixels.mean, pixels.std)
     attacked = pixels_of(pixels.images_adv[row], pixels.mean, pixels.std)
     maps, regions = upsampled(_pair(pixels, row), size)
     protected = ~pixels.attackable[row, 0].numpy()
-    fig = figure(*SIZE, layout=None)
-    axes = [fig.add_axes((left, bottom, *SIDE)) for bottom in ROWS for left in COLUMNS]
-    fig.suptitle(heading, fontsize=10, parse_math=False, y=0.985, va="top")
-    fig.text(0.5, 0.012, LEGEND, **LEGEND_STYLE)
+    canvas = canvas or Canvas()
+    axes = canvas.clear(heading)
     show = {"interpolation": "nearest" if size < 160 else "antialiased"}
     source_panel(axes[0], source, numbers, show)
     axes[1].imshow(clean, **show)
@@ -109,12 +138,12 @@ def strip(pixels: Any, row: int, numbers: dict[str, Any], heading: str, source: 
             outline(ax, regions[0], BEFORE, ":")
         outline(ax, protected, PROTECTED, "--", 1.0)
         panel(ax, f"{name}\nprototype {int(numbers['proto'])}")
-        colorbar(fig, shown, ax).ax.tick_params(labelsize=7)
-    perturbation_panel(fig, axes[3], pixels, row, protected, show)
+        canvas.colorbar(shown, ax)
+    perturbation_panel(canvas, axes[3], pixels, row, protected, show)
     axes[4].imshow(attacked, **show)
     outline(axes[4], protected, PROTECTED, "--")
     panel(axes[4], "attacked image")
-    return png(fig)
+    return png(canvas.fig)
 
 
 def attacked_title(numbers: dict[str, Any]) -> str:
@@ -157,7 +186,7 @@ def _pair(pixels: Any, row: int) -> Any:
     return torch.stack([pixels.map_star[row], pixels.map_star_adv[row]])
 
 
-def perturbation_panel(fig: Any, ax: Any, pixels: Any, row: int, protected: np.ndarray, show: dict) -> None:
+def perturbation_panel(canvas: Canvas, ax: Any, pixels: Any, row: int, protected: np.ndarray, show: dict) -> None:
     """x' - x in pixel units (0-1 scale, mean over R, G, B), its colour scale stretched to its largest
     change so that small perturbations show."""
     change = (pixels.images_adv[row] - pixels.images[row]).float().numpy() * np.asarray(pixels.std)[:, None, None]
@@ -166,8 +195,7 @@ def perturbation_panel(fig: Any, ax: Any, pixels: Any, row: int, protected: np.n
     shown = ax.imshow(change, cmap=DIVERGING, vmin=-scale, vmax=scale, **show)
     outline(ax, protected, "#000000", "--")
     panel(ax, f"perturbation, shown x{1 / scale:.0f}")
-    bar = colorbar(fig, shown, ax)
-    bar.ax.tick_params(labelsize=7)
+    bar = canvas.colorbar(shown, ax)
     bar.set_label("pixel change (0-1)", fontsize=7)
 
 
