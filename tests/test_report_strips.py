@@ -62,13 +62,24 @@ def drawn_image(size: int, seed: int, protected: bool) -> Pixels:
     return Pixels([seed], images, adv, attackable, maps, maps.flip(-1) * 0.3, (0.5,) * 3, (0.25,) * 3)
 
 
+def with_source() -> tuple:
+    return (drawn_image(24, 1, True), 0, {"index": 1, "proto": 2, "PLC": 40.0, "collapsed": False}, "a",
+            Patch(2, np.random.default_rng(0).random((24, 24, 3)), (3, 11, 4, 13), "training image 5", "", None))
+
+
 def test_a_strip_drawn_again_on_one_canvas_is_the_strip_a_new_figure_draws():
     """Each strip clears what the last one drew: its source panel, outlines, colour scales, titles, size."""
-    with_source = (drawn_image(24, 1, True), 0, {"index": 1, "proto": 2, "PLC": 40.0, "collapsed": False}, "a",
-                   Patch(2, np.random.default_rng(0).random((24, 24, 3)), (3, 11, 4, 13), "training image 5", "",
-                         None))
     without = (drawn_image(168, 2, False), 0, {"index": 2, "proto": 0, "PLC": 0.0, "collapsed": True}, "b", None)
     canvas = Canvas()
-    again = [strip(*case, canvas=canvas) for case in (with_source, without, with_source)]
-    assert again == [strip(*with_source), strip(*without), strip(*with_source)]
+    again = [strip(*case, canvas=canvas) for case in (with_source(), without, with_source())]
+    assert again == [strip(*with_source()), strip(*without), strip(*with_source())]
     assert again[0] != again[1]
+
+
+def test_the_legend_placed_as_pixels_is_the_legend_drawn_as_text():
+    canvas = Canvas()
+    picture = strip(*with_source(), canvas=canvas)
+    (placed,) = canvas.fig.images
+    placed.remove()
+    canvas.fig.text(0.5, 0.012, LEGEND, **LEGEND_STYLE)
+    assert png(canvas.fig) == picture
