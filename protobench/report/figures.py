@@ -46,9 +46,10 @@ def png(fig: Figure) -> bytes:
     from PIL import Image
 
     fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())
+    width, height = fig.canvas.get_width_height(physical=True)
+    rgb = Image.frombuffer("RGBA", (width, height), fig.canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
     buffer = io.BytesIO()
-    Image.fromarray(rgba[..., :3]).save(buffer, format="PNG")
+    rgb.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
