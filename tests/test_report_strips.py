@@ -51,11 +51,13 @@ def test_an_outline_draws_what_matplotlib_s_contour_draws(name, style):
 
 
 def drawn_image(size: int, seed: int, protected: bool) -> Pixels:
-    """One image's tensors: noise, an attacked copy, a 4 x 4 map that the attack weakens."""
+    """One image's tensors: noise, an attacked copy, a 4 x 4 map that the attack weakens; `protected`: a
+    box left as it was, else the whole image (no change at all: the perturbation's scale is its floor)."""
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(1, 3, size, size, generator=g)
-    attackable = torch.ones(1, 1, size, size, dtype=torch.bool)
+    attackable = torch.zeros(1, 1, size, size, dtype=torch.bool)
     if protected:
+        attackable[:] = True
         attackable[..., size // 4:size // 2, size // 3:size * 2 // 3] = False
     adv = torch.where(attackable, images + 0.05 * torch.randn(images.shape, generator=g), images)
     maps = torch.rand(1, 4, 4, generator=g)

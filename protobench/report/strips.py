@@ -89,7 +89,7 @@ class Canvas:
         """The panels, emptied, under the strip's `heading`."""
         self.fig.suptitle(heading, fontsize=10, parse_math=False, y=0.985, va="top")
         for ax in self.axes:
-            for artist in [*ax.images, *ax.collections, *ax.patches, *ax.texts]:
+            for artist in [*ax.images, *ax.collections, *ax.patches, *ax.texts, *ax.lines, *ax.artists]:
                 artist.remove()
             ax.set_title("")
             ax.set_axis_on()
