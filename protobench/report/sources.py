@@ -10,7 +10,9 @@ necessarily the source.
 
 The result is cached in the report's output directory (prototype-sources-<checkpoint sha256>.json), keyed by
 the checkpoint's sha256, the searched data's fingerprint and the prototype distance's precision; a later
-report into the same directory searches only the prototypes the cache lacks.
+report into the same directory searches only the prototypes the cache lacks. The demo model's sources
+ship with the package in the same form (protobench/demo/protoshapes-sources.json, written by
+`demo_sources`): a report whose key is that file's takes them from there instead of searching.
 """
 
 from __future__ import annotations
@@ -190,12 +192,17 @@ def search(adapter: Any, dataset: Any, protos: list[int]) -> dict[str, dict[str,
 def find_sources(run: Run, adapter: Any, protos: list[int], train_data: str | None,
                  log: Callable[[str], None] = lambda _: None, data: str | None = None,
                  cache_dir: Path | None = None) -> Sources:
-    """The source patches of `protos`, from the cache in `cache_dir` where it has them, searched otherwise
-    (and cached there)."""
+    """The source patches of `protos`, from the cache in `cache_dir` where it has them, then from the demo's
+    shipped sources where the key is theirs, searched otherwise (and cached in `cache_dir`)."""
+    from protobench.demo import DEMO_SOURCES
+
     dataset, name, training, key = source_key(run, adapter, train_data, data)
     where = cache_file(run, cache_dir) if cache_dir is not None else None
     cache = _read(where, key, len(dataset)) if where is not None else {}
     known = len(cache)
+    if any(str(p) not in cache for p in protos):
+        shipped = _read(DEMO_SOURCES, key, len(dataset))
+        cache.update({str(p): shipped[str(p)] for p in protos if str(p) not in cache and str(p) in shipped})
     missing = [p for p in protos if str(p) not in cache]
     if missing:
         log(f"finding the source patches of {len(missing)} prototypes in {name}")
@@ -206,6 +213,31 @@ def find_sources(run: Run, adapter: Any, protos: list[int], train_data: str | No
                        c.get("weight"))
              for p in protos if (c := cache.get(str(p)))}
     return Sources(training, name, found, dataset)
+
+
+def demo_sources(ckpt: str | Path) -> dict[str, Any]:
+    """The source patches of every prototype of the demo model in `ckpt`, in the demo's train split, as the
+    report of `protobench evaluate` (the demo, default float64 distance) caches them: what
+    scripts/train_demo.py ships beside the weights."""
+    import torch
+
+    from protobench.checkpoints.formats import sha256
+    from protobench.demo import DEMO_DATA
+    from protobench.run.evaluate import MAX_IMAGE_PIXELS, load_adapter
+
+    adapter = load_adapter("auto", str(ckpt), {}, torch.device("cpu"))
+    meta = {"checkpoint_sha256": sha256(ckpt), "dataset": DEMO_DATA, "max_image_pixels": MAX_IMAGE_PIXELS,
+            "distance": "float64"}
+    run = Run(dir=Path(ckpt).parent, model=DEMO_DATA, meta=meta, summary={}, per_image=None)
+    dataset, _, _, key = source_key(run, adapter, None)
+    return {"key": key, "prototypes": search(adapter, dataset, list(range(adapter.info.num_prototypes)))}
+
+
+def write_demo_sources(ckpt: str | Path, path: str | Path) -> None:
+    """Write `demo_sources(ckpt)` to `path` (the shipped file: protobench/demo/protoshapes-sources.json)."""
+    from protobench.files import atomic_write_text
+
+    atomic_write_text(Path(path), _text(demo_sources(ckpt)) + "\n")
 
 
 def _read(path: Path, key: dict[str, Any], images: int) -> dict[str, Any]:
@@ -231,12 +263,17 @@ def _entry_ok(entry: Any, images: int) -> bool:
             and all(whole(b) for b in box) and (entry.get("weight") is None or isinstance(entry["weight"], float)))
 
 
+def _text(cache: dict[str, Any]) -> str:
+    """A cache file's text (the format of the run directory's cache and of the demo's shipped file alike)."""
+    return json.dumps(cache, indent=1, sort_keys=True)
+
+
 def _write(path: Path, key: dict[str, Any], prototypes: dict[str, Any]) -> None:
     """The cache, atomically; a run directory that cannot be written just keeps no cache."""
     from protobench.errors import OutputError
     from protobench.files import atomic_write_text
 
     try:
-        atomic_write_text(path, json.dumps({"key": key, "prototypes": prototypes}, indent=1, sort_keys=True))
+        atomic_write_text(path, _text({"key": key, "prototypes": prototypes}))
     except (OSError, OutputError):
         pass
