@@ -48,6 +48,15 @@ def never(*_, **__):
     raise Searched
 
 
+def same_place(found, stored) -> bool:
+    """The same image, cell, label and path; activations to 1e-5 and each box edge to 1 px, since the file
+    was made on one CPU and another's kernels may round the map differently (docs/metrics.md, Reproducibility)."""
+    a, b = (dict(vars(x)) if not isinstance(x, dict) else dict(x) for x in (found, stored))
+    return (all(a[k] == b[k] for k in ("index", "cell", "label", "path"))
+            and a["activation"] == pytest.approx(b["activation"], rel=1e-5)
+            and all(abs(u - v) <= 1 for u, v in zip(a["box"], b["box"])) and len(a["box"]) == len(b["box"]) == 4)
+
+
 def test_every_shipped_source_is_the_patch_its_training_pushed_the_prototype_onto(adapter, train, shipped):
     """scripts/train_demo.py records where push projected each prototype (protoshapes.json): the shipped
     image and cell are those, its label, path and weight the data's and the checkpoint's."""
@@ -67,13 +76,13 @@ def test_every_shipped_source_is_the_patch_its_training_pushed_the_prototype_ont
         assert entry["label"] == train.labels[image] == cls and entry["path"] == train.paths[image]
         assert entry["activation"] == pytest.approx(float(maps[p, p].max()), rel=1e-6)
         assert entry["activation"] == pytest.approx(float(maps[p, p].flatten()[entry["cell"]]), rel=1e-6)
-        assert tuple(entry["box"]) == boxes[p]
+        assert all(abs(u - v) <= 1 for u, v in zip(entry["box"], boxes[p])), p  # 1 px: another CPU's rounding
         assert entry["weight"] == float(weight[cls, p])
 
 
 def test_the_shipped_sources_are_what_the_search_finds_now(adapter, train, shipped):
     found = search(adapter, train, [0, 7])  # the search code itself, over two classes' 600 training images
-    assert found == {p: shipped["prototypes"][p] for p in ("0", "7")}
+    assert sorted(found) == ["0", "7"] and all(same_place(found[p], shipped["prototypes"][p]) for p in found)
 
 
 @pytest.mark.slow
@@ -103,7 +112,8 @@ def test_a_demo_report_into_a_new_directory_takes_the_shipped_sources_without_se
     run = load_runs([str(out)])[0][0]
     from_cache = find_sources(run, adapter, drawn, None, cache_dir=out / "report").found
     monkeypatch.setattr("protobench.report.sources.nearest_patches", nearest_patches)
-    assert find_sources(run, adapter, drawn, None).found == from_cache
+    searched = find_sources(run, adapter, drawn, None).found
+    assert sorted(searched) == sorted(from_cache) and all(same_place(searched[p], from_cache[p]) for p in drawn)
 
 
 def test_the_shipped_sources_serve_their_own_key_only(tmp_path, monkeypatch, adapter, shipped):
@@ -146,4 +156,4 @@ def test_a_damaged_shipped_file_falls_back_to_the_search(tmp_path, monkeypatch, 
     assert searched == ([[0, 7]] if damage == "truncated" else [[0]])  # 7 is still read where it is intact
     for p in (0, 7):
         entry = shipped["prototypes"][str(p)]
-        assert (found[p].index, found[p].cell, list(found[p].box)) == (entry["index"], entry["cell"], entry["box"])
+        assert same_place(found[p], entry)
