@@ -6,8 +6,9 @@ Trains with protobench's one training loop (protobench.train.trainer, the loop o
 `protobench finetune`) on ProtoPNet's schedule (protobench.adapters._protopnet_training.schedule): warm-up,
 joint, push, last layer. Writes the weights (protobench safetensors) and, beside them, a JSON
 record of the model, the data design, the plan, the seed, the versions, the machine and the
-measured accuracies. The same seed, torch version, thread count and CPU kernels give the same
-weights (docs/demo.md gives the time).
+measured accuracies, and the prototypes' source patches in the train split as the report caches
+them (<name>-sources.json: protobench.report.sources.demo_sources). The same seed, torch version,
+thread count and CPU kernels give the same weights (docs/demo.md gives the time).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from protobench.demo import DEMO_CKPT
 from protobench.demo.shapes import ProtoShapes, ShapesDesign
 from protobench.api.progress import TrainProgress
 from protobench.models.plan import Plan
+from protobench.report.sources import write_demo_sources
 from protobench.adapters._protopnet_training import schedule
 from protobench.train.trainer import fit
 
@@ -99,8 +101,10 @@ def main() -> None:
     adapter.save(str(args.out), extra={"trained_by": "scripts/train_demo.py", "seed": str(args.seed),
                                        "classes": json.dumps(design.classes)})  # checked against the data
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    sources = args.out.with_name(f"{args.out.stem}-sources.json")
+    write_demo_sources(args.out, sources)  # the demo report's source patches, found once here
     print(f"test accuracy {record['test_accuracy']:.1f}% ({len(test_set)} images), trained in {seconds:.0f} s; "
-          f"wrote {args.out} and {args.out.with_suffix('.json')}")
+          f"wrote {args.out}, {args.out.with_suffix('.json')} and {sources}")
 
 
 if __name__ == "__main__":

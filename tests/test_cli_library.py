@@ -52,6 +52,19 @@ def test_one_checkpoint_and_resuming_it_finished(calls, tiny_ckpt, image_folder,
     assert again.stdout == first.stdout  # the finished run's results, read back
 
 
+def test_the_demo_evaluates_its_subset_unless_limit_says_otherwise(calls, tiny_ckpt, image_folder, tmp_path,
+                                                                     monkeypatch):
+    import protobench.demo
+
+    monkeypatch.setattr(protobench.demo, "DEMO_LIMIT", 4)  # read at each run: a quick demo
+    fast = ("--steps", "1", "--device", "cpu", "--no-report")
+    cli("evaluate", "--out", tmp_path / "demo", *fast)
+    cli("evaluate", "--out", tmp_path / "two", "--limit", "2", *fast)
+    cli("evaluate", "--ckpt", tiny_ckpt, "--data", image_folder, "--out", tmp_path / "mine", *fast,
+        "--adapter-option", "img_size=32")
+    assert [c["limit"] for c in calls] == [4, 2, None]
+
+
 def test_several_checkpoints(calls, tiny_ckpt, image_folder, tmp_path):
     other = Path(tmp_path) / "other.safetensors"
     other.write_bytes(Path(tiny_ckpt).read_bytes())

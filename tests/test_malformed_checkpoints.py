@@ -91,9 +91,13 @@ def test_adapter_options_are_checked(tmp_path, option, needle):
     assert_one_line_error(result, needle)
 
 
-def test_img_size_too_small_for_the_backbone(tmp_path):
+@pytest.mark.parametrize("real_probe_size", [64, 0])  # 8 px: a real forward pass checks it; 0: the meta device does
+def test_img_size_too_small_for_the_backbone(tmp_path, monkeypatch, real_probe_size):
     # 8 px is within limits, but the tiny backbone's three 2x2 pools leave a 1x1 map: too small for 2x2 prototypes
     from protobench.adapters.protopnet import ProtoPNetConfig
+    from protobench.models import family_adapter
+
+    monkeypatch.setattr(family_adapter, "REAL_PROBE_SIZE", real_probe_size)
 
     cfg = ProtoPNetConfig(backbone="tinycnn", backbone_kwargs={"channels": [4, 8, 8]}, num_classes=3,
                           num_prototypes=6, prototype_dim=4, prototype_size=2, add_on="regular", img_size=32)

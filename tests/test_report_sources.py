@@ -89,17 +89,20 @@ def test_the_class_connection_weight_is_the_last_layer_s():
     assert torch.equal(weights, adapter.model.last_layer.weight.detach())
 
 
-def test_the_demo_s_source_patches_are_the_patches_its_training_pushed_prototypes_onto():
-    """scripts/train_demo.py records where push projected each prototype (protoshapes.json); the search
-    finds the same image and cell (a pushed prototype is at distance 0 from its patch)."""
-    from protobench.demo import DEMO_RECORD, demo_checkpoint
-    from protobench.demo.shapes import ProtoShapes
-    from protobench.run.evaluate import load_adapter
 
-    adapter = load_adapter("auto", demo_checkpoint(), {}, torch.device("cpu"))
-    pushed = {p["prototype"]: p for p in json.loads(DEMO_RECORD.read_text())["pushed_patches"]}
-    train = ProtoShapes("train", adapter.info.mean, adapter.info.std)
-    width = adapter(train[0][0][None])[0].shape[-1]
-    found = nearest_patches(adapter, train, [0, 7])  # two classes' images: 600 of the 1800
-    for p in (0, 7):
-        assert found[p][:2] == (pushed[p]["image"], pushed[p]["row"] * width + pushed[p]["col"]), p
+def test_the_cache_is_kept_apart_for_each_distance_precision(tmp_path, monkeypatch):
+    """float32's activations differ from float64's by ~1e-6, enough to break a near tie: a report of a
+    float32 run does not take a float64 run's sources from the same directory."""
+    adapter = ProtoPNetAdapter.from_config(tiny_config(), seed=0)
+    data = write_image_folder(tmp_path / "train", per_class=2)
+    meta = {"checkpoint_sha256": "abc", "dataset": data}  # no distance: a run in float64
+    run = Run(dir=tmp_path, model="tiny", meta=meta, summary={}, per_image=None)
+    find_sources(run, adapter, [0], data, cache_dir=tmp_path)
+    assert json.loads(cache_file(run, tmp_path).read_text())["key"]["distance"] == "float64"
+    searched = []
+    monkeypatch.setattr("protobench.report.sources.nearest_patches", lambda a, d, protos: searched.append(protos) or {})
+    find_sources(run, adapter, [0], data, cache_dir=tmp_path)
+    assert searched == []
+    float32 = Run(dir=tmp_path, model="tiny", meta={**meta, "distance": "float32"}, summary={}, per_image=None)
+    find_sources(float32, adapter, [0], data, cache_dir=tmp_path)
+    assert searched == [[0]]

@@ -47,7 +47,10 @@ def restore_torch_state(saved: dict[str, Any]) -> None:
     torch.backends.cudnn.allow_tf32 = saved["cudnn_tf32"]
     if flush_denormal() != saved["flush_denormal"]:
         torch.set_flush_denormal(saved["flush_denormal"])
-    torch.use_deterministic_algorithms(saved["deterministic"], warn_only=saved["deterministic_warn_only"])
+    deterministic = (saved["deterministic"], saved["deterministic_warn_only"])
+    if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
+            != deterministic:  # the setter imports torch's compiler configuration (about 2 s) on first use
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
     torch.backends.cudnn.deterministic = saved["cudnn_deterministic"]
     torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
     torch.set_grad_enabled(saved["grad"])

@@ -12,8 +12,8 @@ import typer
 
 from protobench.cli.console import (err_console, fail, line, out_console, parse_options, run_library, say,
                                     warnings_to_console)
-from protobench.cli.helptext import (ADAPTER_OPTION_HELP, ATTACK_HELP, DATASET_HELP, MARGIN_HELP, MAX_PIXELS,
-                                     MAX_PIXELS_HELP, METRICS_HELP, PLC_HELP, PROTOCOL_HELP, REGION_HELP, SELECT_HELP,
+from protobench.cli.helptext import (ADAPTER_OPTION_HELP, ATTACK_HELP, DATASET_HELP, LIMIT_HELP, MARGIN_HELP,
+                                     MAX_PIXELS, MAX_PIXELS_HELP, METRICS_HELP, PLC_HELP, PROTOCOL_HELP, REGION_HELP, SELECT_HELP,
                                      RegistryHelp)
 from protobench.cli.report import (REPORT_HELP, SAVE_EXAMPLES_HELP, after_evaluate, check_examples, keeper,
                                    report_command)
@@ -84,8 +84,7 @@ def evaluate(
     seed: int = typer.Option(0, metavar="N", help="Seeds the random start of each image, the stability noise and "
                              "--limit's subset."),
     metrics: str = typer.Option("misalignment", metavar="LIST", help=METRICS_HELP),
-    limit: Optional[int] = typer.Option(None, metavar="N", help="Evaluate a fixed-seed random subset of N images. "
-                                        "[default: all]"),
+    limit: Optional[int] = typer.Option(None, metavar="N", help=LIMIT_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (same options, same "
                                 "results)."),
@@ -116,7 +115,7 @@ def evaluate(
         checkpoint, adapter, source = zoo_model(model, zoo_dir, download, adapter)
         ckpt, out = [checkpoint], out or Path("protobench-results") / model
     found = run_library(evaluate_defaults, [str(c) for c in ckpt], None if data is None else str(data),
-                        None if out is None else str(out), report)  # the demo, the output directory, the report
+                        None if out is None else str(out), report, limit)  # the demo, --out, --report, --limit
     models = run_library(pair_adapters, list(found.ckpts), adapter, "auto")
     report = found.report
     options = parse_options(adapter_option)
@@ -129,7 +128,7 @@ def evaluate(
         result = run_library(
             run_evaluation, [c for c, _ in models], found.data, proto, out=found.out,
             progress=progress, adapter=[a for _, a in models], adapter_options=options, source=source, device=device,
-            workers=workers, dataset=dataset, split=split, batch_size=batch_size, limit=limit, overwrite=overwrite,
+            workers=workers, dataset=dataset, split=split, batch_size=batch_size, limit=found.limit, overwrite=overwrite,
             strict=strict, resume=resume, precision=precision, distance=distance, compile=compile,
             chunk_threads=chunk_threads,
             max_image_pixels=max_image_pixels, metrics=tuple(metrics.split(",")), trace_dir=found.out).answer

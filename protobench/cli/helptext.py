@@ -12,6 +12,9 @@ from typing import Any, Callable
 import typer.core
 
 from protobench.data.layouts import MAX_IMAGE_PIXELS as MAX_PIXELS  # noqa: E402 - torch-free, kept once there
+from protobench.demo import DEMO_LIMIT  # noqa: E402 - torch-free
+
+LIMIT_HELP = f"Evaluate a fixed-seed random subset of N images. [default: all; the demo: {DEMO_LIMIT}]"
 MAX_PIXELS_HELP = "Skip images with more pixels than this (read from the header, before decoding); 0: no limit."
 DATASET_HELP = "Dataset layout: {layouts}. [default: detected from --data]"
 ADAPTER_OPTION_HELP = "An option of the adapter, key=value; repeat it for several (docs/adapters.md)."

@@ -22,6 +22,9 @@ from protobench.checkpoints.limits import short
 from protobench.models.config import Rule, config_problem, field_problem
 from protobench.checkpoints.loading import Checkpoint
 
+# inputs up to this size (px) are checked by one real forward pass (FamilyAdapter.probe), whose memory stays
+# small: a 64 px activation of the widest layer a checkpoint may declare (MAX_CHANNELS) is 256 MiB
+REAL_PROBE_SIZE = 64
 # what reading a malformed checkpoint's values can raise, past the checks that name the problem
 MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
              ZeroDivisionError, MemoryError)
@@ -128,23 +131,38 @@ class FamilyAdapter(PrototypeAdapter):
             raise CheckpointError(f"{path}: the architecture {where} is invalid: {wrong}")
         what = (f"the {cls.display_name()} architecture protobench read from it "
                 f"({getattr(cfg, 'backbone', '?')} backbone)") if original else "the architecture in its metadata"
-        cls.probe(cfg, tensors, path, what)
+        checked = cls.probe(cfg, tensors, path, what)
         model = cls.build(cfg, tensors)
         model.load_state_dict(tensors)
-        return cls(model)
+        adapter = cls(model)
+        if not checked:
+            cls.check_forward(adapter, path)
+        return adapter
 
     @classmethod
-    def probe(cls, cfg: Any, tensors: dict[str, torch.Tensor], path: str, what: str) -> None:
-        """Build `cfg` on the meta device: its state must fit `tensors`, and a forward pass on one
-        input of its size must give (1, P, h, w) maps and (1, C) logits."""
+    def probe(cls, cfg: Any, tensors: dict[str, torch.Tensor], path: str, what: str) -> bool:
+        """Build `cfg` on the meta device: its state must fit `tensors`. Above REAL_PROBE_SIZE px its forward
+        is checked there too (`check_forward`; True); a smaller input is checked on the real model once
+        built (False): a forward pass that small costs less than the meta device's first use, which
+        imports much of torch's compiler (about 2 s)."""
         with torch.device("meta"):
             model = cls.build(cfg, tensors)
         check_state(model.state_dict(), tensors, path, what)
         adapter = cls(model.to("meta"))
+        if adapter.info.input_size <= REAL_PROBE_SIZE:
+            return False
+        cls.check_forward(adapter, path)
+        return True
+
+    @classmethod
+    def check_forward(cls, adapter: PrototypeAdapter, path: str) -> None:
+        """The model's own forward, in eval mode, on one blank input of its size (on the model's device:
+        the meta device for a model built there) must give (1, P, h, w) maps and (1, C) logits."""
         info, size = adapter.info, adapter.info.input_size
+        device = next(adapter.model.parameters(), torch.empty(0)).device
         try:
             with torch.no_grad():  # the model's own forward: the architecture is what is checked
-                maps, logits = adapter.model(torch.empty(1, 3, size, size, device="meta"))
+                maps, logits = adapter.model(torch.zeros(1, 3, size, size, device=device))
         except RuntimeError as err:
             reason = " ".join(str(err).split())[:120]
             raise CheckpointError(f"{path}: the model cannot run on its own {size} px input ({reason}); "

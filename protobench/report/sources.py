@@ -9,8 +9,10 @@ evaluated images, and the page says so: that patch is the nearest one the run sa
 necessarily the source.
 
 The result is cached in the report's output directory (prototype-sources-<checkpoint sha256>.json), keyed by
-the checkpoint's sha256 and the searched data's fingerprint; a later report into the same directory
-searches only the prototypes the cache lacks.
+the checkpoint's sha256, the searched data's fingerprint and the prototype distance's precision; a later
+report into the same directory searches only the prototypes the cache lacks. The demo model's sources
+ship with the package in the same form (protobench/demo/protoshapes-sources.json, written by
+`demo_sources`): a report whose key is that file's takes them from there instead of searching.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Callable
 
 from protobench.report.runs import Run
 
-FORMAT = "protobench-prototype-sources/1"
+FORMAT = "protobench-prototype-sources/2"  # 2: the key names the distance (--distance)
 BOX_QUANTILE = 0.95  # the patch drawn: the box of the upsampled map's top 5% (as ProtoPNet draws its patches)
 
 
@@ -158,44 +160,112 @@ def cache_file(run: Run, cache_dir: Path) -> Path:
     return cache_dir / f"prototype-sources-{''.join(c for c in sha if c.isalnum())[:16]}.json"
 
 
-def find_sources(run: Run, adapter: Any, protos: list[int], train_data: str | None,
-                 log: Callable[[str], None] = lambda _: None, data: str | None = None,
-                 cache_dir: Path | None = None) -> Sources:
-    """The source patches of `protos`, from the cache in `cache_dir` where it has them, searched otherwise
-    (and cached there)."""
+def source_key(run: Run, adapter: Any, train_data: str | None,
+               data: str | None = None) -> tuple[Any, str, bool, dict[str, Any]]:
+    """(dataset, its name, whether it is training data, the cache key): what is searched, and what a cache of
+    its result must have been made with. The distance is part of the key: float32's activations differ from
+    float64's (at the demo's pushed prototypes by up to 1e-3, moving one patch's box by a pixel), enough to
+    pick another patch in a near tie."""
+    from protobench.report.pixels import distance_of
     from protobench.run.provenance import dataset_fingerprint_of
 
     dataset, name, training, data = search_data(run, adapter, train_data, data)
     key = {"format": FORMAT, "checkpoint_sha256": run.meta.get("checkpoint_sha256"), "data": name,
-           "training": training, "fingerprint": dataset_fingerprint_of(dataset, data).get("sha256")}
+           "training": training, "fingerprint": dataset_fingerprint_of(dataset, data).get("sha256"),
+           "distance": distance_of(run)}
+    return dataset, name, training, key
+
+
+def search(adapter: Any, dataset: Any, protos: list[int]) -> dict[str, dict[str, Any]]:
+    """The cache entries of the source patches of `protos` found in `dataset` (none for a prototype
+    whose classes have no image there)."""
+    hits = nearest_patches(adapter, dataset, protos)
+    boxes = patch_boxes(adapter, dataset, hits)
+    weights = connection_weights(adapter)
+    classes = adapter.prototype_class_identity.detach().cpu().argmax(dim=1)
+    return {str(p): {"index": index, "path": dataset.paths[index], "label": int(dataset.labels[index]),
+                     "cell": cell, "activation": act, "box": list(boxes[p]),
+                     "weight": None if weights is None else float(weights[classes[p], p])}
+            for p, (index, cell, act) in hits.items()}
+
+
+def find_sources(run: Run, adapter: Any, protos: list[int], train_data: str | None,
+                 log: Callable[[str], None] = lambda _: None, data: str | None = None,
+                 cache_dir: Path | None = None) -> Sources:
+    """The source patches of `protos`, from the cache in `cache_dir` where it has them, then from the demo's
+    shipped sources where the key is theirs, searched otherwise (and cached in `cache_dir`)."""
+    from protobench.demo import DEMO_SOURCES
+
+    dataset, name, training, key = source_key(run, adapter, train_data, data)
     where = cache_file(run, cache_dir) if cache_dir is not None else None
-    cache = _read(where, key) if where is not None else {}
+    cache = _read(where, key, len(dataset)) if where is not None else {}
+    known = len(cache)
+    if any(str(p) not in cache for p in protos):
+        shipped = _read(DEMO_SOURCES, key, len(dataset))
+        cache.update({str(p): shipped[str(p)] for p in protos if str(p) not in cache and str(p) in shipped})
     missing = [p for p in protos if str(p) not in cache]
     if missing:
         log(f"finding the source patches of {len(missing)} prototypes in {name}")
-        hits = nearest_patches(adapter, dataset, missing)
-        boxes = patch_boxes(adapter, dataset, hits)
-        weights = connection_weights(adapter)
-        classes = adapter.prototype_class_identity.detach().cpu().argmax(dim=1)
-        for p, (index, cell, act) in hits.items():
-            cache[str(p)] = {"index": index, "path": dataset.paths[index], "label": int(dataset.labels[index]),
-                             "cell": cell, "activation": act, "box": list(boxes[p]),
-                             "weight": None if weights is None else float(weights[classes[p], p])}
-        if where is not None:
-            _write(where, key, cache)
+        cache.update(search(adapter, dataset, missing))
+    if where is not None and len(cache) > known:
+        _write(where, key, cache)
     found = {p: Source(p, c["index"], c["path"], c["label"], c["cell"], c["activation"], tuple(c["box"]),
                        c.get("weight"))
              for p in protos if (c := cache.get(str(p)))}
     return Sources(training, name, found, dataset)
 
 
-def _read(path: Path, key: dict[str, Any]) -> dict[str, Any]:
-    """The cached prototypes of a cache made with `key`; {} when absent, damaged or made otherwise."""
+def demo_sources(ckpt: str | Path) -> dict[str, Any]:
+    """The source patches of every prototype of the demo model in `ckpt`, in the demo's train split, as the
+    report of `protobench evaluate` (the demo, default float64 distance) caches them: what
+    scripts/train_demo.py ships beside the weights."""
+    import torch
+
+    from protobench.checkpoints.formats import sha256
+    from protobench.demo import DEMO_DATA
+    from protobench.run.evaluate import MAX_IMAGE_PIXELS, load_adapter
+
+    adapter = load_adapter("auto", str(ckpt), {}, torch.device("cpu"))
+    meta = {"checkpoint_sha256": sha256(ckpt), "dataset": DEMO_DATA, "max_image_pixels": MAX_IMAGE_PIXELS,
+            "distance": "float64"}
+    run = Run(dir=Path(ckpt).parent, model=DEMO_DATA, meta=meta, summary={}, per_image=None)
+    dataset, _, _, key = source_key(run, adapter, None)
+    return {"key": key, "prototypes": search(adapter, dataset, list(range(adapter.info.num_prototypes)))}
+
+
+def write_demo_sources(ckpt: str | Path, path: str | Path) -> None:
+    """Write `demo_sources(ckpt)` to `path` (the shipped file: protobench/demo/protoshapes-sources.json)."""
+    from protobench.files import atomic_write_text
+
+    atomic_write_text(Path(path), _text(demo_sources(ckpt)) + "\n")
+
+
+def _read(path: Path, key: dict[str, Any], images: int) -> dict[str, Any]:
+    """The well-formed cached prototypes of a cache made with `key` (of a dataset of `images` images); {} when
+    absent, damaged or made otherwise."""
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
-        return dict(stored["prototypes"]) if stored.get("key") == key else {}
+        return {p: c for p, c in dict(stored["prototypes"]).items() if _entry_ok(c, images)} \
+            if stored.get("key") == key else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
+
+
+def _entry_ok(entry: Any, images: int) -> bool:
+    """Whether a cache entry has every field, of its type, and names an image of the searched data."""
+    def whole(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    box = entry.get("box") if isinstance(entry, dict) else None
+    return (isinstance(entry, dict) and whole(entry.get("index")) and 0 <= entry["index"] < images
+            and isinstance(entry.get("path"), str) and whole(entry.get("label")) and whole(entry.get("cell"))
+            and isinstance(entry.get("activation"), float) and isinstance(box, list) and len(box) == 4
+            and all(whole(b) for b in box) and (entry.get("weight") is None or isinstance(entry["weight"], float)))
+
+
+def _text(cache: dict[str, Any]) -> str:
+    """A cache file's text (the format of the run directory's cache and of the demo's shipped file alike)."""
+    return json.dumps(cache, indent=1, sort_keys=True)
 
 
 def _write(path: Path, key: dict[str, Any], prototypes: dict[str, Any]) -> None:
@@ -204,6 +274,6 @@ def _write(path: Path, key: dict[str, Any], prototypes: dict[str, Any]) -> None:
     from protobench.files import atomic_write_text
 
     try:
-        atomic_write_text(path, json.dumps({"key": key, "prototypes": prototypes}, indent=1, sort_keys=True))
+        atomic_write_text(path, _text({"key": key, "prototypes": prototypes}))
     except (OSError, OutputError):
         pass

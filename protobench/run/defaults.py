@@ -22,22 +22,26 @@ class EvaluateDefaults:
     out: str  # one model's result directory, or the directory of a multi-model run
     report: bool  # draw the report after the run
     demo: bool  # the built-in demo model on the demo data
+    limit: int | None = None  # --limit: as given, or the demo's subset (None: every image)
 
 
 def evaluate_defaults(ckpts: Sequence[str], data: str | None, out: str | None,
-                      report: bool | None) -> EvaluateDefaults:
+                      report: bool | None, limit: int | None = None) -> EvaluateDefaults:
     """No checkpoint and no data (or the demo data): the demo model, into protobench-results/demo, with its
-    report. Otherwise both are needed; OUT is protobench-results/<ckpt name> (models for several); no report."""
-    from protobench.demo import DEMO_DATA, demo_checkpoint, is_demo_data
+    report, on DEMO_LIMIT images unless `limit` says otherwise. Otherwise both are needed; OUT is
+    protobench-results/<ckpt name> (models for several); no report."""
+    from protobench.demo import DEMO_DATA, DEMO_LIMIT, demo_checkpoint, is_demo_data
 
     demo = not ckpts and (data is None or is_demo_data(data))
     if demo:
         ckpts, data = [demo_checkpoint()], data or DEMO_DATA
         out, report = out or str(RESULTS / "demo"), True if report is None else report
+        limit = DEMO_LIMIT if limit is None else limit
     if not ckpts or data is None:
         raise OptionError("give both --ckpt and --data, or neither to run the built-in demo")
     name = Path(ckpts[0]).stem if len(ckpts) == 1 else "models"
-    return EvaluateDefaults(tuple(str(c) for c in ckpts), str(data), str(out or RESULTS / name), bool(report), demo)
+    return EvaluateDefaults(tuple(str(c) for c in ckpts), str(data), str(out or RESULTS / name), bool(report), demo,
+                            limit)
 
 
 def evaluate_data(data: object, demo_model: bool) -> object:
