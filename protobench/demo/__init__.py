@@ -16,7 +16,7 @@ DEMO_DATA = "protoshapes"  # the reserved --data name (the ProtoShapes layout: p
 DEMO_TRAIN, DEMO_TEST = f"{DEMO_DATA}:train", f"{DEMO_DATA}:test"  # finetune's defaults on the demo
 # `protobench evaluate` with no arguments evaluates this many of the demo's test images (a fixed-seed subset,
 # as --limit), so that the demo and its report take under 25 s on two CPU cores; --limit 150 takes them all
-DEMO_LIMIT = 96
+DEMO_LIMIT = 72
 DEMO_CKPT = Path(__file__).with_name("protoshapes.safetensors")
 DEMO_RECORD = Path(__file__).with_name("protoshapes.json")
 DEMO_SOURCES = Path(__file__).with_name("protoshapes-sources.json")  # its prototypes' source patches (report.sources)
