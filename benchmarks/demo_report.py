@@ -7,7 +7,7 @@ cache (what the first `protobench evaluate` does), again with the cache (every l
 verified checkpoint (what `protobench report RUN_DIR` does). Prints JSON: wall and CPU seconds of
 each phase and their ratios (CPU time is what a busy machine inflates least).
 
-    python benchmarks/demo_report.py                 # the whole demo, 150 images
+    python benchmarks/demo_report.py                 # all 150 demo test images
     python benchmarks/demo_report.py --limit 24      # a quicker loop; the report phases draw as many images
     python benchmarks/demo_report.py --smoke         # 4 images, 2 steps: does it run
 """
@@ -52,9 +52,10 @@ def main() -> None:
         kept = {str(out.resolve()): keeper}
         phases["report_kept_first"] = timed(build_report, [str(out)], Options(out=str(out / "r1"), up_to=True,
                                                                               kept=kept))
-        phases["report_kept_cached"] = timed(build_report, [str(out)], Options(out=str(out / "r2"), up_to=True,
+        # into the same directory: the source-patch cache lives in the report's own directory
+        phases["report_kept_cached"] = timed(build_report, [str(out)], Options(out=str(out / "r1"), up_to=True,
                                                                                kept=kept))
-        phases["report_rerun_cached"] = timed(build_report, [str(out)], Options(out=str(out / "r3"), up_to=True))
+        phases["report_rerun_cached"] = timed(build_report, [str(out)], Options(out=str(out / "r1"), up_to=True))
     cpu = {name: phase["cpu_s"] for name, phase in phases.items()}
     print(json.dumps({
         "images": limit or 150, "steps": cfg.protocol.steps, "phases": phases,
