@@ -5,7 +5,8 @@
     sim_exp(d) = exp(-sqrt(|d| + eps))                          ProtoTree's (its log with log_probabilities)
 
 - ProtoPNet: logits = last_layer(sim(min_hw d)); with compatibility_mode, log((m + 1) / (m + 1e-4)) of the
-  unclamped minimum m, as CaBRNet reproduces the original code.
+  unclamped minimum m, as CaBRNet reproduces the original code. A ProtoTree similarity layer whose own params set
+  log_probabilities gives -sqrt(|d| + eps) there (ProtoPool's x too); the maps still show exp of it.
 - ProtoTree: s_k = max_hw sim_exp of node k's prototype; logits = log sum over leaves of the product of s_k
   or 1 - s_k along the path times softmax(leaf), in log space. With log_probabilities CaBRNet 1.2 takes the
   similarity layer's output v as log s and log(1 - exp(-(|v| + 1e-7))) as log(1 - s); its similarity layer
@@ -48,6 +49,12 @@ def similarity(cfg: Any, d: torch.Tensor, log: bool = False) -> torch.Tensor:
     return root if log else torch.exp(root)
 
 
+def score(cfg: Any, d: torch.Tensor) -> torch.Tensor:
+    """What ProtoPNet's and ProtoPool's last layer weighs: the similarity layer's own output of d, -sqrt(|d| + eps)
+    where an exp layer's own params set log_probabilities (CaBRNet's ExpDistance)."""
+    return similarity(cfg, d, log=cfg.similarity_log)
+
+
 def distances32(cfg: Any, z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """(B, P, h, w) float32: the squared distance CaBRNet's similarity layer takes, in its order. Legacy layers:
     ProtoPNet's conv(z^2, ones) + (-2 conv(z, p) + |p|^2), ProtoTree's (conv(z^2, ones) + |p|^2) - 2 conv(z, p),
@@ -85,11 +92,11 @@ class ProtoPNetHead(nn.Module):
             with full_precision(z):
                 d = distances32(self.cfg, z, self.prototypes)
                 low = pooled32(d, self.cfg.compatibility)
-                act = torch.log((low + 1) / (low + 1e-4)) if self.cfg.compatibility else similarity(self.cfg, low)
+                act = torch.log((low + 1) / (low + 1e-4)) if self.cfg.compatibility else score(self.cfg, low)
                 return similarity(self.cfg, d), self.last_layer(act)
         d = squared_distances(z, self.prototypes)
         low = d.amin(dim=(2, 3))
-        act = torch.log((low + 1) / (low + 1e-4)) if self.cfg.compatibility else similarity(self.cfg, low)
+        act = torch.log((low + 1) / (low + 1e-4)) if self.cfg.compatibility else score(self.cfg, low)
         return similarity(self.cfg, d).float(), self.last_layer(act.float())
 
     def identity(self) -> torch.Tensor:
@@ -180,7 +187,7 @@ class ProtoPoolHead(nn.Module):
             d = distances32(self.cfg, z, self.prototypes)
             low = torch.einsum("bp,cpn->bcn", pooled32(d, compat), slots)
             mean = torch.einsum("bp,cpn->bcn", pooled32(d, compat, mean=True), slots)
-            x = (similarity(self.cfg, low) - similarity(self.cfg, mean)).flatten(1)
+            x = (score(self.cfg, low) - score(self.cfg, mean)).flatten(1)
             return similarity(self.cfg, d), self.last_layer(x)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +199,7 @@ class ProtoPoolHead(nn.Module):
             slots = torch.softmax(slots, dim=1)
         low = torch.einsum("bp,cpn->bcn", d.amin(dim=(2, 3)), slots)
         mean = torch.einsum("bp,cpn->bcn", d.mean(dim=(2, 3)), slots)
-        x = (similarity(self.cfg, low) - similarity(self.cfg, mean)).flatten(1).float()
+        x = (score(self.cfg, low) - score(self.cfg, mean)).flatten(1).float()
         return similarity(self.cfg, d).float(), self.last_layer(x)
 
     def identity(self) -> torch.Tensor:

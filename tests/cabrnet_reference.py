@@ -42,7 +42,7 @@ def protopnet(head, z, d):
         m = -F.max_pool2d(-d, kernel_size=(d.size(2), d.size(3))).view(-1, d.size(1))
         act = torch.log((m + 1) / (m + 1e-4))
     else:
-        act = to_similarity(head.cfg, torch.min(d.flatten(start_dim=2), dim=2).values)
+        act = to_similarity(head.cfg, torch.min(d.flatten(start_dim=2), dim=2).values, log=head.cfg.similarity_log)
     return to_similarity(head.cfg, d), F.linear(act, head.last_layer.weight.to(d.dtype))
 
 
@@ -55,8 +55,9 @@ def protopool(head, z, d):
     else:
         low = torch.min(d.flatten(start_dim=2), dim=2)[0]
         avg = torch.mean(d.flatten(start_dim=2), dim=2)
-    x = (to_similarity(head.cfg, torch.einsum("bp,cpn->bcn", low, slots))
-         - to_similarity(head.cfg, torch.einsum("bp,cpn->bcn", avg, slots)))
+    log = head.cfg.similarity_log  # an ExpDistance layer's own log_probabilities: -sqrt, not exp(-sqrt)
+    x = (to_similarity(head.cfg, torch.einsum("bp,cpn->bcn", low, slots), log=log)
+         - to_similarity(head.cfg, torch.einsum("bp,cpn->bcn", avg, slots), log=log))
     return to_similarity(head.cfg, d), F.linear(x.flatten(start_dim=1), head.last_layer.weight.to(d.dtype))
 
 

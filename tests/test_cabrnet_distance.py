@@ -119,3 +119,34 @@ def test_the_default_mode_comes_back_unchanged():
         adapter.set_distance("float32")(x)
         after = adapter.set_distance("float64")(x)
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("name", ["protopnet", "protopool", "protopool_legacy"])
+def test_an_exp_similarity_with_its_own_log_probabilities_scores_with_minus_sqrt(tmp_path, name):
+    """CaBRNet's ExpDistance returns -sqrt(|d| + eps) when its own params set log_probabilities, and ProtoPNet's and
+    ProtoPool's classifiers weigh what it returns: the fixture with its similarity layer swapped for such a layer."""
+    import re
+    import shutil
+
+    model = tmp_path / name
+    shutil.copytree(FIXTURES / name, model)
+    arch = model / "model_arch.yml"
+    swapped = re.sub(r"similarity:\n  name: \w+\n(  params:\n(    .*\n)*)?",
+                     "similarity:\n  name: ProtoTreeSimilarity\n  params:\n    log_probabilities: true\n",
+                     arch.read_text())
+    arch.write_text(swapped)
+    adapter = get_adapter("cabrnet").load(str(model))
+    cfg = adapter.model.cfg
+    assert (cfg.similarity, cfg.similarity_log, cfg.cdist) == ("exp", True, True)
+    x = torch.randn(4, 3, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maps, logits = adapter.set_distance("float32")(x)
+        ref_maps, ref_logits = cabrnet_reference(adapter.model, x, torch.float32)
+        maps64, logits64 = adapter.set_distance("float64")(x)
+        ref_maps64, ref_logits64 = cabrnet_reference(adapter.model, x, torch.float64)
+        cfg.similarity_log = False  # the same layer without log_probabilities: exp(-sqrt(...)), other logits
+        plain = adapter(x)[1]
+    assert torch.equal(maps, ref_maps) and torch.equal(logits, ref_logits)
+    assert (maps64 - ref_maps64).abs().max() < 1e-6 and (logits64 - ref_logits64).abs().max() < 1e-6
+    assert maps.min() >= 0  # the maps show the probability exp(-sqrt(...)), as for a ProtoTree
+    assert (plain - logits64).abs().max() > 1e-2
