@@ -132,13 +132,15 @@ def test_the_shipped_sources_serve_their_own_key_only(tmp_path, monkeypatch, ada
         find_sources(demo_run(tmp_path), adapter, [0], None)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "entry", "index"])
+@pytest.mark.parametrize("damage", ["truncated", "entry", "index", "box"])
 def test_a_damaged_shipped_file_falls_back_to_the_search(tmp_path, monkeypatch, adapter, shipped, damage):
     import protobench.report.sources as sources
 
     stored = json.loads(json.dumps(shipped))
     if damage == "entry":
         stored["prototypes"]["0"]["box"] = "40 58 0 14"
+    elif damage == "box":
+        stored["prototypes"]["0"]["box"] = [40, 30, 0, 14]  # bottom above top: an empty patch
     elif damage == "index":
         stored["prototypes"]["0"]["index"] = 10**6  # no such training image
     text = json.dumps(stored)

@@ -198,10 +198,11 @@ def find_sources(run: Run, adapter: Any, protos: list[int], train_data: str | No
 
     dataset, name, training, key = source_key(run, adapter, train_data, data)
     where = cache_file(run, cache_dir) if cache_dir is not None else None
-    cache = _read(where, key, len(dataset)) if where is not None else {}
+    size = adapter.info.input_size
+    cache = _read(where, key, len(dataset), size) if where is not None else {}
     known = len(cache)
     if any(str(p) not in cache for p in protos):
-        shipped = _read(DEMO_SOURCES, key, len(dataset))
+        shipped = _read(DEMO_SOURCES, key, len(dataset), size)
         cache.update({str(p): shipped[str(p)] for p in protos if str(p) not in cache and str(p) in shipped})
     missing = [p for p in protos if str(p) not in cache]
     if missing:
@@ -240,19 +241,20 @@ def write_demo_sources(ckpt: str | Path, path: str | Path) -> None:
     atomic_write_text(Path(path), _text(demo_sources(ckpt)) + "\n")
 
 
-def _read(path: Path, key: dict[str, Any], images: int) -> dict[str, Any]:
-    """The well-formed cached prototypes of a cache made with `key` (of a dataset of `images` images); {} when
-    absent, damaged or made otherwise."""
+def _read(path: Path, key: dict[str, Any], images: int, size: int) -> dict[str, Any]:
+    """The well-formed cached prototypes of a cache made with `key` (of a dataset of `images` images of `size`
+    px); {} when absent, damaged or made otherwise."""
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
-        return {p: c for p, c in dict(stored["prototypes"]).items() if _entry_ok(c, images)} \
+        return {p: c for p, c in dict(stored["prototypes"]).items() if _entry_ok(c, images, size)} \
             if stored.get("key") == key else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
 
-def _entry_ok(entry: Any, images: int) -> bool:
-    """Whether a cache entry has every field, of its type, and names an image of the searched data."""
+def _entry_ok(entry: Any, images: int, size: int) -> bool:
+    """Whether a cache entry has every field, of its type, names an image of the searched data, and boxes a
+    non-empty patch inside its `size` px (a card crops the image to it)."""
     def whole(x: Any) -> bool:
         return isinstance(x, int) and not isinstance(x, bool)
 
@@ -260,7 +262,8 @@ def _entry_ok(entry: Any, images: int) -> bool:
     return (isinstance(entry, dict) and whole(entry.get("index")) and 0 <= entry["index"] < images
             and isinstance(entry.get("path"), str) and whole(entry.get("label")) and whole(entry.get("cell"))
             and isinstance(entry.get("activation"), float) and isinstance(box, list) and len(box) == 4
-            and all(whole(b) for b in box) and (entry.get("weight") is None or isinstance(entry["weight"], float)))
+            and all(whole(b) for b in box) and 0 <= box[0] < box[1] <= size and 0 <= box[2] < box[3] <= size
+            and (entry.get("weight") is None or isinstance(entry["weight"], float)))
 
 
 def _text(cache: dict[str, Any]) -> str:
